@@ -1,0 +1,125 @@
+"""The gateway's one exception tree.
+
+Every failure the request path can meet is one of these; `answers.error_response()` maps
+them to HTTP in one place (x402 failures as 402 with a reason, the rest as
+`application/problem+json`). Anything else escaping a handler is a bug, and shows as one.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base: an answer the gateway gives on purpose."""
+
+    status: int = 500
+    title: str = "Internal gateway error"
+    reason: str = "internal_error"  # machine-readable slug
+    retry_after: int | None = None
+
+    def __init__(self, detail: str = "", *, reason: str | None = None) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        if reason is not None:
+            self.reason = reason
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; `errors` holds every problem, each `file:line key: msg`."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+# --- the client's request is wrong -------------------------------------------------------
+
+
+class BadRequest(GatewayError):
+    status = 400
+    title = "Bad request"
+    reason = "bad_request"
+
+
+class AmbiguousPath(BadRequest):
+    """A path the gateway refuses to guess about (`%2F`, `\\`, NUL, double-encoding...)."""
+
+    title = "Ambiguous request path"
+    reason = "ambiguous_path"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    title = "Request body too large"
+    reason = "body_too_large"
+
+
+# --- x402: the payment is missing or wrong (402 with a challenge) ---------------------
+
+
+class PaymentError(GatewayError):
+    """Answered 402 with a fresh challenge whose `error` is `reason`."""
+
+    status = 402
+    title = "Payment required"
+    reason = "payment_required"
+
+
+class MalformedPayment(PaymentError):
+    """The payment header cannot be read at all. 400: it is not a payment."""
+
+    status = 400
+    title = "Malformed payment header"
+    reason = "invalid_payload"
+
+
+class PaymentConflict(GatewayError):
+    """This payment is being used by a request in flight, or has already bought a response."""
+
+    status = 409
+    title = "Payment already used"
+    reason = "payment_already_used"
+
+
+class SettlementFailed(PaymentError):
+    """The facilitator refused to settle: nothing was served."""
+
+    title = "Settlement failed"
+    reason = "settlement_failed"
+
+
+class SettlementPending(GatewayError):
+    """Broadcast but not confirmed: the client must not pay again."""
+
+    status = 503
+    title = "Settlement pending: do not pay again"
+    reason = "settlement_pending"
+    retry_after = 10
+
+
+# --- something the gateway depends on failed (fail closed) -----------------------------
+
+
+class UpstreamError(GatewayError):
+    status = 502
+    title = "Bad gateway"
+    reason = "upstream_unreachable"
+
+
+class UpstreamTimeout(GatewayError):
+    status = 504
+    title = "Gateway timeout"
+    reason = "upstream_timeout"
+
+
+class FacilitatorUnavailable(GatewayError):
+    status = 503
+    title = "Payment facilitator unavailable"
+    reason = "facilitator_unavailable"
+    retry_after = 5
+
+
+class StoreUnavailable(GatewayError):
+    status = 503
+    title = "Payment store unavailable"
+    reason = "store_unavailable"
+    retry_after = 5

@@ -1,0 +1,149 @@
+"""Frozen, typed settings: what `config.load()` builds once at start-up.
+
+Everything here is already compiled and checked (prices in atomic units, durations in
+seconds, addresses checksummed), so the request path never parses configuration.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+SettleMode = Literal["after", "before"]
+
+EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a value came from, for messages: `gateway.yaml:14`."""
+
+    file: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A listen address."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class AssetSpec:
+    """An ERC-20 token: its EIP-712 domain (name, version) is what payers sign against."""
+
+    address: str
+    name: str
+    version: str
+    decimals: int
+    symbol: str = "USDC"
+
+
+@dataclass(frozen=True, slots=True)
+class Requirement:
+    """One accepted way to pay for a route (a v2 `PaymentRequirements`, compiled)."""
+
+    scheme: str
+    network: str  # CAIP-2, e.g. eip155:84532
+    asset: str  # checksummed token address
+    amount: int  # atomic units
+    pay_to: str  # checksummed recipient
+    max_timeout_seconds: int = 300
+    extra: Mapping[str, Any] = EMPTY
+    decimals: int = 6  # for display only
+    symbol: str = "USDC"  # for display only
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSettings:
+    """One entry of `routes:`, in file order (`index` is its position)."""
+
+    index: int
+    path: str  # the pattern as written: exact, or ending in `/*`
+    methods: frozenset[str] | None  # None: every method
+    accepts: tuple[Requirement, ...]  # empty: a free route
+    description: str = ""
+    mime_type: str = "application/json"
+    upstream: str | None = None  # None: the default upstream
+    settle: SettleMode = "after"
+    price_text: str = "free"  # as written, for `check` and logs
+    source: Source | None = None
+
+    @property
+    def free(self) -> bool:
+        return not self.accepts
+
+    @property
+    def name(self) -> str:
+        """A stable label for logs and metrics."""
+        return self.path
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteFacilitatorSettings:
+    url: str
+    headers: Mapping[str, str] = field(default=EMPTY, repr=False)  # may carry secrets
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFacilitatorSettings:
+    """Runs the SDK's facilitator in-process (its blocking web3 calls in a thread pool)."""
+
+    rpc_url: str
+    private_key: str = field(repr=False)
+    timeout: float = 30.0
+
+
+FacilitatorSettings = RemoteFacilitatorSettings | LocalFacilitatorSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float = 5.0  # to the origin
+    read: float = 60.0  # idle time between bytes from the origin
+    request_header: float = 10.0  # a client's time to send its request head
+    request_body: float = 60.0  # idle time between bytes of a client's request body
+    shutdown_grace: float = 30.0  # in-flight requests get this long after SIGTERM
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    request_body: int | None = None  # bytes; None: unlimited (streamed anyway)
+    header_size: int = 8190  # bytes of one request header line
+    connections: int = 1024  # concurrent client connections
+    payment_header: int = 16384  # bytes of PAYMENT-SIGNATURE / X-PAYMENT
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    source: str  # the config file's path
+    listen: Address
+    upstream: str
+    routes: tuple[RouteSettings, ...]
+    admin: Address | None = None
+    facilitators: tuple[FacilitatorSettings, ...] = ()
+    network: str = "eip155:84532"
+    pay_to: str | None = None
+    asset: AssetSpec | None = None
+    store: str = "memory"  # or redis://, rediss://, redis+sentinel://
+    payer_header: str = "X-Payer"
+    timeouts: Timeouts = Timeouts()
+    limits: Limits = Limits()
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    public_url: str | None = None
+    case_insensitive_paths: bool = False
+    log_level: str = "info"
+    workers: int = 1
+    server_timing: bool = False  # opt-in `Server-Timing` header on paid responses
