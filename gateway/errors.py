@@ -16,11 +16,19 @@ class GatewayError(Exception):
     reason: str = "internal_error"  # machine-readable slug
     retry_after: int | None = None
 
-    def __init__(self, detail: str = "", *, reason: str | None = None) -> None:
+    def __init__(
+        self,
+        detail: str = "",
+        *,
+        reason: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(detail or self.title)
         self.detail = detail or self.title
         if reason is not None:
             self.reason = reason
+        # Extra response headers this answer must carry (e.g. PAYMENT-RESPONSE, Allow).
+        self.headers: dict[str, str] = headers or {}
 
 
 class ConfigError(Exception):
@@ -45,6 +53,14 @@ class AmbiguousPath(BadRequest):
 
     title = "Ambiguous request path"
     reason = "ambiguous_path"
+
+
+class MethodNotAllowed(GatewayError):
+    """The path is routed, but not for this method: never a free way around a price."""
+
+    status = 405
+    title = "Method not allowed"
+    reason = "method_not_allowed"
 
 
 class PayloadTooLarge(GatewayError):

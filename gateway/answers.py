@@ -1,0 +1,74 @@
+"""Every answer the gateway makes up itself (not the origin's), in one place: the 402
+challenge, and each `GatewayError` as HTTP: x402 failures as 402 with a reason and a fresh
+challenge, the rest as RFC 9457 `application/problem+json`."""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from .challenge import EXPOSE_HEADERS, Challenges
+from .errors import GatewayError, PaymentError
+from .settings import RouteSettings
+
+_EXPOSE = ", ".join(EXPOSE_HEADERS)
+
+
+def challenge(
+    request: web.Request,
+    challenges: Challenges,
+    route: RouteSettings,
+    resource_url: str,
+    error: str,
+    extra_headers: dict[str, str] | None = None,
+    status: int = 402,
+) -> web.Response:
+    """402 with the v2 `PAYMENT-REQUIRED` header and the v1 JSON body (or the paywall page
+    for a browser). Built from config alone: works while the facilitator is down."""
+    headers, body = challenges.payment_required(route, resource_url, error)
+    headers = {**headers, "Access-Control-Expose-Headers": _EXPOSE, **(extra_headers or {})}
+    if status == 402 and challenges.wants_html(request.headers):
+        html = challenges.paywall_html(route, resource_url, error)
+        headers["Content-Type"] = "text/html; charset=utf-8"
+        return web.Response(status=402, text=html, headers=headers, content_type=None)
+    return web.Response(status=status, body=body, headers=headers)
+
+
+def problem(exc: GatewayError, instance: str = "") -> web.Response:
+    body = {
+        "type": f"https://x402-gateway.dev/problems/{exc.reason}",
+        "title": exc.title,
+        "status": exc.status,
+        "detail": exc.detail,
+        "reason": exc.reason,
+    }
+    if instance:
+        body["instance"] = instance
+    headers = {
+        "Content-Type": "application/problem+json",
+        "Cache-Control": "no-store",
+        "Access-Control-Expose-Headers": _EXPOSE,
+        **exc.headers,
+    }
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(exc.retry_after)
+    return web.Response(status=exc.status, body=json.dumps(body).encode(), headers=headers)
+
+
+def error_response(
+    request: web.Request,
+    exc: GatewayError,
+    challenges: Challenges,
+    route: RouteSettings | None,
+    resource_url: str,
+    request_id: str,
+) -> web.Response:
+    """The one mapping from the exception tree to HTTP."""
+    if isinstance(exc, PaymentError) and route is not None and not route.free:
+        # A wrong or refused payment gets a fresh challenge naming what was wrong, so the
+        # client can pay again correctly; a malformed header keeps its 400.
+        return challenge(
+            request, challenges, route, resource_url, exc.reason, exc.headers, exc.status
+        )
+    return problem(exc, request_id)

@@ -1,0 +1,157 @@
+"""`x402-gateway`: serve | check | routes | payments | demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .config import format_price, load
+from .errors import ConfigError
+from .settings import Settings
+
+CONFIG_ENV = "X402_GATEWAY_CONFIG"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    if args.command == "demo":
+        from .demo.walkthrough import run_demo
+
+        return run_demo(once=args.once)
+    try:
+        settings = load(_config_path(args, parser))
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(f"error: {line}", file=sys.stderr)
+        print(f"{len(exc.errors)} error(s); nothing was started", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: cannot read config: {exc}", file=sys.stderr)
+        return 1
+    if args.command == "check":
+        return check(settings, online=args.online)
+    if args.command == "routes":
+        print(route_table(settings))
+        return 0
+    if args.command == "payments":
+        return asyncio.run(_payments(settings, args.limit, args.format))
+    from .app import create_app
+    from .server import run
+
+    return run(settings, create_app)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="x402-gateway", description=__doc__)
+    p.add_argument("--version", action="version", version=f"x402-gateway {__version__}")
+    sub = p.add_subparsers(dest="command")
+    for name, help_text in [
+        ("serve", "run the gateway"),
+        ("check", "validate the config and print the compiled route table"),
+        ("routes", "print the route table"),
+        ("payments", "list recent payment records from the store"),
+    ]:
+        cmd = sub.add_parser(name, help=help_text)
+        cmd.add_argument("--config", "-c", help=f"config file (default: ${CONFIG_ENV})")
+        if name == "check":
+            cmd.add_argument(
+                "--online", action="store_true", help="also ask each facilitator's /supported"
+            )
+        if name == "payments":
+            cmd.add_argument("--limit", type=int, default=100)
+            cmd.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    demo = sub.add_parser("demo", help="the offline demo: local chain, token, a paid request")
+    demo.add_argument("--once", action="store_true", help="run the walkthrough once and exit")
+    return p
+
+
+def _config_path(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
+    path: str | None = args.config or os.environ.get(CONFIG_ENV)
+    if not path:
+        parser.error(f"--config FILE or ${CONFIG_ENV} is required")
+    return path
+
+
+def route_table(settings: Settings) -> str:
+    rows = [("#", "METHODS", "PATH", "PRICE", "SETTLE", "UPSTREAM")]
+    for r in settings.routes:
+        methods = ",".join(sorted(r.methods)) if r.methods else "*"
+        price = "free" if r.free else " | ".join(format_price(a) for a in r.accepts)
+        settle = "-" if r.free else r.settle
+        rows.append((str(r.index), methods, r.path, price, settle, r.upstream or settings.upstream))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+def check(settings: Settings, *, online: bool) -> int:
+    from .routes import RouteTable
+
+    print(f"{settings.source}: ok")
+    print(route_table(settings))
+    table = RouteTable(settings.routes, settings.case_insensitive_paths)
+    for shadowed, by in table.shadowed():
+        print(
+            f"warning: {shadowed.source or settings.source} routes[{shadowed.index}] "
+            f"{shadowed.path} is shadowed by routes[{by.index}] {by.path} and never matches",
+            file=sys.stderr,
+        )
+    if online:
+        problems = asyncio.run(_check_online(settings))
+        for line in problems:
+            print(f"error: {line}", file=sys.stderr)
+        if problems:
+            return 1
+        print("facilitators: every priced route is supported")
+    return 0
+
+
+async def _check_online(settings: Settings) -> list[str]:
+    from .facilitators import open_facilitator
+    from .payments import Payments
+    from .store import open_store
+
+    store = open_store("memory")
+    payments = Payments(open_facilitator(settings), store)
+    try:
+        errors = await payments.start()
+        return errors + payments.unsupported(settings.routes)
+    finally:
+        await payments.close()
+
+
+async def _payments(settings: Settings, limit: int, fmt: str) -> int:
+    from .store import open_store
+
+    if settings.store == "memory":
+        print("error: store: memory keeps records inside the gateway process", file=sys.stderr)
+        return 1
+    store = open_store(settings.store)
+    try:
+        records = await store.recent(limit)
+    finally:
+        await store.close()
+    if fmt == "csv":
+        import csv
+        import dataclasses
+
+        fields = [f.name for f in dataclasses.fields(records[0])] if records else []
+        writer = csv.DictWriter(sys.stdout, fieldnames=fields)
+        writer.writeheader()
+        for rec in records:
+            writer.writerow(dataclasses.asdict(rec))
+    else:
+        for rec in records:
+            print(rec.dumps())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

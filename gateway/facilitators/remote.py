@@ -1,0 +1,220 @@
+"""Facilitators over HTTP, on the gateway's own aiohttp session, with failover.
+
+Why not the SDK's `HTTPFacilitatorClient`: it speaks to one URL through its own httpx pool,
+its `get_supported()` blocks the event loop, and it cannot tell "the facilitator said no"
+from "the facilitator is down". This client implements the SDK's `FacilitatorClient`
+protocol, so `x402ResourceServer` drives it unchanged.
+
+Failover: endpoints are tried in order. A verify moves on after a connection error, a
+timeout, a 5xx or an unreadable answer; a valid "invalid" answer is final. A settle moves on
+only when the request never reached the endpoint (connection refused): after that, the
+payment may already be on chain, so an unreadable or late answer is reported as an unknown
+outcome (`SettlementPending`), never retried elsewhere. A failing endpoint sleeps for
+`COOLDOWN` seconds unless every endpoint is asleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import aiohttp
+from pydantic import BaseModel, ValidationError
+from x402.schemas import (
+    PaymentPayload,
+    PaymentRequirements,
+    SettleResponse,
+    SupportedKind,
+    SupportedResponse,
+    VerifyResponse,
+)
+from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
+
+from ..errors import FacilitatorUnavailable, SettlementPending
+from ..logs import get_logger
+from ..settings import RemoteFacilitatorSettings
+
+COOLDOWN = 10.0
+MAX_ANSWER = 1 << 20  # a facilitator's JSON answer is small; refuse to read a flood
+ModelT = TypeVar("ModelT", bound=BaseModel)
+log = get_logger("gateway.facilitator")
+
+
+class _Unusable(Exception):
+    """This endpoint could not give an answer; `reached` says whether it saw the request."""
+
+    def __init__(self, detail: str, *, reached: bool) -> None:
+        super().__init__(detail)
+        self.reached = reached
+
+
+@dataclass(slots=True)
+class _Endpoint:
+    settings: RemoteFacilitatorSettings
+    asleep_until: float = 0.0
+    supported: SupportedResponse | None = None
+
+
+class RemoteFacilitator:
+    def __init__(self, endpoints: Sequence[RemoteFacilitatorSettings]) -> None:
+        self._endpoints = [_Endpoint(e) for e in endpoints]
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return [e.settings.url for e in self._endpoints]
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=30),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    # --- the SDK's FacilitatorClient protocol -------------------------------------------
+
+    async def verify(
+        self,
+        payload: PaymentPayload | PaymentPayloadV1,
+        requirements: PaymentRequirements | PaymentRequirementsV1,
+    ) -> VerifyResponse:
+        body = self._body(payload, requirements)
+        errors: list[str] = []
+        for endpoint in self._in_order():
+            try:
+                return await self._post(endpoint, "verify", body, VerifyResponse)
+            except _Unusable as exc:
+                errors.append(f"{endpoint.settings.url}: {exc}")
+        raise FacilitatorUnavailable("; ".join(errors) or "no facilitator configured")
+
+    async def settle(
+        self,
+        payload: PaymentPayload | PaymentPayloadV1,
+        requirements: PaymentRequirements | PaymentRequirementsV1,
+    ) -> SettleResponse:
+        body = self._body(payload, requirements)
+        errors: list[str] = []
+        for endpoint in self._in_order():
+            try:
+                answer = await self._post(endpoint, "settle", body, SettleResponse)
+            except _Unusable as exc:
+                if exc.reached:
+                    raise SettlementPending(
+                        f"settlement outcome unknown ({endpoint.settings.url}: {exc})"
+                    ) from exc
+                errors.append(f"{endpoint.settings.url}: {exc}")
+                continue
+            if answer.success and not answer.transaction:
+                raise SettlementPending(
+                    f"{endpoint.settings.url} reported success without a transaction"
+                )
+            return answer
+        raise FacilitatorUnavailable("; ".join(errors) or "no facilitator configured")
+
+    def get_supported(self) -> SupportedResponse:
+        """What every reachable endpoint supports (earlier endpoints first), from the cache
+        that `refresh_supported()` fills: never blocks."""
+        kinds: list[SupportedKind] = []
+        extensions: list[str] = []
+        signers: dict[str, list[str]] = {}
+        for endpoint in self._endpoints:
+            if endpoint.supported is not None:
+                kinds.extend(endpoint.supported.kinds)
+                extensions.extend(endpoint.supported.extensions)
+                for family, addrs in endpoint.supported.signers.items():
+                    signers.setdefault(family, []).extend(addrs)
+        return SupportedResponse(kinds=kinds, extensions=extensions, signers=signers)
+
+    # --- ours ---------------------------------------------------------------------------
+
+    async def refresh_supported(self) -> list[str]:
+        """Ask every endpoint for /supported; returns one error line per endpoint that failed."""
+        results = await asyncio.gather(*(self._fetch_supported(e) for e in self._endpoints))
+        return [r for r in results if r]
+
+    async def ping(self) -> None:
+        if not any(e.supported is not None for e in self._endpoints):
+            errors = await self.refresh_supported()
+            if len(errors) == len(self._endpoints):
+                raise FacilitatorUnavailable("; ".join(errors))
+        if all(e.asleep_until > time.monotonic() for e in self._endpoints):
+            raise FacilitatorUnavailable("every facilitator failed recently")
+
+    async def _fetch_supported(self, endpoint: _Endpoint) -> str:
+        assert self._session is not None
+        url = endpoint.settings.url.rstrip("/") + "/supported"
+        try:
+            async with self._session.get(
+                url,
+                headers=dict(endpoint.settings.headers),
+                timeout=aiohttp.ClientTimeout(total=endpoint.settings.timeout),
+            ) as resp:
+                if resp.status != 200:
+                    return f"{url}: HTTP {resp.status}"
+                endpoint.supported = SupportedResponse.model_validate_json(
+                    await resp.content.read(MAX_ANSWER)
+                )
+                return ""
+        except (aiohttp.ClientError, TimeoutError, ValidationError, ValueError) as exc:
+            return f"{url}: {exc.__class__.__name__}: {exc}"
+
+    def _in_order(self) -> list[_Endpoint]:
+        now = time.monotonic()
+        awake = [e for e in self._endpoints if e.asleep_until <= now]
+        return awake or list(self._endpoints)
+
+    @staticmethod
+    def _body(
+        payload: PaymentPayload | PaymentPayloadV1,
+        requirements: PaymentRequirements | PaymentRequirementsV1,
+    ) -> bytes:
+        return json.dumps(
+            {
+                "x402Version": payload.x402_version,
+                "paymentPayload": payload.model_dump(by_alias=True, exclude_none=True),
+                "paymentRequirements": requirements.model_dump(by_alias=True, exclude_none=True),
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    async def _post(
+        self, endpoint: _Endpoint, op: str, body: bytes, model: type[ModelT]
+    ) -> ModelT:
+        assert self._session is not None, "start() first"
+        cfg = endpoint.settings
+        try:
+            async with self._session.post(
+                f"{cfg.url.rstrip('/')}/{op}",
+                data=body,
+                headers={**cfg.headers, "Content-Type": "application/json"},
+                timeout=aiohttp.ClientTimeout(total=cfg.timeout),
+            ) as resp:
+                raw = await resp.content.read(MAX_ANSWER)
+                status = resp.status
+        except aiohttp.ClientConnectorError as exc:
+            self._sleep(endpoint)
+            raise _Unusable(f"cannot connect: {exc.os_error}", reached=False) from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self._sleep(endpoint)
+            raise _Unusable(f"{exc.__class__.__name__}: {exc}", reached=True) from exc
+        # A 4xx with a well-formed answer is the facilitator saying "invalid": that is final.
+        if status >= 500 or status not in (200, 400, 402, 422):
+            self._sleep(endpoint)
+            raise _Unusable(f"HTTP {status}", reached=True)
+        try:
+            return model.model_validate_json(raw)
+        except ValidationError as exc:
+            self._sleep(endpoint)
+            raise _Unusable(f"unreadable {op} answer (HTTP {status})", reached=True) from exc
+
+    @staticmethod
+    def _sleep(endpoint: _Endpoint) -> None:
+        endpoint.asleep_until = time.monotonic() + COOLDOWN
+        log.warning("facilitator_failed", facilitator=endpoint.settings.url, cooldown_s=COOLDOWN)

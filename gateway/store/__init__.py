@@ -1,0 +1,45 @@
+"""Payment claims and records.
+
+A claim makes one payment buy at most one response: the first request to claim a payment's
+identity wins, every copy after it sees the record. `PaymentStore` is owned here, by the code
+that uses it; `open_store()` picks the implementation from the `store:` setting.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from .records import PaymentRecord
+
+
+class PaymentStore(Protocol):
+    async def claim(self, key: str, record: PaymentRecord, ttl: float) -> PaymentRecord | None:
+        """Atomically store `record` under `key` unless present; None if we won the claim,
+        else the record that holds it."""
+
+    async def update(self, key: str, record: PaymentRecord, ttl: float) -> None:
+        """Replace the record of a claim we hold (pending -> settled / failed)."""
+
+    async def release(self, key: str, request_id: str) -> None:
+        """Drop our claim so the payer may retry the same authorization; only if still ours."""
+
+    async def recent(self, limit: int) -> list[PaymentRecord]:
+        """The newest payment records first, for the operator's books."""
+
+    async def ping(self) -> None:
+        """Raise if the store cannot be used now."""
+
+    async def close(self) -> None: ...
+
+
+def open_store(url: str) -> PaymentStore:
+    if url == "memory":
+        from .memory import MemoryStore
+
+        return MemoryStore()
+    from .redis import RedisStore
+
+    return RedisStore(url)
+
+
+__all__ = ["PaymentRecord", "PaymentStore", "open_store"]

@@ -1,0 +1,51 @@
+"""Claims in this process's memory: one gateway process only (`check` refuses it with
+`workers` > 1). Expiry per item comes from cachetools' TLRUCache; bounded so a flood of
+distinct payments cannot grow memory without limit."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+from cachetools import TLRUCache
+
+from .records import PaymentRecord
+
+
+def _expires(_key: str, value: tuple[PaymentRecord, float], now: float) -> float:
+    return now + value[1]
+
+
+class MemoryStore:
+    def __init__(self, maxsize: int = 1_000_000, history: int = 10_000) -> None:
+        # Single-threaded asyncio: every method below runs without an await between its
+        # check and its write, which is what makes claim() atomic here.
+        self._claims: TLRUCache[str, tuple[PaymentRecord, float]] = TLRUCache(
+            maxsize=maxsize, ttu=_expires, timer=time.monotonic
+        )
+        self._history: deque[PaymentRecord] = deque(maxlen=history)
+
+    async def claim(self, key: str, record: PaymentRecord, ttl: float) -> PaymentRecord | None:
+        held = self._claims.get(key)
+        if held is not None:
+            return held[0]
+        self._claims[key] = (record, ttl)
+        return None
+
+    async def update(self, key: str, record: PaymentRecord, ttl: float) -> None:
+        self._claims[key] = (record, ttl)
+        self._history.appendleft(record)
+
+    async def release(self, key: str, request_id: str) -> None:
+        held = self._claims.get(key)
+        if held is not None and held[0].request_id == request_id:
+            del self._claims[key]
+
+    async def recent(self, limit: int) -> list[PaymentRecord]:
+        return list(self._history)[:limit]
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
