@@ -7,22 +7,31 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Each thread stops itself after its share of responses: wrk has no request-count option.
+# wrk has no request-count option: each thread stops itself after its share of responses
+# and says so in a file; once all have, SIGINT makes wrk print its summary (its main thread
+# otherwise sleeps out the whole -d duration).
 _COUNT_SCRIPT = """
 local limit = 0
 local seen = 0
+local marker = nil
 function init(args)
   limit = tonumber(args[1])
+  marker = args[2]
 end
 function response(status, headers, body)
   seen = seen + 1
-  if seen >= limit then
+  if seen == limit then
+    local f = io.open(marker, "a")
+    f:write("done\\n")
+    f:close()
     wrk.thread:stop()
   end
 end
@@ -114,15 +123,28 @@ def run(
     for key, value in (headers or {}).items():
         argv += ["-H", f"{key}: {value}"]
     with tempfile.TemporaryDirectory(prefix="bench-wrk-") as tmp:
+        marker = Path(tmp) / "done"
         if requests is not None:
             script = Path(tmp) / "count.lua"
             script.write_text(_COUNT_SCRIPT)
-            argv += ["-s", str(script), url, "--", str(max(1, requests // threads))]
+            argv += ["-s", str(script), url, "--", str(max(1, requests // threads)), str(marker)]
         else:
             argv.append(url)
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
-    if done.returncode != 0:
-        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
-    result = parse(done.stdout)
-    result.command = " ".join(a if " " not in a else repr(a) for a in argv)
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + seconds + 30
+            while requests is not None and proc.poll() is None and time.monotonic() < deadline:
+                if marker.exists() and marker.read_text().count("done") >= threads:
+                    proc.send_signal(signal.SIGINT)
+                    break
+                time.sleep(0.005)
+            stdout, stderr = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {stderr or stdout}")
+    result = parse(stdout)
+    result.command = " ".join(argv).replace(tmp, "$TMP")
     return result

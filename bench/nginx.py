@@ -15,6 +15,10 @@ from bench.procs import Proc, ProcGroup
 
 SMALL_PATH = "/small.json"
 BIG_PATH = "/big.bin"
+# The same bodies under other names, for the gateway's priced routes (the origin receives
+# exactly the path that was priced, so a priced path must exist at the origin).
+PAID_SMALL_PATH = "/paid.json"
+PAID_BIG_PATH = "/paid-big.bin"
 # What a typical JSON API answers: a couple of hundred bytes.
 SMALL_BODY = json.dumps(
     {
@@ -98,16 +102,19 @@ def _start(group: ProcGroup, name: str, prefix: Path, conf: Path, port: int) -> 
 
 
 def start_origin(group: ProcGroup, workdir: Path, port: int, big_bytes: int) -> Proc:
-    """The origin: GET /small.json (a small JSON) and GET /big.bin (big_bytes of zeros).
+    """The origin: GET /small.json (a small JSON) and GET /big.bin (big_bytes of zeros),
+    and the same at /paid.json and /paid-big.bin.
 
-    The big file is sparse (`truncate`), so it takes no disk and no page-cache reads.
+    The big files are sparse (`truncate`), so they take no disk.
     """
     prefix = workdir / "nginx-origin"
     root = prefix / "www"
     root.mkdir(parents=True, exist_ok=True)
-    (root / SMALL_PATH.lstrip("/")).write_bytes(SMALL_BODY)
-    with (root / BIG_PATH.lstrip("/")).open("wb") as big:
-        big.truncate(big_bytes)
+    for small in (SMALL_PATH, PAID_SMALL_PATH):
+        (root / small.lstrip("/")).write_bytes(SMALL_BODY)
+    for name in (BIG_PATH, PAID_BIG_PATH):
+        with (root / name.lstrip("/")).open("wb") as big:
+            big.truncate(big_bytes)
     conf = _write_conf(prefix, _ORIGIN.format(port=port, root=root))
     return _start(group, "nginx-origin", prefix, conf, port)
 

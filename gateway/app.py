@@ -55,20 +55,30 @@ async def handle(request: web.Request) -> web.StreamResponse:
         route = find_route(gw, request.method, path)
         resource_url = gw.challenges.resource_url(request, path, query)
         if route is None or route.free:
-            upstream = await gw.upstream.send(request, base_url=route_upstream(gw, route), path=path,
-                                              query=query, add_headers={"X-Request-Id": request_id},
-                                              drop_headers=gw.drop_headers)
+            upstream = await gw.upstream.send(
+                request,
+                base_url=route_upstream(gw, route),
+                path=path,
+                query=query,
+                add_headers={"X-Request-Id": request_id},
+                drop_headers=gw.drop_headers,
+            )
             return await relay(request, upstream, extra_headers={})
         payment = decode_payment(request.headers, gw.settings.limits.payment_header)
         if payment is None:
-            return answers.challenge(request, gw.challenges, route, resource_url, "payment_required")
+            return answers.challenge(
+                request, gw.challenges, route, resource_url, "payment_required"
+            )
         matched = match_requirement(route, payment, resource_url)
         claim = await gw.payments.claim(matched, route, request_id)
         await gw.payments.verify(claim)
         if route.settle == "before":
             await gw.payments.settle(claim)
         upstream = await gw.upstream.send(
-            request, base_url=route_upstream(gw, route), path=path, query=query,
+            request,
+            base_url=route_upstream(gw, route),
+            path=path,
+            query=query,
             add_headers={gw.settings.payer_header: matched.payer, "X-Request-Id": request_id},
             drop_headers=gw.drop_headers,
         )
@@ -84,8 +94,11 @@ async def handle(request: web.Request) -> web.StreamResponse:
                 raise
         assert claim.settled is not None
         receipt = dict([settlement_header(claim.settled, matched.version)])
-        return await relay(request, upstream, extra_headers={
-            **receipt, "Cache-Control": "private", **server_timing(gw, claim)})
+        return await relay(
+            request,
+            upstream,
+            extra_headers={**receipt, "Cache-Control": "private", **server_timing(gw, claim)},
+        )
     except GatewayError as exc:
         if claim is not None:
             await settle_missed(gw, claim, exc.reason)
@@ -96,7 +109,9 @@ def find_route(gw: Gateway, method: str, path: str) -> RouteSettings | None:
     found = gw.routes.match(method, match_key(path, gw.settings.case_insensitive_paths))
     if found.route is None and found.allowed:
         allow = ", ".join(sorted(found.allowed))
-        raise MethodNotAllowed(f"{method} is not routed here; use {allow}", headers={"Allow": allow})
+        raise MethodNotAllowed(
+            f"{method} is not routed here; use {allow}", headers={"Allow": allow}
+        )
     return found.route
 
 
@@ -143,7 +158,9 @@ async def logged(request: web.Request) -> web.StreamResponse:
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(client_max_size=0, handler_args={"max_field_size": settings.limits.header_size})
+    app = web.Application(
+        client_max_size=0, handler_args={"max_field_size": settings.limits.header_size}
+    )
     app.cleanup_ctx.append(lambda a: _lifespan(a, settings))
     app.router.add_route("*", "/{tail:.*}", logged)
     return app

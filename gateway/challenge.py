@@ -145,7 +145,7 @@ def wants_html(accept: str, user_agent: str) -> bool:
 
 def _display_amount(req: Requirement) -> float:
     # The SDK's handler divides by 10**6 whatever the token; we know the real decimals.
-    return req.amount / 10**req.decimals
+    return req.amount / 10.0**req.decimals
 
 
 def _fallback_html(route: RouteSettings, req: Requirement, payment: PaymentRequired) -> str:
@@ -170,7 +170,8 @@ def paywall_for(route: RouteSettings, payment: PaymentRequired) -> str:
     if not req.network.startswith("eip155:"):
         return _fallback_html(route, req, payment)
     try:
-        from x402.http.paywall.evm_paywall_template import EVM_PAYWALL_TEMPLATE
+        # Imported on first use: the page is 2 MB of text most gateways never serve.
+        from x402.http.paywall.evm_paywall_template import EVM_PAYWALL_TEMPLATE  # noqa: PLC0415
     except ImportError:  # the SDK ships it, but it is generated; never fail a 402 over it
         return _fallback_html(route, req, payment)
     config = {

@@ -88,7 +88,9 @@ def route_table(settings: Settings) -> str:
         settle = "-" if r.free else r.settle
         rows.append((str(r.index), methods, r.path, price, settle, r.upstream or settings.upstream))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
 
 
 def check(settings: Settings, *, online: bool) -> int:

@@ -11,10 +11,10 @@ import difflib
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from urllib.parse import SplitResult, urlsplit
 
-from eth_utils import is_checksum_address, to_checksum_address
+from eth_utils.address import is_checksum_address, to_checksum_address
 from x402.mechanisms.evm import V1_NETWORK_CHAIN_IDS
 
 from gateway.settings import Address
@@ -200,7 +200,10 @@ def parse_url(text: str, *, allow_path: bool, what: str = "URL", echo: bool = Tr
             "use facilitator headers or the origin's own auth"
         )
     if parts.query or parts.fragment or text.endswith(("?", "#")):
-        raise ValueError(f"{shown}: a {what} cannot have a query (?) or fragment (#)")
+        # The query is not shown: it is where API keys tend to hide.
+        cut = re.split(r"[?#]", text, maxsplit=1)[0] + "?..."
+        where = quote(cut) if echo else "the value"
+        raise ValueError(f"{where}: a {what} cannot have a query (?) or fragment (#)")
     if not allow_path and parts.path not in ("", "/"):
         raise ValueError(
             f"{shown} has a path ({parts.path}); the gateway forwards the exact request path, "

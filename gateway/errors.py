@@ -69,6 +69,14 @@ class PayloadTooLarge(GatewayError):
     reason = "body_too_large"
 
 
+class RequestTimeout(GatewayError):
+    """The client stopped sending its request body (idle longer than `timeouts.request_body`)."""
+
+    status = 408
+    title = "Request timeout"
+    reason = "request_timeout"
+
+
 # --- x402: the payment is missing or wrong (402 with a challenge) ---------------------
 
 

@@ -40,11 +40,12 @@ from gateway.errors import AmbiguousPath
 _UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
 # Escapes of these are decoded: they mean the same to every origin whether encoded or not.
 _DECODED = _UNRESERVED | frozenset("!$&'()*+,=:@")
-# Raw characters kept as they are (`%` is handled separately).
-_RAW_KEPT = _DECODED | frozenset(";/")
 # Raw characters that are not valid in a path but harmless once encoded.
-_RAW_ENCODED = frozenset('"<>[]^`{|}')
-_HEX = frozenset("0123456789abcdefABCDEF")
+_RAW_TO_ENCODE = re.compile(r'["<>\[\]^`{|}]')
+# Anything else that is neither kept raw (unreserved, sub-delimiters, `:@/`) nor encoded.
+_BAD_RAW = re.compile(r"""[^A-Za-z0-9\-._~!$&'()*+,;=:@/%"<>\[\]^`{|}]""")
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_MALFORMED_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 # A path that needs no work: only kept characters, no escape, no `//`, no segment
 # starting with a dot. Most requests take this branch.
@@ -63,9 +64,10 @@ def canonicalize(raw_target: str) -> tuple[str, str]:
 
     Raises AmbiguousPath for any target the gateway refuses to guess about.
     """
-    target = raw_target.split("#", 1)[0]
-    path, sep, query = target.partition("?")
-    if sep and not _QUERY.fullmatch(query):
+    if "#" in raw_target:
+        raw_target = raw_target.split("#", 1)[0]
+    path, _, query = raw_target.partition("?")
+    if query and not _QUERY.fullmatch(query):
         raise AmbiguousPath("the query string has a control, space or non-ASCII character")
     if not path.startswith("/"):
         raise AmbiguousPath("the request target must be a path starting with '/'")
@@ -111,40 +113,33 @@ def check_pattern(pattern: str) -> str | None:
 
 
 def _normalize_escapes(path: str) -> str:
-    out: list[str] = []
-    append = out.append
-    i, n = 0, len(path)
-    while i < n:
-        char = path[i]
-        if char == "%":
-            hexpair = path[i + 1 : i + 3]
-            if len(hexpair) != 2 or not _HEX.issuperset(hexpair):
-                raise AmbiguousPath(f"malformed percent-escape at offset {i}")
-            code = int(hexpair, 16)
-            if code in (0x2F, 0x5C):
-                raise AmbiguousPath("an encoded '/' or '\\' in the path")
-            if code < 0x20 or code == 0x7F:
-                raise AmbiguousPath("an encoded control character in the path")
-            decoded = chr(code)
-            append(decoded if decoded in _DECODED else "%" + hexpair.upper())
-            i += 3
-            continue
-        if char in _RAW_KEPT:
-            append(char)
-        elif char in _RAW_ENCODED:
-            append(f"%{ord(char):02X}")
-        elif char == "\\":
+    bad = _BAD_RAW.search(path)
+    if bad is not None:
+        if bad[0] == "\\":
             raise AmbiguousPath("a backslash in the path")
-        else:
-            raise AmbiguousPath("a control, space or non-ASCII character in the path")
-        i += 1
-    result = "".join(out)
+        raise AmbiguousPath("a control, space or non-ASCII character in the path")
+    if "%" in path:
+        if _MALFORMED_ESCAPE.search(path):
+            raise AmbiguousPath("a malformed percent-escape in the path")
+        path = _ESCAPE.sub(_normalize_escape, path)
+    if _RAW_TO_ENCODE.search(path):
+        path = _RAW_TO_ENCODE.sub(lambda m: f"%{ord(m[0]):02X}", path)
     # Checked on the output so that `%25%32%65` (a `%2e` in disguise) is caught as well.
-    if _DOUBLE_ENCODED.search(result):
+    if _DOUBLE_ENCODED.search(path):
         raise AmbiguousPath("a double-encoded character in the path ('%25' + hex)")
-    for run in _HIGH_ESCAPES.findall(result):
+    for run in _HIGH_ESCAPES.findall(path):
         _check_utf8(run)
-    return result
+    return path
+
+
+def _normalize_escape(escape: re.Match[str]) -> str:
+    code = int(escape[1], 16)
+    if code in (0x2F, 0x5C):
+        raise AmbiguousPath("an encoded '/' or '\\' in the path")
+    if code < 0x20 or code == 0x7F:
+        raise AmbiguousPath("an encoded control character in the path")
+    decoded = chr(code)
+    return decoded if decoded in _DECODED else "%" + escape[1].upper()
 
 
 def _check_utf8(run: str) -> None:
@@ -170,7 +165,7 @@ def _resolve_dots(path: str) -> str:
             kept.pop()
             trailing_slash = True
         else:
-            if _DOTLIKE.fullmatch(_PARAMS.split(segment, 1)[0]):
+            if segment[0] in ".%" and _DOTLIKE.fullmatch(_PARAMS.split(segment, 1)[0]):
                 raise AmbiguousPath(f"segment {segment!r} reads as a dot segment to some origins")
             kept.append(segment)
             trailing_slash = False

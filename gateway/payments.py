@@ -170,7 +170,9 @@ class Payments:
             raise FacilitatorUnavailable("no facilitator has answered /supported yet")
         started = time.perf_counter()
         try:
-            result = await self.server.verify_payment(claim.matched.payload, claim.matched.requirements)
+            result = await self.server.verify_payment(
+                claim.matched.payload, claim.matched.requirements
+            )
         except SchemeNotFoundError as exc:
             raise PaymentError(str(exc), reason="unsupported_scheme") from exc
         finally:
@@ -233,4 +235,3 @@ class Payments:
     async def _record(self, claim: Claim, status: Status, **changes: str | None) -> None:
         claim.record = claim.record.with_status(status, **changes)
         await self.store.update(claim.key, claim.record, claim.ttl)
-

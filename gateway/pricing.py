@@ -81,7 +81,7 @@ def parse_usd(text: str) -> Decimal:
         raise ValueError(f"{quote(text)} is negative; a price must be more than $0")
     match = _PRICE.fullmatch(stripped)
     if match is None:
-        number = _SOME_NUMBER.search(stripped)
+        number = _SOME_NUMBER.search(stripped.replace(",", ""))
         hint = f'"${number.group(0)}"' if number else '"$0.001" or free'
         raise ValueError(f"{quote(text)} is not a price; write {hint}")
     dollars = Decimal(match.group(1))
@@ -149,6 +149,8 @@ def requirement(
 
 def format_price(req: Requirement) -> str:
     """`$0.001 (1000 atomic units of USDC)`, for the `check` table and logs."""
+    if req.symbol == req.asset:  # a token whose decimals the config does not know
+        return f"{req.amount} atomic units of token {req.asset}"
     with localcontext() as ctx:
         ctx.prec = _PRECISION
         dollars = Decimal(req.amount).scaleb(-req.decimals).normalize()

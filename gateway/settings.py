@@ -60,7 +60,8 @@ class Requirement:
     amount: int  # atomic units
     pay_to: str  # checksummed recipient
     max_timeout_seconds: int = 300
-    extra: Mapping[str, Any] = EMPTY
+    # Python 3.11 refuses a mappingproxy as a dataclass default (unhashable there).
+    extra: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
     decimals: int = 6  # for display only
     symbol: str = "USDC"  # for display only
 
@@ -93,7 +94,8 @@ class RouteSettings:
 @dataclass(frozen=True, slots=True)
 class RemoteFacilitatorSettings:
     url: str
-    headers: Mapping[str, str] = field(default=EMPTY, repr=False)  # may carry secrets
+    # may carry secrets
+    headers: Mapping[str, str] = field(default_factory=lambda: EMPTY, repr=False)
     timeout: float = 10.0
 
 
@@ -116,6 +118,7 @@ class Timeouts:
     request_header: float = 10.0  # a client's time to send its request head
     request_body: float = 60.0  # idle time between bytes of a client's request body
     shutdown_grace: float = 30.0  # in-flight requests get this long after SIGTERM
+    keepalive: float = 75.0  # an idle client connection is closed after this long
 
 
 @dataclass(frozen=True, slots=True)

@@ -96,6 +96,15 @@ def free_port() -> int:
         return port
 
 
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def rpc_call(rpc_url: str, method: str, params: list[Any] | None = None) -> Any:
     """One raw JSON-RPC call (no web3 needed: used to wait for a node to come up)."""
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []})
@@ -158,6 +167,8 @@ def start_anvil(
     between the probe and anvil's bind).
     """
     binary = anvil_path()
+    if port is not None and not port_is_free(port):
+        raise ChainError(f"anvil cannot listen on 127.0.0.1:{port}: the port is taken")
     attempts = 1 if port is not None else 3
     last_error = ""
     for _ in range(attempts):
@@ -174,19 +185,22 @@ def start_anvil(
         deadline = time.monotonic() + startup_timeout
         while time.monotonic() < deadline and process.poll() is None:
             try:
-                if int(rpc_call(anvil.rpc_url, "eth_chainId"), 16) == chain_id:
+                answered = int(rpc_call(anvil.rpc_url, "eth_chainId"), 16) == chain_id
+                # Alive after answering: the answer was ours, not another node's on a port
+                # taken between the probe and our bind.
+                if answered and process.poll() is None:
                     return anvil
             except (OSError, urllib.error.URLError, ValueError, ChainError):
                 time.sleep(0.05)
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=5)
+        last_error = _read_all(stderr) or f"no answer on {anvil.rpc_url} in {startup_timeout}s"
         anvil.stop()
-        stderr_text = _read_all(stderr)
-        last_error = stderr_text or f"no answer on {anvil.rpc_url} within {startup_timeout}s"
     raise ChainError(f"anvil did not start: {last_error}")
 
 
 def _read_all(stream: IO[bytes]) -> str:
-    if stream.closed:
-        return ""
     stream.seek(0)
     return stream.read().decode(errors="replace").strip()
 
@@ -220,7 +234,7 @@ def _send(w3: Any, key: str, tx: dict[str, Any]) -> Any:
         tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
     receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=_RECEIPT_TIMEOUT)
     if receipt["status"] != 1:
-        raise ChainError(f"transaction {tx_hash.hex()} reverted")
+        raise ChainError(f"transaction 0x{bytes(tx_hash).hex()} reverted")
     return receipt
 
 

@@ -184,9 +184,7 @@ class RemoteFacilitator:
             separators=(",", ":"),
         ).encode()
 
-    async def _post(
-        self, endpoint: _Endpoint, op: str, body: bytes, model: type[ModelT]
-    ) -> ModelT:
+    async def _post(self, endpoint: _Endpoint, op: str, body: bytes, model: type[ModelT]) -> ModelT:
         assert self._session is not None, "start() first"
         cfg = endpoint.settings
         try:

@@ -1,0 +1,295 @@
+"""`python -m bench [--quick] [--only ABCD]`: the gateway's benchmark, every figure in one run.
+
+A. free route: CPU/request, req/s, p50/p99 (origin, floor proxy, nginx proxy, gateway)
+B. paid route: paid req/s and the Server-Timing latency split (local chain + facilitator)
+C. memory: RSS growth while a large body passes (fast and slow readers)
+D. route table: match cost at 10 and 10,000 routes
+
+Writes bench/results/latest.json and latest.md. Everything runs on 127.0.0.1; every
+process it starts is stopped by pid when it ends, whatever happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import free_route, memory, nginx, report
+from bench.gateway_proc import free_config, gateway_available, start_gateway
+from bench.procs import ProcGroup, free_port
+from bench.stats import ratio, rounded
+
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    free: free_route.FreeParams
+    body_bytes: int
+    slow_rate: float  # bytes/s
+    payers: int
+    concurrency: int
+    sequential: int
+    free_requests: int
+    block_time: bool
+
+
+QUICK = Profile(
+    name="quick",
+    free=free_route.FreeParams(requests=4_000, warmup=500, latency_seconds=2, rounds=1),
+    body_bytes=256 * MIB,
+    slow_rate=50e6,
+    payers=100,
+    concurrency=10,
+    sequential=20,
+    free_requests=100,
+    block_time=False,
+)
+FULL = Profile(
+    name="full",
+    free=free_route.FreeParams(requests=20_000, warmup=2_000, latency_seconds=5, rounds=3),
+    body_bytes=1024 * MIB,
+    slow_rate=50e6,
+    payers=100,
+    concurrency=10,
+    sequential=50,
+    free_requests=300,
+    block_time=True,
+)
+
+GW_WARNING = "gateway (log_level warning)"
+GW_INFO = "gateway (log_level info)"
+
+
+class Harness:
+    def __init__(self, profile: Profile, workdir: Path) -> None:
+        self.profile = profile
+        self.workdir = workdir
+        self.group = ProcGroup(workdir)
+        self.started = time.monotonic()
+        self.origin_port = free_port()
+        self.pids: dict[str, int] = {}
+        self.ports: dict[str, int] = {}
+        self.gateway_missing: str | None = None
+
+    def log(self, message: str) -> None:
+        print(f"[bench {time.monotonic() - self.started:6.1f}s] {message}", file=sys.stderr)
+
+    @property
+    def upstream(self) -> str:
+        return f"http://127.0.0.1:{self.origin_port}"
+
+    def start_all(self) -> None:
+        origin = nginx.start_origin(
+            self.group, self.workdir, self.origin_port, self.profile.body_bytes
+        )
+        self.pids["origin direct"], self.ports["origin direct"] = origin.pid, self.origin_port
+        port = free_port()
+        floor = self.group.start(
+            "floor",
+            [
+                *(sys.executable, "-m", "bench.floor_proxy"),
+                *("--listen", f"127.0.0.1:{port}", "--upstream", self.upstream),
+            ],
+            port=port,
+        )
+        self.pids["floor proxy"], self.ports["floor proxy"] = floor.pid, port
+        port = free_port()
+        proxy = nginx.start_proxy(self.group, self.workdir, port, self.origin_port)
+        self.pids["nginx proxy"], self.ports["nginx proxy"] = proxy.pid, port
+        self.gateway_missing = gateway_available()
+        if self.gateway_missing is None:
+            for label, level in ((GW_WARNING, "warning"), (GW_INFO, "info")):
+                name = f"gateway-free-{level}"
+                try:
+                    proc, port = start_gateway(
+                        self.group, self.workdir, name, free_config(self.upstream, level)
+                    )
+                except RuntimeError as exc:
+                    self.gateway_missing = f"the gateway did not start: {exc}"
+                    break
+                self.pids[label], self.ports[label] = proc.pid, port
+        self.log("started: " + ", ".join(f"{k} :{v}" for k, v in self.ports.items()))
+
+    def url(self, label: str, path: str) -> str:
+        return f"http://127.0.0.1:{self.ports[label]}{path}"
+
+    def section_a(self) -> dict[str, Any]:
+        targets = [
+            free_route.Target(label, self.pids[label], self.url(label, nginx.SMALL_PATH))
+            for label in ("origin direct", "floor proxy", "nginx proxy", GW_WARNING, GW_INFO)
+            if label in self.pids
+        ]
+        result = free_route.run_section(targets, self.profile.free, self.log)
+        if self.gateway_missing:
+            result["status"] = "partial"
+            result["reason"] = self.gateway_missing
+        return result
+
+    def section_c(self) -> dict[str, Any]:
+        runs: dict[str, Any] = {}
+        for label in ("floor proxy", GW_WARNING):
+            if label not in self.pids:
+                continue
+            url = self.url(label, nginx.BIG_PATH)
+            self.log(f"C {label}, fast reader")
+            fast = memory.measure(self.pids[label], url, fast=True)
+            self.log(f"C {label}, slow reader")
+            slow = memory.measure(self.pids[label], url, fast=False, rate=self.profile.slow_rate)
+            runs[label] = {"fast reader": fast, "slow reader": slow}
+        result: dict[str, Any] = {
+            "params": {
+                "body_mib": self.profile.body_bytes // MIB,
+                "slow_mb_per_s": self.profile.slow_rate / 1e6,
+            },
+            "runs": runs,
+            "notes": ["fast reader: curl -o /dev/null; slow reader: aiohttp, paced reads"],
+        }
+        if self.gateway_missing:
+            result["status"] = "partial"
+            result["reason"] = self.gateway_missing
+        return result
+
+    def section_b(self, free_a: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        if self.gateway_missing:
+            return {"status": "not yet runnable", "reason": self.gateway_missing}, {}
+        try:
+            paid_route = importlib.import_module("bench.paid_route")
+        except ImportError as exc:
+            reason = f"payment pieces missing: {exc}"
+            return {"status": "not yet runnable", "reason": reason}, {}
+        added = free_a.get("ratios", {}).get("added_p50_us_over_origin", {}).get(GW_WARNING)
+        p = self.profile
+        params = paid_route.PaidParams(
+            payers=p.payers,
+            concurrency=p.concurrency,
+            sequential=p.sequential,
+            free_requests=p.free_requests,
+            block_time=p.block_time,
+            big_bytes=p.body_bytes,
+            slow_rate=p.slow_rate,
+        )
+        result: tuple[dict[str, Any], dict[str, Any]] = paid_route.run_section(
+            self.group, self.workdir, self.upstream, params, self.log, added
+        )
+        return result
+
+    def section_d(self) -> dict[str, Any]:
+        try:
+            route_match = importlib.import_module("bench.route_match")
+        except ImportError as exc:
+            return {"status": "not yet runnable", "reason": f"bench.route_match: {exc}"}
+        kinds: dict[str, Any] = {}
+        for kind in ("exact", "wildcard", "miss"):
+            self.log(f"D {kind}")
+            try:
+                small = route_match.measure(10, kind)
+                large = route_match.measure(10_000, kind)
+            except ValueError as exc:  # a kind that module does not know
+                kinds[kind] = {"error": str(exc)}
+                continue
+            kinds[kind] = {
+                "10": rounded(small),
+                "10000": rounded(large),
+                "ratio": rounded(ratio(large, small), 3),
+            }
+        return {"kinds": kinds, "unit": "ns per RouteTable.match"}
+
+
+def _guarded(name: str, harness: Harness, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """One section; a failure is recorded in the report, and the other sections still run."""
+    try:
+        return run()
+    except Exception as exc:  # report it, go on with the next section
+        harness.log(f"section {name} failed: {exc}")
+        return {
+            "status": "error",
+            "reason": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(),
+        }
+
+
+def _git_head() -> str:
+    try:
+        done = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            capture_output=True,
+            check=False,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return done.stdout.strip() or "unknown"
+
+
+def run(profile: Profile, only: str, command: str) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "date": report.now(),
+        "command": command,
+        "profile": profile.name,
+        "machine": report.machine(),
+        "git": _git_head(),
+        "sections": {},
+    }
+    sections = results["sections"]
+    with tempfile.TemporaryDirectory(prefix="x402-bench-") as tmp:
+        harness = Harness(profile, Path(tmp))
+        try:
+            harness.start_all()
+            if "D" in only:
+                sections["D"] = _guarded("D", harness, harness.section_d)
+            if "A" in only:
+                sections["A"] = _guarded("A", harness, harness.section_a)
+            if "C" in only:
+                sections["C"] = _guarded("C", harness, harness.section_c)
+            if "B" in only:
+                paid_memory: dict[str, Any] = {}
+
+                def section_b() -> dict[str, Any]:
+                    paid, memory_part = harness.section_b(sections.get("A", {}))
+                    paid_memory.update(memory_part)
+                    return paid
+
+                sections["B"] = _guarded("B", harness, section_b)
+                if "C" in only:
+                    sections["C"].setdefault("runs", {}).update(paid_memory)
+                    if not paid_memory:
+                        sections["C"].setdefault("notes", []).append(
+                            "paid route: not run (section B did not run to its end)"
+                        )
+        finally:
+            harness.group.close()
+            results["seconds"] = round(time.monotonic() - harness.started, 1)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer requests, 256 MiB body")
+    parser.add_argument("--only", default="ABCD", help="sections to run, e.g. AD")
+    args = parser.parse_args(argv)
+    profile = QUICK if args.quick else FULL
+    command = shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
+    results = run(profile, args.only.upper(), command)
+    as_json, as_md = report.write(results)
+    print(as_md.read_text())
+    print(f"written: {as_json} {as_md}", file=sys.stderr)
+    failed = [k for k, v in results["sections"].items() if v.get("status") == "error"]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,317 @@
+"""Section B: paid requests through the whole x402 flow, on a local chain.
+
+anvil + the test USDC + the facilitator HTTP server (gateway/demo), a gateway with priced
+routes and `server_timing: true`, distinct funded payers whose `PAYMENT-SIGNATURE`
+headers are all signed before the clock starts. Measured: paid requests/s at a fixed
+concurrency, and at concurrency 1 the latency split from the gateway's `Server-Timing`
+header (verify, origin, settle, gw = the gateway's own share), compared with a free request
+through the same gateway, read by the same client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from x402.http.utils import decode_payment_response_header
+
+from bench import memory, nginx
+from bench.gateway_proc import start_gateway
+from bench.procs import Proc, ProcGroup, free_port
+from bench.stats import percentile, rounded
+from gateway.demo import chain as demo_chain
+from gateway.demo.payer import make_x402_client, pay_challenge
+
+PRICE = "$0.001"
+FUND_EACH = 1_000_000  # 1 test USDC: enough for every variant's payment and then some
+SPLIT_NAMES = ("verify", "origin", "settle", "gw")
+
+
+@dataclass(frozen=True)
+class PaidParams:
+    payers: int  # distinct payers, one payment each per variant, sent at `concurrency`
+    concurrency: int
+    sequential: int  # payments sent one at a time for the latency split
+    free_requests: int  # free requests through the same gateway, same client
+    block_time: bool  # also a run with a block every 2 s
+    big_bytes: int
+    slow_rate: float  # bytes/s of the slow reader
+
+
+@dataclass
+class PaidEnv:
+    """The chain side: anvil, the token, the facilitator server, the funded payers."""
+
+    anvil: Any  # gateway.demo.chain.Anvil
+    chain: Any  # gateway.demo.chain.LocalChain
+    facilitator_url: str
+    payers: list[Any]  # eth_account LocalAccount
+
+
+def start_env(group: ProcGroup, n_payers: int, log: Callable[[str], None]) -> PaidEnv:
+    started = time.monotonic()
+    anvil = demo_chain.start_anvil()
+    # The Anvil object owns its process; it is stopped by pid in stop_env (try/finally).
+    try:
+        local = demo_chain.prepare_chain(anvil.rpc_url)
+        port = free_port()
+        group.start(
+            "facilitator",
+            [
+                sys.executable,
+                "-m",
+                "gateway.demo.facilitator_server",
+                "--rpc-url",
+                anvil.rpc_url,
+                "--private-key-env",
+                "BENCH_FACILITATOR_KEY",
+                "--port",
+                str(port),
+                "--network",
+                local.network,
+            ],
+            port=port,
+            env={"BENCH_FACILITATOR_KEY": local.facilitator_key},
+            timeout=60.0,
+        )
+        with ThreadPoolExecutor(8) as pool:
+            payers = list(pool.map(lambda _: local.new_payer(FUND_EACH), range(n_payers)))
+    except BaseException:
+        anvil.stop()
+        raise
+    log(f"B chain ready: {n_payers} funded payers in {time.monotonic() - started:.1f}s")
+    return PaidEnv(anvil, local, f"http://127.0.0.1:{port}", payers)
+
+
+def paid_config(env: PaidEnv, upstream: str, *, local_facilitator: bool) -> dict[str, Any]:
+    chain = env.chain
+    facilitator: dict[str, Any] = (
+        {"local": {"rpc_url": chain.rpc_url, "private_key": chain.facilitator_key}}
+        if local_facilitator
+        else {"url": env.facilitator_url}
+    )
+    return {
+        "upstream": upstream,
+        "facilitator": facilitator,
+        "network": chain.network,
+        "pay_to": chain.facilitator_address,
+        "asset": {"address": chain.token, "name": "USD Coin", "version": "2", "decimals": 6},
+        "store": "memory",
+        "log_level": "warning",
+        "server_timing": True,
+        "routes": [
+            {"path": nginx.PAID_SMALL_PATH, "price": PRICE, "description": "bench small"},
+            {"path": nginx.PAID_BIG_PATH, "price": PRICE, "description": "bench big"},
+            {"path": "/*", "price": "free"},
+        ],
+    }
+
+
+async def _challenge(url: str) -> tuple[dict[str, str], bytes]:
+    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+        body = await resp.read()
+        if resp.status != 402:
+            raise RuntimeError(f"expected a 402 from {url}, got {resp.status}: {body[:200]!r}")
+        return dict(resp.headers), body
+
+
+async def sign_payments(url: str, env: PaidEnv, payers: Sequence[Any]) -> list[dict[str, str]]:
+    """One PAYMENT-SIGNATURE header set per payer, for the 402 that url answers."""
+    headers, body = await _challenge(url)
+    assets = [(env.chain.network, env.chain.token)]
+    signed = []
+    for account in payers:
+        header, _payload = await pay_challenge(make_x402_client(account, assets), headers, body)
+        signed.append(header)
+    return signed
+
+
+def parse_server_timing(value: str | None) -> dict[str, float]:
+    """`verify;dur=12.3, gw;dur=0.1` -> {name: microseconds}; unreadable entries skipped."""
+    out: dict[str, float] = {}
+    for entry in (value or "").split(","):
+        name, *params = (part.strip() for part in entry.split(";"))
+        for param in params:
+            key, _, number = param.partition("=")
+            if name and key.strip() == "dur":
+                try:
+                    out[name] = float(number.strip('"')) * 1000.0
+                except ValueError:
+                    continue
+    return out
+
+
+def _settled(value: str | None) -> bool:
+    if not value:
+        return False
+    try:
+        return bool(decode_payment_response_header(value).success)
+    except Exception:  # an unreadable receipt counts as not settled
+        return False
+
+
+async def _get(session: aiohttp.ClientSession, url: str) -> None:
+    async with session.get(url) as resp:
+        await resp.read()
+
+
+async def send_all(
+    url: str, header_sets: Sequence[Mapping[str, str]], concurrency: int
+) -> tuple[list[dict[str, Any]], float]:
+    """Send one request per header set, `concurrency` at a time; per-request records and
+    the wall time of the whole batch."""
+    queue: asyncio.Queue[Mapping[str, str]] = asyncio.Queue()
+    for headers in header_sets:
+        queue.put_nowait(headers)
+    records: list[dict[str, Any]] = []
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+
+        async def worker() -> None:
+            while not queue.empty():
+                headers = queue.get_nowait()
+                started = time.perf_counter()
+                async with session.get(url, headers=dict(headers)) as resp:
+                    await resp.read()
+                    records.append(
+                        {
+                            "status": resp.status,
+                            "total_us": (time.perf_counter() - started) * 1e6,
+                            "timing": parse_server_timing(resp.headers.get("Server-Timing")),
+                            "settled": _settled(resp.headers.get("PAYMENT-RESPONSE")),
+                        }
+                    )
+
+        # Open the connections before the clock starts, as a warmed-up client would have.
+        warm_url = url.rsplit("/", 1)[0] + nginx.SMALL_PATH
+        await asyncio.gather(*(_get(session, warm_url) for _ in range(concurrency)))
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    return records, wall
+
+
+def _dist(values: list[float]) -> dict[str, float | None]:
+    return {"p50": rounded(percentile(values, 50)), "p99": rounded(percentile(values, 99))}
+
+
+def _split(records: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [r for r in records if r["status"] == 200]
+    names = sorted({name for r in ok for name in r["timing"]})
+    split: dict[str, Any] = {
+        "requests": len(records),
+        "ok": len(ok),
+        "settled": sum(1 for r in ok if r["settled"]),
+        "statuses": sorted({r["status"] for r in records}),
+        "total_us": _dist([r["total_us"] for r in ok]),
+        "server_timing_names": names or "missing",
+    }
+    for name in SPLIT_NAMES:
+        values = [r["timing"][name] for r in ok if name in r["timing"]]
+        split[f"{name}_us"] = _dist(values) if values else "missing"
+    # What the gateway adds besides the facilitator's two calls: comparable with a free
+    # request's whole latency, which also holds the origin, loopback and this client.
+    split["total_minus_verify_settle_us"] = _dist(
+        [
+            r["total_us"] - r["timing"].get("verify", 0.0) - r["timing"].get("settle", 0.0)
+            for r in ok
+            if "verify" in r["timing"] and "settle" in r["timing"]
+        ]
+    )
+    return split
+
+
+async def _variant(
+    gw_url: str, env: PaidEnv, params: PaidParams, log: Callable[[str], None]
+) -> dict[str, Any]:
+    paid_url = gw_url + nginx.PAID_SMALL_PATH
+    free_url = gw_url + nginx.SMALL_PATH
+    seq_payers = env.payers[: params.sequential]
+    signing = time.perf_counter()
+    seq_headers = await sign_payments(paid_url, env, seq_payers)
+    conc_headers = await sign_payments(paid_url, env, env.payers[: params.payers])
+    log(
+        f"B signed {len(seq_headers) + len(conc_headers)} payments in "
+        f"{time.perf_counter() - signing:.1f}s (before the clock)"
+    )
+    free_records, _ = await send_all(free_url, [{}] * params.free_requests, 1)
+    seq_records, _ = await send_all(paid_url, seq_headers, 1)
+    conc_records, wall = await send_all(paid_url, conc_headers, params.concurrency)
+    free_p50 = percentile([r["total_us"] for r in free_records if r["status"] == 200], 50)
+    seq = _split(seq_records)
+    own = seq["total_minus_verify_settle_us"]["p50"]
+    gw_p50 = seq["gw_us"]["p50"] if isinstance(seq["gw_us"], dict) else None
+    return {
+        "paid_rps": rounded(len(conc_records) / wall, 1),
+        "concurrency": params.concurrency,
+        "at_concurrency": _split(conc_records),
+        "sequential": seq,
+        "free_same_client_us": _dist([r["total_us"] for r in free_records]),
+        "paid_own_minus_free_p50_us": rounded(own - free_p50) if own and free_p50 else None,
+        "gw_share_p50_us": gw_p50,
+    }
+
+
+def stop_env(env: PaidEnv | None) -> None:
+    if env is not None:
+        env.anvil.stop()
+
+
+def run_section(
+    group: ProcGroup,
+    workdir: Path,
+    upstream: str,
+    params: PaidParams,
+    log: Callable[[str], None],
+    free_gw_added_p50: float | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(section B, the paid-route half of section C)."""
+    # The facilitator server imports the gateway's local facilitator: fail here, not later.
+    importlib.import_module("gateway.demo.facilitator_server")
+    env = start_env(group, max(params.payers, params.sequential), log)
+    results: dict[str, Any] = {"params": params.__dict__, "variants": {}}
+    paid_memory: dict[str, Any] = {}
+    try:
+        variants = [("remote facilitator", False, False), ("in-process facilitator", True, False)]
+        if params.block_time:
+            variants.append(("remote facilitator, block time 2s", False, True))
+        for label, local_facilitator, block_time in variants:
+            if block_time:
+                # Same as anvil --block-time 2 from here on: a block every 2 s, no automine.
+                demo_chain.rpc_call(env.chain.rpc_url, "evm_setIntervalMining", [2])
+            config = paid_config(env, upstream, local_facilitator=local_facilitator)
+            name = "gateway-paid-" + label.split()[0].replace(",", "")
+            proc, port = start_gateway(group, workdir, name + ("-bt" if block_time else ""), config)
+            try:
+                log(f"B {label}")
+                gw_url = f"http://127.0.0.1:{port}"
+                variant = asyncio.run(_variant(gw_url, env, params, log))
+                variant["free_gateway_added_p50_us_wrk"] = free_gw_added_p50
+                results["variants"][label] = variant
+                if label == "remote facilitator":
+                    paid_memory = _paid_memory(proc, gw_url, env, params, log)
+            finally:
+                group.stop(proc)
+    finally:
+        stop_env(env)
+    return results, paid_memory
+
+
+def _paid_memory(
+    proc: Proc, gw_url: str, env: PaidEnv, params: PaidParams, log: Callable[[str], None]
+) -> dict[str, Any]:
+    url = gw_url + nginx.PAID_BIG_PATH
+    fast_h, slow_h = asyncio.run(sign_payments(url, env, env.payers[-2:]))
+    log("C paid route, fast reader")
+    fast = memory.measure(proc.pid, url, fast=True, headers=fast_h)
+    log("C paid route, slow reader")
+    slow = memory.measure(proc.pid, url, fast=False, rate=params.slow_rate, headers=slow_h)
+    return {"gateway paid route": {"fast reader": fast, "slow reader": slow}}

@@ -1,0 +1,255 @@
+"""bench/results/latest.json (every figure) and latest.md (the same, for people)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        loadavg = Path("/proc/loadavg").read_text().split()[:3]
+    except OSError:
+        loadavg = []
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "loadavg_at_start": loadavg,
+    }
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def _status(section: dict[str, Any]) -> list[str]:
+    if not section:
+        return ["not run in this invocation (see --only)", ""]
+    status = section.get("status", "ok")
+    if status == "ok":
+        return []
+    # The full reason (a process's last log lines, a traceback) is in latest.json.
+    reason = str(section.get("reason", "")).strip().splitlines()
+    shown = reason[0] + (f" ... {reason[-1]}" if len(reason) > 1 else "") if reason else ""
+    return [f"**{status}**: {shown}", ""]
+
+
+def _free(a: dict[str, Any]) -> list[str]:
+    out = ["## A. Free route", "", *_status(a)]
+    if "targets" not in a:
+        return out
+    p = a["params"]
+    out.append(
+        f"{p['requests_per_cpu_run']:,} requests at {p['connections']} connections for CPU and "
+        f"req/s; {p['latency_seconds_1c']} s at 1 connection for latency; "
+        f"median of {p['rounds']} interleaved round(s). CPU = utime+stime of the target's "
+        "process tree (/proc) / requests served."
+    )
+    out.append("")
+    rows = [
+        [
+            label,
+            r["cpu_us_per_request"],
+            r["rps_50c"],
+            r["p50_us_1c"],
+            r["p99_us_1c"],
+            r["rss_mib_after"],
+            r["errors"],
+        ]
+        for label, r in a["targets"].items()
+    ]
+    out += _table(
+        ["target", "CPU µs/req", "req/s @50", "p50 µs @1", "p99 µs @1", "RSS MiB", "errors"], rows
+    )
+    ratios = a.get("ratios", {})
+    added = ratios.get("added_p50_us_over_origin", {})
+    out += _table(
+        ["ratio", "value"], [[k, v] for k, v in ratios.items() if not isinstance(v, dict)]
+    )
+    out += _table(["p50 added over the origin (µs, 1 connection)", "µs"], list(added.items()))
+    out += [f"Target: {a.get('target', '')}", ""]
+    return out
+
+
+def _dist(value: Any) -> str:
+    if isinstance(value, dict):
+        return f"{_fmt(value.get('p50'))} / {_fmt(value.get('p99'))}"
+    return _fmt(value)
+
+
+def _paid(b: dict[str, Any]) -> list[str]:
+    out = ["## B. Paid route", "", *_status(b)]
+    variants = b.get("variants", {})
+    if not variants:
+        return out
+    p = b["params"]
+    out.append(
+        f"{p['payers']} distinct payers, payments signed before the clock, sent "
+        f"{p['concurrency']} at a time (req/s); {p['sequential']} more sent one at a time "
+        "for the latency split (Server-Timing); µs as p50 / p99."
+    )
+    out.append("")
+    header = [
+        "variant",
+        "paid req/s",
+        "ok/settled",
+        "total @1",
+        "verify",
+        "origin",
+        "settle",
+        "gw",
+        "total-verify-settle",
+        "free, same client",
+        "paid own - free p50",
+    ]
+    rows = []
+    for label, v in variants.items():
+        s = v["sequential"]
+        c = v["at_concurrency"]
+        rows.append(
+            [
+                label,
+                v["paid_rps"],
+                f"{c['ok']}/{c['settled']} of {c['requests']}; @1 {s['ok']}/{s['settled']}",
+                _dist(s["total_us"]),
+                _dist(s["verify_us"]),
+                _dist(s["origin_us"]),
+                _dist(s["settle_us"]),
+                _dist(s["gw_us"]),
+                _dist(s["total_minus_verify_settle_us"]),
+                _dist(v["free_same_client_us"]),
+                v["paid_own_minus_free_p50_us"],
+            ]
+        )
+    out += _table(header, rows)
+    out += _table(
+        ["variant", f"total @{p['concurrency']} (p50 / p99 µs)", "statuses", "Server-Timing"],
+        [
+            [
+                label,
+                _dist(v["at_concurrency"]["total_us"]),
+                v["at_concurrency"]["statuses"],
+                v["sequential"]["server_timing_names"],
+            ]
+            for label, v in variants.items()
+        ],
+    )
+    out += [
+        "Target: the gateway's own share of a paid request (total - verify - settle, or the "
+        "`gw` Server-Timing entry) ≤ 150 µs above a free request at p50.",
+        "",
+    ]
+    return out
+
+
+def _memory(c: dict[str, Any]) -> list[str]:
+    out = ["## C. Memory while a large body passes", "", *_status(c)]
+    runs = c.get("runs", {})
+    if c.get("params"):
+        p = c["params"]
+        out += [
+            f"Body {p['body_mib']} MiB; slow reader capped at {p['slow_mb_per_s']} MB/s; "
+            "VmRSS of the proxy's process tree sampled every 50 ms.",
+            "",
+        ]
+    rows = [
+        [
+            proxy,
+            reader,
+            r.get("status"),
+            r.get("bytes"),
+            r.get("mb_per_s"),
+            r.get("rss_before_mib"),
+            r.get("rss_peak_mib"),
+            r.get("growth_mib"),
+        ]
+        for proxy, readers in runs.items()
+        for reader, r in readers.items()
+    ]
+    if rows:
+        out += _table(
+            ["proxy", "reader", "status", "bytes", "MB/s", "RSS before", "RSS peak", "growth MiB"],
+            rows,
+        )
+    for note in c.get("notes", []):
+        out += [f"- {note}"]
+    out += ["", "Target: peak RSS growth ≤ 16 MiB.", ""]
+    return out
+
+
+def _routes(d: dict[str, Any]) -> list[str]:
+    out = ["## D. Route table", "", *_status(d)]
+    rows = [
+        [kind, r.get("10"), r.get("10000"), r.get("ratio")]
+        for kind, r in d.get("kinds", {}).items()
+    ]
+    if rows:
+        out += _table(["kind", "ns/match @10", "ns/match @10,000", "ratio"], rows)
+    out += ["Target: ratio ≤ 1.05x.", ""]
+    return out
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    sections = results["sections"]
+    lines = [
+        "# x402 gateway benchmark",
+        "",
+        f"- date: {results['date']} (took {results['seconds']:.0f} s)",
+        f"- command: `{results['command']}` ({results['profile']})",
+        f"- machine: {m['nproc']} CPUs, {m['cpu_model']}, Linux {m['kernel']}, "
+        f"Python {m['python']}, load average at start {' '.join(m['loadavg_at_start'])}",
+        f"- gateway commit: {results.get('git', '-')}",
+        "",
+        "Every ratio and split below comes from this one run (shared machines are noisy; "
+        "absolute figures move between runs, ratios much less).",
+        "",
+    ]
+    lines += _free(sections.get("A", {}))
+    lines += _paid(sections.get("B", {}))
+    lines += _memory(sections.get("C", {}))
+    lines += _routes(sections.get("D", {}))
+    return "\n".join(lines) + "\n"
+
+
+def write(results: dict[str, Any], directory: Path = RESULTS) -> tuple[Path, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    as_json = directory / "latest.json"
+    as_md = directory / "latest.md"
+    as_json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    as_md.write_text(markdown(results))
+    return as_json, as_md

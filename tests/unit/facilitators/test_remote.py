@@ -1,0 +1,230 @@
+"""RemoteFacilitator against small facilitator servers on loopback that misbehave on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from x402.schemas import PaymentPayload, PaymentRequirements
+
+from gateway.errors import FacilitatorUnavailable, SettlementPending
+from gateway.facilitators.remote import RemoteFacilitator
+from gateway.settings import RemoteFacilitatorSettings
+from tests.procs import free_port
+
+REQ = PaymentRequirements(
+    scheme="exact",
+    network="eip155:84532",
+    asset="0x036CbD53842c5426634e7929541eC2318f3dCF7e",
+    amount="1000",
+    pay_to="0x" + "22" * 20,
+    max_timeout_seconds=60,
+)
+PAYLOAD = PaymentPayload(payload={"signature": "0x00"}, accepted=REQ)
+TX = "0x" + "ab" * 32
+SUPPORTED = {"kinds": [{"x402Version": 2, "scheme": "exact", "network": "eip155:84532"}]}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Fake:
+    """A facilitator whose /verify and /settle answers a test chooses."""
+
+    def __init__(self, verify: Handler | None = None, settle: Handler | None = None) -> None:
+        self.calls: list[str] = []
+        self.seen: list[dict[str, object]] = []
+        app = web.Application()
+        app.router.add_post("/verify", self._wrap("verify", verify or ok_verify))
+        app.router.add_post("/settle", self._wrap("settle", settle or ok_settle))
+        app.router.add_get("/supported", lambda r: _json(SUPPORTED))
+        self.server = TestServer(app, host="127.0.0.1")
+
+    def _wrap(self, name: str, handler: Handler) -> Handler:
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            self.calls.append(name)
+            self.seen.append(await request.json())
+            return await handler(request)
+
+        return wrapped
+
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url(""))
+
+
+async def _json(data: object, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status)
+
+
+async def ok_verify(_: web.Request) -> web.Response:
+    return await _json({"isValid": True, "payer": "0x" + "11" * 20})
+
+
+async def ok_settle(_: web.Request) -> web.Response:
+    return await _json({"success": True, "transaction": TX, "network": "eip155:84532"})
+
+
+async def invalid_verify(_: web.Request) -> web.Response:
+    return await _json(
+        {"isValid": False, "invalidReason": "invalid_exact_evm_payload_signature"}, 400
+    )
+
+
+async def boom(_: web.Request) -> web.Response:
+    return web.Response(status=503, text="down")
+
+
+async def garbage(_: web.Request) -> web.Response:
+    return web.Response(status=200, text="<html>not json</html>")
+
+
+async def hang(_: web.Request) -> web.Response:
+    await asyncio.sleep(5)
+    return web.Response()
+
+
+@pytest.fixture
+async def fakes() -> AsyncIterator[Callable[..., Awaitable[Fake]]]:
+    started: list[Fake] = []
+
+    async def make(**kw: Handler) -> Fake:
+        fake = Fake(**kw)
+        await fake.server.start_server()
+        started.append(fake)
+        return fake
+
+    yield make
+    for fake in started:
+        await fake.server.close()
+
+
+async def client(*urls: str, timeout: float = 2.0) -> RemoteFacilitator:
+    c = RemoteFacilitator([RemoteFacilitatorSettings(url=u, timeout=timeout) for u in urls])
+    await c.start()
+    return c
+
+
+DEAD = f"http://127.0.0.1:{free_port()}"
+
+
+async def test_verify_and_settle_speak_the_wire_format(fakes) -> None:  # type: ignore[no-untyped-def]
+    f = await fakes()
+    c = await client(f.url)
+    try:
+        assert (await c.verify(PAYLOAD, REQ)).is_valid
+        assert (await c.settle(PAYLOAD, REQ)).transaction == TX
+        body = f.seen[0]
+        assert body["x402Version"] == 2
+        assert body["paymentRequirements"]["payTo"] == REQ.pay_to  # type: ignore[index]
+    finally:
+        await c.close()
+
+
+async def test_invalid_answer_is_final_no_failover(fakes) -> None:  # type: ignore[no-untyped-def]
+    first, second = await fakes(verify=invalid_verify), await fakes()
+    c = await client(first.url, second.url)
+    try:
+        result = await c.verify(PAYLOAD, REQ)
+        assert (
+            not result.is_valid and result.invalid_reason == "invalid_exact_evm_payload_signature"
+        )
+        assert second.calls == []
+    finally:
+        await c.close()
+
+
+@pytest.mark.parametrize("bad", [boom, garbage])
+async def test_verify_fails_over_on_5xx_and_nonsense(fakes, bad) -> None:  # type: ignore[no-untyped-def]
+    first, second = await fakes(verify=bad), await fakes()
+    c = await client(first.url, second.url)
+    try:
+        assert (await c.verify(PAYLOAD, REQ)).is_valid
+        assert first.calls == ["verify"] and second.calls == ["verify"]
+    finally:
+        await c.close()
+
+
+async def test_verify_fails_over_on_timeout_and_refused(fakes) -> None:  # type: ignore[no-untyped-def]
+    slow, good = await fakes(verify=hang), await fakes()
+    c = await client(DEAD, slow.url, good.url, timeout=0.3)
+    try:
+        assert (await c.verify(PAYLOAD, REQ)).is_valid
+    finally:
+        await c.close()
+
+
+async def test_all_down_fails_closed(fakes) -> None:  # type: ignore[no-untyped-def]
+    f = await fakes(verify=boom)
+    c = await client(DEAD, f.url)
+    try:
+        with pytest.raises(FacilitatorUnavailable) as err:
+            await c.verify(PAYLOAD, REQ)
+        assert "cannot connect" in err.value.detail and "HTTP 503" in err.value.detail
+    finally:
+        await c.close()
+
+
+async def test_settle_moves_on_only_when_never_reached(fakes) -> None:  # type: ignore[no-untyped-def]
+    good = await fakes()
+    c = await client(DEAD, good.url)
+    try:
+        assert (await c.settle(PAYLOAD, REQ)).success
+    finally:
+        await c.close()
+
+
+@pytest.mark.parametrize("bad", [boom, garbage, hang])
+async def test_settle_with_unknown_outcome_is_pending_not_retried(fakes, bad) -> None:  # type: ignore[no-untyped-def]
+    first, second = await fakes(settle=bad), await fakes()
+    c = await client(first.url, second.url, timeout=0.3)
+    try:
+        with pytest.raises(SettlementPending):
+            await c.settle(PAYLOAD, REQ)
+        assert second.calls == []
+    finally:
+        await c.close()
+
+
+async def test_settle_success_without_transaction_is_not_trusted(fakes) -> None:  # type: ignore[no-untyped-def]
+    async def no_tx(_: web.Request) -> web.Response:
+        return await _json({"success": True, "transaction": "", "network": "eip155:84532"})
+
+    f = await fakes(settle=no_tx)
+    c = await client(f.url)
+    try:
+        with pytest.raises(SettlementPending):
+            await c.settle(PAYLOAD, REQ)
+    finally:
+        await c.close()
+
+
+async def test_supported_merges_and_ping(fakes) -> None:  # type: ignore[no-untyped-def]
+    f = await fakes()
+    c = await client(DEAD, f.url)
+    try:
+        errors = await c.refresh_supported()
+        assert len(errors) == 1 and DEAD in errors[0]
+        assert [(k.scheme, k.network) for k in c.get_supported().kinds] == [
+            ("exact", "eip155:84532")
+        ]
+        await c.ping()
+    finally:
+        await c.close()
+
+
+async def test_ping_fails_when_nothing_answers() -> None:
+    c = await client(DEAD)
+    try:
+        with pytest.raises(FacilitatorUnavailable):
+            await c.ping()
+    finally:
+        await c.close()
+
+
+def test_request_body_is_json() -> None:
+    body = json.loads(RemoteFacilitator._body(PAYLOAD, REQ))
+    assert set(body) == {"x402Version", "paymentPayload", "paymentRequirements"}

@@ -1,0 +1,151 @@
+"""Routes, payloads and headers for the x402 wire tests (challenge, decode, match).
+
+Signed payloads come from the SDK's own client (`x402ClientSync` + the exact EVM scheme) with a
+fresh random account: no chain is needed to sign.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from types import MappingProxyType
+from typing import Any
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from multidict import CIMultiDict, CIMultiDictProxy
+from x402 import x402ClientSync
+from x402.http.utils import decode_payment_required_header, encode_payment_signature_header
+from x402.mechanisms.evm.exact.register import register_exact_evm_client
+from x402.mechanisms.evm.signers import EthAccountSigner
+from x402.schemas import PaymentPayload, PaymentRequired
+from x402.schemas.v1 import PaymentPayloadV1, PaymentRequiredV1
+
+from gateway.challenge import payment_required
+from gateway.settings import Requirement, RouteSettings
+
+ASSET = "0x036CbD53842c5426634e7929541eC2318f3dCF7e"  # USDC on Base Sepolia
+OTHER_ASSET = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+PAY_TO = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
+OTHER_PAY_TO = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+PAYER = "0x90F79bf6EB2c4f870365E785982E1f101E93b906"
+NONCE = "0x" + "ab" * 32
+SIGNATURE = "0x" + "11" * 65
+URL = "http://gw.test/paid/report?x=1"
+DOMAIN = MappingProxyType({"name": "USDC", "version": "2"})
+
+
+def requirement(**changes: Any) -> Requirement:
+    fields: dict[str, Any] = {
+        "scheme": "exact",
+        "network": "eip155:84532",
+        "asset": ASSET,
+        "amount": 1000,
+        "pay_to": PAY_TO,
+        "max_timeout_seconds": 300,
+        "extra": DOMAIN,
+    }
+    fields.update(changes)
+    return Requirement(**fields)
+
+
+def route(*accepts: Requirement, **changes: Any) -> RouteSettings:
+    fields: dict[str, Any] = {
+        "index": 3,
+        "path": "/paid/*",
+        "methods": None,
+        "accepts": accepts or (requirement(),),
+        "description": "A paid report",
+        "mime_type": "application/json",
+    }
+    fields.update(changes)
+    return RouteSettings(**fields)
+
+
+def headers(*pairs: tuple[str, str]) -> CIMultiDictProxy[str]:
+    return CIMultiDictProxy(CIMultiDict(pairs))
+
+
+def b64json(value: Any) -> str:
+    return base64.b64encode(json.dumps(value).encode()).decode()
+
+
+def accepted(req: Requirement | None = None, **changes: Any) -> dict[str, Any]:
+    req = req or requirement()
+    out: dict[str, Any] = {
+        "scheme": req.scheme,
+        "network": req.network,
+        "asset": req.asset,
+        "amount": str(req.amount),
+        "payTo": req.pay_to,
+        "maxTimeoutSeconds": req.max_timeout_seconds,
+        "extra": dict(req.extra),
+    }
+    out.update(changes)
+    return out
+
+
+def authorization(**changes: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "from": PAYER,
+        "to": PAY_TO,
+        "value": "1000",
+        "validAfter": "0",
+        "validBefore": str(int(time.time()) + 300),
+        "nonce": NONCE,
+    }
+    out.update(changes)
+    return out
+
+
+def eip3009(**changes: Any) -> dict[str, Any]:
+    return {"authorization": authorization(**changes), "signature": SIGNATURE}
+
+
+def v2_dict(payload: dict[str, Any] | None = None, **accepted_changes: Any) -> dict[str, Any]:
+    return {
+        "x402Version": 2,
+        "accepted": accepted(**accepted_changes),
+        "payload": eip3009() if payload is None else payload,
+        "resource": {"url": URL},
+    }
+
+
+def v1_dict(payload: dict[str, Any] | None = None, network: str = "base-sepolia") -> dict[str, Any]:
+    return {
+        "x402Version": 1,
+        "scheme": "exact",
+        "network": network,
+        "payload": eip3009() if payload is None else payload,
+    }
+
+
+def client(account: LocalAccount) -> x402ClientSync:
+    paying = x402ClientSync()
+    register_exact_evm_client(paying, EthAccountSigner(account))
+    paying.set_spend_controls(False)  # the test tokens are not the SDK's known assets
+    return paying
+
+
+def new_account() -> LocalAccount:
+    account: LocalAccount = Account.create()
+    return account
+
+
+def sdk_v2_payment(priced: RouteSettings, account: LocalAccount) -> tuple[PaymentPayload, str]:
+    """What the SDK's client sends for our v2 challenge: (payload, PAYMENT-SIGNATURE value)."""
+    head, _ = payment_required(priced, URL, "Payment required")
+    challenge = decode_payment_required_header(head["PAYMENT-REQUIRED"])
+    assert isinstance(challenge, PaymentRequired)
+    payload = client(account).create_payment_payload(challenge)
+    assert isinstance(payload, PaymentPayload)
+    return payload, encode_payment_signature_header(payload)
+
+
+def sdk_v1_payment(priced: RouteSettings, account: LocalAccount) -> tuple[PaymentPayloadV1, str]:
+    """What the SDK's client sends for our v1 body: (payload, X-PAYMENT value)."""
+    _, body = payment_required(priced, URL, "Payment required")
+    payload = client(account).create_payment_payload(PaymentRequiredV1.model_validate_json(body))
+    assert isinstance(payload, PaymentPayloadV1)
+    return payload, encode_payment_signature_header(payload)
