@@ -10,8 +10,9 @@ of a paywall and bots repeat them.
 from __future__ import annotations
 
 import html
-from collections.abc import Iterable, Mapping
-from typing import Any
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from cachetools import LRUCache
 from x402.http.constants import (
@@ -27,8 +28,12 @@ from x402.http.utils import (
 from x402.schemas import PaymentRequired, PaymentRequirements, ResourceInfo, SettleResponse
 from x402.schemas.v1 import PaymentRequiredV1, PaymentRequirementsV1
 
-from .settings import Requirement, RouteSettings
+from .headers import is_trusted
+from .settings import Requirement, RouteSettings, Settings
 from .x402_networks import is_testnet, v1_name
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 # The SDK's `x402HTTPResourceServer` puts exactly this in `error` when no payment was sent;
 # every other challenge carries the failure's reason slug (`GatewayError.reason`).
@@ -46,6 +51,10 @@ CACHE_CONTROL = "no-store"  # a challenge is per request; never let a cache repl
 JSON_TYPE = "application/json"
 HTML_TYPE = "text/html; charset=utf-8"
 
+# What a forwarded scheme or host may be before it goes into a URL.
+_SCHEME = re.compile(r"https?", re.IGNORECASE)
+_HOST = re.compile(r"[A-Za-z0-9.\-]+(?::[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?")
+
 # v1 clients can only sign EIP-3009 (the SDK's v1 exact scheme has no Permit2 path).
 _PERMIT2 = "permit2"
 
@@ -57,6 +66,12 @@ def thaw(value: Any) -> Any:
     if isinstance(value, tuple | list):
         return [thaw(v) for v in value]
     return value
+
+
+def _first(value: str | None, pattern: re.Pattern[str]) -> str | None:
+    """The first element of a comma-separated forwarded header, if it is well-formed."""
+    first = (value or "").split(",", 1)[0].strip()
+    return first if pattern.fullmatch(first) else None
 
 
 def _v2(req: Requirement) -> PaymentRequirements:
@@ -201,25 +216,40 @@ def settlement_header(settle: SettleResponse, version: int) -> tuple[str, str]:
 
 
 class Challenges:
-    """Every paid route's challenge, prepared once at start-up.
+    """Every paid route's challenge, prepared once at start-up from the settings.
 
     With `public_url` set, a route's resource URL is fixed (`public_url` + path and query), so
-    each distinct request target costs one encoding; without it the URL comes from the request.
+    each distinct request target costs one encoding; without it the URL is the request's own.
     """
 
-    def __init__(
-        self, routes: Iterable[RouteSettings], public_url: str | None = None, cache_size: int = 1024
-    ) -> None:
-        self.public_url = public_url.rstrip("/") if public_url else None
-        self._v2 = {r.index: requirements_v2(r) for r in routes if not r.free}
+    def __init__(self, settings: Settings, cache_size: int = 1024) -> None:
+        self.public_url = settings.public_url.rstrip("/") if settings.public_url else None
+        self.trusted_proxies = settings.trusted_proxies
+        self._v2 = {r.index: requirements_v2(r) for r in settings.routes if not r.free}
         self._cache: LRUCache[tuple[int, str, str], tuple[dict[str, str], bytes]] = LRUCache(
             maxsize=cache_size
         )
 
-    def resource_url(self, request_url: str, path_qs: str) -> str:
-        """The resource a challenge names: `public_url` + path and query when configured, else
-        the URL the client asked for (scheme and host as the trusted proxy chain says)."""
-        return self.public_url + path_qs if self.public_url is not None else request_url
+    def resource_url(self, request: web.BaseRequest, path: str, query: str) -> str:
+        """The URL a challenge names for the canonical `path` and raw `query`: under
+        `public_url` when configured, else as the client addressed it (scheme and host from
+        `X-Forwarded-Proto`/`-Host` only when the direct peer is a trusted proxy)."""
+        target = f"{path}?{query}" if query else path
+        if self.public_url is not None:
+            return self.public_url + target
+        scheme, host = request.scheme, request.host
+        if is_trusted(request.remote, self.trusted_proxies):
+            proto = _first(request.headers.get("X-Forwarded-Proto"), _SCHEME)
+            scheme = proto.lower() if proto else scheme
+            host = _first(request.headers.get("X-Forwarded-Host"), _HOST) or host
+        if not _HOST.fullmatch(host):
+            host = "localhost"  # a Host header no URL can carry; the challenge is still valid
+        return f"{scheme}://{host}{target}"
+
+    @staticmethod
+    def wants_html(headers: Mapping[str, str]) -> bool:
+        """`wants_html()` on a request's headers."""
+        return wants_html(headers.get("Accept", ""), headers.get("User-Agent", ""))
 
     def _requirements(self, route: RouteSettings) -> list[PaymentRequirements]:
         prepared = self._v2.get(route.index)
@@ -237,15 +267,18 @@ class Challenges:
         headers, body = hit
         return dict(headers), body
 
-    def paywall(
-        self, route: RouteSettings, resource_url: str, error: str
-    ) -> tuple[dict[str, str], bytes]:
-        """The browser's 402: the paywall page, still carrying the v2 challenge header.
-
-        Not cached: the page is megabytes, and browsers are rare next to API clients."""
-        headers, _ = self.payment_required(route, resource_url, error)
+    def paywall_html(self, route: RouteSettings, resource_url: str, error: str) -> str:
+        """As `paywall_html()`. Not cached: the page is megabytes, and browsers are rare next
+        to API clients."""
         payment = PaymentRequired(
             error=error, resource=_resource(route, resource_url), accepts=self._requirements(route)
         )
+        return paywall_for(route, payment)
+
+    def paywall(
+        self, route: RouteSettings, resource_url: str, error: str
+    ) -> tuple[dict[str, str], bytes]:
+        """The browser's 402: the paywall page, still carrying the v2 challenge header."""
+        headers, _ = self.payment_required(route, resource_url, error)
         headers["Content-Type"] = HTML_TYPE
-        return headers, paywall_for(route, payment).encode()
+        return headers, self.paywall_html(route, resource_url, error).encode()

@@ -46,6 +46,7 @@ __all__ = [
     "FACILITATOR_KEYS",
     "LIMIT_KEYS",
     "LOCAL_FACILITATOR_KEYS",
+    "LOG_LEVELS",
     "ROUTE_KEYS",
     "TIMEOUT_KEYS",
     "TOP_LEVEL_KEYS",
@@ -257,7 +258,7 @@ def _compile(r: Reader, root: yaml.Node) -> Settings | None:
     listen = r.read(e, "listen", "", using(cv.parse_listen), Address("0.0.0.0", 8402))
     default_admin: Address | None = Address("127.0.0.1", 9402)
     admin = r.read(e, "admin", "", _admin, default_admin, null=True)
-    if admin is not None and admin == listen:
+    if admin is not None and admin == listen and listen.port != 0:
         r.error(e.get("admin", root), "admin", f"same address as listen ({listen})")
     upstream = r.read(
         e, "upstream", "", using(lambda t: cv.parse_url(t, allow_path=False)), "", required=True
@@ -277,7 +278,7 @@ def _compile(r: Reader, root: yaml.Node) -> Settings | None:
         r.error(
             e["workers"],
             "workers",
-            f"{workers} workers needs a shared store (redis://...); store: memory is per process",
+            f"{workers} needs a shared store (redis://...); store: memory is per process",
         )
     facilitators = _facilitators(r, e.get("facilitator"))
     routes: tuple[RouteSettings, ...] = ()
@@ -325,10 +326,13 @@ def loads(text: str, filename: str = "<string>", env: Mapping[str, str] | None =
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
         # Our own words, not str(exc): PyYAML quotes the offending line, which may hold a secret.
-        problem = " ".join(p for p in (exc.context, exc.problem) if p)
+        problem = ": ".join(p for p in (exc.context, exc.problem) if p)
         raise ConfigError([f"{filename}:{line}: YAML syntax error: {problem}"]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"{filename}:1: YAML error: {type(exc).__name__}"]) from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, max(exc.position, 0)) + 1
+        raise ConfigError(
+            [f"{filename}:{line}: YAML syntax error: a control character is not allowed here"]
+        ) from None
     if root is None:
         raise ConfigError([f"{filename}:1: the file is empty; upstream and routes are required"])
     settings = _compile(reader, root)

@@ -17,6 +17,7 @@ from yaml.resolver import Resolver
 from gateway import config_values as cv
 
 T = TypeVar("T")
+_MAX_DEPTH = 16
 
 
 class Reader:
@@ -144,13 +145,17 @@ class Reader:
         key_path = f"{path}.{key}" if path else key
         return self.value(node, key_path, convert, default, null=null, required=required)
 
-    def plain(self, node: yaml.Node, path: str) -> Any:
+    def plain(self, node: yaml.Node, path: str, depth: int = 0) -> Any:
         """Any YAML value as plain Python data (for `extra`), with `${ENV}` expanded."""
+        if depth > _MAX_DEPTH:
+            # Also stops a recursive alias (`a: &x [*x]`), which compose() allows.
+            self.error(node, path, f"nested more than {_MAX_DEPTH} levels deep")
+            return None
         if isinstance(node, yaml.MappingNode):
             entries = self.mapping(node, path, None) or {}
-            return {k: self.plain(v, f"{path}.{k}") for k, v in entries.items()}
+            return {k: self.plain(v, f"{path}.{k}", depth + 1) for k, v in entries.items()}
         if isinstance(node, yaml.SequenceNode):
-            return [self.plain(v, f"{path}[{i}]") for i, v in enumerate(node.value)]
+            return [self.plain(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(node.value)]
         scalar = self.scalar(node, path)
         return scalar.value if scalar is not None else None
 

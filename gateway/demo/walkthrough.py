@@ -35,6 +35,7 @@ PAYMENT_RESPONSE = "PAYMENT-RESPONSE"
 PAID_PATH = "/api/forecast/lisbon"
 TRY_PATH = "/api/forecast/paris"
 REFUSED = (402, 409)
+DECIMALS = 6  # the test USDC's, as demo.yaml's `asset` says
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,8 @@ class Walkthrough:
         )
 
     def show_balances(self, when: str, b: Balances) -> None:
-        self.out.field(f"payer {when}", usd(b.payer, 6))
-        self.out.field(f"payee {when}", usd(b.payee, 6))
+        self.out.field(f"payer {when}", usd(b.payer, DECIMALS))
+        self.out.field(f"payee {when}", usd(b.payee, DECIMALS))
 
     def free(self) -> None:
         self.out.heading(1, "A free route passes straight through")
@@ -128,7 +129,7 @@ class Walkthrough:
         header = response.headers.get(PAYMENT_REQUIRED)
         if not self.out.check(
             response.status_code == 402 and bool(header),
-            f"402 with a {PAYMENT_REQUIRED} challenge (the origin was not called)",
+            f"402 with a {PAYMENT_REQUIRED} challenge",
             f"expected 402 with {PAYMENT_REQUIRED}, got {response.status_code}",
         ):
             return None
@@ -140,7 +141,7 @@ class Walkthrough:
         self.out.line(f"  {PAYMENT_REQUIRED}, decoded:")
         self.out.fields(
             [
-                ("price", f"{usd(int(accept.amount), 6)}  ({accept.amount} atomic units)"),
+                ("price", f"{usd(int(accept.amount), DECIMALS)}  ({accept.amount} atomic units)"),
                 ("scheme", accept.scheme),
                 ("network", f"{accept.network}  (anvil, same id as Base Sepolia)"),
                 ("asset", f"{accept.asset}  ({(accept.extra or {}).get('name', '?')})"),
@@ -202,7 +203,7 @@ class Walkthrough:
         )
         self.out.check(
             moved_exactly(before, after, amount),
-            f"exactly {usd(amount, 6)} moved from payer to payee, in one settlement",
+            f"exactly {usd(amount, DECIMALS)} moved from payer to payee, in one settlement",
             f"balances moved unexpectedly: before {before}, after {after}, price {amount}",
         )
         served_to = body.get("served_to") if isinstance(body, dict) else None
@@ -305,7 +306,7 @@ def start(stack: Stack, out: Printer) -> LocalChain:
     chain = stack.start_chain()
     out.field("chain", f"anvil {chain.rpc_url}  (chain id {chain.chain_id})")
     out.field("test USDC", f"{chain.token}  (EIP-3009, 6 decimals)")
-    out.field("payer", f"{stack.payer}  (holds {usd(chain.balance_of(stack.payer), 6)})")
+    out.field("payer", f"{stack.payer}  (holds {usd(chain.balance_of(stack.payer), DECIMALS)})")
     out.field("payee", stack.payee)
     out.field("settler", f"{chain.facilitator_address}  (the facilitator's gas account)")
     stack.start_origin()

@@ -303,7 +303,7 @@ TOP_LEVEL_CASES = [
     (
         text_with(workers=f"4 {MARK}"),
         "workers",
-        "4 workers needs a shared store (redis://...); store: memory is per process",
+        "4 needs a shared store (redis://...); store: memory is per process",
     ),
     (
         text_with(listn=f"0.0.0.0:1 {MARK}"),
@@ -557,6 +557,16 @@ ROUTE_CASES = [
         "routes[0]",
         "must be a mapping (key: value lines)",
     ),
+    (
+        with_route(f"path: /x\naccepts: [{{amount: 5, extra: &x {{a: *x}}}}] {MARK}"),
+        "routes[1].accepts[0].extra" + ".a" * 17,
+        "nested more than 16 levels deep",
+    ),
+    (
+        with_route(f'path: /x\nprice: "$1,000" {MARK}'),
+        "routes[1].price",
+        '"$1,000" is not a price; write "$1000"',
+    ),
 ]
 
 
@@ -600,6 +610,13 @@ def test_yaml_syntax_error_does_not_quote_the_line() -> None:
     found = errors(text)
     assert len(found) == 1
     assert SECRET_TOKEN not in found[0]
+
+
+def test_control_character_is_a_syntax_error_with_its_line() -> None:
+    text = text_with(listen="a\x07b")
+    assert errors(text) == [
+        "gateway.yaml:4: YAML syntax error: a control character is not allowed here"
+    ]
 
 
 def test_empty_file() -> None:

@@ -65,7 +65,7 @@ async def echo(request: web.Request) -> web.Response:
     state.peers.append(peername[1] if peername else -1)
     try:
         body = await request.read()
-    except Exception as exc:
+    except BaseException as exc:  # a cancelled handler counts: the body never arrived
         state.body_errors.append(exc)
         raise
     return web.json_response(
