@@ -42,6 +42,8 @@ class PaidParams:
     sequential: int  # payments sent one at a time for the latency split
     free_requests: int  # free requests through the same gateway, same client
     block_time: bool  # also a run with a block every 2 s
+    block_time_payers: int
+    block_time_sequential: int
     big_bytes: int
     slow_rate: float  # bytes/s of the slow reader
 
@@ -230,14 +232,18 @@ def _split(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def _variant(
-    gw_url: str, env: PaidEnv, params: PaidParams, log: Callable[[str], None]
+    gw_url: str,
+    env: PaidEnv,
+    params: PaidParams,
+    counts: tuple[int, int],
+    log: Callable[[str], None],
 ) -> dict[str, Any]:
     paid_url = gw_url + nginx.PAID_SMALL_PATH
     free_url = gw_url + nginx.SMALL_PATH
-    seq_payers = env.payers[: params.sequential]
+    n_concurrent, n_sequential = counts
     signing = time.perf_counter()
-    seq_headers = await sign_payments(paid_url, env, seq_payers)
-    conc_headers = await sign_payments(paid_url, env, env.payers[: params.payers])
+    seq_headers = await sign_payments(paid_url, env, env.payers[:n_sequential])
+    conc_headers = await sign_payments(paid_url, env, env.payers[:n_concurrent])
     log(
         f"B signed {len(seq_headers) + len(conc_headers)} payments in "
         f"{time.perf_counter() - signing:.1f}s (before the clock)"
@@ -251,6 +257,7 @@ async def _variant(
     gw_p50 = seq["gw_us"]["p50"] if isinstance(seq["gw_us"], dict) else None
     return {
         "paid_rps": rounded(len(conc_records) / wall, 1),
+        "payments": {"concurrent": n_concurrent, "sequential": n_sequential},
         "concurrency": params.concurrency,
         "at_concurrency": _split(conc_records),
         "sequential": seq,
@@ -284,16 +291,19 @@ def run_section(
         if params.block_time:
             variants.append(("remote facilitator, block time 2s", False, True))
         for label, local_facilitator, block_time in variants:
+            counts = (params.payers, params.sequential)
             if block_time:
                 # Same as anvil --block-time 2 from here on: a block every 2 s, no automine.
+                demo_chain.rpc_call(env.chain.rpc_url, "evm_setAutomine", [False])
                 demo_chain.rpc_call(env.chain.rpc_url, "evm_setIntervalMining", [2])
+                counts = (params.block_time_payers, params.block_time_sequential)
             config = paid_config(env, upstream, local_facilitator=local_facilitator)
             name = "gateway-paid-" + label.split()[0].replace(",", "")
             proc, port = start_gateway(group, workdir, name + ("-bt" if block_time else ""), config)
             try:
                 log(f"B {label}")
                 gw_url = f"http://127.0.0.1:{port}"
-                variant = asyncio.run(_variant(gw_url, env, params, log))
+                variant = asyncio.run(_variant(gw_url, env, params, counts, log))
                 variant["free_gateway_added_p50_us_wrk"] = free_gw_added_p50
                 results["variants"][label] = variant
                 if label == "remote facilitator":

@@ -156,12 +156,26 @@ def _paid(b: dict[str, Any]) -> list[str]:
             ]
         )
     out += _table(header, rows)
+    conc = p["concurrency"]
     out += _table(
-        ["variant", f"total @{p['concurrency']} (p50 / p99 µs)", "statuses", "Server-Timing"],
+        [
+            "variant",
+            "payments (@N / @1)",
+            f"total @{conc}",
+            f"verify @{conc}",
+            f"settle @{conc}",
+            f"gw @{conc}",
+            "statuses",
+            "Server-Timing names",
+        ],
         [
             [
                 label,
+                "{concurrent} / {sequential}".format(**v["payments"]),
                 _dist(v["at_concurrency"]["total_us"]),
+                _dist(v["at_concurrency"]["verify_us"]),
+                _dist(v["at_concurrency"]["settle_us"]),
+                _dist(v["at_concurrency"]["gw_us"]),
                 v["at_concurrency"]["statuses"],
                 v["sequential"]["server_timing_names"],
             ]

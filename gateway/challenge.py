@@ -74,7 +74,8 @@ def _first(value: str | None, pattern: re.Pattern[str]) -> str | None:
     return first if pattern.fullmatch(first) else None
 
 
-def _v2(req: Requirement) -> PaymentRequirements:
+def requirement_v2(req: Requirement) -> PaymentRequirements:
+    """One requirement as the v2 wire states it."""
     return PaymentRequirements(
         scheme=req.scheme,
         network=req.network,
@@ -88,7 +89,7 @@ def _v2(req: Requirement) -> PaymentRequirements:
 
 def requirements_v2(route: RouteSettings) -> list[PaymentRequirements]:
     """The route's `accepts`, in configured order, as v2 wire requirements."""
-    return [_v2(req) for req in route.accepts]
+    return [requirement_v2(req) for req in route.accepts]
 
 
 def offered_v1(req: Requirement) -> str | None:

@@ -19,6 +19,8 @@ from x402.mechanisms.evm import V1_NETWORK_CHAIN_IDS
 
 from gateway.settings import Address
 
+from .paths import check_pattern
+
 _VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _DURATION_UNITS = {"ms": Decimal("0.001"), "s": Decimal(1), "m": Decimal(60), "h": Decimal(3600)}
@@ -189,7 +191,7 @@ def parse_url(text: str, *, allow_path: bool, what: str = "URL", echo: bool = Tr
     shown = quote(text) if echo else "the value"
     try:
         parts: SplitResult = urlsplit(text)
-        port = parts.port
+        _ = parts.port  # raises on a port that is not a number in range
     except ValueError:
         raise ValueError(f"{shown} is not a valid {what}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -209,7 +211,6 @@ def parse_url(text: str, *, allow_path: bool, what: str = "URL", echo: bool = Tr
             f"{shown} has a path ({parts.path}); the gateway forwards the exact request path, "
             "so give only scheme://host:port (route the prefix in the origin instead)"
         )
-    del port  # parsed only to reject a bad port
     return text.rstrip("/")
 
 
@@ -305,4 +306,9 @@ def parse_path_pattern(text: str) -> str:
             f"{quote(text)}: * is only allowed as the last segment (/prefix/*, meaning the "
             "prefix and everything below it)"
         )
+    # The pattern must be in the same canonical form requests are matched in, or it could
+    # never match (or match something else than the operator wrote).
+    problem = check_pattern(text)
+    if problem:
+        raise ValueError(f"{quote(text)}: {problem}")
     return text

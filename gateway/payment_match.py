@@ -19,6 +19,9 @@ the authorization's own fields are checked in `evm_terms`):
 - A payload that is not even shaped like its scheme's (missing field, a nonce that is not
   32 bytes, a non-decimal amount) is `MalformedPayment` (400); a well-formed one that pays the
   wrong thing is `PaymentError` (402 with a fresh challenge).
+- The echoed `resource` and `extensions` bind no money and are not compared.
+- Identity: (chain id, asset, payer, nonce), lowercase hex; a Permit2 nonce (a uint256) is
+  written as the same 32-byte hex, so both kinds of key look alike.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from x402.mechanisms.evm.constants import ERR_UNSUPPORTED_SCHEME, SCHEME_EXACT
 from x402.schemas import PaymentPayload, PaymentRequirements
 from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
-from .challenge import offered_v1, requirement_v1, thaw
+from .challenge import offered_v1, requirement_v1, requirement_v2, thaw
 from .errors import PaymentError
 from .evm_terms import (
     ADDRESS,
@@ -150,15 +153,7 @@ def _match_v2(route: RouteSettings, payload: PaymentPayload) -> MatchedPayment:
     return MatchedPayment(
         version=2,
         payload=payload,
-        requirements=PaymentRequirements(
-            scheme=req.scheme,
-            network=req.network,
-            asset=req.asset,
-            amount=str(req.amount),
-            pay_to=req.pay_to,
-            max_timeout_seconds=req.max_timeout_seconds,
-            extra=thaw(req.extra),
-        ),
+        requirements=requirement_v2(req),
         requirement=req,
         identity=PaymentIdentity(cid, req.asset.lower(), terms.payer, terms.nonce),
         payer=to_checksum_address(terms.payer),

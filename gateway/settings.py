@@ -103,7 +103,7 @@ class RemoteFacilitatorSettings:
 class LocalFacilitatorSettings:
     """Runs the SDK's facilitator in-process (its blocking web3 calls in a thread pool)."""
 
-    rpc_url: str
+    rpc_url: str = field(repr=False)  # RPC URLs often carry an API key
     private_key: str = field(repr=False)
     timeout: float = 30.0
 
@@ -140,7 +140,7 @@ class Settings:
     network: str = "eip155:84532"
     pay_to: str | None = None
     asset: AssetSpec | None = None
-    store: str = "memory"  # or redis://, rediss://, redis+sentinel://
+    store: str = field(default="memory", repr=False)  # a redis:// URL may hold a password
     payer_header: str = "X-Payer"
     timeouts: Timeouts = Timeouts()
     limits: Limits = Limits()

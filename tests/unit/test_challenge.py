@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from types import MappingProxyType
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import make_mocked_request
+from multidict import CIMultiDict
 from x402.http.utils import decode_payment_required_header, decode_payment_response_header
 from x402.schemas import PaymentRequired, SettleResponse
 from x402.schemas.helpers import parse_payment_required
@@ -23,7 +26,15 @@ from gateway.challenge import (
     settlement_header,
     wants_html,
 )
-from tests.unit.wire_helpers import ASSET, OTHER_ASSET, PAY_TO, URL, requirement, route
+from tests.unit.wire_helpers import (
+    ASSET,
+    OTHER_ASSET,
+    PAY_TO,
+    URL,
+    requirement,
+    route,
+    settings,
+)
 
 PERMIT2 = MappingProxyType({"name": "USDC", "version": "2", "assetTransferMethod": "permit2"})
 
@@ -125,7 +136,7 @@ def test_error_reason_is_carried_in_both_versions() -> None:
 
 def test_challenges_cache_answers_like_the_uncached_builder() -> None:
     priced = route()
-    challenges = Challenges([priced, route(index=4, accepts=())], cache_size=2)
+    challenges = Challenges(settings(priced, route(index=4, accepts=())), cache_size=2)
     for url in (URL, URL + "&y=2", "http://other/paid/report", URL):  # evicts and rebuilds
         assert challenges.payment_required(priced, url, "e") == payment_required(priced, url, "e")
     # each error is its own entry
@@ -135,7 +146,7 @@ def test_challenges_cache_answers_like_the_uncached_builder() -> None:
 
 def test_challenges_hand_out_headers_the_caller_may_extend() -> None:
     priced = route()
-    challenges = Challenges([priced])
+    challenges = Challenges(settings(priced))
     first, _ = challenges.payment_required(priced, URL, "e")
     first["Access-Control-Expose-Headers"] = EXPOSE_HEADERS_VALUE
     second, _ = challenges.payment_required(priced, URL, "e")
@@ -143,19 +154,38 @@ def test_challenges_hand_out_headers_the_caller_may_extend() -> None:
 
 
 def test_challenges_answer_for_a_route_added_after_start_up() -> None:
-    challenges = Challenges([])
+    challenges = Challenges(settings())
     late = route(index=9, accepts=(requirement(amount=42),))
     assert challenges.payment_required(late, URL, "e") == payment_required(late, URL, "e")
 
 
+def _request(host: str = "gw.test:8402", peer: str = "203.0.113.7", **head: str) -> Any:
+    fwd = {k.replace("_", "-"): v for k, v in head.items()}
+    return make_mocked_request("GET", "/ignored", headers={"Host": host, **fwd}).clone(remote=peer)
+
+
 def test_resource_url_prefers_public_url() -> None:
-    assert Challenges([], None).resource_url("http://10.0.0.5:8402/a?b=1", "/a?b=1") == (
-        "http://10.0.0.5:8402/a?b=1"
-    )
-    public = Challenges([], "https://api.example.com/")
-    assert public.resource_url("http://10.0.0.5:8402/a?b=1", "/a?b=1") == (
-        "https://api.example.com/a?b=1"
-    )
+    public = Challenges(settings(public_url="https://api.example.com/"))
+    assert public.resource_url(_request(), "/a", "b=1") == "https://api.example.com/a?b=1"
+    assert public.resource_url(_request(), "/a", "") == "https://api.example.com/a"
+
+
+def test_resource_url_is_the_requests_own_without_public_url() -> None:
+    plain = Challenges(settings())
+    assert plain.resource_url(_request(), "/a/b", "c=%20") == "http://gw.test:8402/a/b?c=%20"
+    assert plain.resource_url(_request(host="[::1]:8402"), "/a", "") == "http://[::1]:8402/a"
+    assert plain.resource_url(_request(host="evil/x?y"), "/a", "") == "http://localhost/a"
+
+
+def test_forwarded_scheme_and_host_count_only_from_trusted_proxies() -> None:
+    trusting = Challenges(settings(trusted_proxies=(ipaddress.ip_network("10.0.0.0/8"),)))
+    forwarded = {"X_Forwarded_Proto": "HTTPS, http", "X_Forwarded_Host": "api.example.com"}
+    via_proxy = _request(peer="10.1.2.3", **forwarded)
+    direct = _request(peer="203.0.113.7", **forwarded)
+    assert trusting.resource_url(via_proxy, "/a", "") == "https://api.example.com/a"
+    assert trusting.resource_url(direct, "/a", "") == "http://gw.test:8402/a"
+    odd = _request(peer="10.1.2.3", X_Forwarded_Proto="gopher", X_Forwarded_Host="a b")
+    assert trusting.resource_url(odd, "/a", "") == "http://gw.test:8402/a"
 
 
 @pytest.mark.parametrize(
@@ -170,6 +200,8 @@ def test_resource_url_prefers_public_url() -> None:
 )
 def test_wants_html_mirrors_the_sdk(accept: str, agent: str, browser: bool) -> None:
     assert wants_html(accept, agent) is browser
+    request = CIMultiDict({"accept": accept, "user-agent": agent})
+    assert Challenges.wants_html(request) is browser
 
 
 def test_paywall_is_the_sdk_page_with_this_challenge() -> None:
@@ -213,7 +245,9 @@ def test_paywall_falls_back_to_plain_html_off_evm() -> None:
 
 def test_challenges_paywall_keeps_the_challenge_header() -> None:
     priced = route()
-    head, page = Challenges([priced]).paywall(priced, URL, ERROR_PAYMENT_REQUIRED)
+    challenges = Challenges(settings(priced))
+    assert challenges.paywall_html(priced, URL, "e") == paywall_html(priced, URL, "e")
+    head, page = challenges.paywall(priced, URL, ERROR_PAYMENT_REQUIRED)
     assert head["Content-Type"] == "text/html; charset=utf-8"
     assert head["Cache-Control"] == "no-store"
     assert decode_payment_required_header(head["PAYMENT-REQUIRED"]).accepts == requirements_v2(

@@ -5,6 +5,8 @@ from types import MappingProxyType
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from x402.schemas import PaymentPayload, PaymentRequirements
 from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
@@ -301,3 +303,36 @@ def _matched(valid_before: int) -> MatchedPayment:
 )
 def test_claim_ttl(valid_before: int, ttl: float) -> None:
     assert claim_ttl(_matched(valid_before), 1_000_000.0) == ttl
+
+
+# --- fuzzing: a schema-valid payment with any scheme payload is matched or refused -------
+
+_leaf = st.none() | st.booleans() | st.integers() | st.text(max_size=70)
+_json = st.recursive(
+    _leaf,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=20,
+)
+_field = st.sampled_from(
+    ["from", "to", "value", "validAfter", "validBefore", "nonce", "permitted", "witness"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    auth=st.dictionaries(_field, _json | st.sampled_from([PAYER, PAY_TO, "1000", NONCE])),
+    signature=_json,
+    shape=st.sampled_from(["authorization", "permit2Authorization"]),
+    extra=st.sampled_from([dict(PERMIT2_EXTRA), {"name": "USDC", "version": "2"}]),
+    version=st.sampled_from([1, 2]),
+)
+def test_fuzz_scheme_payloads(
+    auth: dict[str, Any], signature: Any, shape: str, extra: dict[str, Any], version: int
+) -> None:
+    payload = {shape: auth, "signature": signature}
+    payment = v2(v2_dict(payload, extra=extra)) if version == 2 else v1(v1_dict(payload))
+    for priced in (route(), _permit2_route()):
+        try:
+            match_requirement(priced, payment, URL)
+        except PaymentError as exc:
+            assert exc.status in (400, 402)

@@ -135,8 +135,9 @@ async def hang(request: web.Request) -> web.Response:
 
 
 async def no_read_hang(request: web.Request) -> web.Response:
-    # Neither reads the upload nor answers.
-    await asyncio.sleep(30)
+    # Neither reads the upload nor answers until the test is over. (With its reading paused,
+    # this server would not even notice the proxy hanging up, so it cannot time out itself.)
+    await request.app[ORIGIN].release.wait()
     return web.Response(text="late")
 
 
@@ -620,9 +621,12 @@ async def test_origin_stops_reading_upload_is_504(make_rig: Callable[..., Awaita
         for _ in range(2048):  # 128 MiB: far beyond every socket buffer on the way
             yield block
 
-    async with rig.session.post(rig.url("/no-read-hang"), data=big()) as resp:
-        assert resp.status == 504
-        assert "stopped reading the request body" in await resp.text()
+    try:
+        async with rig.session.post(rig.url("/no-read-hang"), data=big()) as resp:
+            assert resp.status == 504
+            assert "stopped reading the request body" in await resp.text()
+    finally:
+        rig.origin_state.release.set()
 
 
 # --- the client's body ---------------------------------------------------------------------

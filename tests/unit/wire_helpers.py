@@ -23,7 +23,7 @@ from x402.schemas import PaymentPayload, PaymentRequired
 from x402.schemas.v1 import PaymentPayloadV1, PaymentRequiredV1
 
 from gateway.challenge import payment_required
-from gateway.settings import Requirement, RouteSettings
+from gateway.settings import Address, Requirement, RouteSettings, Settings
 
 ASSET = "0x036CbD53842c5426634e7929541eC2318f3dCF7e"  # USDC on Base Sepolia
 OTHER_ASSET = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
@@ -61,6 +61,17 @@ def route(*accepts: Requirement, **changes: Any) -> RouteSettings:
     }
     fields.update(changes)
     return RouteSettings(**fields)
+
+
+def settings(*routes: RouteSettings, **changes: Any) -> Settings:
+    fields: dict[str, Any] = {
+        "source": "test.yaml",
+        "listen": Address("127.0.0.1", 0),
+        "upstream": "http://127.0.0.1:9",
+        "routes": routes,
+    }
+    fields.update(changes)
+    return Settings(**fields)
 
 
 def headers(*pairs: tuple[str, str]) -> CIMultiDictProxy[str]:
