@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from . import answers
-from .challenge import Challenges, settlement_header
+from .challenge import ERROR_PAYMENT_REQUIRED, Challenges, settlement_header
 from .errors import GatewayError, MethodNotAllowed
 from .facilitators import open_facilitator
 from .logs import get_logger

@@ -259,8 +259,8 @@ ProxyFactory = Callable[..., Awaitable[ProxyServer]]
 async def serve_proxy() -> AsyncIterator[ProxyFactory]:
     runners: list[web.AppRunner] = []
 
-    async def serve(app: web.Application, *, handler_cancellation: bool = False) -> ProxyServer:
-        runner = web.AppRunner(app, handler_cancellation=handler_cancellation, access_log=None)
+    async def serve(app: web.Application, **runner_kwargs: Any) -> ProxyServer:
+        runner = web.AppRunner(app, access_log=None, **runner_kwargs)
         await runner.setup()
         runners.append(runner)
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -297,12 +297,10 @@ async def make_rig(
 ) -> AsyncIterator[Callable[..., Awaitable[Rig]]]:
     sessions: list[aiohttp.ClientSession] = []
 
-    async def make(*, handler_cancellation: bool = False, **overrides: Any) -> Rig:
+    async def make(*, runner: dict[str, Any] | None = None, **overrides: Any) -> Rig:
         origin = await aiohttp_server(origin_app())
         base = f"http://127.0.0.1:{origin.port}"
-        proxy = await serve_proxy(
-            proxy_app(settings_for(base, **overrides)), handler_cancellation=handler_cancellation
-        )
+        proxy = await serve_proxy(proxy_app(settings_for(base, **overrides)), **(runner or {}))
         session = aiohttp.ClientSession(auto_decompress=False)
         sessions.append(session)
         return Rig(origin, proxy, session)
@@ -614,7 +612,12 @@ async def test_origin_closes_before_answering_is_502(serve_proxy: ProxyFactory) 
 
 
 async def test_origin_stops_reading_upload_is_504(make_rig: Callable[..., Awaitable[Rig]]) -> None:
-    rig = await make_rig(timeouts=Timeouts(connect=2.0, read=0.5, request_body=5.0))
+    # aiohttp's server lingers (10 s by default) reading the rest of an upload nobody wants,
+    # and does not notice the client hanging up meanwhile: keep that short here.
+    rig = await make_rig(
+        timeouts=Timeouts(connect=2.0, read=0.5, request_body=5.0),
+        runner={"lingering_time": 0.5},
+    )
     block = b"u" * CHUNK
 
     async def big() -> AsyncIterator[bytes]:
@@ -669,7 +672,7 @@ async def test_client_body_idle_timeout_is_408(make_rig: Callable[..., Awaitable
 async def test_client_abandons_upload(
     make_rig: Callable[..., Awaitable[Rig]], cancel: bool
 ) -> None:
-    rig = await make_rig(limits=Limits(connections=1), handler_cancellation=cancel)
+    rig = await make_rig(limits=Limits(connections=1), runner={"handler_cancellation": cancel})
     _, writer = await asyncio.open_connection("127.0.0.1", rig.proxy.port)
     writer.write(
         b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 100000\r\n\r\n" + b"z" * 1000
@@ -749,7 +752,7 @@ async def test_origin_reset_mid_body_http10_client_gets_reset(rig: Rig) -> None:
 async def test_client_disconnect_releases_upstream(
     make_rig: Callable[..., Awaitable[Rig]], caplog: pytest.LogCaptureFixture, cancel: bool
 ) -> None:
-    rig = await make_rig(limits=Limits(connections=1), handler_cancellation=cancel)
+    rig = await make_rig(limits=Limits(connections=1), runner={"handler_cancellation": cancel})
     caplog.set_level(logging.ERROR)
     async with aiohttp.ClientSession() as other:
         resp = await other.get(rig.url("/endless"))
