@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from x402.http.utils import decode_payment_response_header
+from x402.http.utils import decode_payment_required_header, decode_payment_response_header
 
 from bench import memory, nginx
 from bench.gateway_proc import start_gateway
-from bench.procs import Proc, ProcGroup, free_port
+from bench.procs import Proc, ProcGroup, cpu_seconds, free_port
 from bench.stats import percentile, rounded
 from gateway.demo import chain as demo_chain
 from gateway.demo.payer import make_x402_client, pay_challenge
@@ -55,6 +55,7 @@ class PaidEnv:
     anvil: Any  # gateway.demo.chain.Anvil
     chain: Any  # gateway.demo.chain.LocalChain
     facilitator_url: str
+    facilitator_pid: int
     payers: list[Any]  # eth_account LocalAccount
 
 
@@ -65,7 +66,7 @@ def start_env(group: ProcGroup, n_payers: int, log: Callable[[str], None]) -> Pa
     try:
         local = demo_chain.prepare_chain(anvil.rpc_url)
         port = free_port()
-        group.start(
+        facilitator = group.start(
             "facilitator",
             [
                 sys.executable,
@@ -90,7 +91,7 @@ def start_env(group: ProcGroup, n_payers: int, log: Callable[[str], None]) -> Pa
         anvil.stop()
         raise
     log(f"B chain ready: {n_payers} funded payers in {time.monotonic() - started:.1f}s")
-    return PaidEnv(anvil, local, f"http://127.0.0.1:{port}", payers)
+    return PaidEnv(anvil, local, f"http://127.0.0.1:{port}", facilitator.pid, payers)
 
 
 def paid_config(env: PaidEnv, upstream: str, *, local_facilitator: bool) -> dict[str, Any]:
@@ -134,6 +135,16 @@ async def sign_payments(url: str, env: PaidEnv, payers: Sequence[Any]) -> list[d
         header, _payload = await pay_challenge(make_x402_client(account, assets), headers, body)
         signed.append(header)
     return signed
+
+
+async def offered(url: str) -> list[dict[str, Any]]:
+    """The requirements in the gateway's PAYMENT-REQUIRED header for url (for the report)."""
+    headers, _body = await _challenge(url)
+    value = next((v for k, v in headers.items() if k.lower() == "payment-required"), None)
+    if value is None:
+        return []
+    challenge = decode_payment_required_header(value)
+    return [a.model_dump(mode="json", by_alias=True) for a in challenge.accepts]
 
 
 def parse_server_timing(value: str | None) -> dict[str, float]:
@@ -233,6 +244,7 @@ def _split(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 async def _variant(
     gw_url: str,
+    gw_pid: int,
     env: PaidEnv,
     params: PaidParams,
     counts: tuple[int, int],
@@ -241,6 +253,8 @@ async def _variant(
     paid_url = gw_url + nginx.PAID_SMALL_PATH
     free_url = gw_url + nginx.SMALL_PATH
     n_concurrent, n_sequential = counts
+    pids = {"gateway": gw_pid, "facilitator server": env.facilitator_pid, "anvil": env.anvil.pid}
+    requirements = await offered(paid_url)
     signing = time.perf_counter()
     seq_headers = await sign_payments(paid_url, env, env.payers[:n_sequential])
     conc_headers = await sign_payments(paid_url, env, env.payers[:n_concurrent])
@@ -250,7 +264,13 @@ async def _variant(
     )
     free_records, _ = await send_all(free_url, [{}] * params.free_requests, 1)
     seq_records, _ = await send_all(paid_url, seq_headers, 1)
+    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     conc_records, wall = await send_all(paid_url, conc_headers, params.concurrency)
+    # Where the CPU of a paid request goes (the facilitator server idles in-process runs).
+    cpu_ms = {
+        name: rounded((cpu_seconds(pid) - cpu_before[name]) / max(1, n_concurrent) * 1e3, 2)
+        for name, pid in pids.items()
+    }
     free_p50 = percentile([r["total_us"] for r in free_records if r["status"] == 200], 50)
     seq = _split(seq_records)
     own = seq["total_minus_verify_settle_us"]["p50"]
@@ -259,6 +279,8 @@ async def _variant(
         "paid_rps": rounded(len(conc_records) / wall, 1),
         "payments": {"concurrent": n_concurrent, "sequential": n_sequential},
         "concurrency": params.concurrency,
+        "cpu_ms_per_paid_request": cpu_ms,
+        "requirements_offered": requirements,
         "at_concurrency": _split(conc_records),
         "sequential": seq,
         "free_same_client_us": _dist([r["total_us"] for r in free_records]),
@@ -303,7 +325,7 @@ def run_section(
             try:
                 log(f"B {label}")
                 gw_url = f"http://127.0.0.1:{port}"
-                variant = asyncio.run(_variant(gw_url, env, params, counts, log))
+                variant = asyncio.run(_variant(gw_url, proc.pid, env, params, counts, log))
                 variant["free_gateway_added_p50_us_wrk"] = free_gw_added_p50
                 results["variants"][label] = variant
                 if label == "remote facilitator":

@@ -182,6 +182,13 @@ def _paid(b: dict[str, Any]) -> list[str]:
             for label, v in variants.items()
         ],
     )
+    out += _table(
+        ["variant", "CPU ms per paid request (process tree, during the @N batch)"],
+        [
+            [label, ", ".join(f"{k} {_fmt(x)}" for k, x in v["cpu_ms_per_paid_request"].items())]
+            for label, v in variants.items()
+        ],
+    )
     out += [
         "Target: the gateway's own share of a paid request (total - verify - settle, or the "
         "`gw` Server-Timing entry) ≤ 150 µs above a free request at p50.",

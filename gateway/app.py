@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -11,21 +13,26 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from . import answers
+from .admin import FunctionCheck, make_admin_app
 from .challenge import ERROR_PAYMENT_REQUIRED, Challenges, settlement_header
 from .errors import GatewayError, MethodNotAllowed
 from .facilitators import open_facilitator
+from .headers import is_trusted
 from .logs import get_logger
-from .paths import canonicalize, match_key
+from .metrics import Metrics
+from .paths import canonicalize
 from .payment_wire import decode_payment, match_requirement
 from .payments import Claim, Payments
 from .proxy import Upstream, relay
 from .routes import RouteTable
-from .server import InFlight
+from .server import SERVER_STATE, attach_state
 from .settings import RouteSettings, Settings
 from .store import open_store
 
 PAYMENT_HEADERS = ("PAYMENT-SIGNATURE", "X-PAYMENT")
+PRIVATE = {"Cache-Control": "private"}
 access = get_logger("gateway.access")
+log = get_logger("gateway")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,151 +44,185 @@ class Gateway:
     challenges: Challenges
     upstream: Upstream
     payments: Payments
-    in_flight: InFlight
+    metrics: Metrics
     drop_headers: tuple[str, ...]
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
+METRICS = web.AppKey("metrics", Metrics)
 
 
-async def handle(request: web.Request) -> web.StreamResponse:
-    gw = request.app[GATEWAY]
-    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+async def handle(request: web.Request, gw: Gateway, request_id: str) -> web.StreamResponse:
     route: RouteSettings | None = None
     resource_url = ""
-    claim: Claim | None = None
     try:
         path, query = canonicalize(request.raw_path)
-        route = find_route(gw, request.method, path)
+        route = request["route"] = find_route(gw, request.method, path)
         resource_url = gw.challenges.resource_url(request, path, query)
+        forward = functools.partial(
+            gw.upstream.send,
+            request,
+            base_url=(route and route.upstream) or gw.settings.upstream,
+            path=path,
+            query=query,
+            drop_headers=gw.drop_headers,
+        )
         if route is None or route.free:
-            upstream = await gw.upstream.send(
-                request,
-                base_url=route_upstream(gw, route),
-                path=path,
-                query=query,
-                add_headers={"X-Request-Id": request_id},
-                drop_headers=gw.drop_headers,
-            )
-            return await relay(request, upstream, extra_headers={})
+            upstream = await forward(add_headers={"X-Request-Id": request_id})
+            return await relay(request, upstream)
         payment = decode_payment(request.headers, gw.settings.limits.payment_header)
         if payment is None:
             return answers.challenge(
-                request, gw.challenges, route, resource_url, "payment_required"
+                request, gw.challenges, route, resource_url, ERROR_PAYMENT_REQUIRED
             )
         matched = match_requirement(route, payment, resource_url)
-        claim = await gw.payments.claim(matched, route, request_id)
-        await gw.payments.verify(claim)
-        if route.settle == "before":
-            await gw.payments.settle(claim)
-        upstream = await gw.upstream.send(
-            request,
-            base_url=route_upstream(gw, route),
-            path=path,
-            query=query,
-            add_headers={gw.settings.payer_header: matched.payer, "X-Request-Id": request_id},
-            drop_headers=gw.drop_headers,
-        )
-        if upstream.status >= 400 or request.method == "HEAD":
-            # Nothing is charged for an origin failure, nor for a HEAD that carries no body.
-            await settle_missed(gw, claim, f"origin answered {upstream.status}")
-            return await relay(request, upstream, extra_headers={"Cache-Control": "private"})
-        if claim.settled is None:
-            try:
+        async with gw.payments.claimed(matched, route, request_id) as claim:
+            await gw.payments.verify(claim)
+            if route.settle == "before":
                 await gw.payments.settle(claim)
-            except GatewayError:
-                await gw.upstream.discard(upstream)
-                raise
-        assert claim.settled is not None
-        receipt = dict([settlement_header(claim.settled, matched.version)])
-        return await relay(
-            request,
-            upstream,
-            extra_headers={**receipt, "Cache-Control": "private", **server_timing(gw, claim)},
-        )
+            started = time.perf_counter()
+            upstream = await forward(
+                add_headers={gw.settings.payer_header: matched.payer, "X-Request-Id": request_id}
+            )
+            claim.timings["origin"] = time.perf_counter() - started
+            if upstream.status >= 400 or request.method == "HEAD":
+                # Nothing is charged for an origin failure, nor for a HEAD (it has no body).
+                await gw.payments.abandon(claim, f"origin answered {upstream.status}")
+                return await relay(request, upstream, PRIVATE, expose_x402=True)
+            if claim.settled is None:
+                try:
+                    await gw.payments.settle(claim)
+                except GatewayError:
+                    await gw.upstream.discard(upstream)  # settlement failed: serve nothing
+                    raise
+            assert claim.settled is not None
+            receipt = dict([settlement_header(claim.settled, matched.version)])
+            account(gw, claim, route)
+            return await relay(
+                request, upstream, {**receipt, **PRIVATE, **timing(gw, claim)}, expose_x402=True
+            )
     except GatewayError as exc:
-        if claim is not None:
-            await settle_missed(gw, claim, exc.reason)
+        if route is not None and not route.free:
+            gw.metrics.payments.labels("refused", exc.reason).inc()
         return answers.error_response(request, exc, gw.challenges, route, resource_url, request_id)
 
 
 def find_route(gw: Gateway, method: str, path: str) -> RouteSettings | None:
-    found = gw.routes.match(method, match_key(path, gw.settings.case_insensitive_paths))
+    found = gw.routes.match(method, path)
     if found.route is None and found.allowed:
-        allow = ", ".join(sorted(found.allowed))
+        allow = ", ".join(sorted(found.allowed | {"OPTIONS"}))
         raise MethodNotAllowed(
             f"{method} is not routed here; use {allow}", headers={"Allow": allow}
         )
     return found.route
 
 
-def route_upstream(gw: Gateway, route: RouteSettings | None) -> str:
-    return (route.upstream if route is not None else None) or gw.settings.upstream
+def account(gw: Gateway, claim: Claim, route: RouteSettings) -> None:
+    """Metrics for a settled payment."""
+    m, req = gw.metrics, claim.matched.requirement
+    m.payments.labels("settled", "").inc()
+    m.revenue.labels(req.asset, req.network, route.name).inc(req.amount)
+    for name, hist in (
+        ("verify", m.verify_seconds),
+        ("settle", m.settle_seconds),
+        ("origin", m.origin_seconds),
+    ):
+        if name in claim.timings:
+            hist.observe(claim.timings[name])
 
 
-async def settle_missed(gw: Gateway, claim: Claim, why: str) -> None:
-    """The request will not be served: release the claim, or, if the payment was already
-    settled up front, record the refund the operator owes."""
-    if claim.settled is not None and claim.settled.success:
-        await gw.payments.refund_due(claim, why)
-    else:
-        await gw.payments.release(claim)
-
-
-def server_timing(gw: Gateway, claim: Claim) -> dict[str, str]:
+def timing(gw: Gateway, claim: Claim) -> dict[str, str]:
+    """The opt-in `Server-Timing` header: where a paid request's time went."""
     if not gw.settings.server_timing:
         return {}
     parts = [f"{name};dur={secs * 1000:.2f}" for name, secs in claim.timings.items()]
     return {"Server-Timing": ", ".join(parts)}
 
 
-async def logged(request: web.Request) -> web.StreamResponse:
-    """One access line per request, whatever happened."""
+def request_id_of(request: web.Request, settings: Settings) -> str:
+    """A proxy we trust may hand us the id to keep; anyone else gets a fresh one."""
+    given = request.headers.get("X-Request-Id")
+    if given and len(given) <= 128 and is_trusted(request.remote, settings.trusted_proxies):
+        return given
+    return uuid.uuid4().hex
+
+
+async def entry(request: web.Request) -> web.StreamResponse:
+    """One access line and the request metrics, whatever happened."""
     gw = request.app[GATEWAY]
+    request_id = request_id_of(request, gw.settings)
     started = time.perf_counter()
-    status = 500
     response: web.StreamResponse | None = None
-    async with gw.in_flight.track():
+    async with request.app[SERVER_STATE].in_flight.track():
         try:
-            response = await handle(request)
-            status = response.status
+            response = await handle(request, gw, request_id)
             return response
         finally:
+            status = response.status if response is not None else 499
+            route: RouteSettings | None = request.get("route")
+            label = route.name if route is not None else "-"
+            elapsed = time.perf_counter() - started
+            gw.metrics.requests.labels(label, request.method, str(status)).inc()
             access.info(
                 "request",
+                request_id=request_id,
                 method=request.method,
                 path=request.raw_path,
+                route=label,
                 status=status,
-                bytes=getattr(response, "body_length", 0),
-                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                bytes=response.body_length if response is not None else 0,
+                duration_ms=round(elapsed * 1000, 3),
             )
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(
-        client_max_size=0, handler_args={"max_field_size": settings.limits.header_size}
-    )
-    app.cleanup_ctx.append(lambda a: _lifespan(a, settings))
-    app.router.add_route("*", "/{tail:.*}", logged)
+    app = web.Application(client_max_size=0)
+    app[METRICS] = Metrics()
+    attach_state(app)
+    app.cleanup_ctx.append(lambda a: lifespan(a, settings))
+    app.router.add_route("*", "/{tail:.*}", entry)
     return app
 
 
-async def _lifespan(app: web.Application, settings: Settings) -> AsyncIterator[None]:
+def create_admin_app(main_app: web.Application) -> web.Application:
+    def gateway() -> Gateway:
+        return main_app[GATEWAY]
+
+    async def metrics(_: web.Request) -> web.Response:
+        body, content_type = main_app[METRICS].render()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    return make_admin_app(
+        main_app,
+        [
+            FunctionCheck("store", lambda: gateway().payments.store.ping()),
+            FunctionCheck("facilitator", lambda: gateway().payments.facilitator.ping()),
+        ],
+        metrics_handler=metrics,
+    )
+
+
+async def lifespan(app: web.Application, settings: Settings) -> AsyncIterator[None]:
     store = open_store(settings.store)
     payments = Payments(open_facilitator(settings), store)
     upstream = Upstream(settings)
     await upstream.start()
-    problems = await payments.start()
+    for problem in await payments.start():
+        log.warning("facilitator_unavailable_at_start", problem=problem)
+    for problem in payments.unsupported(settings.routes):
+        log.error("route_unsupported", problem=problem)
+    refresher = asyncio.create_task(payments.keep_refreshing())
     app[GATEWAY] = Gateway(
         settings=settings,
         routes=RouteTable(settings.routes, settings.case_insensitive_paths),
         challenges=Challenges(settings),
         upstream=upstream,
         payments=payments,
-        in_flight=InFlight(),
+        metrics=app[METRICS],
         drop_headers=(*PAYMENT_HEADERS, settings.payer_header),
     )
     yield
+    refresher.cancel()
     await upstream.close()
     await payments.close()
     await store.close()

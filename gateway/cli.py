@@ -43,10 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "payments":
         return asyncio.run(_payments(settings, args.limit, args.format))
-    from .app import create_app
+    from .app import create_admin_app, create_app
     from .server import run
 
-    return run(settings, create_app)
+    return run(settings, create_app, create_admin_app if settings.admin else None)
 
 
 def _parser() -> argparse.ArgumentParser:

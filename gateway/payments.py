@@ -8,7 +8,9 @@ content, and a claim is released only when nothing was charged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -26,6 +28,7 @@ from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
 from .errors import (
     FacilitatorUnavailable,
+    GatewayError,
     PaymentConflict,
     PaymentError,
     SettlementFailed,
@@ -165,6 +168,28 @@ class Payments:
             headers=headers,
         )
 
+    @contextlib.asynccontextmanager
+    async def claimed(
+        self, matched: MatchedPayment, route: RouteSettings, request_id: str
+    ) -> AsyncIterator[Claim]:
+        """Hold the payment for the block. Whatever ends it early (an error, the client
+        hanging up and the handler being cancelled) releases the claim, or records the
+        refund owed if it was settled up front; shielded, so it runs to its end."""
+        claim = await self.claim(matched, route, request_id)
+        try:
+            yield claim
+        except BaseException as exc:
+            why = exc.reason if isinstance(exc, GatewayError) else type(exc).__name__
+            await asyncio.shield(self.abandon(claim, why))
+            raise
+
+    async def abandon(self, claim: Claim, why: str) -> None:
+        """The request will not be served as paid for."""
+        if claim.settled is not None and claim.settled.success:
+            await self.refund_due(claim, why)
+        else:
+            await self.release(claim)
+
     async def verify(self, claim: Claim) -> None:
         if not self._ready:
             raise FacilitatorUnavailable("no facilitator has answered /supported yet")
@@ -182,11 +207,15 @@ class Payments:
             raise PaymentError(result.verify.invalid_message or reason, reason=reason)
 
     async def settle(self, claim: Claim) -> SettleResponse:
-        """Settle once; shielded, so a client that goes away cannot cut a settlement short."""
+        """Settle once and record the outcome; shielded, so a client that goes away cannot
+        cut a settlement (or its record) short."""
+        return await asyncio.shield(self._settle(claim))
+
+    async def _settle(self, claim: Claim) -> SettleResponse:
         started = time.perf_counter()
         try:
-            result = await asyncio.shield(
-                self.server.settle_payment(claim.matched.payload, claim.matched.requirements)
+            result = await self.server.settle_payment(
+                claim.matched.payload, claim.matched.requirements
             )
         except SettlementPending as exc:
             claim.outcome_unknown = True

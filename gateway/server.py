@@ -9,8 +9,11 @@ Lifecycle of one serving process:
    are refused), idle keep-alive connections close, in-flight requests get
    `timeouts.shutdown_grace` seconds to finish, then are cancelled; the app's on_shutdown
    and cleanup contexts run; the admin listener closes last; exit code 0;
+   Responses finished during the drain carry `Connection: close`;
 5. a second signal forces it: every client connection is closed at once (which cancels its
    handler), cleanup gets a few seconds, exit code 1.
+
+The connection cap and the request-head timeout (slowloris) live in gateway/listener.py.
 
 Note for app code: aiohttp runs `on_shutdown` *before* in-flight requests have finished;
 close pools and clients in `cleanup_ctx`, which runs after them.
@@ -21,14 +24,10 @@ request that means no settlement for a response nobody will receive, and the ori
 working for nobody. Work that must finish once begun (settlement and recording it,
 releasing a claim) must be shielded (`asyncio.shield` of a task) by the caller.
 
-With `workers: N > 1` the process forks N workers before any event loop exists; each binds
-the listen address with SO_REUSEPORT and the kernel spreads connections among them. The
-parent only supervises: it forwards SIGTERM/SIGINT to the workers (each in its own process
-group, so a terminal's Ctrl+C reaches them once, through the parent) and waits. If a worker
-dies on its own, the parent stops the others and exits non-zero: restarts are the job of
-the process manager (systemd, Kubernetes). The admin listener runs in worker 0 only, so
-its `/healthz`, `/readyz` and metrics describe worker 0. `limits.connections` applies to
-each worker (file descriptors are per process).
+With `workers: N > 1`, see gateway/workers.py: N forked workers share the port through
+SO_REUSEPORT. The admin listener runs in worker 0 only, so its `/healthz`, `/readyz` and
+metrics describe worker 0. `limits.connections` applies to each worker (file descriptors
+are per process).
 """
 
 from __future__ import annotations
@@ -37,16 +36,16 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
 from collections.abc import Callable
 from types import TracebackType
 
 import uvloop
-from aiohttp import http_parser, web, web_protocol
+from aiohttp import hdrs, http_parser, web, web_protocol
 
 from gateway import listener as listener_mod
-from gateway.logs import get_logger
+from gateway.logs import configure_logging, get_logger
 from gateway.settings import Settings
+from gateway.workers import supervise
 
 log = get_logger("gateway.server")
 
@@ -135,16 +134,36 @@ def attach_state(app: web.Application) -> ServerState:
     if state is None:
         state = ServerState()
         app[SERVER_STATE] = state
+        app.on_response_prepare.append(_close_when_draining)
     return state
 
 
+async def _close_when_draining(request: web.Request, response: web.StreamResponse) -> None:
+    # A response finished during the drain says `Connection: close`, so the client does
+    # not send its next request on a connection the server is about to close.
+    # (aiohttp has chosen the Connection header by the time this hook runs: set it here.)
+    if request.app[SERVER_STATE].draining:
+        response.force_close()
+        response.headers[hdrs.CONNECTION] = "close"
+
+
 def run(settings: Settings, make_app: AppFactory, make_admin: AdminFactory | None = None) -> int:
-    """Serve until SIGTERM/SIGINT; return the process exit code."""
+    """Serve until SIGTERM/SIGINT; return the process exit code.
+
+    Configures logging (JSON lines at `settings.log_level`) first, so every line the
+    server and its libraries write is structured.
+    """
     require_c_parser()
+    configure_logging(settings.log_level)
     if settings.workers > 1:
         if settings.listen.port == 0:
             raise ValueError("workers > 1 needs a fixed listen port, not 0")
-        return _supervise(settings, make_app, make_admin)
+        return supervise(
+            settings.workers,
+            lambda index, parent_fd: _run_worker(
+                settings, make_app, make_admin, index=index, parent_fd=parent_fd
+            ),
+        )
     return _run_worker(settings, make_app, make_admin, index=0, parent_fd=None)
 
 
@@ -224,13 +243,18 @@ async def _serve(
         handler_cancellation=HANDLER_CANCELLATION,
         keepalive_timeout=timeouts.keepalive,
         max_line_size=limits.header_size,
-        max_field_size=limits.header_size,
+        # A payment header may be longer than other headers; letting it through to the
+        # decoder gets it a precise x402 reason (up to twice the limit) instead of the
+        # parser's bare 400.
+        max_field_size=max(limits.header_size, 2 * limits.payment_header),
         shutdown_timeout=timeouts.shutdown_grace,
     )
     admin_runner: web.AppRunner | None = None
     accept: listener_mod.Listener | None = None
     try:
-        await runner.setup()
+        if not await _start(runner, signals.stop):
+            log.info("startup_interrupted", worker=index)
+            return 0
         assert runner.server is not None
         accept = listener_mod.Listener(
             loop,
@@ -274,6 +298,25 @@ async def _serve(
     return 1 if forced else 0
 
 
+async def _start(runner: web.AppRunner, stop: asyncio.Event) -> bool:
+    """runner.setup(), unless a signal comes first: a start-up stuck on a dependency must
+    not make the process ignore SIGTERM. False when interrupted."""
+    setup = asyncio.ensure_future(runner.setup())
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({setup, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not setup.done():
+            setup.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await setup
+    if setup.cancelled():
+        return False
+    setup.result()  # start-up failures propagate
+    return True
+
+
 async def _drain(runner: web.AppRunner, force: asyncio.Event) -> bool:
     """runner.cleanup(): wait for in-flight requests (up to the grace), then app cleanup.
 
@@ -299,60 +342,3 @@ async def _drain(runner: web.AppRunner, force: asyncio.Event) -> bool:
     except TimeoutError:
         log.error("cleanup_timeout", timeout=FORCED_CLEANUP_TIMEOUT)
     return True
-
-
-def _supervise(settings: Settings, make_app: AppFactory, make_admin: AdminFactory | None) -> int:
-    parent_r, parent_w = os.pipe()
-    children: dict[int, int] = {}
-    for index in range(settings.workers):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:  # the worker
-            code = 1
-            try:
-                os.close(parent_w)
-                os.setpgid(0, 0)
-                code = _run_worker(settings, make_app, make_admin, index=index, parent_fd=parent_r)
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-        children[pid] = index
-    os.close(parent_r)
-    log.info("supervising", workers=settings.workers, pids=sorted(children))
-
-    stopping = False
-
-    def forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for pid in children:
-            _kill(pid, signal.SIGTERM)
-
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
-    code = 0
-    try:
-        while children:
-            pid, status = os.waitpid(-1, 0)
-            index = children.pop(pid, -1)
-            if index < 0:
-                continue
-            child_code = os.waitstatus_to_exitcode(status)
-            log.info("worker_exited", worker=index, pid=pid, code=child_code)
-            if child_code != 0 or not stopping:
-                # A worker left on its own: stop the rest rather than run short-handed.
-                code = 1
-                stopping = True
-                for other in children:
-                    _kill(other, signal.SIGTERM)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        os.close(parent_w)
-    return code
-
-
-def _kill(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):  # already reaped
-        os.kill(pid, sig)

@@ -48,6 +48,29 @@ def format_log_line(line: str) -> str | None:
     return f"{event.get('level', '')[:4]:<4} {event.get('event', '')} {fields}".rstrip()
 
 
+def _compact(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def json_lines(data: Any) -> list[str]:
+    """`data` as JSON, compact within each top-level value (and each item of a list)."""
+    if not isinstance(data, dict) or not data:
+        return [_compact(data)]
+    rows = ["{"]
+    for i, (key, value) in enumerate(data.items()):
+        comma = "," if i < len(data) - 1 else ""
+        if isinstance(value, list) and value:
+            rows.append(f"  {_compact(key)}: [")
+            rows += [
+                f"    {_compact(v)}{',' if j < len(value) - 1 else ''}" for j, v in enumerate(value)
+            ]
+            rows.append(f"  ]{comma}")
+        else:
+            rows.append(f"  {_compact(key)}: {_compact(value)}{comma}")
+    rows.append("}")
+    return rows
+
+
 class Printer:
     """Writes the walkthrough; every step's outcome goes through `ok` or `fail`."""
 
@@ -89,8 +112,8 @@ class Printer:
         )
 
     def json(self, data: Any, indent: int = 4) -> None:
-        text = json.dumps(data, indent=2, ensure_ascii=False)
-        for row in text.splitlines():
+        """JSON a person can scan: one line per top-level key, one per item of a list."""
+        for row in json_lines(data):
             self.line(" " * indent + self.style(row, "dim"))
 
     def ok(self, text: str) -> None:

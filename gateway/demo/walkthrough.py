@@ -158,7 +158,7 @@ class Walkthrough:
         )
         return response
 
-    def paid(self, challenge: httpx.Response) -> dict[str, str] | None:
+    def paid(self, challenge: httpx.Response) -> tuple[dict[str, str], str] | None:
         self.out.heading(3, "The same request, paid with the x402 SDK's client")
         url = f"{self.stack.gateway_url}{PAID_PATH}"
         headers, payload = self.sign(challenge)
@@ -209,27 +209,37 @@ class Walkthrough:
         served_to = body.get("served_to") if isinstance(body, dict) else None
         self.out.check(
             same_address(served_to, self.stack.payer),
-            "the origin saw the payer's address (X-Payer), and nothing else of the payment",
+            "the origin saw the payer's address, in X-Payer",
             f"the origin saw X-Payer={served_to!r}, not the payer",
         )
-        return headers
+        return headers, result.transaction
 
-    def replay(self, headers: dict[str, str]) -> None:
+    def replay(self, headers: dict[str, str], first_tx: str) -> None:
         self.out.heading(4, "The same payment sent again: refused, nothing charged")
         before = self.balances()
         self.out.request("GET", f"{self.stack.gateway_url}{PAID_PATH}", "same PAYMENT-SIGNATURE")
         response = self.http.get(PAID_PATH, headers=headers)
         self.out.status(response.status_code, response.reason_phrase)
         body = body_of(response)
-        if isinstance(body, dict) and body.get("error"):
-            self.out.field("reason", body["error"])
+        if isinstance(body, dict):
+            for key in ("reason", "error", "detail"):
+                if body.get(key):
+                    self.out.field(key, body[key])
         after = self.balances()
         self.show_balances("now", after)
         self.out.check(
-            response.status_code in REFUSED and PAYMENT_RESPONSE not in response.headers,
+            response.status_code in REFUSED,
             f"refused with {response.status_code}",
             f"expected 402 or 409, got {response.status_code}",
         )
+        if settled := response.headers.get(PAYMENT_RESPONSE):
+            # A gateway may point the payer at the settlement it already made for this payment.
+            earlier = decode_payment_response_header(settled).transaction
+            self.out.check(
+                earlier == first_tx,
+                f"its {PAYMENT_RESPONSE} names the first settlement, not a new one",
+                f"the replay's {PAYMENT_RESPONSE} names {earlier}, not {first_tx}",
+            )
         self.out.check(
             after == before,
             "no balance moved and the facilitator broadcast nothing",
@@ -322,6 +332,8 @@ def run_demo(once: bool) -> int:
     """The demo; 0 when every step went as shown, 1 otherwise."""
     out = Printer()
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    # Ctrl-C must reach us even when started with SIGINT ignored (`cmd &` in a script).
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     stack: Stack | None = None
     walk: Walkthrough | None = None
     started = time.perf_counter()
@@ -331,9 +343,9 @@ def run_demo(once: bool) -> int:
         walk = Walkthrough(stack, chain, out)
         walk.free()
         challenge = walk.unpaid()
-        headers = walk.paid(challenge) if challenge is not None else None
-        if headers is not None:
-            walk.replay(headers)
+        paid = walk.paid(challenge) if challenge is not None else None
+        if paid is not None:
+            walk.replay(*paid)
         ok = not out.failures
         summary = "every step went as shown" if ok else f"{len(out.failures)} step(s) failed"
         out.heading(
@@ -353,6 +365,7 @@ def run_demo(once: bool) -> int:
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
         if walk is not None:
             walk.close()
         if stack is not None:

@@ -10,18 +10,19 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from gateway.admin import FunctionCheck, make_admin_app
-from gateway.logs import configure_logging, get_logger
+from gateway.logs import get_logger
 from gateway.server import attach_state, run
 from gateway.settings import Address, Limits, Settings, Timeouts
 
 log = get_logger("tests.app")
 
 
-def make_app(settings: Settings) -> web.Application:
+def make_app(settings: Settings, startup_delay: float = 0.0) -> web.Application:
     app = web.Application()
     state = attach_state(app)
 
@@ -40,12 +41,20 @@ def make_app(settings: Settings) -> web.Application:
             log.info("handler_finished", path=request.path)
         return web.Response(text="slept")
 
-    async def on_cleanup(_app: web.Application) -> None:
+    async def lifespan(_app: web.Application) -> AsyncIterator[None]:
+        yield
         log.info("app_cleanup")
 
     app.router.add_get("/ok", ok)
     app.router.add_get("/sleep", sleep)
-    app.on_cleanup.append(on_cleanup)
+    app.cleanup_ctx.append(lifespan)
+    if startup_delay:
+
+        async def slow_start(_app: web.Application) -> None:
+            log.info("startup_begun")
+            await asyncio.sleep(startup_delay)
+
+        app.on_startup.append(slow_start)
     return app
 
 
@@ -59,7 +68,6 @@ def make_admin(app: web.Application) -> web.Application:
 
 def main() -> int:
     opts = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
-    configure_logging(opts.get("log_level", "info"))
     settings = Settings(
         source="<test>",
         listen=Address("127.0.0.1", int(opts.get("port", 0))),
@@ -73,8 +81,10 @@ def main() -> int:
         ),
         limits=Limits(connections=int(opts.get("connections", 64))),
         workers=int(opts.get("workers", 1)),
+        log_level=opts.get("log_level", "info"),
     )
-    return run(settings, make_app, make_admin)
+    delay = float(opts.get("startup_delay", 0))
+    return run(settings, lambda s: make_app(s, delay), make_admin)
 
 
 if __name__ == "__main__":

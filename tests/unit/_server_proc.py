@@ -112,7 +112,7 @@ def read_all(sock: socket.socket) -> bytes:
         chunks.append(chunk)
 
 
-def read_response(sock: socket.socket) -> tuple[int, bytes]:
+def read_message(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     """One response with a Content-Length body, leaving the connection open."""
     data = b""
     while b"\r\n\r\n" not in data:
@@ -121,18 +121,23 @@ def read_response(sock: socket.socket) -> tuple[int, bytes]:
             raise ConnectionError(f"closed mid-head: {data!r}")
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
+    lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split()[1])
-    length = 0
+    headers = {}
     for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", "0"))
     while len(body) < length:
         chunk = sock.recv(65536)
         if not chunk:
             raise ConnectionError("closed mid-body")
         body += chunk
+    return status, headers, body
+
+
+def read_response(sock: socket.socket) -> tuple[int, bytes]:
+    status, _, body = read_message(sock)
     return status, body
 
 

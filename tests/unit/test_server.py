@@ -17,7 +17,15 @@ from aiohttp import http_parser, web_protocol
 from gateway import server
 from gateway.listener import HeadWatcher
 from tests.procs import free_port
-from tests.unit._server_proc import Served, connect, get, read_all, read_response, request_bytes
+from tests.unit._server_proc import (
+    Served,
+    connect,
+    get,
+    read_all,
+    read_message,
+    read_response,
+    request_bytes,
+)
 
 Serve = Callable[..., Served]
 
@@ -56,7 +64,14 @@ def test_sigterm_lets_in_flight_request_finish_and_refuses_new_connections(
     srv = serve({"grace": 10})
     port, admin = srv.port, srv.admin_port
     assert get(admin, "/healthz") == (200, b'{"status": "ok"}')
-    pending = pool.submit(get, port, "/sleep?s=1.5")
+
+    def keepalive_request() -> tuple[int, str, bytes, bytes]:
+        with connect(port) as sock:
+            sock.sendall(request_bytes("/sleep?s=1.5", close=False))
+            status, headers, body = read_message(sock)
+            return status, headers.get("connection", ""), body, read_all(sock)
+
+    pending = pool.submit(keepalive_request)
     srv.wait_event("handler_started")
 
     srv.signal(signal.SIGTERM)
@@ -67,7 +82,8 @@ def test_sigterm_lets_in_flight_request_finish_and_refuses_new_connections(
     status, _ = get(admin, "/readyz")
     assert status == 503
 
-    assert pending.result(timeout=10) == (200, b"slept")
+    # Completed, told the client (which asked for keep-alive) so, then closed.
+    assert pending.result(timeout=10) == (200, "close", b"slept", b"")
     assert srv.wait(10) == 0
     names = srv.names()
     assert names.index("handler_finished") < names.index("app_cleanup") < names.index("stopped")
@@ -118,6 +134,16 @@ def test_idle_keepalive_connection_does_not_hold_up_shutdown(serve: Serve) -> No
         assert srv.wait(10) == 0
         assert time.monotonic() - started < 5
         assert read_all(sock) == b""
+
+
+def test_signal_during_a_stuck_startup_stops_the_process(serve: Serve) -> None:
+    srv = serve({"startup_delay": 60})
+    srv.wait_event("startup_begun")
+    srv.signal(signal.SIGTERM)
+    assert srv.wait(10) == 0
+    names = srv.names()
+    assert "startup_interrupted" in names and "app_cleanup" in names
+    assert "listening" not in names
 
 
 # --- connection cap and slow clients -------------------------------------------------------

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 
-from gateway.demo.terminal import Printer, format_log_line, usd, wants_colour
+from gateway.demo.terminal import Printer, format_log_line, json_lines, usd, wants_colour
 
 
 @pytest.mark.parametrize(
@@ -67,3 +68,13 @@ def test_log_line_is_shortened() -> None:
     assert format_log_line(line) == "info request method=GET status=402"
     assert format_log_line("Traceback (most recent call last):") is None
     assert format_log_line("[1, 2]") is None
+
+
+def test_json_lines_are_valid_json_and_compact() -> None:
+    data = {"city": "Lisbon", "forecast": [{"day": "Mon", "low_c": 5}, {"day": "Tue"}], "x": None}
+    rows = json_lines(data)
+    assert json.loads("\n".join(rows)) == data
+    assert rows[3] == '    {"day": "Mon", "low_c": 5},'
+    assert len(rows) == 8
+    assert json_lines("plain text") == ['"plain text"']
+    assert json.loads("\n".join(json_lines({"empty": []}))) == {"empty": []}
