@@ -177,29 +177,28 @@ async def entry(request: web.Request) -> web.StreamResponse:
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=0)
-    app[METRICS] = Metrics()
-    attach_state(app)
+    app[METRICS] = metrics = Metrics()
+    state = attach_state(app)
+    metrics.in_flight.set_function(lambda: state.in_flight.count)
     app.cleanup_ctx.append(lambda a: lifespan(a, settings))
     app.router.add_route("*", "/{tail:.*}", entry)
     return app
 
 
 def create_admin_app(main_app: web.Application) -> web.Application:
-    def gateway() -> Gateway:
-        return main_app[GATEWAY]
+    # The gateway's parts exist only once the main app has started: look them up per probe.
+    async def store() -> None:
+        await main_app[GATEWAY].payments.store.ping()
+
+    async def facilitator() -> None:
+        await main_app[GATEWAY].payments.facilitator.ping()
 
     async def metrics(_: web.Request) -> web.Response:
         body, content_type = main_app[METRICS].render()
         return web.Response(body=body, headers={"Content-Type": content_type})
 
-    return make_admin_app(
-        main_app,
-        [
-            FunctionCheck("store", lambda: gateway().payments.store.ping()),
-            FunctionCheck("facilitator", lambda: gateway().payments.facilitator.ping()),
-        ],
-        metrics_handler=metrics,
-    )
+    checks = [FunctionCheck("store", store), FunctionCheck("facilitator", facilitator)]
+    return make_admin_app(main_app, checks, metrics_handler=metrics)
 
 
 async def lifespan(app: web.Application, settings: Settings) -> AsyncIterator[None]:

@@ -187,7 +187,7 @@ def paywall_for(route: RouteSettings, payment: PaymentRequired) -> str:
         return _fallback_html(route, req, payment)
     try:
         # Imported on first use: the page is 2 MB of text most gateways never serve.
-        from x402.http.paywall.evm_paywall_template import EVM_PAYWALL_TEMPLATE  # noqa: PLC0415
+        from x402.http.paywall.evm_paywall_template import EVM_PAYWALL_TEMPLATE
     except ImportError:  # the SDK ships it, but it is generated; never fail a 402 over it
         return _fallback_html(route, req, payment)
     config = {

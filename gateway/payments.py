@@ -26,6 +26,7 @@ from x402.schemas import (
 )
 from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
+from .challenge import settlement_header
 from .errors import (
     FacilitatorUnavailable,
     GatewayError,
@@ -34,7 +35,6 @@ from .errors import (
     SettlementFailed,
     SettlementPending,
 )
-from .challenge import settlement_header
 from .logs import get_logger
 from .payment_wire import MatchedPayment, claim_ttl
 from .settings import RouteSettings

@@ -337,6 +337,7 @@ def run_demo(once: bool) -> int:
     stack: Stack | None = None
     walk: Walkthrough | None = None
     started = time.perf_counter()
+    walked = False  # every step ran and passed: Ctrl-C after that is the normal way out
     try:
         stack = Stack(choose_ports())
         chain = start(stack, out)
@@ -353,19 +354,21 @@ def run_demo(once: bool) -> int:
         )
         if once or not ok:
             return 0 if ok else 1
+        walked = True
         walk.try_it()
         follow_log(stack, out)
         return 0
     except KeyboardInterrupt:
         out.line()
         out.note("stopping...")
-        return 0 if not out.failures else 1
+        return 0 if walked else 1
     except (DemoError, ChainError, httpx.HTTPError, OSError, ValueError) as exc:
         out.fail(f"{type(exc).__name__}: {exc}")
         return 1
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, previous_int)
+        # A second Ctrl-C must not cut the clean-up short and leave processes behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if walk is not None:
             walk.close()
         if stack is not None:
@@ -374,3 +377,5 @@ def run_demo(once: bool) -> int:
             stack.stop()
             if not out.failures:
                 shutil.rmtree(stack.logs, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)

@@ -163,10 +163,12 @@ class GatewayProcess:
     def wait_ready(self, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(self.admin_url + "/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        return
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(self.admin_url + "/readyz", timeout=2) as r,
+            ):
+                if r.status == 200:
+                    return
             time.sleep(0.1)
         raise TimeoutError(f"gateway not ready; log:\n{self.logs()}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import os
 import time
@@ -158,8 +159,6 @@ async def test_v2_paid_post_streams_the_body_to_the_origin(
     async with httpx.AsyncClient() as http:
         r = await http.post(gw.url + "/paid/upload", headers=headers, content=body)
     assert r.status_code == 200, r.text
-    import hashlib
-
     assert r.json()["body_sha256"] == hashlib.sha256(body).hexdigest()
     assert settlement(r).success
 
