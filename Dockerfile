@@ -23,7 +23,8 @@ LABEL org.opencontainers.image.title="x402-gateway" \
       org.opencontainers.image.licenses="Apache-2.0"
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-index --find-links /wheels /wheels/x402_gateway-*.whl \
-    && useradd --system --uid 10001 --user-group --no-create-home \
+    && groupadd --system --gid 10001 x402 \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home \
        --home-dir /nonexistent --shell /usr/sbin/nologin x402
 COPY config/gateway.example.yaml /etc/x402-gateway/gateway.yaml
 USER 10001:10001

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -76,6 +77,9 @@ class Printer:
 
     def __init__(self, stream: TextIO | None = None, colour: bool | None = None) -> None:
         self.stream = stream if stream is not None else sys.stdout
+        if isinstance(self.stream, io.TextIOWrapper):
+            # Box lines and marks must not crash the demo on a terminal that is not UTF-8.
+            self.stream.reconfigure(errors="replace")
         self.colour = wants_colour(self.stream) if colour is None else colour
         self.failures: list[str] = []
 

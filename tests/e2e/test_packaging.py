@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -18,6 +19,8 @@ import subprocess
 import sys
 import sysconfig
 import tomllib
+import urllib.error
+import urllib.request
 import venv
 import zipfile
 from collections.abc import Iterator
@@ -25,6 +28,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.procs import free_port, stop, wait_port
 
 pytestmark = pytest.mark.e2e
 
@@ -225,3 +230,56 @@ def test_compose_example_is_consistent(installed: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     text = config.read_text()
     assert "redis://redis:6379/0" in text and "http://origin:8080" in text
+
+
+def _healthcheck_argv() -> list[str]:
+    """The HEALTHCHECK's exec-form command, as Docker would run it."""
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    (line,) = re.findall(r"^HEALTHCHECK .*$", text, re.M)
+    argv: list[str] = json.loads(line.split(" CMD ", 1)[1])
+    return argv
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_image_command_serves_and_passes_its_healthcheck(installed: Path, tmp_path: Path) -> None:
+    """The image's CMD (serve the default config) from the wheel, probed by its HEALTHCHECK.
+
+    Offline the default facilitator is unreachable: the gateway must still serve (402s come
+    from the config alone) and be alive; only /readyz says it is not ready.
+    """
+    admin, listen = free_port(), free_port()
+    config = tmp_path / "gateway.yaml"
+    example = (REPO / "config" / "gateway.example.yaml").read_text()
+    text, found = re.subn(
+        r"^admin: 127\.0\.0\.1:9402", f"admin: 127.0.0.1:{admin}", example, flags=re.M
+    )
+    assert found == 1, "the example config's admin address is not 127.0.0.1:9402"
+    config.write_text(text)
+    argv = _healthcheck_argv()
+    assert argv[0] == "python" and "127.0.0.1:9402/healthz" in argv[-1]
+    probe = [str(installed / "bin" / "python"), *argv[1:-1], argv[-1].replace(":9402", f":{admin}")]
+    env = {**os.environ, "GATEWAY_LISTEN": f"127.0.0.1:{listen}"}
+    with (tmp_path / "gateway.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [str(installed / "bin" / "x402-gateway"), "serve", "--config", str(config)],
+            cwd=tmp_path,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_port(admin, timeout=30, proc=proc)
+        assert _run(probe).returncode == 0, (tmp_path / "gateway.log").read_text()
+        assert _status(f"http://127.0.0.1:{listen}/v1/forecast/lisbon") == 402
+    finally:
+        code = stop(proc)
+    assert code == 0, (tmp_path / "gateway.log").read_text()
+    assert _run(probe).returncode != 0, "the healthcheck passes with nothing listening"

@@ -728,7 +728,7 @@ async def test_origin_reset_mid_body_truncates_client(
     make_rig: Callable[..., Awaitable[Rig]], kind: str
 ) -> None:
     rig = await make_rig(limits=Limits(connections=1))
-    async with rig.session.get(rig.url(f"/reset/{kind}")) as resp:
+    async with asyncio.timeout(10), rig.session.get(rig.url(f"/reset/{kind}")) as resp:
         assert resp.status == 200
         with pytest.raises(aiohttp.ClientPayloadError):
             await resp.read()
