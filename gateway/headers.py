@@ -12,6 +12,7 @@ What crosses the gateway and what does not (RFC 9110 7.6.1, RFC 7239):
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Mapping
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -40,8 +41,11 @@ _REQUEST_ONLY = frozenset({"host", "expect"})
 X402_EXPOSED = ("PAYMENT-REQUIRED", "PAYMENT-RESPONSE", "X-PAYMENT-RESPONSE")
 EXPOSE = "Access-Control-Expose-Headers"
 
-# RFC 9110 5.6.2 tchar: a Forwarded value made only of these needs no quotes.
-_TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+# RFC 9110 5.6.2 token: a Forwarded value matching it needs no quotes.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+# Everything a request loses on its way upstream, before the caller's own drops.
+_REQUEST_STRIP = HOP_BY_HOP | _REQUEST_ONLY | FORWARDING
 
 Headers = CIMultiDict[str] | CIMultiDictProxy[str]
 
@@ -90,7 +94,7 @@ def is_trusted(peer: str | None, networks: Networks) -> bool:
 
 
 def _forwarded_value(value: str) -> str:
-    if value and all(char in _TCHAR for char in value):
+    if _TOKEN.fullmatch(value):
         return value
     escaped = value.replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
@@ -125,10 +129,12 @@ def request_headers(
     gateway, `trusted` whether that peer is a trusted proxy; `drop` (lowercased names) are
     removed always, and `add` replaces any header of the same name the client sent.
     """
-    out = _strip(incoming, HOP_BY_HOP)
-    for names in (connection_tokens(incoming), _REQUEST_ONLY, FORWARDING, drop):
-        for name in names:
-            out.popall(name, None)
+    named = connection_tokens(incoming)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in incoming.items():
+        low = name.lower()
+        if low not in _REQUEST_STRIP and low not in drop and low not in named:
+            out.add(name, value)
     host = incoming.get("Host")
     client_ip = peer or "unknown"
     element = forwarded_element(peer, scheme, host)

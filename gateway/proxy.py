@@ -326,7 +326,7 @@ async def relay(
                     chunk = await content.readany()
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     framed = out.content_length is not None or request.version >= HttpVersion11
-                    pass
+                    _abort_client(request, framed)
                     log.warning(
                         "origin failed mid-body; client connection closed",
                         url=str(resp.url),
