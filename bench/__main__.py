@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -255,7 +256,31 @@ def _git_head() -> str:
     return done.stdout.strip() or "unknown"
 
 
-def run(profile: Profile, only: str, command: str) -> dict[str, Any]:
+def _sections(harness: Harness, only: str, sections: dict[str, Any]) -> None:
+    if "D" in only:
+        sections["D"] = _guarded("D", harness, harness.section_d)
+    if "A" in only:
+        sections["A"] = _guarded("A", harness, harness.section_a)
+    if "C" in only:
+        sections["C"] = _guarded("C", harness, harness.section_c)
+    if "B" in only:
+        paid_memory: dict[str, Any] = {}
+
+        def section_b() -> dict[str, Any]:
+            paid, memory_part = harness.section_b(sections.get("A", {}))
+            paid_memory.update(memory_part)
+            return paid
+
+        sections["B"] = _guarded("B", harness, section_b)
+        if "C" in only:
+            sections["C"].setdefault("runs", {}).update(paid_memory)
+            if not paid_memory:
+                sections["C"].setdefault("notes", []).append(
+                    "paid route: not run (section B did not run to its end)"
+                )
+
+
+def run(profile: Profile, only: str, command: str, keep: bool = False) -> dict[str, Any]:
     results: dict[str, Any] = {
         "date": report.now(),
         "command": command,
@@ -264,35 +289,19 @@ def run(profile: Profile, only: str, command: str) -> dict[str, Any]:
         "git": _git_head(),
         "sections": {},
     }
-    sections = results["sections"]
-    with tempfile.TemporaryDirectory(prefix="x402-bench-") as tmp:
-        harness = Harness(profile, Path(tmp))
-        try:
-            harness.start_all()
-            if "D" in only:
-                sections["D"] = _guarded("D", harness, harness.section_d)
-            if "A" in only:
-                sections["A"] = _guarded("A", harness, harness.section_a)
-            if "C" in only:
-                sections["C"] = _guarded("C", harness, harness.section_c)
-            if "B" in only:
-                paid_memory: dict[str, Any] = {}
-
-                def section_b() -> dict[str, Any]:
-                    paid, memory_part = harness.section_b(sections.get("A", {}))
-                    paid_memory.update(memory_part)
-                    return paid
-
-                sections["B"] = _guarded("B", harness, section_b)
-                if "C" in only:
-                    sections["C"].setdefault("runs", {}).update(paid_memory)
-                    if not paid_memory:
-                        sections["C"].setdefault("notes", []).append(
-                            "paid route: not run (section B did not run to its end)"
-                        )
-        finally:
-            harness.group.close()
-            results["seconds"] = round(time.monotonic() - harness.started, 1)
+    workdir = Path(tempfile.mkdtemp(prefix="x402-bench-"))
+    harness = Harness(profile, workdir)
+    try:
+        harness.start_all()
+        _sections(harness, only, results["sections"])
+    finally:
+        harness.group.close()
+        results["seconds"] = round(time.monotonic() - harness.started, 1)
+        if keep:
+            results["workdir"] = str(workdir)
+            harness.log(f"kept {workdir} (configs and every process's log)")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
     return results
 
 
@@ -300,10 +309,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests, 256 MiB body")
     parser.add_argument("--only", default="ABCD", help="sections to run, e.g. AD")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the work dir (configs, process logs)"
+    )
     args = parser.parse_args(argv)
     profile = QUICK if args.quick else FULL
     command = shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
-    results = run(profile, args.only.upper(), command)
+    results = run(profile, args.only.upper(), command, keep=args.keep)
     as_json, as_md = report.write(results)
     print(as_md.read_text())
     print(f"written: {as_json} {as_md}", file=sys.stderr)

@@ -80,6 +80,8 @@ async def _measure(
         stop.set()
         await sampler
     seconds = time.monotonic() - started
+    await asyncio.sleep(0.2)
+    after = sum(rss_bytes(m) for m in members)
     return {
         "status": status,
         "bytes": size,
@@ -88,6 +90,7 @@ async def _measure(
         "rss_before_mib": round(baseline / MIB, 1),
         "rss_peak_mib": round(peak[0] / MIB, 1),
         "growth_mib": round((peak[0] - baseline) / MIB, 1),
+        "rss_after_mib": round(after / MIB, 1),  # what stays held once the body has passed
     }
 
 

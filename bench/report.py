@@ -217,13 +217,17 @@ def _memory(c: dict[str, Any]) -> list[str]:
             r.get("rss_before_mib"),
             r.get("rss_peak_mib"),
             r.get("growth_mib"),
+            r.get("rss_after_mib"),
         ]
         for proxy, readers in runs.items()
         for reader, r in readers.items()
     ]
     if rows:
         out += _table(
-            ["proxy", "reader", "status", "bytes", "MB/s", "RSS before", "RSS peak", "growth MiB"],
+            [
+                *("proxy", "reader", "status", "bytes", "MB/s"),
+                *("RSS before", "RSS peak", "growth MiB", "RSS after"),
+            ],
             rows,
         )
     for note in c.get("notes", []):

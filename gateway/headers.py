@@ -44,6 +44,8 @@ EXPOSE = "Access-Control-Expose-Headers"
 # RFC 9110 5.6.2 token: a Forwarded value matching it needs no quotes.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
+_PLAIN_CONNECTION = frozenset({"keep-alive", "close"})
+
 # Everything a request loses on its way upstream, before the caller's own drops.
 _REQUEST_STRIP = HOP_BY_HOP | _REQUEST_ONLY | FORWARDING
 
@@ -57,7 +59,8 @@ def lower_names(names: Iterable[str]) -> frozenset[str]:
 def connection_tokens(headers: Headers) -> frozenset[str]:
     """The lowercased header names listed in `Connection` (they are hop-by-hop too)."""
     values = headers.getall("Connection", ())
-    if not values:
+    # The common cases name no other header: skip the parsing.
+    if not values or (len(values) == 1 and values[0].lower() in _PLAIN_CONNECTION):
         return frozenset()
     return frozenset(
         token.strip().lower() for value in values for token in value.split(",") if token.strip()

@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
-import structlog
 from aiohttp import web
 from aiohttp.http import HttpVersion11
 from aiohttp.http_exceptions import HttpProcessingError
@@ -34,9 +33,10 @@ from gateway.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from gateway.logs import get_logger
 from gateway.settings import Settings, Timeouts
 
-log = structlog.get_logger(__name__)
+log = get_logger("gateway.proxy")
 
 # Node's default keep-alive timeout is 5 s: retiring idle origin connections before that keeps
 # a POST from landing on a socket the origin is closing (aiohttp retries only idempotent ones).
@@ -210,7 +210,8 @@ class Upstream:
     ) -> aiohttp.ClientResponse:
         """Forward `request` to `base_url` + `path` (+ `?query`, raw) and await the response head.
 
-        `path` and `query` go out byte for byte as given (already encoded). The response body
+        `path` and `query` go out byte for byte as given (already encoded); a path in
+        `base_url` (`http://svc:9000/api`) is put in front of `path`. The response body
         is left unread: pass it to `relay()` or `discard()`, exactly once.
         Raises PayloadTooLarge, RequestTimeout, BadRequest (the client's body), UpstreamError,
         UpstreamTimeout (the origin's failure).
@@ -327,9 +328,11 @@ async def relay(
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     framed = out.content_length is not None or request.version >= HttpVersion11
                     _abort_client(request, framed)
+                    # The client got a truncated body, never a complete-looking one.
                     log.warning(
-                        "origin failed mid-body; client connection closed",
-                        url=str(resp.url),
+                        "origin_failed_mid_body",
+                        origin=resp.url.raw_authority,
+                        path=resp.url.raw_path,
                         status=resp.status,
                         error=repr(exc),
                     )

@@ -22,6 +22,7 @@ from gateway.proxy import Upstream, relay
 from gateway.settings import Address, Settings
 
 UPSTREAM = web.AppKey("upstream", Upstream)
+BASE = web.AppKey("base", str)
 
 
 def load(path: Path) -> Settings:
@@ -41,7 +42,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     try:
         resp = await upstream.send(
             request,
-            base_url=request.app["base"],
+            base_url=request.app[BASE],
             path=rel.raw_path,
             query=rel.raw_query_string,
         )
@@ -52,7 +53,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
 
 def make_app(settings: Settings) -> web.Application:
     app = web.Application()
-    app["base"] = settings.upstream
+    app[BASE] = settings.upstream
     app[UPSTREAM] = Upstream(settings)
 
     async def pool(app: web.Application) -> AsyncIterator[None]:

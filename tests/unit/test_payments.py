@@ -4,6 +4,7 @@ facilitator: every outcome a facilitator can give, and what becomes of the claim
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -233,23 +234,8 @@ async def test_not_ready_until_supported_is_known() -> None:
 
 def test_unsupported_routes_are_named() -> None:
     p = Payments(FakeFacilitator(), MemoryStore())
-    other = route(index=7, path="/mainnet/*")
-    other = type(other)(
-        **{
-            **{f: getattr(other, f) for f in other.__dataclass_fields__},
-            "accepts": (
-                type(PRICED.accepts[0])(
-                    **{
-                        **{
-                            f: getattr(PRICED.accepts[0], f)
-                            for f in PRICED.accepts[0].__dataclass_fields__
-                        },
-                        "network": "eip155:8453",
-                    }
-                ),
-            ),
-        }
-    )
+    mainnet = replace(PRICED.accepts[0], network="eip155:8453")
+    other = replace(PRICED, index=7, path="/mainnet/*", accepts=(mainnet,))
     assert p.unsupported((PRICED, other)) == [
         "routes[7] /mainnet/*: no facilitator supports exact on eip155:8453"
     ]

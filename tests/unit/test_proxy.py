@@ -124,7 +124,10 @@ async def endless(request: web.Request) -> web.StreamResponse:
     try:
         while True:
             await resp.write(block)
-    except (ConnectionError, asyncio.CancelledError):
+    except ConnectionError:
+        state.client_gone.set()
+        return resp  # quietly: the test looks for error logs from the proxy
+    except asyncio.CancelledError:
         state.client_gone.set()
         raise
 
@@ -170,6 +173,15 @@ async def status_only(request: web.Request) -> web.Response:
     return web.Response(status=status, headers={"ETag": '"v1"'})
 
 
+async def refuse_early(request: web.Request) -> web.Response:
+    # Answers without reading the upload, as origins with their own size limit do.
+    return web.Response(status=413, text="origin says too big")
+
+
+async def big_header(request: web.Request) -> web.Response:
+    return web.Response(text="ok", headers={"Content-Security-Policy": "x" * 20000})
+
+
 def origin_app() -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[ORIGIN] = OriginState()
@@ -183,6 +195,8 @@ def origin_app() -> web.Application:
     app.router.add_get("/reset/{kind}", reset_mid_body)
     app.router.add_post("/upload-gated", upload_gated)
     app.router.add_get("/status/{status}", status_only)
+    app.router.add_post("/refuse-early", refuse_early)
+    app.router.add_get("/big-header", big_header)
     app.router.add_route("*", "/{tail:.*}", echo)
     return app
 
@@ -566,6 +580,26 @@ async def test_base_url_path_prefix(
         session.get(f"http://127.0.0.1:{proxy.port}/v1/x?y=1") as resp,
     ):
         assert (await resp.json())["raw_path"] == "/api/v1/x?y=1"
+
+
+async def test_origin_answering_before_reading_upload_is_relayed(
+    make_rig: Callable[..., Awaitable[Rig]],
+) -> None:
+    rig = await make_rig(limits=Limits(connections=1))
+    body = os.urandom(8 * 1024 * 1024)
+    async with rig.session.post(rig.url("/refuse-early"), data=body) as resp:
+        assert resp.status == 413
+        assert await resp.text() == "origin says too big"
+    await assert_pool_free(rig)
+
+
+async def test_large_origin_header_passes(rig: Rig) -> None:
+    async with (
+        aiohttp.ClientSession(max_field_size=65536) as session,
+        session.get(rig.url("/big-header")) as resp,
+    ):
+        assert resp.status == 200
+        assert len(resp.headers["Content-Security-Policy"]) == 20000
 
 
 # --- failures before the response head ----------------------------------------------------
