@@ -3,52 +3,33 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 from aiohttp import web
 
 from . import answers
 from .admin import FunctionCheck, make_admin_app
-from .challenge import ERROR_PAYMENT_REQUIRED, Challenges, settlement_header
+from .challenge import ERROR_PAYMENT_REQUIRED, settlement_header
 from .errors import GatewayError, MethodNotAllowed
-from .facilitators import open_facilitator
 from .headers import is_trusted
 from .logs import get_logger
-from .metrics import Metrics
+from .metrics import VERIFIED, Metrics
 from .paths import canonicalize
 from .payment_wire import decode_payment, match_requirement
-from .payments import Claim, Payments
-from .proxy import Upstream, relay
-from .routes import RouteTable
-from .server import SERVER_STATE, attach_state
+from .payments import Claim
+from .proxy import relay
+from .reload import Gateway, LiveGateway, route_rows
+from .server import RELOAD, SERVER_STATE, attach_state
 from .settings import RouteSettings, Settings
-from .store import open_store
 
-PAYMENT_HEADERS = ("PAYMENT-SIGNATURE", "X-PAYMENT")
 PRIVATE = {"Cache-Control": "private"}
 access = get_logger("gateway.access")
 log = get_logger("gateway")
 
-
-@dataclass(frozen=True, slots=True)
-class Gateway:
-    """Everything one app's requests share, built once at start-up."""
-
-    settings: Settings
-    routes: RouteTable
-    challenges: Challenges
-    upstream: Upstream
-    payments: Payments
-    metrics: Metrics
-    drop_headers: tuple[str, ...]
-
-
-GATEWAY = web.AppKey("gateway", Gateway)
+LIVE = web.AppKey("gateway_live", LiveGateway)  # the current generation: LIVE.current
 METRICS = web.AppKey("metrics", Metrics)
 
 
@@ -77,7 +58,9 @@ async def handle(request: web.Request, gw: Gateway, request_id: str) -> web.Stre
             )
         matched = match_requirement(route, payment, resource_url)
         async with gw.payments.claimed(matched, route, request_id) as claim:
+            request["claim"] = claim
             await gw.payments.verify(claim)
+            gw.metrics.payments.labels(VERIFIED, "").inc()
             if route.settle == "before":
                 await gw.payments.settle(claim)
             started = time.perf_counter()
@@ -97,13 +80,11 @@ async def handle(request: web.Request, gw: Gateway, request_id: str) -> web.Stre
                     raise
             assert claim.settled is not None
             receipt = dict([settlement_header(claim.settled, matched.version)])
-            account(gw, claim, route)
             return await relay(
                 request, upstream, {**receipt, **PRIVATE, **timing(gw, claim)}, expose_x402=True
             )
     except GatewayError as exc:
-        if route is not None and not route.free:
-            gw.metrics.payments.labels("refused", exc.reason).inc()
+        request["error"] = exc  # for the metrics and the access line
         return answers.error_response(request, exc, gw.challenges, route, resource_url, request_id)
 
 
@@ -115,20 +96,6 @@ def find_route(gw: Gateway, method: str, path: str) -> RouteSettings | None:
             f"{method} is not routed here; use {allow}", headers={"Allow": allow}
         )
     return found.route
-
-
-def account(gw: Gateway, claim: Claim, route: RouteSettings) -> None:
-    """Metrics for a settled payment."""
-    m, req = gw.metrics, claim.matched.requirement
-    m.payments.labels("settled", "").inc()
-    m.revenue.labels(req.asset, req.network, route.name).inc(req.amount)
-    for name, hist in (
-        ("verify", m.verify_seconds),
-        ("settle", m.settle_seconds),
-        ("origin", m.origin_seconds),
-    ):
-        if name in claim.timings:
-            hist.observe(claim.timings[name])
 
 
 def timing(gw: Gateway, claim: Claim) -> dict[str, str]:
@@ -149,38 +116,68 @@ def request_id_of(request: web.Request, settings: Settings) -> str:
 
 async def entry(request: web.Request) -> web.StreamResponse:
     """One access line and the request metrics, whatever happened."""
-    gw = request.app[GATEWAY]
+    gw = request.app[LIVE].current  # this request keeps this generation to its end
     request_id = request_id_of(request, gw.settings)
     started = time.perf_counter()
     response: web.StreamResponse | None = None
-    async with request.app[SERVER_STATE].in_flight.track():
+    async with request.app[SERVER_STATE].in_flight.track(), gw.users.track():
         try:
             response = await handle(request, gw, request_id)
+            await finish(request, response)
             return response
         finally:
-            status = response.status if response is not None else 499
-            route: RouteSettings | None = request.get("route")
-            label = route.name if route is not None else "-"
-            elapsed = time.perf_counter() - started
-            gw.metrics.requests.labels(label, request.method, str(status)).inc()
-            access.info(
-                "request",
-                request_id=request_id,
-                method=request.method,
-                path=request.raw_path,
-                route=label,
-                status=status,
-                bytes=response.body_length if response is not None else 0,
-                duration_ms=round(elapsed * 1000, 3),
-            )
+            observe(gw, request, request_id, response, time.perf_counter() - started)
 
 
-def create_app(settings: Settings) -> web.Application:
+async def finish(request: web.Request, response: web.StreamResponse) -> None:
+    """Send the response's end now rather than after the handler (aiohttp's way), so the
+    access line has the bytes really sent and the total time covers the whole body."""
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    except ConnectionError:
+        pass  # the client has gone (or the relay cut it off): the line says how far it got
+
+
+def observe(
+    gw: Gateway,
+    request: web.Request,
+    request_id: str,
+    response: web.StreamResponse | None,
+    elapsed: float,
+) -> None:
+    status = response.status if response is not None else 499
+    route: RouteSettings | None = request.get("route")
+    claim: Claim | None = request.get("claim")
+    error: GatewayError | None = request.get("error")
+    label = route.name if route is not None else "-"
+    gw.metrics.observe_request(label, request.method, status, elapsed, error)
+    paid: dict[str, object] = {}
+    if route is not None and not route.free and (claim is not None or error is not None):
+        paid = gw.metrics.observe_payment(label, claim, error, client_gone=response is None)
+    access.info(
+        "request",
+        request_id=request_id,
+        method=request.method,
+        path=request.raw_path,
+        route=label,
+        status=status,
+        bytes=response.body_length if response is not None else 0,
+        duration_ms=round(elapsed * 1000, 3),
+        generation=gw.generation,
+        **paid,
+    )
+
+
+def create_app(settings: Settings, *, watch: bool = False) -> web.Application:
+    """The gateway app; `watch`: reload the config file whenever it changes."""
     app = web.Application(client_max_size=0)
     app[METRICS] = metrics = Metrics()
+    app[LIVE] = live = LiveGateway(metrics)
+    app[RELOAD] = live.reload  # SIGHUP (gateway/server.py)
     state = attach_state(app)
     metrics.in_flight.set_function(lambda: state.in_flight.count)
-    app.cleanup_ctx.append(lambda a: lifespan(a, settings))
+    app.cleanup_ctx.append(lambda a: lifespan(a, settings, watch))
     app.router.add_route("*", "/{tail:.*}", entry)
     return app
 
@@ -188,40 +185,32 @@ def create_app(settings: Settings) -> web.Application:
 def create_admin_app(main_app: web.Application) -> web.Application:
     # The gateway's parts exist only once the main app has started: look them up per probe.
     async def store() -> None:
-        await main_app[GATEWAY].payments.store.ping()
+        await main_app[LIVE].current.payments.store.ping()
 
     async def facilitator() -> None:
-        await main_app[GATEWAY].payments.facilitator.ping()
+        await main_app[LIVE].current.payments.facilitator.ping()
+
+    async def routes(_: web.Request) -> web.Response:
+        gw = main_app[LIVE].current
+        table = {
+            "generation": gw.generation,
+            "config": gw.settings.source,
+            "routes": route_rows(gw.settings),
+        }
+        return web.json_response(table, headers={"Cache-Control": "no-store"})
 
     async def metrics(_: web.Request) -> web.Response:
         body, content_type = main_app[METRICS].render()
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     checks = [FunctionCheck("store", store), FunctionCheck("facilitator", facilitator)]
-    return make_admin_app(main_app, checks, metrics_handler=metrics)
+    admin = make_admin_app(main_app, checks, metrics_handler=metrics)
+    admin.router.add_get("/routes", routes)  # the live table (`x402-gateway routes`)
+    return admin
 
 
-async def lifespan(app: web.Application, settings: Settings) -> AsyncIterator[None]:
-    store = open_store(settings.store)
-    payments = Payments(open_facilitator(settings), store)
-    upstream = Upstream(settings)
-    await upstream.start()
-    for problem in await payments.start():
-        log.warning("facilitator_unavailable_at_start", problem=problem)
-    for problem in payments.unsupported(settings.routes):
-        log.error("route_unsupported", problem=problem)
-    refresher = asyncio.create_task(payments.keep_refreshing())
-    app[GATEWAY] = Gateway(
-        settings=settings,
-        routes=RouteTable(settings.routes, settings.case_insensitive_paths),
-        challenges=Challenges(settings),
-        upstream=upstream,
-        payments=payments,
-        metrics=app[METRICS],
-        drop_headers=(*PAYMENT_HEADERS, settings.payer_header),
-    )
+async def lifespan(app: web.Application, settings: Settings, watch: bool) -> AsyncIterator[None]:
+    live = app[LIVE]
+    await live.start(settings, watch=watch)
     yield
-    refresher.cancel()
-    await upstream.close()
-    await payments.close()
-    await store.close()
+    await live.close()  # after the requests in flight (see gateway/server.py)

@@ -7,11 +7,12 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from . import __version__
-from .config import format_price, load
+from .config import load
 from .errors import ConfigError
-from .settings import Settings
+from .settings import Address, Settings
 
 CONFIG_ENV = "X402_GATEWAY_CONFIG"
 
@@ -39,14 +40,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check":
         return check(settings, online=args.online)
     if args.command == "routes":
-        print(route_table(settings))
-        return 0
+        return routes(settings)
     if args.command == "payments":
         return asyncio.run(_payments(settings, args.limit, args.format))
+    import functools
+
     from .app import create_admin_app, create_app
     from .server import run
 
-    return run(settings, create_app, create_admin_app if settings.admin else None)
+    make_app = functools.partial(create_app, watch=args.watch)
+    return run(settings, make_app, create_admin_app if settings.admin else None)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,11 +59,17 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_text in [
         ("serve", "run the gateway"),
         ("check", "validate the config and print the compiled route table"),
-        ("routes", "print the route table"),
+        ("routes", "print the live route table (from the running gateway's admin port)"),
         ("payments", "list recent payment records from the store"),
     ]:
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--config", "-c", help=f"config file (default: ${CONFIG_ENV})")
+        if name == "serve":
+            cmd.add_argument(
+                "--watch",
+                action="store_true",
+                help="reload the config whenever the file changes (SIGHUP always reloads)",
+            )
         if name == "check":
             cmd.add_argument(
                 "--online", action="store_true", help="also ask each facilitator's /supported"
@@ -81,16 +90,50 @@ def _config_path(args: argparse.Namespace, parser: argparse.ArgumentParser) -> s
 
 
 def route_table(settings: Settings) -> str:
-    rows = [("#", "METHODS", "PATH", "PRICE", "SETTLE", "UPSTREAM")]
-    for r in settings.routes:
-        methods = ",".join(sorted(r.methods)) if r.methods else "*"
-        price = "free" if r.free else " | ".join(format_price(a) for a in r.accepts)
-        settle = "-" if r.free else r.settle
-        rows.append((str(r.index), methods, r.path, price, settle, r.upstream or settings.upstream))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    from .reload import route_rows
+
+    return format_rows(route_rows(settings))
+
+
+def format_rows(table: list[dict[str, str]]) -> str:
+    columns = ("index", "methods", "path", "price", "settle", "upstream")
+    rows: list[tuple[str, ...]] = [("#", "METHODS", "PATH", "PRICE", "SETTLE", "UPSTREAM")]
+    rows += [tuple(row.get(c, "") for c in columns) for row in table]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
     )
+
+
+def routes(settings: Settings) -> int:
+    """The table the running gateway serves now (it may have reloaded since it started);
+    the file's own table, with a note, when no gateway answers on the admin address."""
+    live = _live_routes(settings)
+    if isinstance(live, str):
+        print(f"note: {live}; showing the table from {settings.source}", file=sys.stderr)
+        print(route_table(settings))
+        return 0
+    print(f"# live: {live['config']}, generation {live['generation']}")
+    print(format_rows(live["routes"]))
+    return 0
+
+
+def _live_routes(settings: Settings) -> dict[str, Any] | str:
+    """The admin `/routes` answer, or why there is none."""
+    import json
+    import urllib.request
+
+    if settings.admin is None:
+        return "no admin address is configured"
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(settings.admin.host, settings.admin.host)
+    url = f"http://{Address(host, settings.admin.port)}/routes"
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            answer: dict[str, Any] = json.loads(resp.read())
+    except (OSError, ValueError) as exc:  # urllib.error.URLError is an OSError
+        reason = getattr(exc, "reason", exc)
+        return f"no gateway answered at {url} ({reason})"
+    return answer
 
 
 def check(settings: Settings, *, online: bool) -> int:

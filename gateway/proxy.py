@@ -14,26 +14,18 @@ import contextlib
 import errno
 import socket
 import struct
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
 from aiohttp.http import HttpVersion11
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.streams import StreamReader
 from yarl import URL
 
 from gateway import headers as hh
-from gateway.errors import (
-    BadRequest,
-    GatewayError,
-    PayloadTooLarge,
-    RequestTimeout,
-    UpstreamError,
-    UpstreamTimeout,
-)
+from gateway.errors import GatewayError, PayloadTooLarge, UpstreamError, UpstreamTimeout
 from gateway.logs import get_logger
+from gateway.request_body import RequestBody
 from gateway.settings import Settings, Timeouts
 
 log = get_logger("gateway.proxy")
@@ -72,52 +64,6 @@ class _Origin:
             query_string=query,
             encoded=True,
         )
-
-
-class _Body:
-    """The client's request body as an async iterator, with the size limit and idle timeout.
-
-    aiohttp wraps whatever the iterator raises into a connection error, so the original
-    (413, 408, 400) is kept in `error` for `send()` to raise instead. While a chunk waits for
-    the origin to take it, `watchdog` (the `send()` call's timeout) runs, so an origin that
-    stops reading the upload cannot hold the request forever.
-    """
-
-    __slots__ = ("_content", "_idle", "_limit", "_stall", "error", "watchdog")
-
-    def __init__(self, content: StreamReader, limit: int | None, idle: float, stall: float):
-        self._content = content
-        self._limit = limit
-        self._idle = idle
-        self._stall = stall
-        self.error: GatewayError | None = None
-        self.watchdog: asyncio.Timeout | None = None
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        loop = asyncio.get_running_loop()
-        content, limit, idle = self._content, self._limit, self._idle
-        total = 0
-        while True:
-            try:
-                async with asyncio.timeout(idle):
-                    chunk = await content.readany()
-            except TimeoutError:
-                self.error = RequestTimeout(f"the client sent no request body for {idle:g}s")
-                raise self.error from None
-            except (OSError, HttpProcessingError) as exc:
-                self.error = BadRequest(f"request body incomplete: {exc}", reason="incomplete_body")
-                raise self.error from None
-            if not chunk:
-                return
-            total += len(chunk)
-            if limit is not None and total > limit:
-                self.error = PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-                raise self.error
-            if (watchdog := self.watchdog) is not None:
-                watchdog.reschedule(loop.time() + self._stall)
-            yield chunk
-            if (watchdog := self.watchdog) is not None:
-                watchdog.reschedule(None)
 
 
 def upstream_failure(exc: aiohttp.ClientError, where: str, timeouts: Timeouts) -> GatewayError:
@@ -244,7 +190,9 @@ class Upstream:
             raise PayloadTooLarge(
                 f"request body of {length} bytes exceeds the limit of {self._limit} bytes"
             )
-        body = _Body(request.content, self._limit, self._timeouts.request_body, self._timeouts.read)
+        body = RequestBody(
+            request.content, self._limit, self._timeouts.request_body, self._timeouts.read
+        )
         watchdog = asyncio.timeout(None)
         try:
             async with watchdog:

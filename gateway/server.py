@@ -13,6 +13,9 @@ Lifecycle of one serving process:
 5. a second signal forces it: every client connection is closed at once (which cancels its
    handler), cleanup gets a few seconds, exit code 1.
 
+SIGHUP (any time while serving) calls the app's `RELOAD` hook: the config is read again
+(gateway/reload.py); connections and requests in flight are not touched.
+
 The connection cap and the request-head timeout (slowloris) live in gateway/listener.py.
 
 Note for app code: aiohttp runs `on_shutdown` *before* in-flight requests have finished;
@@ -36,7 +39,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 
 import uvloop
@@ -56,6 +59,8 @@ ADMIN_SHUTDOWN_TIMEOUT = 1.0
 
 AppFactory = Callable[[Settings], web.Application]
 AdminFactory = Callable[[web.Application], web.Application]
+# An app that can reload its config puts this coroutine function under RELOAD; SIGHUP calls it.
+ReloadHook = Callable[[], Awaitable[bool]]
 
 
 def require_c_parser() -> None:
@@ -126,6 +131,7 @@ class ServerState:
 
 
 SERVER_STATE = web.AppKey("gateway_server_state", ServerState)
+RELOAD: web.AppKey[ReloadHook] = web.AppKey("gateway_reload")
 
 
 def attach_state(app: web.Application) -> ServerState:
@@ -184,15 +190,19 @@ def _run_worker(
 
 
 class _Signals:
-    """First SIGTERM/SIGINT: drain. Second: force. Also stops when the parent has gone."""
+    """First SIGTERM/SIGINT: drain. Second: force. Also stops when the parent has gone.
+    SIGHUP: the app's config reload (`RELOAD`), if it has one; never a stop."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, parent_fd: int | None) -> None:
         self.stop = asyncio.Event()
         self.force = asyncio.Event()
+        self.reload: ReloadHook | None = None
+        self._reloads: set[asyncio.Future[bool]] = set()
         self._loop = loop
         self._count = 0
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
         self._parent_fd = parent_fd
         if parent_fd is not None:
             # The parent holds the pipe's write end: EOF here means it died without
@@ -208,6 +218,15 @@ class _Signals:
             log.warning("signal_received", signal=sig.name, action="force")
             self.force.set()
 
+    def _on_hangup(self) -> None:
+        if self.reload is None or self.stop.is_set():
+            log.warning("signal_received", signal="SIGHUP", action="ignored")
+            return
+        log.info("signal_received", signal="SIGHUP", action="reload")
+        task = asyncio.ensure_future(self.reload())
+        self._reloads.add(task)  # a reference, or the task may be collected mid-way
+        task.add_done_callback(self._reloads.discard)
+
     def _on_parent_gone(self) -> None:
         assert self._parent_fd is not None
         self._loop.remove_reader(self._parent_fd)
@@ -215,7 +234,7 @@ class _Signals:
         self.stop.set()
 
     def close(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             self._loop.remove_signal_handler(sig)
 
 
@@ -233,6 +252,7 @@ async def _serve(
     try:
         app = make_app(settings)
         state = attach_state(app)
+        signals.reload = app.get(RELOAD)
     except BaseException:
         for sock in socks:
             sock.close()

@@ -4,6 +4,7 @@ The parent forks N workers before any event loop exists. Each worker binds the l
 address itself with SO_REUSEPORT, so the kernel spreads new connections among them. The
 parent only supervises:
 
+- SIGHUP (reload the config) is forwarded to every worker as is;
 - SIGTERM/SIGINT are forwarded to every worker as SIGTERM. Workers run in their own process
   groups, so a terminal's Ctrl+C reaches them once, through the parent (not twice, which
   they would take as "force");
@@ -69,7 +70,12 @@ def _wait(children: dict[int, int]) -> int:
         for pid in children:
             _kill(pid)
 
+    def hangup(_signum: int, _frame: object) -> None:
+        for pid in children:
+            _kill(pid, signal.SIGHUP)
+
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, hangup)
     code = 0
     try:
         while children:
@@ -91,6 +97,6 @@ def _wait(children: dict[int, int]) -> int:
     return code
 
 
-def _kill(pid: int) -> None:
+def _kill(pid: int, sig: signal.Signals = signal.SIGTERM) -> None:
     with contextlib.suppress(ProcessLookupError):  # already reaped
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, sig)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..settings import LocalFacilitatorSettings, RemoteFacilitatorSettings, Settings
@@ -10,7 +11,11 @@ if TYPE_CHECKING:
     from ..payments import Facilitator
 
 
-def open_facilitator(settings: Settings) -> Facilitator:
+def open_facilitator(
+    settings: Settings, on_failure: Callable[[str, str], None] | None = None
+) -> Facilitator:
+    """The facilitator client for `settings`; `on_failure(url, operation)` is told of each
+    failed call to a remote endpoint (for metrics)."""
     local = [f for f in settings.facilitators if isinstance(f, LocalFacilitatorSettings)]
     if local:
         from .local import LocalFacilitator
@@ -22,4 +27,4 @@ def open_facilitator(settings: Settings) -> Facilitator:
     from .remote import RemoteFacilitator
 
     remote = [f for f in settings.facilitators if isinstance(f, RemoteFacilitatorSettings)]
-    return RemoteFacilitator(remote)
+    return RemoteFacilitator(remote, on_failure)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -41,6 +41,8 @@ from ..settings import RemoteFacilitatorSettings
 COOLDOWN = 10.0
 MAX_ANSWER = 1 << 20  # a facilitator's JSON answer is small; refuse to read a flood
 ModelT = TypeVar("ModelT", bound=BaseModel)
+# Told of each failed call: (endpoint URL, operation: verify, settle or supported).
+FailureHook = Callable[[str, str], None]
 log = get_logger("gateway.facilitator")
 
 
@@ -60,8 +62,11 @@ class _Endpoint:
 
 
 class RemoteFacilitator:
-    def __init__(self, endpoints: Sequence[RemoteFacilitatorSettings]) -> None:
+    def __init__(
+        self, endpoints: Sequence[RemoteFacilitatorSettings], on_failure: FailureHook | None = None
+    ) -> None:
         self._endpoints = [_Endpoint(e) for e in endpoints]
+        self._on_failure = on_failure
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -157,12 +162,14 @@ class RemoteFacilitator:
                 timeout=aiohttp.ClientTimeout(total=endpoint.settings.timeout),
             ) as resp:
                 if resp.status != 200:
+                    self._failed(endpoint, "supported")
                     return f"{url}: HTTP {resp.status}"
                 endpoint.supported = SupportedResponse.model_validate_json(
                     await resp.content.read(MAX_ANSWER)
                 )
                 return ""
         except (aiohttp.ClientError, TimeoutError, ValidationError, ValueError) as exc:
+            self._failed(endpoint, "supported")
             return f"{url}: {exc.__class__.__name__}: {exc}"
 
     def _in_order(self) -> list[_Endpoint]:
@@ -197,22 +204,28 @@ class RemoteFacilitator:
                 raw = await resp.content.read(MAX_ANSWER)
                 status = resp.status
         except aiohttp.ClientConnectorError as exc:
-            self._sleep(endpoint)
+            self._sleep(endpoint, op)
             raise _Unusable(f"cannot connect: {exc.os_error}", reached=False) from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
-            self._sleep(endpoint)
+            self._sleep(endpoint, op)
             raise _Unusable(f"{exc.__class__.__name__}: {exc}", reached=True) from exc
         # A 4xx with a well-formed answer is the facilitator saying "invalid": that is final.
         if status >= 500 or status not in (200, 400, 402, 422):
-            self._sleep(endpoint)
+            self._sleep(endpoint, op)
             raise _Unusable(f"HTTP {status}", reached=True)
         try:
             return model.model_validate_json(raw)
         except ValidationError as exc:
-            self._sleep(endpoint)
+            self._sleep(endpoint, op)
             raise _Unusable(f"unreadable {op} answer (HTTP {status})", reached=True) from exc
 
-    @staticmethod
-    def _sleep(endpoint: _Endpoint) -> None:
+    def _sleep(self, endpoint: _Endpoint, op: str) -> None:
         endpoint.asleep_until = time.monotonic() + COOLDOWN
-        log.warning("facilitator_failed", facilitator=endpoint.settings.url, cooldown_s=COOLDOWN)
+        log.warning(
+            "facilitator_failed", facilitator=endpoint.settings.url, op=op, cooldown_s=COOLDOWN
+        )
+        self._failed(endpoint, op)
+
+    def _failed(self, endpoint: _Endpoint, op: str) -> None:
+        if self._on_failure is not None:
+            self._on_failure(endpoint.settings.url, op)

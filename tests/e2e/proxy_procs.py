@@ -1,9 +1,7 @@
 """Processes for the proxy's end-to-end tests: start, wait for a port, measure RSS, stop by pid.
 
-`start_gateway_process(config_path)` is the one place that decides what "the gateway" is:
-today the minimal proxy in `_proxy_only.py` (Upstream + relay, nothing else); swap it for
-`x402-gateway serve --config <path>` once the CLI serves, and the memory test measures the
-real thing.
+`start_gateway_process(config_path)` starts the real `x402-gateway serve --config <path>`, so
+the memory test measures the product, not a stand-in.
 """
 
 from __future__ import annotations
@@ -47,8 +45,8 @@ def _spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
 
 def start_gateway_process(config_path: Path) -> subprocess.Popen[bytes]:
     """Start the gateway serving `config_path`; its output goes next to the config (.log)."""
-    script = HERE / "_proxy_only.py"
-    return _spawn([sys.executable, str(script), str(config_path)], config_path.with_suffix(".log"))
+    gateway = str(Path(sys.executable).with_name("x402-gateway"))
+    return _spawn([gateway, "serve", "--config", str(config_path)], config_path.with_suffix(".log"))
 
 
 def start_bulk_origin(port: int, log: Path) -> subprocess.Popen[bytes]:

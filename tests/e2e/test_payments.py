@@ -178,6 +178,32 @@ async def test_v1_client_pays_from_the_v1_body(
     assert chain.balance_of(pay_to) == before + PRICE
 
 
+async def test_paid_128mib_download_streams_in_bounded_memory(
+    gw: GatewayProcess, make_payer: Any, client_for: Any
+) -> None:
+    from tests.e2e.proxy_procs import rss_bytes
+    from tests.e2e.test_proxy_memory import MAX_GROWTH, MiB, Sampler
+
+    assert gw.proc is not None
+    size = 128 * MiB
+    headers, _ = await pay(gw, client_for(make_payer()), f"/paid/big?bytes={size}")
+    baseline = rss_bytes(gw.proc.pid)
+    got = 0
+    with Sampler(gw.proc.pid) as sampler:
+        async with (
+            httpx.AsyncClient(timeout=60) as http,
+            http.stream("GET", gw.url + f"/paid/big?bytes={size}", headers=headers) as r,
+        ):
+            assert r.status_code == 200
+            assert settlement(r).success  # settled before the first byte
+            async for chunk in r.aiter_raw():
+                got += len(chunk)
+    assert got == size
+    print(f"\npaid 128 MiB download: RSS +{(sampler.peak - baseline) / MiB:.1f} MiB")
+    assert sampler.samples >= 3
+    assert sampler.peak - baseline < MAX_GROWTH
+
+
 # --- one payment, one response ------------------------------------------------------------
 
 

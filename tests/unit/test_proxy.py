@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -625,12 +626,40 @@ async def test_origin_hangs_is_504(make_rig: Callable[..., Awaitable[Rig]]) -> N
         assert "sent no response for 0.3s" in await resp.text()
 
 
-async def test_origin_closes_before_answering_is_502(serve_proxy: ProxyFactory) -> None:
-    async def slam(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.close()
+async def _close_after_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.close()
 
-    server = await asyncio.start_server(slam, "127.0.0.1", 0)
+
+async def _reset_after_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+async def _garbage_after_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"SPDY/9 nonsense\r\n\r\n")
+    await writer.drain()
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    ("origin", "detail"),
+    [
+        (_close_after_head, "closed the connection before answering"),
+        (_reset_after_head, "before answering"),
+        (_garbage_after_head, "sent an invalid HTTP response"),
+    ],
+    ids=["close", "reset", "garbage"],
+)
+async def test_origin_fails_before_head_is_502(
+    serve_proxy: ProxyFactory,
+    origin: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    detail: str,
+) -> None:
+    server = await asyncio.start_server(origin, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
         proxy = await serve_proxy(proxy_app(settings_for(f"http://127.0.0.1:{port}")))
@@ -639,7 +668,7 @@ async def test_origin_closes_before_answering_is_502(serve_proxy: ProxyFactory) 
             session.post(f"http://127.0.0.1:{proxy.port}/x", data=b"abc") as resp,
         ):
             assert resp.status == 502
-            assert "closed the connection" in await resp.text()
+            assert detail in await resp.text()
     finally:
         server.close()
         await server.wait_closed()
@@ -766,6 +795,20 @@ async def test_origin_reset_mid_body_truncates_client(
         assert resp.status == 200
         with pytest.raises(aiohttp.ClientPayloadError):
             await resp.read()
+    await assert_pool_free(rig)
+
+
+async def test_origin_stalls_mid_body_truncates_client(
+    make_rig: Callable[..., Awaitable[Rig]],
+) -> None:
+    rig = await make_rig(timeouts=Timeouts(connect=2.0, read=0.3), limits=Limits(connections=1))
+    try:
+        async with asyncio.timeout(10), rig.session.get(rig.url("/gated")) as resp:
+            assert await resp.content.readexactly(len(b"first-chunk")) == b"first-chunk"
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await resp.read()
+    finally:
+        rig.origin_state.release.set()
     await assert_pool_free(rig)
 
 

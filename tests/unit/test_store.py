@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 from gateway.errors import StoreUnavailable
 from gateway.store import PaymentRecord, PaymentStore
+from gateway.store.backoff import Backoff
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
-from tests.procs import RedisServer, free_port
+from gateway.store.redis_url import parse_redis_url
+from tests.procs import RedisServer, free_port, stop, wait_port
+
+REDIS_SERVER = shutil.which("redis-server") or "redis-server"
+needs_redis = pytest.mark.skipif(
+    shutil.which("redis-server") is None, reason="redis-server is not installed"
+)
 
 
 def record(request_id: str = "r1", status: str = "pending") -> PaymentRecord:
@@ -98,3 +109,172 @@ async def test_redis_down_fails_closed() -> None:
 def test_record_round_trip() -> None:
     rec = record().with_status("settled", transaction="0x01")
     assert PaymentRecord.loads(rec.dumps()) == rec
+
+
+# --- URLs: Sentinel and Cluster are parsed here (redis-py has no URL for them) ----------
+
+
+def test_plain_urls_go_to_redis_py_unchanged() -> None:
+    for url in ("redis://:pw@127.0.0.1:6380/2?ssl_cert_reqs=none", "rediss://h", "unix:///r.sock"):
+        target = parse_redis_url(url)
+        assert target.kind == "single" and target.url == url
+
+
+def test_sentinel_url() -> None:
+    t = parse_redis_url("redis+sentinel://u:p%40ss@s1:26380,s2,[::1]:5000/mymaster/3?ssl=true")
+    assert t.kind == "sentinel"
+    assert t.nodes == (("s1", 26380), ("s2", 26379), ("::1", 5000))
+    assert (t.service_name, t.db, t.ssl, t.username, t.password) == (
+        "mymaster",
+        3,
+        True,
+        "u",
+        "p@ss",
+    )
+    assert "p@ss" not in repr(t)
+    q = parse_redis_url("redis+sentinel://s1?service_name=m&sentinel_password=sp&db=1")
+    assert (q.service_name, q.db, q.sentinel_password, q.password) == ("m", 1, "sp", None)
+
+
+def test_cluster_url() -> None:
+    t = parse_redis_url("rediss://:secret@n1:7000,n2:7001?cluster=true")
+    assert t.kind == "cluster" and t.ssl and t.password == "secret"
+    assert t.nodes == (("n1", 7000), ("n2", 7001))
+    assert parse_redis_url("redis://n1?cluster=yes").nodes == (("n1", 6379),)
+    assert parse_redis_url("redis://n1?cluster=false").kind == "single"
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("redis+sentinel://s1", "master's name"),
+        ("redis+sentinel://s1/m/x", "bad db"),
+        ("redis+sentinel://s1/m/0/extra", "path"),
+        ("redis+sentinel://s1:99999/m", "bad port"),
+        ("redis+sentinel://s1/m?timeout=1", "does not take"),
+        ("redis://a,b/0", "several hosts"),
+        ("redis://n1/2?cluster=true", "only db 0"),
+        ("redis://n1?cluster=maybe", "not true or false"),
+        ("memcached://x", "not a Redis URL"),
+        ("redis+sentinel://user:hunter2@,s2/m", "empty host"),
+    ],
+)
+def test_bad_urls_are_refused_without_showing_the_password(url: str, says: str) -> None:
+    with pytest.raises(ValueError, match=says) as info:
+        parse_redis_url(url)
+    assert "hunter2" not in str(info.value)
+
+
+# --- unreachable: fail closed, back off, reconnect ----------------------------------------
+
+
+def test_backoff_doubles_to_its_cap_and_resets() -> None:
+    b = Backoff(base=0.1, cap=1.0, jitter=lambda: 1.0)
+    assert b.wait_left(100.0) == 0 and not b.failing
+    delays = [b.failed(100.0, "down") for _ in range(6)]
+    assert delays == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    assert b.wait_left(100.5) == pytest.approx(0.5) and b.last_error == "down"
+    b.succeeded()
+    assert b.wait_left(100.0) == 0 and not b.failing
+    half = Backoff(base=0.1, cap=1.0, jitter=lambda: 0.0)
+    assert half.failed(0.0, "x") == pytest.approx(0.05)
+
+
+@needs_redis
+async def test_redis_restart_fails_fast_then_recovers(tmp_path: Path) -> None:
+    now = [0.0]
+    server = RedisServer().start()
+    s = RedisStore(server.url, backoff=Backoff(jitter=lambda: 1.0), clock=lambda: now[0])
+    try:
+        assert await s.claim(key(), record("a"), 60) is None
+        server.stop()
+        with pytest.raises(StoreUnavailable) as first:
+            await s.claim(key(), record("b"), 60)
+        assert "ConnectionError" in first.value.detail
+        # Inside the backoff window no connection is tried: an instant 503.
+        with pytest.raises(StoreUnavailable, match=r"next attempt in 0\.1s") as fast:
+            await s.ping()
+        assert fast.value.retry_after == 1
+        restarted = RedisServer()
+        restarted.port = server.port
+        restarted.start()
+        try:
+            now[0] += 0.2
+            assert await s.claim(key(), record("c"), 60) is None  # reconnected by itself
+            await s.ping()
+        finally:
+            restarted.stop()
+    finally:
+        server.stop()
+        await s.close()
+
+
+async def test_lost_answer_retry_finds_its_own_claim(redis: RedisServer) -> None:
+    s = RedisStore(redis.url)
+    try:
+        k = key()
+        assert await s.claim(k, record("mine"), 60) is None
+        assert await s.claim(k, record("mine"), 60) is None  # the same request, again
+        held = await s.claim(k, record("other"), 60)
+        assert held is not None and held.request_id == "mine"
+    finally:
+        await s.close()
+
+
+# --- Sentinel and Cluster, on real redis-server processes ----------------------------------
+
+
+def _spawn(args: list[str], port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port, proc=proc)
+    return proc
+
+
+async def _contract(s: RedisStore) -> None:
+    k = key()
+    results = await asyncio.gather(*(s.claim(k, record(f"r{i}"), 60) for i in range(20)))
+    assert sum(r is None for r in results) == 1
+    winner = next(f"r{i}" for i, r in enumerate(results) if r is None)
+    settled = record(winner).with_status("settled", transaction="0x" + "cd" * 32)
+    await s.update(k, settled, 60)
+    held = await s.claim(k, record("late"), 60)
+    assert held is not None and held.transaction == settled.transaction
+    assert (await s.recent(1))[0] == settled
+
+
+async def test_sentinel_url_reaches_the_master(redis: RedisServer, tmp_path: Path) -> None:
+    port = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(f"port {port}\nbind 127.0.0.1\nsentinel monitor gw 127.0.0.1 {redis.port} 1\n")
+    sentinel = _spawn([REDIS_SERVER, str(conf), "--sentinel"], port)
+    s = RedisStore(f"redis+sentinel://127.0.0.1:{port},127.0.0.1:{free_port()}/gw")
+    try:
+        await _contract(s)
+    finally:
+        await s.close()
+        stop(sentinel)
+
+
+@needs_redis
+async def test_cluster_url_spreads_claims_over_slots(tmp_path: Path) -> None:
+    port = free_port()
+    node = _spawn(
+        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--cluster-enabled", "yes",
+         "--cluster-config-file", str(tmp_path / "nodes.conf"),
+         "--cluster-port", str(free_port())],  # not port+10000: that may pass 65535
+        port,
+    )  # fmt: skip
+    admin = Redis(port=port)
+    s = RedisStore(f"redis://127.0.0.1:{port}?cluster=true")
+    try:
+        await admin.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        for _ in range(100):  # a one-node cluster turns "ok" within a couple of seconds
+            if b"cluster_state:ok" in await admin.execute_command("CLUSTER", "INFO"):
+                break
+            await asyncio.sleep(0.05)
+        await _contract(s)
+    finally:
+        await s.close()
+        await admin.aclose()
+        stop(node)
