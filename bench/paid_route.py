@@ -25,7 +25,7 @@ from x402.http.utils import decode_payment_required_header, decode_payment_respo
 
 from bench import memory, nginx
 from bench.gateway_proc import start_gateway
-from bench.procs import Proc, ProcGroup, cpu_seconds, free_port
+from bench.procs import Proc, ProcGroup, cpu_seconds_fine, free_port
 from bench.stats import percentile, rounded
 from gateway.demo import chain as demo_chain
 from gateway.demo.payer import make_x402_client, pay_challenge
@@ -242,6 +242,23 @@ def _split(records: list[dict[str, Any]]) -> dict[str, Any]:
     return split
 
 
+class _CpuMeter:
+    """CPU time of named processes between successive calls."""
+
+    def __init__(self, pids: Mapping[str, int]) -> None:
+        self.pids = dict(pids)
+        self.last = {name: cpu_seconds_fine(pid) for name, pid in self.pids.items()}
+
+    def per_request(self, requests: int) -> dict[str, float]:
+        now = {name: cpu_seconds_fine(pid) for name, pid in self.pids.items()}
+        used = {
+            name: round((now[name] - self.last[name]) / max(1, requests) * 1e6, 1)
+            for name in self.pids
+        }
+        self.last = now
+        return used
+
+
 async def _variant(
     gw_url: str,
     gw_pid: int,
@@ -262,15 +279,13 @@ async def _variant(
         f"B signed {len(seq_headers) + len(conc_headers)} payments in "
         f"{time.perf_counter() - signing:.1f}s (before the clock)"
     )
+    meter = _CpuMeter(pids)
     free_records, _ = await send_all(free_url, [{}] * params.free_requests, 1)
+    cpu_free = meter.per_request(len(free_records))
     seq_records, _ = await send_all(paid_url, seq_headers, 1)
-    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    cpu_seq = meter.per_request(len(seq_records))
     conc_records, wall = await send_all(paid_url, conc_headers, params.concurrency)
-    # Where the CPU of a paid request goes (the facilitator server idles in-process runs).
-    cpu_ms = {
-        name: rounded((cpu_seconds(pid) - cpu_before[name]) / max(1, n_concurrent) * 1e3, 2)
-        for name, pid in pids.items()
-    }
+    cpu_conc = meter.per_request(len(conc_records))
     free_p50 = percentile([r["total_us"] for r in free_records if r["status"] == 200], 50)
     seq = _split(seq_records)
     own = seq["total_minus_verify_settle_us"]["p50"]
@@ -279,7 +294,14 @@ async def _variant(
         "paid_rps": rounded(len(conc_records) / wall, 1),
         "payments": {"concurrent": n_concurrent, "sequential": n_sequential},
         "concurrency": params.concurrency,
-        "cpu_ms_per_paid_request": cpu_ms,
+        # CPU µs per request of each process (schedstat), over each batch: a stable figure
+        # for what the gateway's own code costs, free vs paid.
+        "cpu_us_per_request": {
+            "free @1": cpu_free,
+            "paid @1": cpu_seq,
+            f"paid @{params.concurrency}": cpu_conc,
+        },
+        "gateway_cpu_paid_minus_free_us": rounded(cpu_seq["gateway"] - cpu_free["gateway"]),
         "requirements_offered": requirements,
         "at_concurrency": _split(conc_records),
         "sequential": seq,

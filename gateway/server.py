@@ -268,6 +268,9 @@ async def _serve(
         # parser's bare 400.
         max_field_size=max(limits.header_size, 2 * limits.payment_header),
         shutdown_timeout=timeouts.shutdown_grace,
+        # After answering early (413, 504...) aiohttp drains the rest of an upload before
+        # closing; 10 s by default, during which a gone client is not noticed.
+        lingering_time=2.0,
     )
     admin_runner: web.AppRunner | None = None
     accept: listener_mod.Listener | None = None

@@ -9,7 +9,7 @@ from collections import deque
 
 from cachetools import TLRUCache
 
-from .records import PaymentRecord
+from .records import PaymentRecord, latest_per_request
 
 
 def _expires(_key: str, value: tuple[PaymentRecord, float], now: float) -> float:
@@ -30,6 +30,7 @@ class MemoryStore:
         if held is not None:
             return held[0]
         self._claims[key] = (record, ttl)
+        self._history.appendleft(record)
         return None
 
     async def update(self, key: str, record: PaymentRecord, ttl: float) -> None:
@@ -40,9 +41,10 @@ class MemoryStore:
         held = self._claims.get(key)
         if held is not None and held[0].request_id == request_id:
             del self._claims[key]
+            self._history.appendleft(held[0].with_status("released"))
 
     async def recent(self, limit: int) -> list[PaymentRecord]:
-        return list(self._history)[:limit]
+        return latest_per_request(self._history, limit)
 
     async def ping(self) -> None:
         return None

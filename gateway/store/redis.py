@@ -34,15 +34,32 @@ from redis.exceptions import RedisError
 
 from ..errors import StoreUnavailable
 from .backoff import Backoff
-from .records import PaymentRecord
+from .records import PaymentRecord, latest_per_request
 from .redis_url import RedisTarget, parse_redis_url
 
+# Claim: take the key unless held, and log the pending record; else hand back the holder.
+_CLAIM = """
+local held = redis.call('GET', KEYS[1])
+if held then return held end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'r', ARGV[1])
+return false
+"""
+# Release: delete the claim only if this request still holds it, and log it as released.
 _RELEASE = """
 local v = redis.call('GET', KEYS[1])
-if v and cjson.decode(v)['request_id'] == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+if not v then return false end
+local r = cjson.decode(v)
+if r['request_id'] ~= ARGV[1] then return false end
+redis.call('DEL', KEYS[1])
+r['status'] = 'released'
+local t = redis.call('TIME')
+r['updated_at'] = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local released = cjson.encode(r)
+if #KEYS == 2 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'r', released)
 end
-return 0
+return released
 """
 HISTORY_KEY = "x402:payments"
 HISTORY_LEN = 100_000
@@ -105,31 +122,34 @@ class RedisStore:
     ) -> None:
         self.target = parse_redis_url(url)
         self._redis, self._sentinel = connect(self.target)
+        self._cluster = self._redis if isinstance(self._redis, RedisCluster) else None
+        self._claim = self._redis.register_script(_CLAIM)
         self._release = self._redis.register_script(_RELEASE)
         self._backoff = backoff or Backoff()
         self._clock = clock
 
     async def claim(self, key: str, record: PaymentRecord, ttl: float) -> PaymentRecord | None:
-        for _ in range(3):
-            won = await self._call(self._redis.set(key, record.dumps(), nx=True, px=_ms(ttl)))
-            if won:
-                return None
-            held = await self._call(self._redis.get(key))
-            if held is None:  # expired between the two calls: try again
-                continue
-            found = PaymentRecord.loads(held)
-            # Our own SET may have landed before its answer was lost (the one retry after
-            # a dropped connection then finds it): that claim is ours, not a conflict.
-            return None if found.request_id == record.request_id else found
-        raise StoreUnavailable("redis: a claim kept expiring while it was read")
+        text = record.dumps()
+        if self._cluster is None:
+            held = await self._call(
+                self._claim(keys=[key, HISTORY_KEY], args=[text, _ms(ttl), HISTORY_LEN])
+            )
+        else:
+            held = await self._call(self._cluster_claim(self._cluster, key, text, ttl))
+        if held is None:
+            return None
+        found = PaymentRecord.loads(held)
+        # Our own write may have landed before its answer was lost (the one retry after a
+        # dropped connection then finds it): that claim is ours, not a conflict.
+        return None if found.request_id == record.request_id else found
 
     async def update(self, key: str, record: PaymentRecord, ttl: float) -> None:
         text = record.dumps()
-        if isinstance(self._redis, RedisCluster):
+        if self._cluster is not None:
             # Key and stream sit in different slots: no transaction can hold both. The
             # claim's record is the truth; the stream entry is the operator's copy.
-            await self._call(self._redis.set(key, text, px=_ms(ttl)))
-            await self._call(self._history(self._redis, text))
+            await self._call(self._cluster.set(key, text, px=_ms(ttl)))
+            await self._call(self._history(self._cluster, text))
             return
 
         async def both() -> None:
@@ -141,11 +161,29 @@ class RedisStore:
         await self._call(both())
 
     async def release(self, key: str, request_id: str) -> None:
-        await self._call(self._release(keys=[key], args=[request_id]))
+        if self._cluster is None:
+            await self._call(self._release(keys=[key, HISTORY_KEY], args=[request_id, HISTORY_LEN]))
+            return
+        released = await self._call(self._release(keys=[key], args=[request_id]))
+        if released is not None:
+            await self._call(self._history(self._cluster, released))
 
     async def recent(self, limit: int) -> list[PaymentRecord]:
-        rows = await self._call(self._redis.xrevrange(HISTORY_KEY, count=limit))
-        return [PaymentRecord.loads(fields[b"r"]) for _id, fields in rows or () if fields]
+        """Each request's newest record, newest first (the stream holds every change)."""
+        return latest_per_request(await self._call(self._changes(limit)), limit)
+
+    async def _changes(self, limit: int) -> list[PaymentRecord]:
+        # A request has two or three changes: read pages until `limit` requests are seen.
+        page = max(3 * limit, 100)
+        changes: list[PaymentRecord] = []
+        top = "+"
+        while len({c.request_id for c in changes}) < limit:
+            rows = await self._redis.xrevrange(HISTORY_KEY, max=top, count=page) or []
+            changes += [PaymentRecord.loads(fields[b"r"]) for _id, fields in rows if fields]
+            if len(rows) < page:
+                break
+            top = "(" + _text(rows[-1][0])
+        return changes
 
     async def ping(self) -> None:
         await self._call(self._redis.ping())
@@ -179,9 +217,27 @@ class RedisStore:
         return result
 
     @staticmethod
-    async def _history(client: RedisCluster, text: str) -> None:
+    async def _history(client: RedisCluster, text: str | bytes) -> None:
         await client.xadd(HISTORY_KEY, {"r": text}, maxlen=HISTORY_LEN, approximate=True)
+
+    @classmethod
+    async def _cluster_claim(
+        cls, client: RedisCluster, key: str, text: str, ttl: float
+    ) -> bytes | str | None:
+        # The claim and the stream live in different slots, so no script can do both.
+        for _ in range(3):
+            if await client.set(key, text, nx=True, px=_ms(ttl)):
+                await cls._history(client, text)
+                return None
+            held = await client.get(key)
+            if held is not None:
+                return held
+        raise StoreUnavailable("redis: a claim kept expiring while it was read")
 
 
 def _ms(ttl: float) -> int:
     return max(1, int(ttl * 1000))
+
+
+def _text(value: bytes | str | None) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

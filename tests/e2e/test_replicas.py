@@ -141,7 +141,7 @@ async def test_payments_command_lists_the_records_for_the_books(
 
     rows = [json.loads(line) for line in payments_cli(one).splitlines()]
     mine = [row for row in rows if row["payer"].lower() == payer.address.lower()]
-    # Newest first: the outcome, then the pending record written before settling.
+    # One row per request in its latest state (its pending record came first).
     assert [row["status"] for row in mine] == ["settled"], mine
     (row,) = mine
     assert row["transaction"] == transaction

@@ -88,6 +88,41 @@ async def test_update_keeps_the_claim_and_shows_settlement(store: PaymentStore) 
     assert any(r.transaction == settled.transaction for r in await store.recent(10))
 
 
+async def test_recent_lists_each_request_once_in_its_latest_state(store: PaymentStore) -> None:
+    ids = [uuid.uuid4().hex for _ in range(3)]
+    settled, crashed, released = ids
+    await store.claim(key(), record(crashed), 60)  # its process died: stays pending
+    k = key()
+    await store.claim(k, record(settled), 60)
+    await store.update(k, record(settled).with_status("settled", transaction="0x01"), 60)
+    k = key()
+    await store.claim(k, record(released), 60)
+    await store.release(k, released)
+    rows = await store.recent(3)
+    assert [(r.request_id, r.status) for r in rows] == [
+        (released, "released"),
+        (settled, "settled"),
+        (crashed, "pending"),
+    ]
+    assert rows[1].transaction == "0x01"
+
+
+async def test_recent_reads_past_a_page_of_changes(redis: RedisServer) -> None:
+    s = RedisStore(redis.url)
+    try:
+        ids = [uuid.uuid4().hex for _ in range(40)]
+        for rid in ids:  # four changes each: one page of 120 holds only 30 requests
+            k, rec = key(), record(rid)
+            await s.claim(k, rec, 60)
+            for status in ("settlement_pending", "settlement_pending", "settled"):
+                await s.update(k, rec.with_status(status), 60)  # type: ignore[arg-type]
+        rows = await s.recent(40)
+        assert [r.request_id for r in rows] == ids[::-1]
+        assert {r.status for r in rows} == {"settled"}
+    finally:
+        await s.close()
+
+
 async def test_claim_expires(store: PaymentStore) -> None:
     k = key()
     await store.claim(k, record("a"), 0.05)
@@ -240,6 +275,11 @@ async def _contract(s: RedisStore) -> None:
     held = await s.claim(k, record("late"), 60)
     assert held is not None and held.transaction == settled.transaction
     assert (await s.recent(1))[0] == settled
+    k2 = key()
+    await s.claim(k2, record("gone"), 60)
+    await s.release(k2, "gone")
+    assert await s.claim(k2, record("again"), 60) is None
+    assert [r.status for r in await s.recent(2)] == ["pending", "released"]
 
 
 async def test_sentinel_url_reaches_the_master(redis: RedisServer, tmp_path: Path) -> None:
