@@ -51,7 +51,7 @@ class Profile:
 
 QUICK = Profile(
     name="quick",
-    free=free_route.FreeParams(requests=4_000, warmup=500, latency_seconds=2, rounds=1),
+    free=free_route.FreeParams(requests=4_000, warmup=500, latency_seconds=2, rounds=2),
     body_bytes=256 * MIB,
     slow_rate=50e6,
     payers=100,

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from x402.http.utils import decode_payment_required_header, decode_payment_response_header
+from x402.http.utils import decode_payment_required_header
 
 from bench import memory, nginx
 from bench.gateway_proc import start_gateway
+from bench.paid_client import dist, send_all, split
 from bench.procs import Proc, ProcGroup, cpu_seconds_fine, free_port
 from bench.stats import percentile, rounded
 from gateway.demo import chain as demo_chain
@@ -32,7 +33,6 @@ from gateway.demo.payer import make_x402_client, pay_challenge
 
 PRICE = "$0.001"
 FUND_EACH = 1_000_000  # 1 test USDC: enough for every variant's payment and then some
-SPLIT_NAMES = ("verify", "origin", "settle", "gw")
 
 
 @dataclass(frozen=True)
@@ -147,101 +147,6 @@ async def offered(url: str) -> list[dict[str, Any]]:
     return [a.model_dump(mode="json", by_alias=True) for a in challenge.accepts]
 
 
-def parse_server_timing(value: str | None) -> dict[str, float]:
-    """`verify;dur=12.3, gw;dur=0.1` -> {name: microseconds}; unreadable entries skipped."""
-    out: dict[str, float] = {}
-    for entry in (value or "").split(","):
-        name, *params = (part.strip() for part in entry.split(";"))
-        for param in params:
-            key, _, number = param.partition("=")
-            if name and key.strip() == "dur":
-                try:
-                    out[name] = float(number.strip('"')) * 1000.0
-                except ValueError:
-                    continue
-    return out
-
-
-def _settled(value: str | None) -> bool:
-    if not value:
-        return False
-    try:
-        return bool(decode_payment_response_header(value).success)
-    except Exception:  # an unreadable receipt counts as not settled
-        return False
-
-
-async def _get(session: aiohttp.ClientSession, url: str) -> None:
-    async with session.get(url) as resp:
-        await resp.read()
-
-
-async def send_all(
-    url: str, header_sets: Sequence[Mapping[str, str]], concurrency: int
-) -> tuple[list[dict[str, Any]], float]:
-    """Send one request per header set, `concurrency` at a time; per-request records and
-    the wall time of the whole batch."""
-    queue: asyncio.Queue[Mapping[str, str]] = asyncio.Queue()
-    for headers in header_sets:
-        queue.put_nowait(headers)
-    records: list[dict[str, Any]] = []
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
-
-        async def worker() -> None:
-            while not queue.empty():
-                headers = queue.get_nowait()
-                started = time.perf_counter()
-                async with session.get(url, headers=dict(headers)) as resp:
-                    await resp.read()
-                    records.append(
-                        {
-                            "status": resp.status,
-                            "total_us": (time.perf_counter() - started) * 1e6,
-                            "timing": parse_server_timing(resp.headers.get("Server-Timing")),
-                            "settled": _settled(resp.headers.get("PAYMENT-RESPONSE")),
-                        }
-                    )
-
-        # Open the connections before the clock starts, as a warmed-up client would have.
-        warm_url = url.rsplit("/", 1)[0] + nginx.SMALL_PATH
-        await asyncio.gather(*(_get(session, warm_url) for _ in range(concurrency)))
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - started
-    return records, wall
-
-
-def _dist(values: list[float]) -> dict[str, float | None]:
-    return {"p50": rounded(percentile(values, 50)), "p99": rounded(percentile(values, 99))}
-
-
-def _split(records: list[dict[str, Any]]) -> dict[str, Any]:
-    ok = [r for r in records if r["status"] == 200]
-    names = sorted({name for r in ok for name in r["timing"]})
-    split: dict[str, Any] = {
-        "requests": len(records),
-        "ok": len(ok),
-        "settled": sum(1 for r in ok if r["settled"]),
-        "statuses": sorted({r["status"] for r in records}),
-        "total_us": _dist([r["total_us"] for r in ok]),
-        "server_timing_names": names or "missing",
-    }
-    for name in SPLIT_NAMES:
-        values = [r["timing"][name] for r in ok if name in r["timing"]]
-        split[f"{name}_us"] = _dist(values) if values else "missing"
-    # What the gateway adds besides the facilitator's two calls: comparable with a free
-    # request's whole latency, which also holds the origin, loopback and this client.
-    split["total_minus_verify_settle_us"] = _dist(
-        [
-            r["total_us"] - r["timing"].get("verify", 0.0) - r["timing"].get("settle", 0.0)
-            for r in ok
-            if "verify" in r["timing"] and "settle" in r["timing"]
-        ]
-    )
-    return split
-
-
 class _CpuMeter:
     """CPU time of named processes between successive calls."""
 
@@ -287,7 +192,7 @@ async def _variant(
     conc_records, wall = await send_all(paid_url, conc_headers, params.concurrency)
     cpu_conc = meter.per_request(len(conc_records))
     free_p50 = percentile([r["total_us"] for r in free_records if r["status"] == 200], 50)
-    seq = _split(seq_records)
+    seq = split(seq_records)
     own = seq["total_minus_verify_settle_us"]["p50"]
     gw_p50 = seq["gw_us"]["p50"] if isinstance(seq["gw_us"], dict) else None
     return {
@@ -303,9 +208,9 @@ async def _variant(
         },
         "gateway_cpu_paid_minus_free_us": rounded(cpu_seq["gateway"] - cpu_free["gateway"]),
         "requirements_offered": requirements,
-        "at_concurrency": _split(conc_records),
+        "at_concurrency": split(conc_records),
         "sequential": seq,
-        "free_same_client_us": _dist([r["total_us"] for r in free_records]),
+        "free_same_client_us": dist([r["total_us"] for r in free_records]),
         "paid_own_minus_free_p50_us": rounded(own - free_p50) if own and free_p50 else None,
         "gw_share_p50_us": gw_p50,
     }

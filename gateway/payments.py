@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from .errors import (
     PaymentError,
     SettlementFailed,
     SettlementPending,
+    StoreUnavailable,
 )
 from .logs import get_logger
 from .payment_wire import MatchedPayment, claim_ttl
@@ -225,7 +227,14 @@ class Payments:
             claim.timings["settle"] = time.perf_counter() - started
         if result.success:
             claim.settled = result
-            await self._record(claim, "settled", transaction=result.transaction)
+            try:
+                await self._record(claim, "settled", transaction=result.transaction)
+            except StoreUnavailable as exc:
+                # Charged: the payer gets what it paid for. The pending claim (where the
+                # store kept it) and the used nonce on chain still stop a second charge;
+                # this line is the books' copy of the outcome.
+                record = dataclasses.asdict(claim.record)
+                log.error("payment_record_failed", **record, error=exc.detail)
             return result
         if result.error_reason == "settlement_pending":
             # Broadcast, not yet confirmed (the SDK already retried once): the payer must
@@ -250,7 +259,7 @@ class Payments:
 
     async def refund_due(self, claim: Claim, why: str) -> None:
         """Settled before forwarding, then the origin failed: the operator owes a refund."""
-        await self._record(claim, "refund_due", reason=why)
+        # Logged first: if the store is down, this line is the only record of the debt.
         log.error(
             "refund_due",
             payer=claim.matched.payer,
@@ -260,6 +269,7 @@ class Payments:
             transaction=claim.settled.transaction if claim.settled else None,
             reason=why,
         )
+        await self._record(claim, "refund_due", reason=why)
 
     async def _record(self, claim: Claim, status: Status, **changes: str | None) -> None:
         claim.record = claim.record.with_status(status, **changes)

@@ -10,7 +10,13 @@ timeout, a 5xx or an unreadable answer; a valid "invalid" answer is final. A set
 only when the request never reached the endpoint (connection refused): after that, the
 payment may already be on chain, so an unreadable or late answer is reported as an unknown
 outcome (`SettlementPending`), never retried elsewhere. A failing endpoint sleeps for
-`COOLDOWN` seconds unless every endpoint is asleep.
+`COOLDOWN` seconds unless every endpoint is asleep; the first request after that tries it
+again.
+
+Readiness (`ping`, behind /readyz): ready while at least one endpoint is usable, meaning it
+has answered /supported and is not asleep. An endpoint whose cool-down is over but which
+has not answered since it failed is asked /supported again first, so /readyz does not turn
+ready merely because time passed.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from ..logs import get_logger
 from ..settings import RemoteFacilitatorSettings
 
 COOLDOWN = 10.0
+PROBE_TIMEOUT = 1.5  # a readiness probe's /supported must fit inside /readyz's own bound
 MAX_ANSWER = 1 << 20  # a facilitator's JSON answer is small; refuse to read a flood
 ModelT = TypeVar("ModelT", bound=BaseModel)
 # Told of each failed call: (endpoint URL, operation: verify, settle or supported).
@@ -59,15 +66,23 @@ class _Endpoint:
     settings: RemoteFacilitatorSettings
     asleep_until: float = 0.0
     supported: SupportedResponse | None = None
+    failed: bool = False  # failed, and has not answered since
 
 
 class RemoteFacilitator:
     def __init__(
-        self, endpoints: Sequence[RemoteFacilitatorSettings], on_failure: FailureHook | None = None
+        self,
+        endpoints: Sequence[RemoteFacilitatorSettings],
+        on_failure: FailureHook | None = None,
+        *,
+        cooldown: float = COOLDOWN,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._endpoints = [_Endpoint(e) for e in endpoints]
         self._on_failure = on_failure
         self._session: aiohttp.ClientSession | None = None
+        self._cooldown = cooldown
+        self._clock = clock
 
     @property
     def names(self) -> list[str]:
@@ -145,21 +160,38 @@ class RemoteFacilitator:
         return [r for r in results if r]
 
     async def ping(self) -> None:
-        if not any(e.supported is not None for e in self._endpoints):
-            errors = await self.refresh_supported()
-            if len(errors) == len(self._endpoints):
-                raise FacilitatorUnavailable("; ".join(errors))
-        if all(e.asleep_until > time.monotonic() for e in self._endpoints):
-            raise FacilitatorUnavailable("every facilitator failed recently")
+        """Raise unless some endpoint is usable now (see the module docstring)."""
+        now = self._clock()
+        due = [
+            e
+            for e in self._endpoints
+            if e.asleep_until <= now and (e.supported is None or e.failed)
+        ]
+        errors = await asyncio.gather(*(self._fetch_supported(e, PROBE_TIMEOUT) for e in due))
+        for endpoint, error in zip(due, errors, strict=True):
+            if error and endpoint.supported is not None:
+                # Known, and still failing (already counted by the hook): back to sleep.
+                endpoint.asleep_until = self._clock() + self._cooldown
+        now = self._clock()
+        if not any(
+            e.supported is not None and not e.failed and e.asleep_until <= now
+            for e in self._endpoints
+        ):
+            raise FacilitatorUnavailable(
+                "; ".join(filter(None, errors)) or "every facilitator failed recently"
+            )
 
-    async def _fetch_supported(self, endpoint: _Endpoint) -> str:
+    async def _fetch_supported(self, endpoint: _Endpoint, within: float | None = None) -> str:
         assert self._session is not None
         url = endpoint.settings.url.rstrip("/") + "/supported"
+        limit = endpoint.settings.timeout
+        if within is not None:
+            limit = min(limit, within)
         try:
             async with self._session.get(
                 url,
                 headers=dict(endpoint.settings.headers),
-                timeout=aiohttp.ClientTimeout(total=endpoint.settings.timeout),
+                timeout=aiohttp.ClientTimeout(total=limit),
             ) as resp:
                 if resp.status != 200:
                     self._failed(endpoint, "supported")
@@ -167,13 +199,14 @@ class RemoteFacilitator:
                 endpoint.supported = SupportedResponse.model_validate_json(
                     await resp.content.read(MAX_ANSWER)
                 )
+                endpoint.failed = False
                 return ""
         except (aiohttp.ClientError, TimeoutError, ValidationError, ValueError) as exc:
             self._failed(endpoint, "supported")
             return f"{url}: {exc.__class__.__name__}: {exc}"
 
     def _in_order(self) -> list[_Endpoint]:
-        now = time.monotonic()
+        now = self._clock()
         awake = [e for e in self._endpoints if e.asleep_until <= now]
         return awake or list(self._endpoints)
 
@@ -214,15 +247,21 @@ class RemoteFacilitator:
             self._sleep(endpoint, op)
             raise _Unusable(f"HTTP {status}", reached=True)
         try:
-            return model.model_validate_json(raw)
+            answer = model.model_validate_json(raw)
         except ValidationError as exc:
             self._sleep(endpoint, op)
             raise _Unusable(f"unreadable {op} answer (HTTP {status})", reached=True) from exc
+        endpoint.failed = False
+        return answer
 
     def _sleep(self, endpoint: _Endpoint, op: str) -> None:
-        endpoint.asleep_until = time.monotonic() + COOLDOWN
+        endpoint.asleep_until = self._clock() + self._cooldown
+        endpoint.failed = True
         log.warning(
-            "facilitator_failed", facilitator=endpoint.settings.url, op=op, cooldown_s=COOLDOWN
+            "facilitator_failed",
+            facilitator=endpoint.settings.url,
+            op=op,
+            cooldown_s=self._cooldown,
         )
         self._failed(endpoint, op)
 

@@ -41,7 +41,8 @@ class MemoryStore:
         held = self._claims.get(key)
         if held is not None and held[0].request_id == request_id:
             del self._claims[key]
-            self._history.appendleft(held[0].with_status("released"))
+            if held[0].status == "pending":  # a failed settlement keeps `failed` as its last word
+                self._history.appendleft(held[0].with_status("released"))
 
     async def recent(self, limit: int) -> list[PaymentRecord]:
         return latest_per_request(self._history, limit)

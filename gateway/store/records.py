@@ -4,7 +4,8 @@ a retried payment from the record instead of charging it twice.
 A record's life: `pending` (claimed, written before anything is verified or settled), then
 `settled` (with the transaction), `failed` (with the reason), `settlement_pending` (sent,
 outcome unknown), `refund_due` (settled up front, then the origin failed) or `released`
-(nothing was charged; the claim is gone and the payer may use the authorization again).
+(nothing was charged and nothing settled: the claim is gone and the payer may use the
+authorization again; a `failed` claim is released too, and stays `failed` in the books).
 A `pending` record that stays pending belongs to a request that is in flight, or to a
 process that died mid-request: the operator reconciles it against the chain.
 """

@@ -20,6 +20,7 @@ a pooled connection that went stale while Redis restarted needs, and no more.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -45,13 +46,15 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'r', ARGV[1])
 return false
 """
-# Release: delete the claim only if this request still holds it, and log it as released.
+# Release: delete the claim only if this request still holds it; a claim with no outcome yet
+# is logged as released (one whose settlement failed keeps `failed` as its last word).
 _RELEASE = """
 local v = redis.call('GET', KEYS[1])
 if not v then return false end
 local r = cjson.decode(v)
 if r['request_id'] ~= ARGV[1] then return false end
 redis.call('DEL', KEYS[1])
+if r['status'] ~= 'pending' then return false end
 r['status'] = 'released'
 local t = redis.call('TIME')
 r['updated_at'] = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -65,6 +68,10 @@ HISTORY_KEY = "x402:payments"
 HISTORY_LEN = 100_000
 CONNECT_TIMEOUT = 2.0
 COMMAND_TIMEOUT = 2.0
+# Commands in flight per process. redis-py's pool refuses (MaxConnectionsError) rather than
+# waits once it has 100 connections, so a burst of paid requests would read as "Redis is
+# down": they queue here instead, and the pool is sized so it never runs out.
+MAX_CONCURRENT = 64
 
 T = TypeVar("T")
 Client = aioredis.Redis | RedisCluster
@@ -75,6 +82,7 @@ def _common() -> dict[str, object]:
         "socket_connect_timeout": CONNECT_TIMEOUT,
         "socket_timeout": COMMAND_TIMEOUT,
         "retry": Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.05), retries=1),
+        "max_connections": 2 * MAX_CONCURRENT,
     }
 
 
@@ -127,6 +135,7 @@ class RedisStore:
         self._release = self._redis.register_script(_RELEASE)
         self._backoff = backoff or Backoff()
         self._clock = clock
+        self._slots = asyncio.Semaphore(MAX_CONCURRENT)
 
     async def claim(self, key: str, record: PaymentRecord, ttl: float) -> PaymentRecord | None:
         text = record.dumps()
@@ -199,19 +208,29 @@ class RedisStore:
     async def _call(self, command: Awaitable[T]) -> T:
         left = self._backoff.wait_left(self._clock())
         if left > 0:
-            if hasattr(command, "close"):
-                command.close()  # a coroutine never awaited would warn
+            _close(command)
             error = StoreUnavailable(
                 f"redis unreachable, next attempt in {left:.1f}s: {self._backoff.last_error}"
             )
             error.retry_after = max(1, math.ceil(left))
             raise error
         try:
+            async with asyncio.timeout(COMMAND_TIMEOUT):
+                await self._slots.acquire()
+        except TimeoutError:
+            _close(command)
+            # Busy, not down: no backoff, or one burst would turn into an outage.
+            raise StoreUnavailable(
+                f"redis: {MAX_CONCURRENT} commands in flight for {COMMAND_TIMEOUT:g}s"
+            ) from None
+        try:
             result = await command
         except (RedisError, OSError) as exc:
             detail = f"{type(exc).__name__}: {exc}"
             self._backoff.failed(self._clock(), detail)
             raise StoreUnavailable(f"redis: {detail}") from exc
+        finally:
+            self._slots.release()
         if self._backoff.failing:
             self._backoff.succeeded()
         return result
@@ -241,3 +260,8 @@ def _ms(ttl: float) -> int:
 
 def _text(value: bytes | str | None) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _close(command: Awaitable[object]) -> None:
+    if hasattr(command, "close"):
+        command.close()  # a coroutine never awaited would warn

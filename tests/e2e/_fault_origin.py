@@ -33,7 +33,15 @@ async def answer(request: web.Request) -> web.StreamResponse:
 def main(port: int) -> None:
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", answer)
-    web.run_app(app, host="127.0.0.1", port=port, print=None, loop=uvloop.new_event_loop())
+    # No drain: a test that stops the origin means it gone at once, in-flight requests and all.
+    web.run_app(
+        app,
+        host="127.0.0.1",
+        port=port,
+        print=None,
+        shutdown_timeout=0.1,
+        loop=uvloop.new_event_loop(),
+    )
 
 
 if __name__ == "__main__":

@@ -25,12 +25,13 @@ from x402.http.utils import (
     decode_payment_response_header,
     decode_payment_signature_header,
 )
+from x402.schemas import PaymentRequired
 
 from gateway.demo.chain import new_account
 from gateway.demo.payer import make_x402_client, pay_challenge
 from tests.e2e.conftest import Chain
 from tests.e2e.gateway_proc import GATEWAY, GatewayProcess, Origin, gateway
-from tests.procs import free_port, wait_port
+from tests.procs import RedisServer, free_port, wait_port
 
 pytestmark = pytest.mark.e2e
 SECRET = "secret-token-xyz"
@@ -117,7 +118,9 @@ def wait_for(check: Callable[[], Any], timeout: float = 10.0) -> Any:
 async def challenge_amount(http: httpx.AsyncClient, url: str) -> int:
     r = await http.get(url)
     assert r.status_code == 402, r.text
-    (req,) = decode_payment_required_header(r.headers["PAYMENT-REQUIRED"]).accepts
+    required = decode_payment_required_header(r.headers["PAYMENT-REQUIRED"])
+    assert isinstance(required, PaymentRequired)
+    (req,) = required.accepts
     return int(req.amount)
 
 
@@ -134,6 +137,9 @@ async def test_metrics_and_access_lines_after_paid_and_free_requests(
     tmp_path: Path,
 ) -> None:
     cfg = config(chain, origin, pay_to, facilitator_url)
+    # A dead facilitator first: failover to the real one, and a failure counted for it.
+    dead = f"http://127.0.0.1:{free_port()}"
+    cfg["facilitator"] = [{"url": dead, "timeout": "2s"}, cfg["facilitator"]]
     with gateway(cfg, tmp_path) as gw:
         async with httpx.AsyncClient(timeout=30) as http:
             free = await http.get(gw.url + "/free/a", headers={"X-Request-Id": "client-chosen"})
@@ -162,9 +168,11 @@ async def test_metrics_and_access_lines_after_paid_and_free_requests(
         assert value(m, payments, outcome="verified", reason="") == 1
         assert value(m, payments, outcome="settled", reason="") == 1
         assert value(m, payments, outcome="replayed", reason="payment_already_used") == 1
-        assert value(m, payments, outcome="invalid", reason="invalid_payload") == 1
+        assert value(m, payments, outcome="invalid", reason="invalid_base64") == 1
         revenue = "x402_gateway_revenue_atomic_units_total"
-        asset = decode_payment_required_header(unpaid.headers["PAYMENT-REQUIRED"]).accepts[0]
+        required = decode_payment_required_header(unpaid.headers["PAYMENT-REQUIRED"])
+        assert isinstance(required, PaymentRequired)
+        asset = required.accepts[0]
         labels = {"asset": asset.asset, "network": chain.network, "route": "/paid/*"}
         assert value(m, revenue, **labels) == PRICE
         for hist in ("verify", "settle", "origin_ttfb"):
@@ -175,7 +183,11 @@ async def test_metrics_and_access_lines_after_paid_and_free_requests(
         assert value(m, "x402_gateway_in_flight_requests") == 0
         assert value(m, "x402_gateway_config_generation") == 1
         assert value(m, "x402_gateway_config_reload_failures_total") == 0
-        assert not [k for k in m if k[0] == "x402_gateway_facilitator_failures_total"]
+        failures = "x402_gateway_facilitator_failures_total"
+        assert value(m, failures, facilitator=dead, operation="supported") >= 1
+        assert value(m, failures, facilitator=dead, operation="verify") == 1
+        assert value(m, failures, facilitator=facilitator_url, operation="verify") == 0
+        assert not [k for k in m if k[0] == "x402_gateway_dependency_errors_total"]
 
         lines = log_lines(gw)  # every line is JSON (json.loads would have raised)
         access = access_lines(gw)
@@ -184,7 +196,8 @@ async def test_metrics_and_access_lines_after_paid_and_free_requests(
         free_line = by_status[("/free/a", 200)]
         assert re.fullmatch(r"[0-9a-f]{32}", free_line["request_id"])  # not the client's
         (seen,) = origin.log.for_path("/free/a")
-        assert seen["headers"]["X-Request-Id"] == free_line["request_id"]
+        sent = {k.lower(): v for k, v in seen["headers"].items()}
+        assert sent["x-request-id"] == free_line["request_id"]
         assert by_status[("/free/big?bytes=300000", 200)]["bytes"] > 300000  # head + body
         paid_line = by_status[("/paid/report", 200)]
         assert paid_line["route"] == "/paid/*" and paid_line["payment"] == "settled"
@@ -194,7 +207,7 @@ async def test_metrics_and_access_lines_after_paid_and_free_requests(
         assert paid_line["bytes"] > len(paid.content)
         assert {"verify_ms", "settle_ms", "origin_ms", "duration_ms"} <= paid_line.keys()
         assert by_status[("/paid/report", 409)]["payment"] == "replayed"
-        assert by_status[("/paid/report", 400)]["payment_reason"] == "invalid_payload"
+        assert by_status[("/paid/report", 400)]["payment_reason"] == "invalid_base64"
 
         header = headers["PAYMENT-SIGNATURE"]
         signature = decode_payment_signature_header(header).payload["signature"]
@@ -229,7 +242,11 @@ async def test_reload_on_sighup_keeps_in_flight_requests_and_rejects_an_invalid_
             assert await asyncio.to_thread(wait_for, lambda: origin.log.for_path("/paid/slow"))
 
             new = config(chain, origin, pay_to, facilitator_url, price="$0.002")
-            write_config(gw, {**new, "log_level": "debug"})  # log_level needs a restart
+            # New timeouts: a new upstream pool and facilitator client, while the request in
+            # flight still needs the old ones (to stream and to settle). log_level: restart.
+            new["facilitator"]["timeout"] = "9s"
+            new["timeouts"] = {"read": "30s"}
+            write_config(gw, {**new, "log_level": "debug"})
             os.kill(gw.proc.pid, signal.SIGHUP)
             live = await asyncio.to_thread(
                 wait_for,
@@ -243,8 +260,10 @@ async def test_reload_on_sighup_keeps_in_flight_requests_and_rejects_an_invalid_
             assert done.status_code == 200, done.text
             receipt = decode_payment_response_header(done.headers["PAYMENT-RESPONSE"])
             assert receipt.success
-            line = next(e for e in access_lines(gw) if e["path"] == "/paid/slow?s=2")
-            assert line["status"] == 200 and line["generation"] == 1
+            slow = [e for e in access_lines(gw) if e["path"] == "/paid/slow?s=2"]
+            assert [e["status"] for e in slow] == [402, 200]
+            line = slow[1]
+            assert line["generation"] == 1 and line["payment"] == "settled"
             assert line["amount"] == str(PRICE)
 
             routes = subprocess.run(
@@ -272,6 +291,8 @@ async def test_reload_on_sighup_keeps_in_flight_requests_and_rejects_an_invalid_
         (failed,) = [e for e in events if e["event"] == "config_reload_failed"]
         assert failed["level"] == "error" and failed["generation"] == 2
         assert any(str(gw.config_path) in err and "price" in err for err in failed["errors"])
+        (reloaded,) = [e for e in events if e["event"] == "config_reloaded"]
+        assert reloaded["generation"] == 2 and reloaded["rebuilt"] == ["facilitator", "upstream"]
         (restart,) = [e for e in events if e["event"] == "config_needs_restart"]
         assert restart["setting"] == "log_level"
         assert not [e for e in events if e["level"] == "debug"]  # the running level kept
@@ -321,12 +342,15 @@ def test_check_online_names_every_route_the_facilitator_cannot_serve(
     networks = {kind["network"] for kind in supported["kinds"]}
     assert chain.network in networks and "eip155:8453" not in networks
     cfg = config(chain, origin, pay_to, facilitator_url)
-    cfg["routes"].append({"path": "/mainnet/*", "price": "$0.01", "network": "eip155:8453"})
+    base_usdc = "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"
+    mainnet = {"scheme": "exact", "network": "eip155:8453", "asset": base_usdc, "amount": "10000"}
+    cfg["routes"].append({"path": "/mainnet/*", "accepts": [mainnet]})
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump({"listen": "127.0.0.1:0", **cfg}, sort_keys=False))
 
     done = subprocess.run(
         [GATEWAY, "check", "--online", "--config", str(path)],
+        check=False,
         capture_output=True,
         text=True,
         timeout=60,
@@ -342,6 +366,7 @@ def test_check_online_names_every_route_the_facilitator_cannot_serve(
     path.write_text(yaml.safe_dump({"listen": "127.0.0.1:0", **cfg}, sort_keys=False))
     ok = subprocess.run(
         [GATEWAY, "check", "--online", "--config", str(path)],
+        check=False,
         capture_output=True,
         text=True,
         timeout=60,
@@ -370,3 +395,29 @@ def test_routes_without_a_running_gateway_prints_the_file_table_with_a_note(
     assert "/paid/*" in done.stdout and "$0.001" in done.stdout
     assert "generation" not in done.stdout
 
+
+async def test_sighup_reaches_every_worker(
+    chain: Chain,
+    origin: Origin,
+    pay_to: str,
+    facilitator_url: str,
+    redis: RedisServer,
+    tmp_path: Path,
+) -> None:
+    cfg = {**config(chain, origin, pay_to, facilitator_url), "workers": 2, "store": redis.url}
+    with gateway(cfg, tmp_path) as gw:
+        assert gw.proc is not None
+        new = config(chain, origin, pay_to, facilitator_url, "$0.002")
+        write_config(gw, {**new, "workers": 2, "store": redis.url})
+        os.kill(gw.proc.pid, signal.SIGHUP)  # the supervisor passes it on
+        reloaded = await asyncio.to_thread(
+            wait_for,
+            lambda: len([e for e in log_lines(gw) if e["event"] == "config_reloaded"]) == 2,
+        )
+        assert reloaded, gw.logs()
+        assert gw.proc.poll() is None
+        amounts = set()
+        for _ in range(8):  # new connections, spread over both workers by the kernel
+            async with httpx.AsyncClient(timeout=30) as http:
+                amounts.add(await challenge_amount(http, gw.url + "/paid/x"))
+        assert amounts == {NEW_PRICE}

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -318,3 +320,83 @@ async def test_cluster_url_spreads_claims_over_slots(tmp_path: Path) -> None:
         await s.close()
         await admin.aclose()
         stop(node)
+
+
+async def test_a_failed_settlement_stays_failed_in_the_books_after_release(
+    store: PaymentStore,
+) -> None:
+    k, rid = key(), uuid.uuid4().hex
+    await store.claim(k, record(rid), 60)
+    await store.update(k, record(rid).with_status("failed", reason="insufficient_funds"), 60)
+    await store.release(k, rid)
+    assert await store.claim(k, record("next"), 60) is None  # released: usable again
+    rows = await store.recent(2)
+    assert [(r.request_id, r.status) for r in rows] == [("next", "pending"), (rid, "failed")]
+
+
+async def test_a_burst_beyond_the_connection_pool_queues_instead_of_failing(
+    redis: RedisServer,
+) -> None:
+    # 500 claims at once: redis-py's own pool would refuse past 100 connections, which
+    # would read as "store down" (503s, and backoff for everyone after).
+    s = RedisStore(redis.url)
+    try:
+        keys = [key() for _ in range(500)]
+        won = await asyncio.gather(*(s.claim(k, record(k), 60) for k in keys))
+        assert won == [None] * 500
+        await s.ping()
+    finally:
+        await s.close()
+
+
+@needs_redis
+async def test_sentinel_failover_is_followed_and_keeps_the_claims(tmp_path: Path) -> None:
+    master, replica, sentinel_port = free_port(), free_port(), free_port()
+    common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    # No 5 s pause before the replica's first sync (Redis's default for diskless sync).
+    primary_args = [*common, "--repl-diskless-sync-delay", "0"]
+    procs = [_spawn([REDIS_SERVER, "--port", str(master), *primary_args], master)]
+    try:
+        procs.append(
+            _spawn(
+                [REDIS_SERVER, "--port", str(replica), *common,
+                 "--replicaof", "127.0.0.1", str(master)],
+                replica,
+            )
+        )  # fmt: skip
+        conf = tmp_path / "sentinel.conf"
+        conf.write_text(
+            f"port {sentinel_port}\nbind 127.0.0.1\n"
+            f"sentinel monitor gw 127.0.0.1 {master} 1\n"
+            "sentinel down-after-milliseconds gw 200\nsentinel failover-timeout gw 2000\n"
+        )
+        procs.append(_spawn([REDIS_SERVER, str(conf), "--sentinel"], sentinel_port))
+        sentinel = Redis(port=sentinel_port)
+        primary = Redis(port=master)
+        s = RedisStore(f"redis+sentinel://127.0.0.1:{sentinel_port}/gw")
+        try:
+            for _ in range(100):  # the Sentinel must know the replica before it can promote it
+                if await sentinel.execute_command("SENTINEL", "REPLICAS", "gw"):
+                    break
+                await asyncio.sleep(0.05)
+            k = key()
+            assert await s.claim(k, record("before"), 60) is None
+            assert await primary.execute_command("WAIT", 1, 2000) == 1  # on the replica too
+            stop(procs[0], signal.SIGKILL)
+            deadline = time.monotonic() + 15
+            while True:  # fails closed until the Sentinel has promoted the replica
+                try:
+                    held = await s.claim(k, record("after"), 60)
+                    break
+                except StoreUnavailable:
+                    assert time.monotonic() < deadline, "the store never followed the failover"
+                    await asyncio.sleep(0.1)
+            assert held is not None and held.request_id == "before"  # still one winner
+            assert await s.claim(key(), record("new"), 60) is None
+        finally:
+            await s.close()
+            await sentinel.aclose()
+            await primary.aclose()
+    finally:
+        for proc in reversed(procs):
+            stop(proc)

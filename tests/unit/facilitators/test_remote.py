@@ -228,3 +228,76 @@ async def test_ping_fails_when_nothing_answers() -> None:
 def test_request_body_is_json() -> None:
     body = json.loads(RemoteFacilitator._body(PAYLOAD, REQ))
     assert set(body) == {"x402Version", "paymentPayload", "paymentRequirements"}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_failed_endpoint_is_skipped_for_the_cooldown_then_retried(fakes) -> None:  # type: ignore[no-untyped-def]
+    state = {"down": True}
+
+    async def flaky(request: web.Request) -> web.Response:
+        return await (boom(request) if state["down"] else ok_verify(request))
+
+    first, second = await fakes(verify=flaky), await fakes()
+    clock = Clock()
+    c = RemoteFacilitator(
+        [RemoteFacilitatorSettings(url=f.url, timeout=2.0) for f in (first, second)],
+        cooldown=10.0,
+        clock=clock,
+    )
+    await c.start()
+    try:
+        assert (await c.verify(PAYLOAD, REQ)).is_valid  # first fails over to second
+        assert (await c.verify(PAYLOAD, REQ)).is_valid  # first asleep: not even asked
+        assert first.calls == ["verify"] and second.calls == ["verify", "verify"]
+        state["down"] = False
+        clock.now += 10.5
+        assert (await c.verify(PAYLOAD, REQ)).is_valid  # awake again, and first in line
+        assert first.calls == ["verify", "verify"] and len(second.calls) == 2
+    finally:
+        await c.close()
+
+
+async def test_ping_probes_a_failed_endpoint_once_its_cooldown_is_over() -> None:
+    down = {"now": False}
+
+    async def answer(request: web.Request) -> web.Response:
+        if down["now"]:
+            return await boom(request)
+        return await (_json(SUPPORTED) if request.method == "GET" else ok_verify(request))
+
+    app = web.Application()
+    app.router.add_route("*", "/{op}", answer)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    clock = Clock()
+    url = str(server.make_url(""))
+    c = RemoteFacilitator(
+        [RemoteFacilitatorSettings(url=url, timeout=2.0)], cooldown=5.0, clock=clock
+    )
+    await c.start()
+    try:
+        await c.ping()  # answered /supported: usable
+        down["now"] = True
+        with pytest.raises(FacilitatorUnavailable):
+            await c.verify(PAYLOAD, REQ)
+        with pytest.raises(FacilitatorUnavailable, match="failed recently"):
+            await c.ping()  # asleep: not asked
+        clock.now += 6
+        with pytest.raises(FacilitatorUnavailable, match="HTTP 503"):
+            await c.ping()  # cool-down over, asked, still failing: not ready merely by time
+        with pytest.raises(FacilitatorUnavailable, match="failed recently"):
+            await c.ping()  # and back to sleep
+        down["now"] = False
+        clock.now += 6
+        await c.ping()  # answers again: usable
+        assert (await c.verify(PAYLOAD, REQ)).is_valid
+    finally:
+        await c.close()
+        await server.close()
