@@ -34,6 +34,7 @@ METRICS = web.AppKey("metrics", Metrics)
 
 
 async def handle(request: web.Request, gw: Gateway, request_id: str) -> web.StreamResponse:
+    started = time.perf_counter()
     route: RouteSettings | None = None
     resource_url = ""
     try:
@@ -63,11 +64,11 @@ async def handle(request: web.Request, gw: Gateway, request_id: str) -> web.Stre
             gw.metrics.payments.labels(VERIFIED, "").inc()
             if route.settle == "before":
                 await gw.payments.settle(claim)
-            started = time.perf_counter()
+            sent = time.perf_counter()
             upstream = await forward(
                 add_headers={gw.settings.payer_header: matched.payer, "X-Request-Id": request_id}
             )
-            claim.timings["origin"] = time.perf_counter() - started
+            claim.timings["origin"] = time.perf_counter() - sent
             if upstream.status >= 400 or request.method == "HEAD":
                 # Nothing is charged for an origin failure, nor for a HEAD (it has no body).
                 await gw.payments.abandon(claim, f"origin answered {upstream.status}")
@@ -81,7 +82,10 @@ async def handle(request: web.Request, gw: Gateway, request_id: str) -> web.Stre
             assert claim.settled is not None
             receipt = dict([settlement_header(claim.settled, matched.version)])
             return await relay(
-                request, upstream, {**receipt, **PRIVATE, **timing(gw, claim)}, expose_x402=True
+                request,
+                upstream,
+                {**receipt, **PRIVATE, **timing(gw, claim, started)},
+                expose_x402=True,
             )
     except GatewayError as exc:
         request["error"] = exc  # for the metrics and the access line
@@ -98,12 +102,14 @@ def find_route(gw: Gateway, method: str, path: str) -> RouteSettings | None:
     return found.route
 
 
-def timing(gw: Gateway, claim: Claim) -> dict[str, str]:
-    """The opt-in `Server-Timing` header: where a paid request's time went."""
+def timing(gw: Gateway, claim: Claim, started: float) -> dict[str, str]:
+    """The opt-in `Server-Timing` header: where a paid request's time went up to the response
+    head (verify, origin, settle), and `gw`, the gateway's own share of it."""
     if not gw.settings.server_timing:
         return {}
-    parts = [f"{name};dur={secs * 1000:.2f}" for name, secs in claim.timings.items()]
-    return {"Server-Timing": ", ".join(parts)}
+    total = time.perf_counter() - started
+    spans = {**claim.timings, "gw": total - sum(claim.timings.values()), "total": total}
+    return {"Server-Timing": ", ".join(f"{k};dur={v * 1000:.3f}" for k, v in spans.items())}
 
 
 def request_id_of(request: web.Request, settings: Settings) -> str:
@@ -159,7 +165,7 @@ def observe(
         "request",
         request_id=request_id,
         method=request.method,
-        path=request.raw_path,
+        path=request.rel_url.raw_path,  # never the query: it may carry an origin's API key
         route=label,
         status=status,
         bytes=response.body_length if response is not None else 0,
