@@ -31,6 +31,10 @@ log = get_logger("gateway")
 
 LIVE = web.AppKey("gateway_live", LiveGateway)  # the current generation: LIVE.current
 METRICS = web.AppKey("metrics", Metrics)
+# What handle() learned, for entry()'s metrics and access line.
+ROUTE = web.RequestKey("route", RouteSettings)
+CLAIM = web.RequestKey("claim", Claim)
+ERROR = web.RequestKey("error", GatewayError)
 
 
 async def handle(request: web.Request, gw: Gateway, request_id: str) -> web.StreamResponse:
@@ -39,7 +43,9 @@ async def handle(request: web.Request, gw: Gateway, request_id: str) -> web.Stre
     resource_url = ""
     try:
         path, query = canonicalize(request.raw_path)
-        route = request["route"] = find_route(gw, request.method, path)
+        route = find_route(gw, request.method, path)
+        if route is not None:
+            request[ROUTE] = route
         resource_url = gw.challenges.resource_url(request, path, query)
         forward = functools.partial(
             gw.upstream.send,
@@ -59,7 +65,7 @@ async def handle(request: web.Request, gw: Gateway, request_id: str) -> web.Stre
             )
         matched = match_requirement(route, payment, resource_url)
         async with gw.payments.claimed(matched, route, request_id) as claim:
-            request["claim"] = claim
+            request[CLAIM] = claim
             await gw.payments.verify(claim)
             gw.metrics.payments.labels(VERIFIED, "").inc()
             if route.settle == "before":
@@ -88,7 +94,7 @@ async def handle(request: web.Request, gw: Gateway, request_id: str) -> web.Stre
                 expose_x402=True,
             )
     except GatewayError as exc:
-        request["error"] = exc  # for the metrics and the access line
+        request[ERROR] = exc
         return answers.error_response(request, exc, gw.challenges, route, resource_url, request_id)
 
 
@@ -153,9 +159,9 @@ def observe(
     elapsed: float,
 ) -> None:
     status = response.status if response is not None else 499
-    route: RouteSettings | None = request.get("route")
-    claim: Claim | None = request.get("claim")
-    error: GatewayError | None = request.get("error")
+    route = request.get(ROUTE)
+    claim = request.get(CLAIM)
+    error = request.get(ERROR)
     label = route.name if route is not None else "-"
     gw.metrics.observe_request(label, request.method, status, elapsed, error)
     paid: dict[str, object] = {}

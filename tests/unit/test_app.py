@@ -1,0 +1,140 @@
+"""The request flow in gateway/app.py with a scripted facilitator (a fake: the real one is in
+tests/e2e) and a real aiohttp origin: the paths that a real facilitator rarely takes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from x402.http.utils import decode_payment_response_header
+from x402.schemas import SettleResponse, VerifyResponse
+
+from gateway import reload as reload_mod
+from gateway.app import create_app
+from gateway.config import loads
+from gateway.errors import FacilitatorUnavailable, SettlementPending
+from tests.unit.test_payments import TX, FakeFacilitator
+from tests.unit.wire_helpers import ASSET, PAY_TO, new_account, route, sdk_v2_payment
+
+CONFIG = f"""
+upstream: "{{origin}}"
+facilitator: {{{{url: "http://127.0.0.1:9/"}}}}
+pay_to: "{PAY_TO}"
+asset: {{{{address: "{ASSET}", name: USDC, version: "2", decimals: 6}}}}
+server_timing: true
+admin: off
+routes:
+  - path: /paid/*
+    price: "$0.001"
+"""
+
+
+class Origin:
+    def __init__(self) -> None:
+        self.calls = 0
+        self.status = 200
+
+    async def handler(self, request: web.Request) -> web.Response:
+        self.calls += 1
+        return web.json_response({"secret": "paid content"}, status=self.status)
+
+
+@pytest.fixture
+async def rig(
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[Callable[[FakeFacilitator], Any]]:
+    origin = Origin()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", origin.handler)
+    origin_server = TestServer(app, host="127.0.0.1")
+    await origin_server.start_server()
+    clients: list[TestClient[Any, Any]] = []
+
+    async def make(fac: FakeFacilitator) -> tuple[TestClient[Any, Any], Origin]:
+        monkeypatch.setattr(reload_mod, "open_facilitator", lambda *a, **k: fac)
+        settings = loads(CONFIG.format(origin=str(origin_server.make_url("")).rstrip("/")))
+        client: TestClient[Any, Any] = TestClient(TestServer(create_app(settings)))
+        await client.start_server()
+        clients.append(client)
+        return client, origin
+
+    yield make
+    for c in clients:
+        await c.close()
+    await origin_server.close()
+
+
+def payment() -> dict[str, str]:
+    _, header = sdk_v2_payment(route(), new_account())
+    return {"PAYMENT-SIGNATURE": header}
+
+
+async def test_paid_request_settles_and_streams(rig: Any) -> None:
+    client, origin = await rig(FakeFacilitator())
+    r = await client.get("/paid/x", headers=payment())
+    assert r.status == 200 and origin.calls == 1
+    assert await r.json() == {"secret": "paid content"}
+    assert decode_payment_response_header(r.headers["PAYMENT-RESPONSE"]).transaction == TX
+    timing = r.headers["Server-Timing"]
+    assert all(f"{name};dur=" in timing for name in ("verify", "origin", "settle", "gw", "total"))
+
+
+async def test_settle_failure_discards_the_origin_body(rig: Any) -> None:
+    failed = SettleResponse(
+        success=False, error_reason="insufficient_funds", transaction="", network="eip155:84532"
+    )
+    client, origin = await rig(FakeFacilitator(settle=[failed]))
+    r = await client.get("/paid/x", headers=payment())
+    body = await r.text()
+    assert r.status == 402
+    assert "paid content" not in body
+    assert json.loads(body)["error"] == "insufficient_funds"
+    receipt = decode_payment_response_header(r.headers["PAYMENT-RESPONSE"])
+    assert not receipt.success and receipt.error_reason == "insufficient_funds"
+    assert origin.calls == 1
+
+
+async def test_settlement_pending_says_do_not_pay_again(rig: Any) -> None:
+    client, _ = await rig(FakeFacilitator(settle=[SettlementPending("no receipt yet")]))
+    headers = payment()
+    r = await client.get("/paid/x", headers=headers)
+    assert r.status == 503 and r.headers["Retry-After"]
+    problem = await r.json()
+    assert problem["reason"] == "settlement_pending" and "do not pay again" in problem["title"]
+    again = await client.get("/paid/x", headers=headers)
+    assert again.status == 409
+
+
+async def test_facilitator_unreachable_fails_closed_before_the_origin(rig: Any) -> None:
+    client, origin = await rig(FakeFacilitator(verify=FacilitatorUnavailable("refused")))
+    r = await client.get("/paid/x", headers=payment())
+    assert r.status == 503 and r.headers["Retry-After"] == "5"
+    assert origin.calls == 0
+
+
+async def test_invalid_payment_gets_a_challenge_and_no_origin_call(rig: Any) -> None:
+    client, origin = await rig(
+        FakeFacilitator(
+            verify=VerifyResponse(
+                is_valid=False, invalid_reason="invalid_exact_evm_payload_signature"
+            )
+        )
+    )
+    r = await client.get("/paid/x", headers=payment())
+    assert r.status == 402
+    assert (await r.json())["error"] == "invalid_exact_evm_payload_signature"
+    assert origin.calls == 0
+
+
+async def test_origin_error_is_passed_on_and_not_settled(rig: Any) -> None:
+    fac = FakeFacilitator()
+    client, origin = await rig(fac)
+    origin.status = 503
+    r = await client.get("/paid/x", headers=payment())
+    assert r.status == 503
+    assert "PAYMENT-RESPONSE" not in r.headers
+    assert fac.calls == ["verify"]
