@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -117,7 +118,7 @@ async def test_recent_reads_past_a_page_of_changes(redis: RedisServer) -> None:
             k, rec = key(), record(rid)
             await s.claim(k, rec, 60)
             for status in ("settlement_pending", "settlement_pending", "settled"):
-                await s.update(k, rec.with_status(status), 60)  # type: ignore[arg-type]
+                await s.update(k, rec.with_status(status), 60)
         rows = await s.recent(40)
         assert [r.request_id for r in rows] == ids[::-1]
         assert {r.status for r in rows} == {"settled"}
@@ -261,6 +262,10 @@ async def test_lost_answer_retry_finds_its_own_claim(redis: RedisServer) -> None
 # --- Sentinel and Cluster, on real redis-server processes ----------------------------------
 
 
+async def command(client: Redis, *args: object) -> Any:
+    return await client.execute_command(*args)  # type: ignore[no-untyped-call]
+
+
 def _spawn(args: list[str], port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port, proc=proc)
@@ -310,9 +315,9 @@ async def test_cluster_url_spreads_claims_over_slots(tmp_path: Path) -> None:
     admin = Redis(port=port)
     s = RedisStore(f"redis://127.0.0.1:{port}?cluster=true")
     try:
-        await admin.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        await command(admin, "CLUSTER", "ADDSLOTSRANGE", 0, 16383)
         for _ in range(100):  # a one-node cluster turns "ok" within a couple of seconds
-            if b"cluster_state:ok" in await admin.execute_command("CLUSTER", "INFO"):
+            if b"cluster_state:ok" in await command(admin, "CLUSTER", "INFO"):
                 break
             await asyncio.sleep(0.05)
         await _contract(s)
@@ -376,12 +381,12 @@ async def test_sentinel_failover_is_followed_and_keeps_the_claims(tmp_path: Path
         s = RedisStore(f"redis+sentinel://127.0.0.1:{sentinel_port}/gw")
         try:
             for _ in range(100):  # the Sentinel must know the replica before it can promote it
-                if await sentinel.execute_command("SENTINEL", "REPLICAS", "gw"):
+                if await command(sentinel, "SENTINEL", "REPLICAS", "gw"):
                     break
                 await asyncio.sleep(0.05)
             k = key()
             assert await s.claim(k, record("before"), 60) is None
-            assert await primary.execute_command("WAIT", 1, 2000) == 1  # on the replica too
+            assert await command(primary, "WAIT", 1, 2000) == 1  # on the replica too
             stop(procs[0], signal.SIGKILL)
             deadline = time.monotonic() + 15
             while True:  # fails closed until the Sentinel has promoted the replica
