@@ -11,7 +11,7 @@ from typing import Any
 
 from . import __version__
 from .config import load
-from .errors import ConfigError
+from .errors import ConfigError, StoreUnavailable
 from .settings import Address, Settings
 
 CONFIG_ENV = "X402_GATEWAY_CONFIG"
@@ -181,6 +181,9 @@ async def _payments(settings: Settings, limit: int, fmt: str) -> int:
     store = open_store(settings.store)
     try:
         records = await store.recent(limit)
+    except StoreUnavailable as exc:
+        print(f"error: {exc.detail}", file=sys.stderr)
+        return 1
     finally:
         await store.close()
     if fmt == "csv":

@@ -20,6 +20,7 @@ from x402.mechanisms.evm import V1_NETWORK_CHAIN_IDS
 from gateway.settings import Address
 
 from .paths import check_pattern
+from .store.redis_url import parse_redis_url
 
 _VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -287,6 +288,7 @@ def parse_store(text: str) -> str:
             "is not a store; write memory, or a redis://, rediss://, redis+sentinel:// "
             "or unix:// URL"
         )
+    parse_redis_url(text)  # Sentinel and Cluster forms are checked here, not at start-up
     return text
 
 
