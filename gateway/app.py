@@ -46,7 +46,6 @@ async def handle(request: web.Request, gw: Gateway, request_id: str) -> web.Stre
         route = find_route(gw, request.method, path)
         if route is not None:
             request[ROUTE] = route
-        resource_url = gw.challenges.resource_url(request, path, query)
         forward = functools.partial(
             gw.upstream.send,
             request,
@@ -58,6 +57,7 @@ async def handle(request: web.Request, gw: Gateway, request_id: str) -> web.Stre
         if route is None or route.free:
             upstream = await forward(add_headers={"X-Request-Id": request_id})
             return await relay(request, upstream)
+        resource_url = gw.challenges.resource_url(request, path, query)
         payment = decode_payment(request.headers, gw.settings.limits.payment_header)
         if payment is None:
             return answers.challenge(

@@ -35,6 +35,8 @@ from .errors import (
     UpstreamTimeout,
 )
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 if TYPE_CHECKING:
     from .payments import Claim
 
@@ -164,6 +166,7 @@ class Metrics:
         self.config_reload_failures = Counter(
             "x402_gateway_config_reload_failures", "Config reloads rejected", registry=r
         )
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._steps = {
             "verify": self.verify_seconds,
             "settle": self.settle_seconds,
@@ -173,8 +176,17 @@ class Metrics:
     def observe_request(
         self, route: str, method: str, status: int, seconds: float, error: GatewayError | None
     ) -> None:
-        self.requests.labels(route, method, str(status)).inc()
-        self.request_seconds.labels(route).observe(seconds)
+        # Any token is a valid HTTP method: unknown ones share one label value, so a client
+        # cannot mint series. The labelled children are cached (labels() is a locked lookup).
+        key = (route, method if method in _METHODS else "OTHER", status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = self._request_children[key] = (
+                self.requests.labels(key[0], key[1], str(status)),
+                self.request_seconds.labels(route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
         dependency = dependency_of(error) if error is not None else None
         if dependency is not None and error is not None:
             self.dependency_errors.labels(dependency, error.reason).inc()

@@ -82,6 +82,10 @@ def _b64decode(value: str, name: str) -> bytes:
 
 
 def _check_depth(text: str, name: str) -> None:
+    # Nesting deeper than the limit needs more opening brackets than the limit: a count in C
+    # settles every real payment (a handful of objects) without the scan below.
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return
     depth = 0
     for token in _JSON_TOKENS.finditer(text):
         char = token.group()
