@@ -254,6 +254,14 @@ def run_section(
                 gw_url = f"http://127.0.0.1:{port}"
                 variant = asyncio.run(_variant(gw_url, proc.pid, env, params, counts, log))
                 variant["free_gateway_added_p50_us_wrk"] = free_gw_added_p50
+                # The target's comparison: the gateway's own share of a paid request (its
+                # `gw` Server-Timing entry) against what it adds to a free one (section A).
+                gw_p50 = variant["gw_share_p50_us"]
+                variant["gw_minus_free_added_p50_us"] = (
+                    rounded(gw_p50 - free_gw_added_p50)
+                    if gw_p50 is not None and free_gw_added_p50 is not None
+                    else None
+                )
                 results["variants"][label] = variant
                 if label == "remote facilitator":
                     paid_memory = _paid_memory(proc, gw_url, env, params, log)

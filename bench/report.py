@@ -200,6 +200,17 @@ def _paid(b: dict[str, Any]) -> list[str]:
         "",
     ]
     out += [
+        "Gateway's own share of a paid request (`gw` p50 @1) minus what it adds to a free "
+        "request (section A, p50 over the origin): "
+        + ", ".join(
+            f"{label}: {_fmt(v.get('gw_share_p50_us'))} - "
+            f"{_fmt(v.get('free_gateway_added_p50_us_wrk'))} = "
+            f"**{_fmt(v.get('gw_minus_free_added_p50_us'))} µs**"
+            for label, v in variants.items()
+        ),
+        "",
+    ]
+    out += [
         "Target: the gateway's own share of a paid request (total - verify - settle, or the "
         "`gw` Server-Timing entry) ≤ 150 µs above a free request at p50.",
         "",
@@ -282,9 +293,12 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def write(results: dict[str, Any], directory: Path = RESULTS) -> tuple[Path, Path]:
+    """latest.json/.md, and the same as latest-quick.* or latest-full.* (so a quick run
+    does not hide the last full one)."""
     directory.mkdir(parents=True, exist_ok=True)
-    as_json = directory / "latest.json"
-    as_md = directory / "latest.md"
-    as_json.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    as_md.write_text(markdown(results))
+    as_json, as_md = directory / "latest.json", directory / "latest.md"
+    text, md = json.dumps(results, indent=2, default=str) + "\n", markdown(results)
+    for stem in ("latest", f"latest-{results['profile']}"):
+        (directory / f"{stem}.json").write_text(text)
+        (directory / f"{stem}.md").write_text(md)
     return as_json, as_md

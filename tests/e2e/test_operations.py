@@ -194,7 +194,7 @@ async def test_metrics_and_access_lines_after_paid_and_free_requests(
         assert len(access) == 6
         by_status = {(e["path"], e["status"]): e for e in access}
         free_line = by_status[("/free/a", 200)]
-        assert re.fullmatch(r"[0-9a-f]{32}", free_line["request_id"])  # not the client's
+        assert re.fullmatch(r"[0-9a-f]{24,}", free_line["request_id"])  # not the client's
         (seen,) = origin.log.for_path("/free/a")
         sent = {k.lower(): v for k, v in seen["headers"].items()}
         assert sent["x-request-id"] == free_line["request_id"]
