@@ -8,7 +8,6 @@ so the walkthrough's own output stays readable.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from .chain import (
     LocalChain,
     free_port,
     mint,
+    port_is_free,
     prepare_chain,
     start_anvil,
 )
@@ -51,15 +51,6 @@ class Ports:
     admin: int
 
 
-def port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
 def choose_port(env_name: str, default: int, taken: set[int]) -> int:
     """$env_name if set; else `default` if nobody listens there; else any free port."""
     configured = os.environ.get(env_name)
@@ -69,7 +60,7 @@ def choose_port(env_name: str, default: int, taken: set[int]) -> int:
         except ValueError:
             raise DemoError(f"{env_name}={configured!r} is not a port number") from None
     port = default
-    while port in taken or not port_free(port):
+    while port in taken or not port_is_free(port):
         port = free_port()
     taken.add(port)
     return port

@@ -31,6 +31,7 @@ from x402.schemas.v1 import PaymentRequirementsV1
 from gateway.demo import chain as chainlib
 from gateway.demo.payer import make_x402_client
 from gateway.facilitators.local import LocalFacilitator
+from tests.e2e.gateway_proc import Origin
 from tests.procs import stop
 
 DEFAULT_PAYER_BALANCE = 10_000_000  # 10 test USDC
@@ -198,3 +199,17 @@ async def local_facilitator(chain: Chain) -> AsyncIterator[LocalFacilitator]:
         chain.rpc_url, chain.local_facilitator_key, [chain.network]
     ) as facilitator:
         yield facilitator
+
+
+@pytest.fixture(scope="module")
+def origin() -> Iterator[Origin]:
+    """A legacy origin on loopback (one per test module), recording every call it gets."""
+    o = Origin().start()
+    yield o
+    o.stop()
+
+
+@pytest.fixture(scope="module")
+def pay_to() -> str:
+    """A fresh recipient per test module, so its balance moves only by that module's tests."""
+    return str(chainlib.new_account().address)

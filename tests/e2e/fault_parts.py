@@ -25,7 +25,7 @@ import httpx
 from aiohttp import web
 
 from tests.e2e.conftest import Chain
-from tests.e2e.gateway_proc import GatewayProcess
+from tests.e2e.gateway_proc import GatewayProcess, ThreadedApp
 from tests.procs import free_port, stop, wait_port
 
 PRICE = 1000  # "$0.001" in the 6-decimal test USDC
@@ -143,35 +143,21 @@ class FacilitatorProcess:
 # --- a relay in front of a facilitator -----------------------------------------------------
 
 
-class FacilitatorRelay:
+class FacilitatorRelay(ThreadedApp):
     """Forwards /verify, /settle, /supported to a real facilitator. After the real /settle
     has answered, and before that answer is relayed, it calls `after_settle` (the test
     SIGKILLs the gateway there): the settlement is on chain, the gateway never hears of it."""
 
     def __init__(self, target: str, after_settle: Callable[[], None]) -> None:
+        super().__init__()
         self.target = target.rstrip("/")
         self.after_settle = after_settle
-        self.port = free_port()
         self.settled: list[dict[str, Any]] = []
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> FacilitatorRelay:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    async def _start(self) -> None:
+    def app(self) -> web.Application:
         app = web.Application()
         app.router.add_route("*", "/{op}", self._relay)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return app
 
     async def _relay(self, request: web.Request) -> web.StreamResponse:
         op = request.match_info["op"]
@@ -189,12 +175,6 @@ class FacilitatorRelay:
             self.settled.append(json.loads(body))
             await asyncio.get_running_loop().run_in_executor(None, self.after_settle)
         return web.Response(body=body, status=status, content_type="application/json")
-
-    def stop(self) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
 
 
 # --- small helpers ---------------------------------------------------------------------

@@ -14,7 +14,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import yaml
 from aiohttp import web
@@ -91,12 +91,12 @@ def origin_app(log: OriginLog) -> web.Application:
     return app
 
 
-class Origin:
-    """The origin runs on its own loop in a thread, so it serves while tests block."""
+class ThreadedApp:
+    """An aiohttp app served on its own loop in a thread, so it keeps serving while a test
+    blocks (on a subprocess, a chain call, a sync client)."""
 
     def __init__(self) -> None:
         self.port = free_port()
-        self.log = OriginLog()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
@@ -105,13 +105,16 @@ class Origin:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> Origin:
+    def app(self) -> web.Application:
+        raise NotImplementedError
+
+    def start(self) -> Self:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
         return self
 
     async def _start(self) -> None:
-        self._runner = web.AppRunner(origin_app(self.log), access_log=None)
+        self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
@@ -120,6 +123,17 @@ class Origin:
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+
+
+class Origin(ThreadedApp):
+    """The legacy origin (see origin_app), recording what it saw in `log`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log = OriginLog()
+
+    def app(self) -> web.Application:
+        return origin_app(self.log)
 
 
 class GatewayProcess:

@@ -24,13 +24,6 @@ pytestmark = pytest.mark.e2e
 PAY_TO = "0x000000000000000000000000000000000000dEaD"
 
 
-@pytest.fixture(scope="module")
-def origin() -> Iterator[Origin]:
-    o = Origin().start()
-    yield o
-    o.stop()
-
-
 def base_config(upstream: str) -> dict[str, object]:
     return {
         "upstream": upstream,

@@ -11,7 +11,7 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,6 @@ from x402.http.utils import (
 )
 from x402.schemas import PaymentRequired
 
-from gateway.demo.chain import new_account
 from gateway.demo.payer import make_x402_client, pay_challenge
 from tests.e2e.conftest import Chain
 from tests.e2e.gateway_proc import GATEWAY, GatewayProcess, Origin, gateway
@@ -37,18 +36,6 @@ pytestmark = pytest.mark.e2e
 SECRET = "secret-token-xyz"
 PRICE, NEW_PRICE = 1000, 2000
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-@pytest.fixture(scope="module")
-def origin() -> Iterator[Origin]:
-    o = Origin().start()
-    yield o
-    o.stop()
-
-
-@pytest.fixture(scope="module")
-def pay_to() -> str:
-    return str(new_account().address)
 
 
 @pytest.fixture

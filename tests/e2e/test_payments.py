@@ -20,7 +20,7 @@ from eth_account.signers.local import LocalAccount
 from x402.http.utils import decode_payment_required_header, decode_payment_response_header
 from x402.schemas import PaymentPayload, PaymentRequired
 
-from gateway.demo.chain import ANVIL_KEYS, new_account
+from gateway.demo.chain import ANVIL_KEYS
 from gateway.demo.payer import make_x402_client, pay_challenge
 from tests.e2e.conftest import Chain
 from tests.e2e.gateway_proc import GatewayProcess, Origin, gateway
@@ -29,18 +29,6 @@ from tests.procs import free_port
 pytestmark = pytest.mark.e2e
 PRICE = 1000  # $0.001 in 6-decimal USDC
 BEFORE_PRICE = 2000
-
-
-@pytest.fixture(scope="module")
-def origin() -> Iterator[Origin]:
-    o = Origin().start()
-    yield o
-    o.stop()
-
-
-@pytest.fixture(scope="module")
-def pay_to() -> str:
-    return str(new_account().address)
 
 
 def config(chain: Chain, origin: Origin, pay_to: str, facilitator: Any) -> dict[str, Any]:

@@ -19,7 +19,6 @@ import yaml
 from eth_account.signers.local import LocalAccount
 from x402.http.utils import decode_payment_response_header
 
-from gateway.demo.chain import new_account
 from gateway.demo.payer import make_x402_client, pay_challenge
 from tests.e2e.conftest import Chain
 from tests.e2e.fault_parts import PRICE, gateway_config, payments_cli
@@ -28,18 +27,6 @@ from tests.procs import RedisServer
 
 pytestmark = pytest.mark.e2e
 COPIES = 40
-
-
-@pytest.fixture(scope="module")
-def origin() -> Iterator[Origin]:
-    o = Origin().start()
-    yield o
-    o.stop()
-
-
-@pytest.fixture(scope="module")
-def pay_to() -> str:
-    return str(new_account().address)
 
 
 @pytest.fixture(scope="module")

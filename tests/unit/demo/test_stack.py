@@ -6,7 +6,8 @@ import socket
 
 import pytest
 
-from gateway.demo.stack import DemoError, choose_port, port_free
+from gateway.demo.chain import port_is_free
+from gateway.demo.stack import DemoError, choose_port
 
 
 def test_env_wins(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -26,7 +27,7 @@ def test_taken_default_falls_back_to_a_free_port(monkeypatch: pytest.MonkeyPatch
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         taken_port = busy.getsockname()[1]
-        assert not port_free(taken_port)
+        assert not port_is_free(taken_port)
         chosen = choose_port("DEMO_X_PORT", taken_port, set())
     assert chosen != taken_port
 
