@@ -176,9 +176,10 @@ async def test_metrics_and_access_lines_after_paid_and_free_requests(
         assert value(m, failures, facilitator=facilitator_url, operation="verify") == 0
         assert not [k for k in m if k[0] == "x402_gateway_dependency_errors_total"]
 
-        lines = log_lines(gw)  # every line is JSON (json.loads would have raised)
-        access = access_lines(gw)
+        # The access line is written once the response has gone: wait for the last one.
+        access = wait_for(lambda: len(access_lines(gw)) == 6 and access_lines(gw))
         assert len(access) == 6
+        lines = log_lines(gw)  # every line is JSON (json.loads would have raised)
         by_status = {(e["path"], e["status"]): e for e in access}
         free_line = by_status[("/free/a", 200)]
         assert re.fullmatch(r"[0-9a-f]{24,}", free_line["request_id"])  # not the client's
@@ -247,7 +248,12 @@ async def test_reload_on_sighup_keeps_in_flight_requests_and_rejects_an_invalid_
             assert done.status_code == 200, done.text
             receipt = decode_payment_response_header(done.headers["PAYMENT-RESPONSE"])
             assert receipt.success
-            slow = [e for e in access_lines(gw) if e["path"] == "/paid/slow"]
+            slow = wait_for(
+                lambda: (
+                    len(found := [e for e in access_lines(gw) if e["path"] == "/paid/slow"]) == 2
+                    and found
+                )
+            )
             assert [e["status"] for e in slow] == [402, 200]
             line = slow[1]
             assert line["generation"] == 1 and line["payment"] == "settled"
