@@ -241,6 +241,7 @@ class LiveGateway:
         self._tasks: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
         self._closed = False
+        self._deferred = False  # a reload asked for before start() finished
 
     @property
     def current(self) -> Gateway:
@@ -254,12 +255,25 @@ class LiveGateway:
         self.metrics.config_generation.set(1)
         if watch:
             self._spawn(self._watch(settings.source))
+        if self._deferred:
+            # The file was loaded before the signal came: read it again now.
+            self._deferred = False
+            self._spawn(self._reload_quietly())
+
+    async def _reload_quietly(self) -> None:
+        await self.reload()
 
     async def reload(self) -> bool:
         """Load the config file again and swap it in; False (old config kept) if rejected."""
         async with self._lock:
-            if self._current is None or self._closed:
-                log.warning("config_reload_skipped", why="the gateway is not serving")
+            if self._closed:
+                log.warning("config_reload_skipped", why="the gateway is shutting down")
+                return False
+            if self._current is None:
+                # Still starting: a SIGHUP now must not be lost (a process manager may send
+                # it right after spawning us), so it runs once start() is done.
+                self._deferred = True
+                log.info("config_reload_deferred", why="the gateway is still starting")
                 return False
             old = self._current
             path = old.settings.source

@@ -160,6 +160,9 @@ def run(settings: Settings, make_app: AppFactory, make_admin: AdminFactory | Non
     server and its libraries write is structured.
     """
     require_c_parser()
+    # SIGHUP's default action ends the process. Until its handler is in place (and in forked
+    # workers, which inherit this mask) it is held back, then delivered: never lost, never fatal.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     configure_logging(settings.log_level)
     if settings.workers > 1:
         if settings.listen.port == 0:
@@ -203,6 +206,7 @@ class _Signals:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # held back by run()
         self._parent_fd = parent_fd
         if parent_fd is not None:
             # The parent holds the pipe's write end: EOF here means it died without

@@ -209,3 +209,23 @@ async def test_watch_reloads_when_the_file_changes(
         assert holder.current.generation == 2
     finally:
         await holder.close()
+
+
+async def test_a_reload_asked_for_while_starting_runs_once_started(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(config_text())
+    settings = load(path)  # read before the signal, as `serve` does
+    holder = LiveGateway(Metrics())
+    path.write_text(config_text(price="$0.004"))
+    assert not await holder.reload()  # not serving yet: deferred, not lost
+    await holder.start(settings)
+    try:
+        for _ in range(200):
+            if holder.current.generation == 2:
+                break
+            await asyncio.sleep(0.01)
+        paid = holder.current.routes.match("GET", "/paid/x").route
+        assert holder.current.generation == 2
+        assert paid is not None and paid.accepts[0].amount == 4000
+    finally:
+        await holder.close()
