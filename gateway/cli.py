@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
-from .config import load
 from .errors import ConfigError, StoreUnavailable
 from .settings import Address, Settings
 
@@ -23,6 +23,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    if args.command == "serve":
+        # SIGHUP (reload) must never end a starting gateway: hold it back from the first
+        # moment, before the heavy imports; the server delivers it once it can reload.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    from .config import load
+
     if args.command == "demo":
         from .demo.walkthrough import run_demo
 
