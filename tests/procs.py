@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 
@@ -73,6 +74,7 @@ class RedisServer:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            cwd=tempfile.mkdtemp(),  # what it writes (an RDB for a replica) stays out of the repo
         )
         wait_port(self.port, proc=self.proc)
         return self

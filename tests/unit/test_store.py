@@ -6,6 +6,7 @@ import asyncio
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -267,7 +268,10 @@ async def command(client: Redis, *args: object) -> Any:
 
 
 def _spawn(args: list[str], port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # In a scratch directory: a master serving a replica writes its RDB file into its cwd.
+    proc = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tempfile.mkdtemp()
+    )
     wait_port(port, proc=proc)
     return proc
 
