@@ -28,7 +28,7 @@ from x402.http.utils import (
 from x402.schemas import PaymentRequired, PaymentRequirements, ResourceInfo, SettleResponse
 from x402.schemas.v1 import PaymentRequiredV1, PaymentRequirementsV1
 
-from .headers import is_trusted
+from .headers import X402_EXPOSED, is_trusted
 from .settings import Requirement, RouteSettings, Settings
 from .x402_networks import is_testnet, v1_name
 
@@ -40,11 +40,7 @@ if TYPE_CHECKING:
 ERROR_PAYMENT_REQUIRED = "Payment required"
 
 # Response headers a browser client must be allowed to read (Access-Control-Expose-Headers).
-EXPOSE_HEADERS: tuple[str, ...] = (
-    PAYMENT_REQUIRED_HEADER,
-    PAYMENT_RESPONSE_HEADER,
-    X_PAYMENT_RESPONSE_HEADER,
-)
+EXPOSE_HEADERS = X402_EXPOSED
 EXPOSE_HEADERS_VALUE = ", ".join(EXPOSE_HEADERS)
 
 CACHE_CONTROL = "no-store"  # a challenge is per request; never let a cache replay it

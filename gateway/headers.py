@@ -16,6 +16,11 @@ import re
 from collections.abc import Iterable, Mapping
 
 from multidict import CIMultiDict, CIMultiDictProxy
+from x402.http.constants import (
+    PAYMENT_REQUIRED_HEADER,
+    PAYMENT_RESPONSE_HEADER,
+    X_PAYMENT_RESPONSE_HEADER,
+)
 
 # RFC 9110 7.6.1 plus the non-standard Proxy-Connection: meaningful for one connection only.
 HOP_BY_HOP = frozenset(
@@ -38,7 +43,12 @@ FORWARDING = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-hos
 # answered `Expect: 100-continue` itself, so the origin must not be asked to do it again.
 _REQUEST_ONLY = frozenset({"host", "expect"})
 
-X402_EXPOSED = ("PAYMENT-REQUIRED", "PAYMENT-RESPONSE", "X-PAYMENT-RESPONSE")
+# The x402 response headers a browser client must be allowed to read.
+X402_EXPOSED: tuple[str, ...] = (
+    PAYMENT_REQUIRED_HEADER,
+    PAYMENT_RESPONSE_HEADER,
+    X_PAYMENT_RESPONSE_HEADER,
+)
 EXPOSE = "Access-Control-Expose-Headers"
 
 # RFC 9110 5.6.2 token: a Forwarded value matching it needs no quotes.

@@ -81,20 +81,29 @@ def _b64decode(value: str, name: str) -> bytes:
         _fail("invalid_base64", f"{name} is not base64: {exc}")
 
 
-def _check_depth(text: str, name: str) -> None:
+def nesting_exceeds(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether JSON `text` nests arrays/objects deeper than `limit` (brackets inside strings
+    do not count). Run before json.loads: py_ecc raises the recursion limit, so a deep
+    document could otherwise exhaust the C stack."""
     # Nesting deeper than the limit needs more opening brackets than the limit: a count in C
     # settles every real payment (a handful of objects) without the scan below.
-    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
-        return
+    if text.count("[") + text.count("{") <= limit:
+        return False
     depth = 0
     for token in _JSON_TOKENS.finditer(text):
         char = token.group()
         if char in "[{":
             depth += 1
-            if depth > MAX_JSON_DEPTH:
-                _fail("invalid_json", f"{name} JSON is nested deeper than {MAX_JSON_DEPTH} levels")
+            if depth > limit:
+                return True
         elif char in "]}":
             depth -= 1
+    return False
+
+
+def _check_depth(text: str, name: str) -> None:
+    if nesting_exceeds(text):
+        _fail("invalid_json", f"{name} JSON is nested deeper than {MAX_JSON_DEPTH} levels")
 
 
 class _NumberError(ValueError):

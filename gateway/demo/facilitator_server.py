@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import signal
 import sys
 from typing import Any
@@ -29,12 +28,12 @@ from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
 from ..errors import FacilitatorUnavailable
 from ..facilitators.local import LocalFacilitator
+from ..payment_decode import nesting_exceeds
 
 MAX_REQUEST = 64 * 1024  # a verify/settle request is a few KB
 # The SDK's py_ecc import lifts the recursion limit, so deep JSON would overflow the C stack
 # inside json.loads instead of raising RecursionError: nesting is counted first.
 MAX_DEPTH = 32
-_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
 FACILITATOR_KEY: web.AppKey[LocalFacilitator] = web.AppKey("facilitator", LocalFacilitator)
 
 Parsed = tuple[PaymentPayload | PaymentPayloadV1, PaymentRequirements | PaymentRequirementsV1]
@@ -44,23 +43,12 @@ class BadRequest(ValueError):
     """The request body is not a verify/settle request."""
 
 
-def _check_depth(text: str) -> None:
-    depth = 0
-    for token in _JSON_TOKENS.finditer(text):
-        char = token.group()
-        if char in "[{":
-            depth += 1
-            if depth > MAX_DEPTH:
-                raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
-        elif char in "]}":
-            depth -= 1
-
-
 def parse_request(body: bytes) -> Parsed:
     """{x402Version, paymentPayload, paymentRequirements} → the SDK's models for that version."""
     try:
         text = body.decode()
-        _check_depth(text)
+        if nesting_exceeds(text, MAX_DEPTH):
+            raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
         data = json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise BadRequest(f"body is not JSON: {exc}") from exc
