@@ -8,11 +8,11 @@ import json
 
 from aiohttp import web
 
-from .challenge import EXPOSE_HEADERS, Challenges
+from .challenge import EXPOSE_HEADERS_VALUE, Challenges
 from .errors import GatewayError, PaymentError
 from .settings import RouteSettings
 
-_EXPOSE = ", ".join(EXPOSE_HEADERS)
+_EXPOSE = EXPOSE_HEADERS_VALUE
 
 
 def challenge(
@@ -26,12 +26,11 @@ def challenge(
 ) -> web.Response:
     """402 with the v2 `PAYMENT-REQUIRED` header and the v1 JSON body (or the paywall page
     for a browser). Built from config alone: works while the facilitator is down."""
-    headers, body = challenges.payment_required(route, resource_url, error)
-    headers = {**headers, "Access-Control-Expose-Headers": _EXPOSE, **(extra_headers or {})}
     if status == 402 and challenges.wants_html(request.headers):
-        html = challenges.paywall_html(route, resource_url, error)
-        headers["Content-Type"] = "text/html; charset=utf-8"
-        return web.Response(status=402, text=html, headers=headers, content_type=None)
+        headers, body = challenges.paywall(route, resource_url, error)
+    else:
+        headers, body = challenges.payment_required(route, resource_url, error)
+    headers = {**headers, "Access-Control-Expose-Headers": _EXPOSE, **(extra_headers or {})}
     return web.Response(status=status, body=body, headers=headers)
 
 

@@ -168,27 +168,3 @@ def _log_uncaught(
 def get_logger(name: str) -> Any:
     """A structlog logger whose events carry `logger=name`."""
     return structlog.get_logger(logger_name=name)
-
-
-def access_log(
-    logger: Any,
-    *,
-    method: str,
-    path: str,
-    status: int,
-    duration: float,
-    size: int | None = None,
-    peer: str | None = None,
-    **fields: Any,
-) -> None:
-    """The one access line per request (`duration` in seconds; logged in milliseconds)."""
-    logger.info(
-        "request",
-        method=method,
-        path=path,
-        status=status,
-        duration_ms=round(duration * 1000.0, 3),
-        size=size,
-        peer=peer,
-        **fields,
-    )

@@ -119,20 +119,6 @@ def test_uncaught_exception_is_logged_as_json() -> None:
     assert "RuntimeError: fatal thing" in event["exception"]
 
 
-def test_access_log_line() -> None:
-    events, _, code = run_logging(
-        """
-        from gateway.logs import access_log, get_logger
-        access_log(get_logger("gateway.access"), method="GET", path="/v1/x", status=402,
-                   duration=0.0123456, size=120, peer="10.0.0.1", route="/v1/*")
-        """
-    )
-    assert code == 0
-    (line,) = events
-    assert line["event"] == "request" and line["logger"] == "gateway.access"
-    assert line["status"] == 402 and line["duration_ms"] == 12.346 and line["route"] == "/v1/*"
-
-
 # --- redaction (pure) ---------------------------------------------------------------------
 
 
