@@ -176,13 +176,13 @@ def believed(
         "payers": payers,
         "payment_headers": sorted(n for n in folded if n in PAYMENT_HEADERS),
         "hop_by_hop": sorted(n for n in folded if n in HOP_BY_HOP),
-        "probe": (folded.get("x-probe-id") or [None])[0],
+        "probe": next(iter(folded.get("x-probe-id", [])), None),
     }
     return facts, folded
 
 
 def cors_headers(folded: dict[str, list[str]]) -> dict[str, str]:
-    origin = (folded.get("origin") or [None])[0]
+    origin = next(iter(folded.get("origin", [])), None)
     if origin is None:
         return {}
     requested = (folded.get("access-control-request-headers") or ["*"])[0]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.e2e.conftest import Chain
 from tests.procs import free_port, stop, wait_port
 
 ORIGIN_SCRIPT = Path(__file__).with_name("_lenient_origin.py")
@@ -177,3 +178,24 @@ def smuggled_headers(call: dict[str, Any]) -> list[str]:
         for name in call["header_names"]
         if fold(name) in PAYMENT_HEADERS or (fold(name) in HOP_BY_HOP and "_" in name)
     ]
+
+
+def edge_config(chain: Chain, upstream: str, pay_to: str, facilitator_url: str) -> dict[str, Any]:
+    """Only what a deployment must say; every other setting is the shipped default."""
+    return {
+        "upstream": upstream,
+        "facilitator": {"url": facilitator_url},
+        "network": chain.network,
+        "pay_to": pay_to,
+        "asset": {"address": chain.token, "name": "USD Coin", "version": "2", "decimals": 6},
+        "routes": [
+            {"path": "/free/*", "price": "free"},
+            {
+                "path": "/paid/*",
+                "methods": ["GET", "POST"],
+                "price": "$0.001",
+                "description": "Paid reports",
+            },
+            {"path": "/paid-archive/*", "price": "$0.001", "description": "The archive"},
+        ],
+    }

@@ -33,6 +33,7 @@ from tests.e2e.gateway_proc import GatewayProcess, gateway
 from tests.e2e.lenient_parts import (
     LenientOrigin,
     Reply,
+    edge_config,
     exchange,
     fold,
     request_bytes,
@@ -48,27 +49,6 @@ CDN_DIRECTIVES = (
     "Vercel-CDN-Cache-Control",
     "Edge-Control",
 )
-
-
-def edge_config(chain: Chain, upstream: str, pay_to: str, facilitator_url: str) -> dict[str, Any]:
-    """Only what a deployment must say; every other setting is the shipped default."""
-    return {
-        "upstream": upstream,
-        "facilitator": {"url": facilitator_url},
-        "network": chain.network,
-        "pay_to": pay_to,
-        "asset": {"address": chain.token, "name": "USD Coin", "version": "2", "decimals": 6},
-        "routes": [
-            {"path": "/free/*", "price": "free"},
-            {
-                "path": "/paid/*",
-                "methods": ["GET", "POST"],
-                "price": "$0.001",
-                "description": "Paid reports",
-            },
-            {"path": "/paid-archive/*", "price": "$0.001", "description": "The archive"},
-        ],
-    }
 
 
 @pytest.fixture(scope="module")
