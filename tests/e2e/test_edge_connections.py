@@ -154,7 +154,7 @@ def test_a_slow_second_request_head_on_a_kept_alive_connection_is_cut_off(
     with contextlib.closing(sock):
         assert status == 200
         sock.sendall(b"GET /free/slow HTTP/1.1\r\nHost: gw\r\n")
-        closed, got = closed_within(sock, CUT_OFF_BOUND, b"X-Slow: 1\r\n")
+        closed, _ = closed_within(sock, CUT_OFF_BOUND, b"X-Slow: 1\r\n")
     assert closed, (
         f"a second request head dripped for {CUT_OFF_BOUND:g} s was never cut off "
         f"(request_header is {REQUEST_HEADER:g} s)"
