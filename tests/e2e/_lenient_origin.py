@@ -10,7 +10,8 @@ It serves its resources the way the origins people really run do, all at once (i
 - IIS and Windows rules: trailing dots and spaces in a segment are ignored (`/paid./x`,
   `/paid%20/x`, `/paid%2e/x` are `/paid/x`), `\\` is `/`, an NTFS stream suffix is ignored
   (`/paid::$INDEX_ALLOCATION/x`), an 8.3 short name reaches its long one
-  (`/PAID-A~1/x` is `/paid-archive/x`);
+  (`/PAID-A~1/x` is `/paid-archive/x`), `%u0070` is `p`, and full-width letters are read as
+  ASCII (`/%EF%BD%90aid/x` is `/paid/x`);
 - the `X-Original-URL`, `X-Rewrite-URL`, `X-Override-URL` and `X-Forwarded-Path` request
   headers replace the request path (IIS URL Rewrite, Symfony and Zend before their fixes);
 - Tomcat-style path parameters are dropped (`/PAID;jsessionid=1/x` is `/paid/x`), before
@@ -43,6 +44,7 @@ import asyncio
 import json
 import re
 import sys
+import unicodedata
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -95,7 +97,9 @@ def resolve(target: str) -> str:
         target = urlsplit(target).path or "/"
     target = target.split("#", 1)[0].split("?", 1)[0]
     target = re.sub(r";[^/]*", "", target)  # Tomcat: path parameters go before decoding
+    target = re.sub(r"%u([0-9A-Fa-f]{4})", lambda m: chr(int(m[1], 16)), target)  # IIS %u
     path = unquote(target, errors="replace").replace("\\", "/")
+    path = unicodedata.normalize("NFKC", path)  # IIS "best fit": full-width letters to ASCII
     kept: list[str] = []
     for raw_segment in path.split("/"):
         named = raw_segment.split(":", 1)[0]  # an NTFS stream (`::$DATA`, `:$i30:$INDEX_...`)
