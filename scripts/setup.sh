@@ -25,10 +25,14 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
-if [ ! -x node_modules/.bin/solcjs ] || [ ! -x node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ]; then
+# npm tools: anvil, solc-js; for the browser tests @x402/fetch + @x402/evm, esbuild (bundles
+# the paying page) and playwright-core (drives Debian's chromium). Re-run when the lock changes.
+npm_stamp=node_modules/.stamp-$(cat package-lock.json | sha1sum | cut -c1-12)
+if [ ! -f "$npm_stamp" ] || [ ! -x node_modules/.bin/solcjs ] || [ ! -x node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ]; then
   command -v npm >/dev/null || { say "npm is missing: install Node.js 18+ (apt-get install nodejs npm)"; exit 1; }
-  say "installing anvil and solc-js (npm)"
+  say "installing the npm tools (anvil, solc-js, @x402/fetch, esbuild, playwright-core)"
   npm install --no-audit --no-fund --loglevel=error >/dev/null
+  touch "$npm_stamp"
 fi
 
 apt_missing=()
