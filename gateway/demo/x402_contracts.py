@@ -216,3 +216,10 @@ def new_permit2_payer(
     if approve:
         approve_permit2(rpc_url, token, payer.key.hex())
     return payer
+
+
+def gas_used(rpc_url: str, tx_hash: str) -> int:
+    """Gas a mined transaction used (from its receipt)."""
+    receipt = chainlib.web3_for(rpc_url).eth.get_transaction_receipt(tx_hash)
+    used: int = receipt["gasUsed"]
+    return used
