@@ -15,7 +15,7 @@ from typing import Any
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from eth_account.typed_transactions import TypedTransaction
+from eth_account.typed_transactions.typed_transaction import TypedTransaction
 from hexbytes import HexBytes
 from web3 import Web3
 from x402 import x402Client, x402FacilitatorSync, x402ResourceServerSync
@@ -143,10 +143,14 @@ def build_facilitator(
     facilitator.register([network], UptoEvmFacilitatorScheme(signer))
     facilitator.register(
         [network],
-        BatchSettlementEvmFacilitator(signer, authorizer_signer=LocalAuthorizerSigner(authorizer_key)),
+        BatchSettlementEvmFacilitator(
+            signer, authorizer_signer=LocalAuthorizerSigner(authorizer_key)
+        ),
     )
     sponsor = SponsoringSigner(signer, facilitator_key, rpc_url)
-    facilitator.register_extension(Erc20ApprovalFacilitatorExtension(signer=sponsor))
+    # The SDK's extension class matches its FacilitatorExtension protocol only by duck typing.
+    extension: Any = Erc20ApprovalFacilitatorExtension(signer=sponsor)
+    facilitator.register_extension(extension)
     return facilitator, signer
 
 
@@ -162,15 +166,20 @@ def build_local_x402(
     batch-settlement, initialized against that facilitator (its /supported, in process)."""
     facilitator, signer = build_facilitator(rpc_url, network, facilitator_key, authorizer_key)
     server = x402ResourceServerSync(facilitator)
-    server.register(network, ExactServerScheme())
-    server.register(network, UptoEvmServerScheme())
+    # The SDK's scheme classes are untyped and declare `payment_flows` more loosely than its
+    # SchemeNetworkServer protocol: Any keeps mypy --strict honest about where that is.
+    exact: Any = ExactServerScheme()  # type: ignore[no-untyped-call]
+    upto: Any = UptoEvmServerScheme()  # type: ignore[no-untyped-call]
+    server.register(network, exact)
+    server.register(network, upto)
     batch: dict[str, BatchSettlementServerScheme] = {}
     for receiver in batch_receivers:
         scheme = BatchSettlementServerScheme(
             receiver, BatchSettlementEvmSchemeServerConfig(withdraw_delay=withdraw_delay)
         )
         batch[Web3.to_checksum_address(receiver)] = scheme
-        server.register(network, scheme)
+        registered: Any = scheme
+        server.register(network, registered)
     server.initialize()
     return LocalX402(facilitator, signer, server, network, batch)
 

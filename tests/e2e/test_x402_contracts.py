@@ -20,10 +20,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from eth_abi import encode as abi_encode
+from eth_abi.abi import encode as abi_encode
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from eth_utils import keccak
+from eth_utils.crypto import keccak
 from x402.extensions.erc20_approval_gas_sponsoring import (
     declare_erc20_approval_gas_sponsoring_extension,
 )
@@ -120,9 +120,7 @@ def test_contracts_answer_at_the_sdk_addresses(chain: Chain) -> None:
         abi_encode(
             ["bytes32", "bytes32", "uint256", "address"],
             [
-                keccak(
-                    text="EIP712Domain(string name,uint256 chainId,address verifyingContract)"
-                ),
+                keccak(text="EIP712Domain(string name,uint256 chainId,address verifyingContract)"),
                 keccak(text="Permit2"),
                 84532,
                 "0x000000000022D473030F116dDEE9F6B43aC78BA3",
@@ -270,7 +268,9 @@ async def test_batch_settlement_channel_deposit_vouchers_claim_settle_refund(
         if payload.payload["type"] == "deposit":
             _gas(chain, f"batch deposit ({token})", settled.transaction)
         await client.handle_payment_response(
-            PaymentResponseContext(payment_payload=payload, requirements=req, settle_response=settled)
+            PaymentResponseContext(
+                payment_payload=payload, requirements=req, settle_response=settled
+            )
         )
     assert kinds == ["deposit"] + ["voucher"] * (calls - 1)
     deposit = int(req.extra["minDeposit"])
