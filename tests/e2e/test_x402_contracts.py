@@ -175,9 +175,14 @@ async def test_exact_permit2_after_the_payer_approves_permit2_itself(
     assert chain.local.usdt_balance_of(pay_to) == 10_000
     assert chain.local.usdt_balance_of(payer.address) == 5_000_000 - 10_000
 
-    # The same signed payment again: Permit2's nonce is spent, nothing moves twice.
+    # The same signed payment again: the SDK's verify does not read Permit2's nonce bitmap,
+    # so it still says valid, and settle broadcasts a transaction that reverts. Nothing moves
+    # twice, but only a claim on (owner, Permit2 nonce) keeps the gateway from paying gas.
+    assert x402.facilitator.verify(payload, req).is_valid
+    sent = chain.tx_count(x402.signer.address)
     again = x402.facilitator.settle(payload, req)
-    assert not again.success
+    assert (again.success, again.error_reason) == (False, "transaction_failed")
+    assert chain.tx_count(x402.signer.address) == sent + 1
     assert chain.local.usdt_balance_of(pay_to) == 10_000
 
 
