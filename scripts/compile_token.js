@@ -15,7 +15,7 @@ const solc = require('solc');
 const ROOT = path.resolve(__dirname, '..');
 const CONTRACTS = path.join(ROOT, 'gateway', 'demo', 'contracts');
 const NODE_MODULES = path.join(ROOT, 'node_modules');
-const TARGETS = ['TestUSDC', 'Multicall3'];
+const TARGETS = ['TestUSDC', 'Multicall3', 'TestUSDT'];
 
 const SETTINGS = {
   optimizer: { enabled: true, runs: 200 },

@@ -238,6 +238,12 @@ def _send(w3: Any, key: str, tx: dict[str, Any]) -> Any:
     return receipt
 
 
+def send_transaction(w3: Any, key: str, tx: dict[str, Any]) -> Any:
+    """Sign `tx` with `key` (nonce, gas and chain filled in), broadcast it and return its
+    receipt; ChainError if it reverted."""
+    return _send(w3, key, tx)
+
+
 def install_multicall3(rpc_url: str) -> None:
     """Put Multicall3's `tryAggregate` at its canonical address (anvil only: `anvil_setCode`).
 
@@ -370,6 +376,9 @@ class LocalChain:
     token: str
     owner_key: str  # deployed the token; the only minter
     facilitator_key: str  # the facilitator's settlement signer (needs ETH for gas)
+    # TestUSDT (no EIP-3009: pays through Permit2), deployed by the owner after the token;
+    # the x402 contracts (Permit2, proxies, batch settlement) sit at the SDK's addresses.
+    usdt: str = ""
 
     @property
     def network(self) -> str:
@@ -387,14 +396,30 @@ class LocalChain:
     def balance_of(self, address: str) -> int:
         return balance_of(self.rpc_url, self.token, address)
 
+    def new_usdt_payer(self, amount: int, *, eth_wei: int = 0, approve: bool = False) -> Any:
+        """A fresh account holding `amount` TestUSDT (see x402_contracts.new_permit2_payer)."""
+        from gateway.demo.x402_contracts import new_permit2_payer
+
+        return new_permit2_payer(
+            self.rpc_url, self.usdt, self.owner_key, amount, eth_wei=eth_wei, approve=approve
+        )
+
+    def usdt_balance_of(self, address: str) -> int:
+        return balance_of(self.rpc_url, self.usdt, address)
+
 
 def prepare_chain(
     rpc_url: str,
     owner_key: str = ANVIL_KEYS[0],
     facilitator_key: str = ANVIL_KEYS[1],
 ) -> LocalChain:
-    """Install Multicall3 and deploy the test USDC on a fresh anvil."""
+    """Install Multicall3, deploy the test USDC, then TestUSDT, and place the x402 contracts
+    (Permit2, the exact/upto proxies, batch settlement and its collectors) on a fresh anvil."""
+    from gateway.demo.x402_contracts import deploy_tether, install_x402_contracts
+
     chain_id = int(rpc_call(rpc_url, "eth_chainId"), 16)
     install_multicall3(rpc_url)
     token = deploy_token(rpc_url, owner_key)
-    return LocalChain(rpc_url, chain_id, token, owner_key, facilitator_key)
+    usdt = deploy_tether(rpc_url, owner_key)
+    install_x402_contracts(rpc_url)
+    return LocalChain(rpc_url, chain_id, token, owner_key, facilitator_key, usdt)
