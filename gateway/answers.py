@@ -8,9 +8,9 @@ import json
 
 from aiohttp import web
 
-from .challenge import EXPOSE_HEADERS_VALUE, Challenges
-from .errors import GatewayError, PaymentError
-from .settings import RouteSettings
+from gateway.config.settings import RouteSettings
+from gateway.errors import GatewayError, PaymentError
+from gateway.payment.challenge import EXPOSE_HEADERS_VALUE, Challenges
 
 _EXPOSE = EXPOSE_HEADERS_VALUE
 

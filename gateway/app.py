@@ -11,20 +11,20 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from . import answers
-from .admin import FunctionCheck, make_admin_app
-from .challenge import ERROR_PAYMENT_REQUIRED, settlement_header
-from .errors import GatewayError, MethodNotAllowed
-from .headers import is_trusted
-from .logs import get_logger
-from .metrics import VERIFIED, Metrics
-from .paths import canonicalize
-from .payment_wire import decode_payment, match_requirement
-from .payments import Claim
-from .proxy import relay
-from .reload import Gateway, LiveGateway, route_rows
-from .server import RELOAD, SERVER_STATE, attach_state
-from .settings import RouteSettings, Settings
+from gateway import answers
+from gateway.config.settings import RouteSettings, Settings
+from gateway.errors import GatewayError, MethodNotAllowed
+from gateway.observe.logs import get_logger
+from gateway.observe.metrics import VERIFIED, Metrics
+from gateway.payment import decode_payment, match_requirement
+from gateway.payment.challenge import ERROR_PAYMENT_REQUIRED, settlement_header
+from gateway.payment.engine import Claim
+from gateway.proxy.headers import is_trusted
+from gateway.proxy.paths import canonicalize
+from gateway.proxy.upstream import relay
+from gateway.reload import Gateway, LiveGateway, route_rows
+from gateway.serving.admin import FunctionCheck, make_admin_app
+from gateway.serving.runner import RELOAD, SERVER_STATE, attach_state
 
 PRIVATE = {"Cache-Control": "private"}
 access = get_logger("gateway.access")
@@ -199,7 +199,7 @@ def create_app(settings: Settings, *, watch: bool = False) -> web.Application:
     app[METRICS] = metrics = Metrics()
     app[LIVE] = live = LiveGateway(metrics)
     app[REQUEST_IDS] = RequestIds()
-    app[RELOAD] = live.reload  # SIGHUP (gateway/server.py)
+    app[RELOAD] = live.reload  # SIGHUP (gateway/serving/runner.py)
     state = attach_state(app)
     metrics.in_flight.set_function(lambda: state.in_flight.count)
     app.cleanup_ctx.append(lambda a: lifespan(a, settings, watch))
@@ -238,4 +238,4 @@ async def lifespan(app: web.Application, settings: Settings, watch: bool) -> Asy
     live = app[LIVE]
     await live.start(settings, watch=watch)
     yield
-    await live.close()  # after the requests in flight (see gateway/server.py)
+    await live.close()  # after the requests in flight (see gateway/serving/runner.py)

@@ -10,9 +10,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import __version__
-from .errors import ConfigError, StoreUnavailable
-from .settings import Address, Settings
+from gateway import __version__
+from gateway.config.settings import Address, Settings
+from gateway.errors import ConfigError, StoreUnavailable
 
 CONFIG_ENV = "X402_GATEWAY_CONFIG"
 
@@ -27,10 +27,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # SIGHUP (reload) must never end a starting gateway: hold it back from the first
         # moment, before the heavy imports; the server delivers it once it can reload.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
-    from .config import load
+    from gateway.config import load
 
     if args.command == "demo":
-        from .demo.walkthrough import run_demo
+        from gateway.demo.walkthrough import run_demo
 
         return run_demo(once=args.once)
     try:
@@ -51,8 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_payments(settings, args.limit, args.format))
     import functools
 
-    from .app import create_admin_app, create_app
-    from .server import run
+    from gateway.app import create_admin_app, create_app
+    from gateway.serving.runner import run
 
     make_app = functools.partial(create_app, watch=args.watch)
     return run(settings, make_app, create_admin_app if settings.admin else None)
@@ -96,7 +96,7 @@ def _config_path(args: argparse.Namespace, parser: argparse.ArgumentParser) -> s
 
 
 def route_table(settings: Settings) -> str:
-    from .reload import route_rows
+    from gateway.reload import route_rows
 
     return format_rows(route_rows(settings))
 
@@ -143,7 +143,7 @@ def _live_routes(settings: Settings) -> dict[str, Any] | str:
 
 
 def check(settings: Settings, *, online: bool) -> int:
-    from .routes import RouteTable
+    from gateway.proxy.routes import RouteTable
 
     print(f"{settings.source}: ok")
     print(route_table(settings))
@@ -165,9 +165,9 @@ def check(settings: Settings, *, online: bool) -> int:
 
 
 async def _check_online(settings: Settings) -> list[str]:
-    from .facilitators import open_facilitator
-    from .payments import Payments
-    from .store import open_store
+    from gateway.facilitators import open_facilitator
+    from gateway.payment.engine import Payments
+    from gateway.store import open_store
 
     store = open_store("memory")
     payments = Payments(open_facilitator(settings), store)
@@ -179,7 +179,7 @@ async def _check_online(settings: Settings) -> list[str]:
 
 
 async def _payments(settings: Settings, limit: int, fmt: str) -> int:
-    from .store import open_store
+    from gateway.store import open_store
 
     if settings.store == "memory":
         print("error: store: memory keeps records inside the gateway process", file=sys.stderr)

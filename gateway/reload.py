@@ -24,18 +24,19 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .challenge import Challenges
-from .config import format_price, load
-from .errors import ConfigError
-from .facilitators import open_facilitator
-from .logs import get_logger
-from .metrics import Metrics
-from .payments import Payments
-from .proxy import Upstream
-from .routes import RouteTable
-from .server import InFlight
-from .settings import LocalFacilitatorSettings, Settings
-from .store import open_store
+from gateway.config import load
+from gateway.config.pricing import format_price
+from gateway.config.settings import LocalFacilitatorSettings, Settings
+from gateway.errors import ConfigError
+from gateway.facilitators import open_facilitator
+from gateway.observe.logs import get_logger
+from gateway.observe.metrics import Metrics
+from gateway.payment.challenge import Challenges
+from gateway.payment.engine import Payments
+from gateway.proxy.routes import RouteTable
+from gateway.proxy.upstream import Upstream
+from gateway.serving.runner import InFlight
+from gateway.store import open_store
 
 log = get_logger("gateway.reload")
 

@@ -43,8 +43,8 @@ from x402.schemas import (
 )
 from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
-from ..errors import FacilitatorUnavailable
-from ..settings import LocalFacilitatorSettings
+from gateway.config.settings import LocalFacilitatorSettings
+from gateway.errors import FacilitatorUnavailable
 
 T = TypeVar("T")
 

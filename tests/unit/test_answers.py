@@ -7,7 +7,6 @@ import json
 from aiohttp.test_utils import make_mocked_request
 
 from gateway import answers
-from gateway.challenge import Challenges
 from gateway.errors import (
     FacilitatorUnavailable,
     MalformedPayment,
@@ -16,6 +15,7 @@ from gateway.errors import (
     PaymentError,
     UpstreamTimeout,
 )
+from gateway.payment.challenge import Challenges
 from tests.unit.wire_helpers import URL, route, settings
 
 PRICED = route()

@@ -17,7 +17,7 @@ from gateway import reload as reload_mod
 from gateway.app import create_app
 from gateway.config import loads
 from gateway.errors import FacilitatorUnavailable, SettlementPending
-from tests.unit.test_payments import TX, FakeFacilitator
+from tests.unit.payment.test_engine import TX, FakeFacilitator
 from tests.unit.wire_helpers import ASSET, PAY_TO, new_account, route, sdk_v2_payment
 
 CONFIG = f"""

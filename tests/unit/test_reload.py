@@ -14,14 +14,14 @@ import pytest
 
 from gateway import reload as reload_mod
 from gateway.config import load, loads
-from gateway.metrics import Metrics
+from gateway.config.settings import Address, LocalFacilitatorSettings
+from gateway.observe.metrics import Metrics
 from gateway.reload import (
     LiveGateway,
     pin_restart_only,
     rebuild,
     route_rows,
 )
-from gateway.settings import Address, LocalFacilitatorSettings
 from tests.procs import free_port
 
 PAY_TO = "0x000000000000000000000000000000000000dEaD"

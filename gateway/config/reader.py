@@ -1,0 +1,216 @@
+"""Reading YAML nodes with their line numbers: values, `${ENV}` expansion, collected errors.
+
+`Reader` walks the nodes `yaml.compose()` gives (each knows its line), so that every problem
+can be reported as `file:line key.path: message`, and all of them at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import yaml
+from yaml.constructor import ConstructorError, SafeConstructor
+from yaml.resolver import Resolver
+
+from gateway.config import values as cv
+
+T = TypeVar("T")
+_MAX_DEPTH = 16
+
+
+class Reader:
+    """Walks YAML nodes, turning them into values and collecting every error on the way."""
+
+    def __init__(self, filename: str, env: Mapping[str, str]) -> None:
+        self.filename = filename
+        self.env = env
+        self._found: list[tuple[int, str]] = []
+        self._constructor = SafeConstructor()
+        self._resolver = Resolver()
+
+    @property
+    def errors(self) -> list[str]:
+        """Every problem so far, in file order."""
+        return [message for _, message in sorted(self._found, key=lambda found: found[0])]
+
+    def error(self, node: yaml.Node, path: str, message: str) -> None:
+        line = node.start_mark.line + 1
+        self._found.append((line, f"{self.filename}:{line} {path}: {message}"))
+
+    def mapping(
+        self, node: yaml.Node, path: str, known: frozenset[str] | None
+    ) -> dict[str, yaml.Node] | None:
+        """The entries of a mapping; unknown and duplicate keys are reported and left out.
+
+        `known=None` accepts any key (header names, `extra`).
+        """
+        where = path or "(top level)"
+        if not isinstance(node, yaml.MappingNode):
+            self.error(node, where, "must be a mapping (key: value lines)")
+            return None
+        first_line: dict[str, int] = {}
+        entries: dict[str, yaml.Node] = {}
+        for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode):
+                self.error(key, where, "a key must be a plain name")
+                continue
+            name = str(key.value)
+            key_path = f"{path}.{name}" if path else name
+            if name in first_line:
+                self.error(key, key_path, f"duplicate key (first at line {first_line[name]})")
+                continue
+            first_line[name] = key.start_mark.line + 1
+            if name == "<<":
+                self.error(key, where, "YAML merge keys (<<) are not supported")
+            elif known is not None and name not in known:
+                self.error(key, key_path, "unknown key" + cv.did_you_mean(name, known))
+            else:
+                entries[name] = value
+        return entries
+
+    def sequence(self, node: yaml.Node, path: str) -> list[yaml.Node] | None:
+        if not isinstance(node, yaml.SequenceNode):
+            self.error(node, path, "must be a list")
+            return None
+        return list(node.value)
+
+    def scalar(self, node: yaml.Node, path: str) -> Scalar | None:
+        if not isinstance(node, yaml.ScalarNode):
+            self.error(node, path, "must be a single value, not a list or mapping")
+            return None
+        text = str(node.value)
+        tag = node.tag
+        if "$" in text:
+            try:
+                expanded = cv.interpolate(text, self.env)
+            except ValueError as exc:
+                self.error(node, path, str(exc))
+                return None
+            # A plain (unquoted) value is typed by what it expands to: `${WORKERS:-2}` is 2.
+            if expanded != text and node.style is None:
+                tag = self._resolver.resolve(  # type: ignore[no-untyped-call]
+                    yaml.ScalarNode, expanded, (True, False)
+                )
+            text = expanded
+        try:
+            value = self._constructor.construct_object(yaml.ScalarNode(tag, text))
+        except ConstructorError as exc:
+            self.error(node, path, f"cannot read this value ({exc.problem})")
+            return None
+        return Scalar(text, value)
+
+    def value(
+        self,
+        node: yaml.Node,
+        path: str,
+        convert: Callable[[Scalar], T],
+        default: T,
+        *,
+        null: bool = False,
+        required: bool = False,
+    ) -> T:
+        """`convert` the scalar at `node`; `default` when it is null (unless `null`) or bad.
+
+        A `required` value that is null (`key:` or an empty `${VAR:-}`) is an error.
+        """
+        scalar = self.scalar(node, path)
+        if scalar is not None and scalar.value is None and required:
+            self.error(node, path, "is empty; a value is required")
+            return default
+        if scalar is None or (scalar.value is None and not null):
+            return default
+        try:
+            return convert(scalar)
+        except ValueError as exc:
+            self.error(node, path, str(exc))
+            return default
+
+    def read(
+        self,
+        entries: Mapping[str, yaml.Node],
+        key: str,
+        path: str,
+        convert: Callable[[Scalar], T],
+        default: T,
+        *,
+        null: bool = False,
+        required: bool = False,
+    ) -> T:
+        """`value()` of `entries[key]`, or `default` when the key is absent."""
+        node = entries.get(key)
+        if node is None:
+            return default
+        key_path = f"{path}.{key}" if path else key
+        return self.value(node, key_path, convert, default, null=null, required=required)
+
+    def plain(self, node: yaml.Node, path: str, depth: int = 0) -> Any:
+        """Any YAML value as plain Python data (for `extra`), with `${ENV}` expanded."""
+        if depth > _MAX_DEPTH:
+            # Also stops a recursive alias (`a: &x [*x]`), which compose() allows.
+            self.error(node, path, f"nested more than {_MAX_DEPTH} levels deep")
+            return None
+        if isinstance(node, yaml.MappingNode):
+            entries = self.mapping(node, path, None) or {}
+            return {k: self.plain(v, f"{path}.{k}", depth + 1) for k, v in entries.items()}
+        if isinstance(node, yaml.SequenceNode):
+            return [self.plain(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(node.value)]
+        scalar = self.scalar(node, path)
+        return scalar.value if scalar is not None else None
+
+
+# --- typed readers of one YAML scalar -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Scalar:
+    """One scalar value: its text after `${ENV}` expansion, and that text read as YAML."""
+
+    text: str
+    value: Any  # str, int, float, bool or None
+
+
+def text(s: Scalar) -> str:
+    return s.text
+
+
+def nonempty(s: Scalar) -> str:
+    if not s.text.strip():
+        raise ValueError("must not be empty")
+    return s.text
+
+
+def boolean(s: Scalar) -> bool:
+    if not isinstance(s.value, bool):
+        raise ValueError(f"{cv.quote(s.text)} is not true or false")
+    return s.value
+
+
+def positive_int(s: Scalar) -> int:
+    if isinstance(s.value, bool) or not isinstance(s.value, int):
+        raise ValueError(f"{cv.quote(s.text)} is not a whole number")
+    if s.value < 1:
+        raise ValueError(f"{s.value} must be 1 or more")
+    return s.value
+
+
+def duration(s: Scalar) -> float:
+    return cv.parse_duration(s.text)
+
+
+def choice(options: tuple[str, ...]) -> Callable[[Scalar], str]:
+    """One of `options`, case-insensitively."""
+
+    def convert(s: Scalar) -> str:
+        word = s.text.strip().lower()
+        if word not in options:
+            raise ValueError(f"{cv.quote(s.text)} is not allowed" + cv.did_you_mean(word, options))
+        return word
+
+    return convert
+
+
+def using(parse: Callable[[str], T]) -> Callable[[Scalar], T]:
+    """A text parser as a scalar reader."""
+    return lambda s: parse(s.text)

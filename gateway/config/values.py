@@ -1,0 +1,315 @@
+"""Pure parsers for the config file's scalar values: text in, typed value out.
+
+Each raises `ValueError` with a message meant for the person editing the file; the caller
+(gateway.config) prefixes it with `file:line key.path:`. None of them echoes a value that may
+be a secret (private keys, header values, URL credentials).
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from decimal import Decimal
+from urllib.parse import SplitResult, urlsplit
+
+from eth_utils.address import is_checksum_address, to_checksum_address
+from x402.mechanisms.evm import V1_NETWORK_CHAIN_IDS
+
+from gateway.config.settings import Address
+from gateway.proxy.paths import check_pattern
+from gateway.store.redis_url import parse_redis_url
+
+_VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_DURATION_UNITS = {"ms": Decimal("0.001"), "s": Decimal(1), "m": Decimal(60), "h": Decimal(3600)}
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([A-Za-z]*)")
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+# RFC 9110 `token`: header names and methods.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_CAIP2_EVM = re.compile(r"eip155:([1-9][0-9]*)")
+_HEX_KEY = re.compile(r"0x[0-9a-fA-F]{64}")
+_HEX_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+_STORE_SCHEMES = ("redis", "rediss", "redis+sentinel", "unix")
+# Headers the gateway itself reads or must own: a payer header with one of these names
+# would let a client's header through, or clobber the payment protocol.
+_RESERVED_HEADERS = frozenset(
+    {
+        "payment-signature",
+        "payment-required",
+        "payment-response",
+        "x-payment",
+        "x-payment-response",
+        "host",
+        "connection",
+        "content-length",
+        "transfer-encoding",
+        "authorization",
+        "cookie",
+        "forwarded",
+        "x-forwarded-for",
+    }
+)
+
+
+def quote(text: str) -> str:
+    """How a value is shown in messages."""
+    return '"' + text + '"'
+
+
+def did_you_mean(word: str, options: Iterable[str]) -> str:
+    """`; did you mean "x"?` or a list of what is allowed."""
+    choices = sorted(options)
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean {quote(close[0])}?"
+    return "; expected one of: " + ", ".join(choices)
+
+
+def interpolate(text: str, env: Mapping[str, str]) -> str:
+    """Expand `${NAME}` and `${NAME:-default}`; `$$` is a literal `$`, any other `$` stays.
+
+    `${NAME:-default}` uses the default when NAME is unset or empty, as a shell does.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        dollar = text.find("$", i)
+        if dollar < 0:
+            out.append(text[i:])
+            break
+        out.append(text[i:dollar])
+        nxt = text[dollar + 1 : dollar + 2]
+        if nxt == "$":
+            out.append("$")
+            i = dollar + 2
+        elif nxt == "{":
+            end = text.find("}", dollar)
+            if end < 0:
+                raise ValueError("unterminated ${...}; write $$ for a literal $")
+            body = text[dollar + 2 : end]
+            name, sep, default = body.partition(":-")
+            if not _VAR.fullmatch(name):
+                raise ValueError(
+                    f"{quote('${' + body + '}')} is not a variable reference; "
+                    "write ${NAME} or ${NAME:-default}"
+                )
+            value = env.get(name)
+            if sep and not value:
+                value = default
+            if value is None:
+                raise ValueError(
+                    f"environment variable {name} is not set "
+                    f"(set it, or give a default: ${{{name}:-...}})"
+                )
+            out.append(value)
+            i = end + 1
+        else:
+            out.append("$")
+            i = dollar + 1
+    return "".join(out)
+
+
+def parse_duration(text: str, *, allow_zero: bool = False) -> float:
+    """`10s`, `250ms`, `1m30s`, `1.5s`, `2h`, or a plain number of seconds."""
+    text = text.strip()
+    if text.startswith("-"):
+        raise ValueError(f"{quote(text)} is negative; a duration must be positive")
+    if _NUMBER.fullmatch(text):
+        seconds = Decimal(text)
+    elif text and _DURATION_PART.sub("", text) == "":
+        seconds = sum(
+            (Decimal(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(text)),
+            Decimal(0),
+        )
+    else:
+        raise ValueError(f"{quote(text)} is not a duration; write e.g. 10s, 250ms, 1m or 1.5")
+    if seconds == 0 and not allow_zero:
+        raise ValueError("must be more than 0")
+    return float(seconds)
+
+
+def parse_size(text: str) -> int:
+    """`10MiB`, `512KiB`, `1GB`, `1.5MiB` or a plain number of bytes."""
+    text = text.strip()
+    if text.startswith("-"):
+        raise ValueError(f"{quote(text)} is negative; a size must be positive")
+    match = _SIZE.fullmatch(text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _SIZE_UNITS:
+        raise ValueError(f"{quote(text)} is not a size; write e.g. 10MiB, 512KiB, 1GB or 65536")
+    size = Decimal(match.group(1)) * _SIZE_UNITS[unit]
+    if size != size.to_integral_value():
+        raise ValueError(f"{quote(text)} is not a whole number of bytes")
+    if size == 0:
+        raise ValueError("must be more than 0")
+    return int(size)
+
+
+def parse_listen(text: str) -> Address:
+    """`host:port` or `[v6]:port`."""
+    example = "write host:port, e.g. 0.0.0.0:8402 or [::1]:8402"
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"{quote(text)} is not an address; {example}")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{quote(host)} is not an IPv6 address") from None
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"{quote(text)} is not an address; {example}")
+        if ":" in host:
+            raise ValueError(f"{quote(text)}: put an IPv6 host in brackets, e.g. [::1]:8402")
+        if not re.fullmatch(r"[A-Za-z0-9.\-_]+", host):
+            raise ValueError(f"{quote(host)} is not a host name or IP address")
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{quote(port)} is not a port (0-65535)")
+    return Address(host, int(port))
+
+
+def parse_url(text: str, *, allow_path: bool, what: str = "URL", echo: bool = True) -> str:
+    """An http(s) URL without query, fragment or credentials; returned without trailing `/`.
+
+    `echo=False` for URLs that may embed an API key (RPC endpoints): the value is not shown.
+    """
+    shown = quote(text) if echo else "the value"
+    try:
+        parts: SplitResult = urlsplit(text)
+        _ = parts.port  # raises on a port that is not a number in range
+    except ValueError:
+        raise ValueError(f"{shown} is not a valid {what}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{shown} is not an http(s) {what}; write e.g. http://127.0.0.1:8080")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            f"{what} must not carry credentials (user:password@); "
+            "use facilitator headers or the origin's own auth"
+        )
+    if parts.query or parts.fragment or text.endswith(("?", "#")):
+        # The query is not shown: it is where API keys tend to hide.
+        cut = re.split(r"[?#]", text, maxsplit=1)[0] + "?..."
+        where = quote(cut) if echo else "the value"
+        raise ValueError(f"{where}: a {what} cannot have a query (?) or fragment (#)")
+    if not allow_path and parts.path not in ("", "/"):
+        raise ValueError(
+            f"{shown} has a path ({parts.path}); the gateway forwards the exact request path, "
+            "so give only scheme://host:port (route the prefix in the origin instead)"
+        )
+    return text.rstrip("/")
+
+
+def parse_evm_address(text: str) -> str:
+    """Checksummed; a mixed-case address must already carry a valid checksum."""
+    if not _HEX_ADDRESS.fullmatch(text):
+        raise ValueError(f"{quote(text)} is not an address (0x followed by 40 hex digits)")
+    digits = text[2:]
+    if digits != digits.lower() and digits != digits.upper() and not is_checksum_address(text):
+        raise ValueError(
+            f"{quote(text)} has a bad checksum (mixed case that does not match EIP-55); "
+            "check it for a typo, or write it all lower-case"
+        )
+    return str(to_checksum_address(text))
+
+
+def parse_pay_to(text: str) -> str:
+    address = parse_evm_address(text)
+    if int(address, 16) == 0:
+        raise ValueError("is the zero address: payments to it are burned")
+    return address
+
+
+def parse_private_key(text: str) -> str:
+    if not _HEX_KEY.fullmatch(text):
+        raise ValueError("is not a private key (expected 0x followed by 64 hex digits)")
+    return text
+
+
+def parse_network(text: str) -> str:
+    """CAIP-2 `eip155:<chain id>`, or a v1 name such as `base-sepolia`, as CAIP-2."""
+    if _CAIP2_EVM.fullmatch(text):
+        return text
+    if text in V1_NETWORK_CHAIN_IDS:
+        return f"eip155:{V1_NETWORK_CHAIN_IDS[text]}"
+    if ":" in text:
+        raise ValueError(
+            f"{quote(text)} is not a supported network; write eip155:<chain id>, "
+            "e.g. eip155:84532 (only EVM networks are supported)"
+        )
+    raise ValueError(
+        f"{quote(text)} is not a known network name{did_you_mean(text, V1_NETWORK_CHAIN_IDS)} "
+        "(or write eip155:<chain id>)"
+    )
+
+
+def parse_token(text: str, what: str) -> str:
+    if not _TOKEN.fullmatch(text):
+        raise ValueError(f"{quote(text)} is not a valid {what}")
+    return text
+
+
+def parse_payer_header(text: str) -> str:
+    parse_token(text, "header name")
+    if text.lower() in _RESERVED_HEADERS:
+        raise ValueError(f"{quote(text)} is a header the gateway or HTTP already uses")
+    return text
+
+
+def parse_header_value(text: str) -> str:
+    """No CR, LF or NUL (header injection). The value itself is never shown."""
+    if any(c in text for c in "\r\n\0"):
+        raise ValueError("header value contains a line break or NUL")
+    return text
+
+
+def parse_store(text: str) -> str:
+    if text == "memory":
+        return text
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme not in _STORE_SCHEMES or not rest:
+        # Redis URLs may carry a password: name the scheme, never the URL.
+        raise ValueError(
+            "is not a store; write memory, or a redis://, rediss://, redis+sentinel:// "
+            "or unix:// URL"
+        )
+    parse_redis_url(text)  # Sentinel and Cluster forms are checked here, not at start-up
+    return text
+
+
+def parse_path_pattern(text: str) -> str:
+    """A route path: exact, or ending in `/*` (the prefix and everything below it)."""
+    if not text.startswith("/"):
+        raise ValueError(f"{quote(text)} must start with /")
+    for bad, why in (("?", "a query (?)"), ("#", "a fragment (#)"), ("\\", "a backslash")):
+        if bad in text:
+            raise ValueError(f"{quote(text)} contains {why}; route on the path only")
+    if "%2f" in text.lower() or "%5c" in text.lower():
+        raise ValueError(f"{quote(text)} contains an encoded slash (%2F or %5C)")
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise ValueError(f"{quote(text)} contains whitespace or a control character")
+    if "*" in text.removesuffix("/*"):
+        raise ValueError(
+            f"{quote(text)}: * is only allowed as the last segment (/prefix/*, meaning the "
+            "prefix and everything below it)"
+        )
+    # The pattern must be in the same canonical form requests are matched in, or it could
+    # never match (or match something else than the operator wrote).
+    problem = check_pattern(text)
+    if problem:
+        raise ValueError(f"{quote(text)}: {problem}")
+    return text
