@@ -10,14 +10,14 @@ from aiohttp import web
 
 from gateway.config.settings import RouteSettings
 from gateway.errors import GatewayError, PaymentError
-from gateway.payment.challenge import EXPOSE_HEADERS_VALUE, Challenges
+from gateway.payment.challenge import EXPOSE_HEADERS_VALUE, PreparedChallenges
 
 _EXPOSE = EXPOSE_HEADERS_VALUE
 
 
-def challenge(
+def challenge_response(
     request: web.Request,
-    challenges: Challenges,
+    challenges: PreparedChallenges,
     route: RouteSettings,
     resource_url: str,
     error: str,
@@ -58,7 +58,7 @@ def problem(exc: GatewayError, instance: str = "") -> web.Response:
 def error_response(
     request: web.Request,
     exc: GatewayError,
-    challenges: Challenges,
+    challenges: PreparedChallenges,
     route: RouteSettings | None,
     resource_url: str,
     request_id: str,
@@ -67,7 +67,7 @@ def error_response(
     if isinstance(exc, PaymentError) and route is not None and not route.free:
         # A wrong or refused payment gets a fresh challenge naming what was wrong, so the
         # client can pay again correctly; a malformed header keeps its 400.
-        return challenge(
+        return challenge_response(
             request, challenges, route, resource_url, exc.reason, exc.headers, exc.status
         )
     return problem(exc, request_id)

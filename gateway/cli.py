@@ -96,7 +96,7 @@ def _config_path(args: argparse.Namespace, parser: argparse.ArgumentParser) -> s
 
 
 def route_table(settings: Settings) -> str:
-    from gateway.reload import route_rows
+    from gateway.proxy.routes import route_rows
 
     return format_rows(route_rows(settings))
 

@@ -14,8 +14,8 @@ from types import MappingProxyType
 
 import yaml
 
+from gateway import formats
 from gateway.config import values as cv
-from gateway.config.pricing import format_price
 from gateway.config.reader import (
     Reader,
     Scalar,
@@ -52,7 +52,6 @@ __all__ = [
     "TOP_LEVEL_KEYS",
     "Reader",
     "Scalar",
-    "format_price",
     "load",
     "loads",
 ]
@@ -113,7 +112,7 @@ def _timeouts(r: Reader, node: yaml.Node | None) -> Timeouts:
     e = r.mapping(node, p, TIMEOUT_KEYS) if node is not None else None
     if not e:
         return d
-    grace = using(lambda t: cv.parse_duration(t, allow_zero=True))
+    grace = using(lambda t: formats.parse_duration(t, allow_zero=True))
     return Timeouts(
         connect=r.read(e, "connect", p, duration, d.connect),
         read=r.read(e, "read", p, duration, d.read),
@@ -140,7 +139,7 @@ def _limits(r: Reader, node: yaml.Node | None) -> Limits:
 
 def _decimals(s: Scalar) -> int:
     if isinstance(s.value, bool) or not isinstance(s.value, int) or not 0 <= s.value <= 36:
-        raise ValueError(f"{cv.quote(s.text)} is not a number of decimals (0-36)")
+        raise ValueError(f"{formats.quote(s.text)} is not a number of decimals (0-36)")
     return s.value
 
 
@@ -153,7 +152,7 @@ def _asset(r: Reader, node: yaml.Node) -> AssetSpec | None:
             r.error(
                 node, f"asset.{key}", "required (an asset needs address, name, version, decimals)"
             )
-    address = r.read(e, "address", "asset", using(cv.parse_evm_address), None, required=True)
+    address = r.read(e, "address", "asset", using(formats.parse_evm_address), None, required=True)
     name = r.read(e, "name", "asset", nonempty, None, required=True)
     version = r.read(e, "version", "asset", nonempty, None, required=True)
     decimals = r.read(e, "decimals", "asset", _decimals, None, required=True)
@@ -187,7 +186,7 @@ def _headers(r: Reader, node: yaml.Node, path: str) -> dict[str, str]:
     headers: dict[str, str] = {}
     for name, value in (r.mapping(node, path, None) or {}).items():
         try:
-            cv.parse_token(name, "header name")
+            formats.parse_token(name, "header name")
         except ValueError as exc:
             r.error(value, f"{path}.{name}", str(exc))
             continue
@@ -235,7 +234,7 @@ def _ip_network(text: str) -> IPNetwork:
     try:
         return ipaddress.ip_network(text.strip(), strict=True)
     except ValueError as exc:
-        raise ValueError(f"{cv.quote(text)} is not an IP address or CIDR ({exc})") from None
+        raise ValueError(f"{formats.quote(text)} is not an IP address or CIDR ({exc})") from None
 
 
 def _trusted_proxies(r: Reader, node: yaml.Node | None) -> tuple[IPNetwork, ...]:
@@ -264,7 +263,7 @@ def _compile(r: Reader, root: yaml.Node) -> Settings | None:
         e, "upstream", "", using(lambda t: cv.parse_url(t, allow_path=False)), "", required=True
     )
     before = len(r.errors)
-    network = r.read(e, "network", "", using(cv.parse_network), "eip155:84532")
+    network = r.read(e, "network", "", using(formats.parse_network), "eip155:84532")
     broken = {"network"} if len(r.errors) > before else set()
     before = len(r.errors)
     pay_to = r.read(e, "pay_to", "", using(cv.parse_pay_to), None)

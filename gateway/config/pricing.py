@@ -18,14 +18,9 @@ from x402.mechanisms.evm import DEFAULT_ASSETS, find_default_asset
 from x402.mechanisms.evm.default_assets import ExactDefaultAssetInfo
 
 from gateway.config.settings import AssetSpec, Requirement
-from gateway.config.values import quote
+from gateway.formats import PRECISION, parse_usd, quote
 
-_PRICE = re.compile(r"\$(\d+(?:\.\d+)?)")
-_SOME_NUMBER = re.compile(r"\d*\.?\d+")
 _ATOMIC = re.compile(r"[0-9]+")
-# Enough digits for any uint256 amount: Decimal's default 28 would round silently.
-_PRECISION = 100
-_MAX_PRICE_CHARS = 40
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,28 +67,10 @@ def known_asset(
     return _from_sdk(found) if found is not None else None
 
 
-def parse_usd(text: str) -> Decimal:
-    """`"$0.001"` to Decimal dollars; > 0 (a price of nothing is written `free`)."""
-    stripped = text.strip()
-    if len(stripped) > _MAX_PRICE_CHARS:
-        raise ValueError("is too long to be a price")
-    if "-" in stripped:
-        raise ValueError(f"{quote(text)} is negative; a price must be more than $0")
-    match = _PRICE.fullmatch(stripped)
-    if match is None:
-        number = _SOME_NUMBER.search(stripped.replace(",", ""))
-        hint = f'"${number.group(0)}"' if number else '"$0.001" or free'
-        raise ValueError(f"{quote(text)} is not a price; write {hint}")
-    dollars = Decimal(match.group(1))
-    if dollars == 0:
-        raise ValueError(f"{quote(text)} is zero; write free for a route without charge")
-    return dollars
-
-
 def to_atomic(dollars: Decimal, asset: AssetSpec, text: str) -> int:
     """Exact: a price finer than the token's smallest unit is an error, never rounded."""
     with localcontext() as ctx:
-        ctx.prec = _PRECISION
+        ctx.prec = PRECISION
         atomic = dollars.scaleb(asset.decimals)
         if atomic != atomic.to_integral_value():
             smallest = format(Decimal(1).scaleb(-asset.decimals), "f")
@@ -145,13 +122,3 @@ def requirement(
         decimals=asset.decimals,
         symbol=asset.symbol,
     )
-
-
-def format_price(req: Requirement) -> str:
-    """`$0.001 (1000 atomic units of USDC)`, for the `check` table and logs."""
-    if req.symbol == req.asset:  # a token whose decimals the config does not know
-        return f"{req.amount} atomic units of token {req.asset}"
-    with localcontext() as ctx:
-        ctx.prec = _PRECISION
-        dollars = Decimal(req.amount).scaleb(-req.decimals).normalize()
-    return f"${dollars:f} ({req.amount} atomic units of {req.symbol})"

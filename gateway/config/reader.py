@@ -14,6 +14,7 @@ import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.resolver import Resolver
 
+from gateway import formats
 from gateway.config import values as cv
 
 T = TypeVar("T")
@@ -65,7 +66,7 @@ class Reader:
             if name == "<<":
                 self.error(key, where, "YAML merge keys (<<) are not supported")
             elif known is not None and name not in known:
-                self.error(key, key_path, "unknown key" + cv.did_you_mean(name, known))
+                self.error(key, key_path, "unknown key" + formats.did_you_mean(name, known))
             else:
                 entries[name] = value
         return entries
@@ -183,20 +184,20 @@ def nonempty(s: Scalar) -> str:
 
 def boolean(s: Scalar) -> bool:
     if not isinstance(s.value, bool):
-        raise ValueError(f"{cv.quote(s.text)} is not true or false")
+        raise ValueError(f"{formats.quote(s.text)} is not true or false")
     return s.value
 
 
 def positive_int(s: Scalar) -> int:
     if isinstance(s.value, bool) or not isinstance(s.value, int):
-        raise ValueError(f"{cv.quote(s.text)} is not a whole number")
+        raise ValueError(f"{formats.quote(s.text)} is not a whole number")
     if s.value < 1:
         raise ValueError(f"{s.value} must be 1 or more")
     return s.value
 
 
 def duration(s: Scalar) -> float:
-    return cv.parse_duration(s.text)
+    return formats.parse_duration(s.text)
 
 
 def choice(options: tuple[str, ...]) -> Callable[[Scalar], str]:
@@ -205,7 +206,8 @@ def choice(options: tuple[str, ...]) -> Callable[[Scalar], str]:
     def convert(s: Scalar) -> str:
         word = s.text.strip().lower()
         if word not in options:
-            raise ValueError(f"{cv.quote(s.text)} is not allowed" + cv.did_you_mean(word, options))
+            hint = formats.did_you_mean(word, options)
+            raise ValueError(f"{formats.quote(s.text)} is not allowed{hint}")
         return word
 
     return convert

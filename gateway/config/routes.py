@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from gateway import formats
 from gateway.config import pricing
 from gateway.config import values as cv
 from gateway.config.reader import Reader, Scalar, choice, positive_int, text, using
@@ -41,12 +42,12 @@ class _Defaults:
 
 def _mime(text: str) -> str:
     if not _MIME.fullmatch(text.strip()):
-        raise ValueError(f"{cv.quote(text)} is not a media type; write e.g. application/json")
+        raise ValueError(f"{formats.quote(text)} is not a media type; write e.g. application/json")
     return text.strip()
 
 
 def _method(text: str) -> str:
-    return cv.parse_token(text.strip(), "HTTP method").upper()
+    return formats.parse_token(text.strip(), "HTTP method").upper()
 
 
 def _methods(r: Reader, node: yaml.Node | None, path: str) -> frozenset[str] | None:
@@ -72,7 +73,7 @@ def _price(r: Reader, node: yaml.Node, path: str, d: _Defaults) -> tuple[str, Re
     if d.broken & {"network", "asset"}:
         return scalar.text, None
     try:
-        dollars = pricing.parse_usd(scalar.text)
+        dollars = formats.parse_usd(scalar.text)
         asset = pricing.default_asset(d.network, d.asset, d.network)
         if asset is None:
             raise ValueError(
@@ -117,8 +118,8 @@ def _accept(r: Reader, node: yaml.Node, path: str, d: _Defaults) -> tuple[str, R
         return "", None
     errors_before = len(r.errors)
     scheme = r.read(e, "scheme", path, choice(SCHEMES), "exact")
-    network = r.read(e, "network", path, using(cv.parse_network), d.network)
-    address = r.read(e, "asset", path, using(cv.parse_evm_address), None)
+    network = r.read(e, "network", path, using(formats.parse_network), d.network)
+    address = r.read(e, "asset", path, using(formats.parse_evm_address), None)
     if address is None:
         asset = pricing.default_asset(network, d.asset, d.network)
         if asset is None and "asset" not in e:

@@ -1,30 +1,24 @@
 """Pure parsers for the config file's scalar values: text in, typed value out.
 
 Each raises `ValueError` with a message meant for the person editing the file; the caller
-(gateway.config) prefixes it with `file:line key.path:`. None of them echoes a value that may
+(gateway.config.reader) prefixes it with `file:line key.path:`. None of them echoes a value that may
 be a secret (private keys, header values, URL credentials).
 """
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from decimal import Decimal
 from urllib.parse import SplitResult, urlsplit
 
-from eth_utils.address import is_checksum_address, to_checksum_address
-from x402.mechanisms.evm import V1_NETWORK_CHAIN_IDS
-
 from gateway.config.settings import Address
+from gateway.formats import parse_evm_address, parse_token, quote
 from gateway.proxy.paths import check_pattern
 from gateway.store.redis_url import parse_redis_url
 
 _VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_DURATION_UNITS = {"ms": Decimal("0.001"), "s": Decimal(1), "m": Decimal(60), "h": Decimal(3600)}
-_NUMBER = re.compile(r"\d+(?:\.\d+)?")
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([A-Za-z]*)")
 _SIZE_UNITS = {
     "": 1,
@@ -38,11 +32,7 @@ _SIZE_UNITS = {
     "gib": 1024**3,
     "tib": 1024**4,
 }
-# RFC 9110 `token`: header names and methods.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_CAIP2_EVM = re.compile(r"eip155:([1-9][0-9]*)")
 _HEX_KEY = re.compile(r"0x[0-9a-fA-F]{64}")
-_HEX_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 _STORE_SCHEMES = ("redis", "rediss", "redis+sentinel", "unix")
 # Headers the gateway itself reads or must own: a payer header with one of these names
 # would let a client's header through, or clobber the payment protocol.
@@ -63,20 +53,6 @@ _RESERVED_HEADERS = frozenset(
         "x-forwarded-for",
     }
 )
-
-
-def quote(text: str) -> str:
-    """How a value is shown in messages."""
-    return '"' + text + '"'
-
-
-def did_you_mean(word: str, options: Iterable[str]) -> str:
-    """`; did you mean "x"?` or a list of what is allowed."""
-    choices = sorted(options)
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    if close:
-        return f"; did you mean {quote(close[0])}?"
-    return "; expected one of: " + ", ".join(choices)
 
 
 def interpolate(text: str, env: Mapping[str, str]) -> str:
@@ -121,25 +97,6 @@ def interpolate(text: str, env: Mapping[str, str]) -> str:
             out.append("$")
             i = dollar + 1
     return "".join(out)
-
-
-def parse_duration(text: str, *, allow_zero: bool = False) -> float:
-    """`10s`, `250ms`, `1m30s`, `1.5s`, `2h`, or a plain number of seconds."""
-    text = text.strip()
-    if text.startswith("-"):
-        raise ValueError(f"{quote(text)} is negative; a duration must be positive")
-    if _NUMBER.fullmatch(text):
-        seconds = Decimal(text)
-    elif text and _DURATION_PART.sub("", text) == "":
-        seconds = sum(
-            (Decimal(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(text)),
-            Decimal(0),
-        )
-    else:
-        raise ValueError(f"{quote(text)} is not a duration; write e.g. 10s, 250ms, 1m or 1.5")
-    if seconds == 0 and not allow_zero:
-        raise ValueError("must be more than 0")
-    return float(seconds)
 
 
 def parse_size(text: str) -> int:
@@ -214,19 +171,6 @@ def parse_url(text: str, *, allow_path: bool, what: str = "URL", echo: bool = Tr
     return text.rstrip("/")
 
 
-def parse_evm_address(text: str) -> str:
-    """Checksummed; a mixed-case address must already carry a valid checksum."""
-    if not _HEX_ADDRESS.fullmatch(text):
-        raise ValueError(f"{quote(text)} is not an address (0x followed by 40 hex digits)")
-    digits = text[2:]
-    if digits != digits.lower() and digits != digits.upper() and not is_checksum_address(text):
-        raise ValueError(
-            f"{quote(text)} has a bad checksum (mixed case that does not match EIP-55); "
-            "check it for a typo, or write it all lower-case"
-        )
-    return str(to_checksum_address(text))
-
-
 def parse_pay_to(text: str) -> str:
     address = parse_evm_address(text)
     if int(address, 16) == 0:
@@ -237,29 +181,6 @@ def parse_pay_to(text: str) -> str:
 def parse_private_key(text: str) -> str:
     if not _HEX_KEY.fullmatch(text):
         raise ValueError("is not a private key (expected 0x followed by 64 hex digits)")
-    return text
-
-
-def parse_network(text: str) -> str:
-    """CAIP-2 `eip155:<chain id>`, or a v1 name such as `base-sepolia`, as CAIP-2."""
-    if _CAIP2_EVM.fullmatch(text):
-        return text
-    if text in V1_NETWORK_CHAIN_IDS:
-        return f"eip155:{V1_NETWORK_CHAIN_IDS[text]}"
-    if ":" in text:
-        raise ValueError(
-            f"{quote(text)} is not a supported network; write eip155:<chain id>, "
-            "e.g. eip155:84532 (only EVM networks are supported)"
-        )
-    raise ValueError(
-        f"{quote(text)} is not a known network name{did_you_mean(text, V1_NETWORK_CHAIN_IDS)} "
-        "(or write eip155:<chain id>)"
-    )
-
-
-def parse_token(text: str, what: str) -> str:
-    if not _TOKEN.fullmatch(text):
-        raise ValueError(f"{quote(text)} is not a valid {what}")
     return text
 
 

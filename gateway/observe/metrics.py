@@ -6,12 +6,12 @@ unrouted path), never the request path, so a scan of random URLs cannot explode 
 `facilitator` is a configured URL without its query or credentials.
 
 Every paid request that carries a payment ends in exactly one final payment outcome
-(`payment_outcome()`); `verified` is counted on the way, when the facilitator accepted it.
+(`gateway.payment.outcome`); `verified` is counted on the way, when the facilitator accepted
+it. These classes count; they build no log fields (the access line reads the same record).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from prometheus_client import (
@@ -26,57 +26,19 @@ from prometheus_client import (
 from gateway.errors import (
     FacilitatorUnavailable,
     GatewayError,
-    PaymentConflict,
-    PaymentError,
-    SettlementFailed,
     SettlementPending,
     StoreUnavailable,
     UpstreamError,
     UpstreamTimeout,
 )
+from gateway.observe.record import RequestRecord
+from gateway.payment.outcome import VERIFIED
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-
-if TYPE_CHECKING:
-    from gateway.payment.engine import Claim
 
 _FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _SLOW = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60)
 _TOTAL = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
-
-# Final outcomes of a request that carried a payment.
-SETTLED = "settled"
-REFUND_DUE = "refund_due"  # settled before forwarding, then the origin failed
-SETTLE_FAILED = "settle_failed"
-SETTLE_PENDING = "settle_pending"
-REPLAYED = "replayed"
-INVALID = "invalid"
-NOT_CHARGED = "not_charged"  # the origin failed, the client left, or a HEAD: nothing charged
-ERROR = "error"  # the facilitator or the store could not answer: fail closed
-VERIFIED = "verified"  # not final: counted when verification passed
-
-
-def payment_outcome(error: GatewayError | None, record_status: str | None) -> tuple[str, str]:
-    """(outcome, reason) for a request that carried a payment, from the error it ended with
-    (if any) and the status of its payment record (None: it never held a claim). The one
-    mapping from the exception tree to payment metrics."""
-    if record_status == "refund_due":
-        return REFUND_DUE, error.reason if error is not None else "origin_error"
-    if record_status == "settled":
-        return SETTLED, ""
-    if error is None:
-        return NOT_CHARGED, "origin_error"
-    if isinstance(error, PaymentConflict):
-        return REPLAYED, error.reason
-    if isinstance(error, SettlementFailed):
-        return SETTLE_FAILED, error.reason
-    if isinstance(error, SettlementPending):
-        return SETTLE_PENDING, error.reason
-    if isinstance(error, PaymentError):  # MalformedPayment included
-        return INVALID, error.reason
-    if isinstance(error, FacilitatorUnavailable | StoreUnavailable):
-        return ERROR, error.reason
-    return NOT_CHARGED, error.reason
 
 
 def dependency_of(error: GatewayError) -> str | None:
@@ -167,11 +129,6 @@ class Metrics:
             "x402_gateway_config_reload_failures", "Config reloads rejected", registry=r
         )
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
-        self._steps = {
-            "verify": self.verify_seconds,
-            "settle": self.settle_seconds,
-            "origin": self.origin_seconds,
-        }
 
     def observe_request(
         self, route: str, method: str, status: int, seconds: float, error: GatewayError | None
@@ -191,33 +148,36 @@ class Metrics:
         if dependency is not None and error is not None:
             self.dependency_errors.labels(dependency, error.reason).inc()
 
-    def observe_payment(
-        self, route: str, claim: Claim | None, error: GatewayError | None, *, client_gone: bool
-    ) -> dict[str, object]:
-        """Count a request that carried a payment; its fields for the access line (never
-        the payment itself: who paid, how much, in what, and the transaction)."""
-        outcome, reason = payment_outcome(error, claim.record.status if claim else None)
-        if client_gone and outcome == NOT_CHARGED and error is None:
-            reason = "client_gone"
-        self.payments.labels(outcome, reason).inc()
-        fields: dict[str, object] = {"payment": outcome}
-        if reason:
-            fields["payment_reason"] = reason
-        if claim is None:
-            return fields
-        req = claim.matched.requirement
-        fields.update(
-            payer=claim.matched.payer, amount=str(req.amount), asset=req.asset, network=req.network
+    def observe(self, record: RequestRecord) -> None:
+        """Count one finished request, and its payment if it carried one."""
+        self.observe_request(
+            record.label, record.method, record.status_code, record.seconds, record.error
         )
-        for step, seconds in claim.timings.items():
-            histogram = self._steps.get(step)
-            if histogram is not None:
+        if record.carried_payment:
+            self.observe_payment(record)
+
+    def observe_payment(self, record: RequestRecord) -> None:
+        """Count a request that carried a payment: its outcome, step times and revenue."""
+        outcome = record.outcome()
+        self.payments.labels(outcome.name, outcome.reason).inc()
+        claim = record.claim
+        if claim is None:
+            return
+        timings = claim.timings
+        for seconds, histogram in (
+            (timings.verify, self.verify_seconds),
+            (timings.settle, self.settle_seconds),
+            (timings.origin, self.origin_seconds),
+        ):
+            if seconds is not None:
                 histogram.observe(seconds)
-            fields[f"{step}_ms"] = round(seconds * 1000, 3)
         if claim.settled is not None and claim.settled.success:
-            self.revenue.labels(req.asset, req.network, route).inc(req.amount)
-            fields["transaction"] = claim.settled.transaction
-        return fields
+            req = claim.matched.requirement
+            self.revenue.labels(req.asset, req.network, record.label).inc(req.amount)
+
+    def verified(self) -> None:
+        """The facilitator accepted a payment (not a final outcome)."""
+        self.payments.labels(VERIFIED, "").inc()
 
     def facilitator_failed(self, url: str, operation: str) -> None:
         """The facilitator client's failure callback (one endpoint, one call)."""

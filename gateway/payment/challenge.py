@@ -2,7 +2,7 @@
 
 One answer serves both protocol versions: the v2 `PAYMENT-REQUIRED` header and a v1-shaped
 JSON body. Browsers get the SDK's paywall page instead of the JSON. Everything that does not
-depend on the request is prepared once per route by `Challenges`; the encoded answer for a
+depend on the request is prepared once per route by `PreparedChallenges`; the encoded answer for a
 (route, resource URL, error) is kept in a small LRU, because unpaid requests are the hot path
 of a paywall and bots repeat them.
 """
@@ -12,28 +12,18 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Protocol
 
 from cachetools import LRUCache
-from x402.http.constants import (
-    PAYMENT_REQUIRED_HEADER,
-    PAYMENT_RESPONSE_HEADER,
-    X_PAYMENT_RESPONSE_HEADER,
-)
-from x402.http.utils import (
-    encode_payment_required_header,
-    encode_payment_response_header,
-    htmlsafe_json_dumps,
-)
-from x402.schemas import PaymentRequired, PaymentRequirements, ResourceInfo, SettleResponse
-from x402.schemas.v1 import PaymentRequiredV1, PaymentRequirementsV1
+from x402.http.constants import PAYMENT_REQUIRED_HEADER
+from x402.http.utils import encode_payment_required_header, htmlsafe_json_dumps
+from x402.schemas import PaymentRequired, PaymentRequirements, ResourceInfo
+from x402.schemas.v1 import PaymentRequiredV1
 
 from gateway.config.settings import Requirement, RouteSettings, Settings
-from gateway.payment.networks import is_testnet, v1_name
+from gateway.payment.networks import is_testnet
+from gateway.payment.requirements import requirements_v1, requirements_v2
 from gateway.proxy.headers import X402_EXPOSED, is_trusted
-
-if TYPE_CHECKING:
-    from aiohttp import web
 
 # The SDK's `x402HTTPResourceServer` puts exactly this in `error` when no payment was sent;
 # every other challenge carries the failure's reason slug (`GatewayError.reason`).
@@ -51,77 +41,28 @@ HTML_TYPE = "text/html; charset=utf-8"
 _SCHEME = re.compile(r"https?", re.IGNORECASE)
 _HOST = re.compile(r"[A-Za-z0-9.\-]+(?::[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?")
 
-# v1 clients can only sign EIP-3009 (the SDK's v1 exact scheme has no Permit2 path).
-_PERMIT2 = "permit2"
 
+class Addressed(Protocol):
+    """What a challenge's resource URL is built from: how the client addressed the gateway
+    (an aiohttp request is one)."""
 
-def thaw(value: Any) -> Any:
-    """Plain dicts and lists from the frozen mappings and tuples settings are made of."""
-    if isinstance(value, Mapping):
-        return {str(k): thaw(v) for k, v in value.items()}
-    if isinstance(value, tuple | list):
-        return [thaw(v) for v in value]
-    return value
+    @property
+    def scheme(self) -> str: ...
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def remote(self) -> str | None: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
 
 
 def _first(value: str | None, pattern: re.Pattern[str]) -> str | None:
     """The first element of a comma-separated forwarded header, if it is well-formed."""
     first = (value or "").split(",", 1)[0].strip()
     return first if pattern.fullmatch(first) else None
-
-
-def requirement_v2(req: Requirement) -> PaymentRequirements:
-    """One requirement as the v2 wire states it."""
-    return PaymentRequirements(
-        scheme=req.scheme,
-        network=req.network,
-        asset=req.asset,
-        amount=str(req.amount),
-        pay_to=req.pay_to,
-        max_timeout_seconds=req.max_timeout_seconds,
-        extra=thaw(req.extra),
-    )
-
-
-def requirements_v2(route: RouteSettings) -> list[PaymentRequirements]:
-    """The route's `accepts`, in configured order, as v2 wire requirements."""
-    return [requirement_v2(req) for req in route.accepts]
-
-
-def offered_v1(req: Requirement) -> str | None:
-    """The v1 network name under which `req` is offered to v1 clients, or None if it is not
-    (no v1 name for its network, or a transfer method v1 clients cannot sign)."""
-    if req.extra.get("assetTransferMethod") == _PERMIT2:
-        return None
-    return v1_name(req.network)
-
-
-def requirement_v1(
-    route: RouteSettings, req: Requirement, network: str, resource_url: str
-) -> PaymentRequirementsV1:
-    """One requirement in v1 form: the amount is `maxAmountRequired`, the resource is inside."""
-    return PaymentRequirementsV1(
-        scheme=req.scheme,
-        network=network,
-        max_amount_required=str(req.amount),
-        resource=resource_url,
-        description=route.description,
-        mime_type=route.mime_type,
-        pay_to=req.pay_to,
-        max_timeout_seconds=req.max_timeout_seconds,
-        asset=req.asset,
-        extra=thaw(req.extra) or None,
-    )
-
-
-def requirements_v1(route: RouteSettings, resource_url: str) -> list[PaymentRequirementsV1]:
-    """The route's requirements v1 clients can pay; the others are left out of the v1 body."""
-    out = []
-    for req in route.accepts:
-        network = offered_v1(req)
-        if network is not None:
-            out.append(requirement_v1(route, req, network, resource_url))
-    return out
 
 
 def _resource(route: RouteSettings, resource_url: str) -> ResourceInfo:
@@ -206,13 +147,7 @@ def paywall_html(route: RouteSettings, resource_url: str, error: str) -> str:
     return paywall_for(route, payment)
 
 
-def settlement_header(settle: SettleResponse, version: int) -> tuple[str, str]:
-    """(`PAYMENT-RESPONSE`, value) for v2, (`X-PAYMENT-RESPONSE`, value) for v1."""
-    name = X_PAYMENT_RESPONSE_HEADER if version == 1 else PAYMENT_RESPONSE_HEADER
-    return name, encode_payment_response_header(settle)
-
-
-class Challenges:
+class PreparedChallenges:
     """Every paid route's challenge, prepared once at start-up from the settings.
 
     With `public_url` set, a route's resource URL is fixed (`public_url` + path and query), so
@@ -227,7 +162,7 @@ class Challenges:
             maxsize=cache_size
         )
 
-    def resource_url(self, request: web.BaseRequest, path: str, query: str) -> str:
+    def resource_url(self, request: Addressed, path: str, query: str) -> str:
         """The URL a challenge names for the canonical `path` and raw `query`: under
         `public_url` when configured, else as the client addressed it (scheme and host from
         `X-Forwarded-Proto`/`-Host` only when the direct peer is a trusted proxy)."""

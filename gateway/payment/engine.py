@@ -1,8 +1,8 @@
 """The x402 step, on the SDK's `x402ResourceServer`: claim, verify, settle, release.
 
-Decoding and matching a payment are pure (`payment_wire`); this module is where the money
-moves, so every step fails closed: a store or facilitator that cannot answer means no paid
-content, and a claim is released only when nothing was charged.
+Decoding and matching a payment are pure (`gateway.payment.decode`, `.match`); this module
+is where the money moves, so every step fails closed: a store or facilitator that cannot
+answer means no paid content, and a claim is released only when nothing was charged.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from gateway.errors import (
     StoreUnavailable,
 )
 from gateway.observe.logs import get_logger
-from gateway.payment import MatchedPayment, claim_ttl
-from gateway.payment.challenge import settlement_header
+from gateway.payment.match import MatchedPayment, claim_ttl
+from gateway.payment.receipts import receipt_headers
 from gateway.store import PaymentRecord, PaymentStore
 from gateway.store.records import Status
 
@@ -73,6 +73,20 @@ class Facilitator(Protocol):
 
 
 @dataclass(slots=True)
+class StepTimings:
+    """Seconds a paid request spent in each step (None: the step was not reached)."""
+
+    verify: float | None = None
+    settle: float | None = None
+    origin: float | None = None  # to the origin's response head
+
+    def spans(self) -> dict[str, float]:
+        """The steps reached, by name, in the order a settle-after request meets them."""
+        named = (("verify", self.verify), ("origin", self.origin), ("settle", self.settle))
+        return {name: seconds for name, seconds in named if seconds is not None}
+
+
+@dataclass(slots=True)
 class Claim:
     """This request's hold on one payment. Released on every failure before a settlement."""
 
@@ -82,7 +96,7 @@ class Claim:
     ttl: float
     settled: SettleResponse | None = None
     outcome_unknown: bool = False  # settle may have reached the chain: never release
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: StepTimings = field(default_factory=StepTimings)
 
 
 class Payments:
@@ -162,7 +176,7 @@ class Payments:
                 payer=held.payer,
                 error_reason=None if held.status == "settled" else held.status,
             )
-            headers = dict([settlement_header(receipt, matched.version)])
+            headers = receipt_headers(receipt, matched.version)
         raise PaymentConflict(
             f"this payment was already used ({held.status}"
             + (f", transaction {held.transaction})" if held.transaction else ")"),
@@ -203,7 +217,7 @@ class Payments:
         except SchemeNotFoundError as exc:
             raise PaymentError(str(exc), reason="unsupported_scheme") from exc
         finally:
-            claim.timings["verify"] = time.perf_counter() - started
+            claim.timings.verify = time.perf_counter() - started
         if not result.is_valid:
             reason = result.verify.invalid_reason or "invalid_payment"
             raise PaymentError(result.verify.invalid_message or reason, reason=reason)
@@ -224,7 +238,7 @@ class Payments:
             await self._record(claim, "settlement_pending", reason=exc.detail)
             raise
         finally:
-            claim.timings["settle"] = time.perf_counter() - started
+            claim.timings.settle = time.perf_counter() - started
         if result.success:
             claim.settled = result
             try:
@@ -243,13 +257,13 @@ class Payments:
             await self._record(claim, "settlement_pending", transaction=result.transaction)
             raise SettlementPending(
                 f"transaction {result.transaction} not yet confirmed",
-                headers=dict([settlement_header(result, claim.matched.version)]),
+                headers=receipt_headers(result, claim.matched.version),
             )
         await self._record(claim, "failed", reason=result.error_reason)
         raise SettlementFailed(
             result.error_message or result.error_reason or "settlement failed",
             reason=result.error_reason or "settlement_failed",
-            headers=dict([settlement_header(result, claim.matched.version)]),
+            headers=receipt_headers(result, claim.matched.version),
         )
 
     async def release(self, claim: Claim) -> None:

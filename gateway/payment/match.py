@@ -4,8 +4,8 @@ Nothing the client echoes is trusted: the requirements handed to the facilitator
 from the route's configuration, and the fields of the signed authorization that move money
 (recipient, value, token) are checked against them before any claim or facilitator call.
 
-Decisions (documented here, tested in tests/unit/test_payment_match.py;
-the authorization's own fields are checked in `evm_terms`):
+Decisions (documented here, tested in tests/unit/payment/test_match.py;
+the authorization's own fields are checked in `gateway.payment.terms`):
 - v2 `accepted` must equal one of the route's requirements: scheme and network exactly, asset
   and payTo as addresses (case-insensitive), amount as an integer, maxTimeoutSeconds exactly
   (as the SDK's server does), and the route's `extra` (EIP-712 name/version, transfer method)
@@ -36,11 +36,11 @@ from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
 from gateway.config.settings import Requirement, RouteSettings
 from gateway.errors import PaymentError
-from gateway.payment.challenge import offered_v1, requirement_v1, requirement_v2, thaw
+from gateway.formats import chain_id, is_address
 from gateway.payment.decode import DecodedPayment
-from gateway.payment.networks import caip_from_v1, chain_id
+from gateway.payment.networks import caip_from_v1
+from gateway.payment.requirements import offered_v1, requirement_v1, requirement_v2, thaw
 from gateway.payment.terms import (
-    ADDRESS,
     UINT,
     UNSUPPORTED_PAYLOAD,
     check_terms,
@@ -82,7 +82,7 @@ class MatchedPayment:
 
 
 def _same_address(a: str, b: str) -> bool:
-    return bool(ADDRESS.fullmatch(a)) and a.lower() == b.lower()
+    return is_address(a) and a.lower() == b.lower()
 
 
 def _same_amount(text: str, amount: int) -> bool:

@@ -1,14 +1,14 @@
 """Network names on the x402 wire: CAIP-2 (`eip155:84532`, v2) and legacy v1 names
-(`base-sepolia`), both taken from the SDK's own table so the two can never drift apart."""
+(`base-sepolia`), both taken from the SDK's own table so the two can never drift apart.
+A CAIP-2 id is read by `gateway.formats.chain_id`, the one rule config and requests share."""
 
 from __future__ import annotations
 
-import re
 from types import MappingProxyType
 
 from x402.mechanisms.evm.v1.constants import V1_NETWORK_CHAIN_IDS
 
-_EIP155 = re.compile(r"eip155:([1-9][0-9]{0,17})")
+from gateway.formats import chain_id
 
 # chain id -> v1 name; the SDK's table is one-to-one, the first name wins should it ever not be
 _V1_NAMES: MappingProxyType[int, str] = MappingProxyType(
@@ -16,12 +16,6 @@ _V1_NAMES: MappingProxyType[int, str] = MappingProxyType(
 )
 # The SDK's v1 names say which chains are test networks; the paywall shows faucets for those.
 _TESTNET_MARKERS = ("sepolia", "testnet", "fuji", "amoy")
-
-
-def chain_id(network: str) -> int | None:
-    """The EVM chain id of a CAIP-2 `eip155:<id>` network, else None."""
-    found = _EIP155.fullmatch(network)
-    return int(found.group(1)) if found else None
 
 
 def v1_name(network: str) -> str | None:

@@ -24,10 +24,10 @@ from x402.mechanisms.evm.constants import (
 
 from gateway.config.settings import Requirement
 from gateway.errors import MalformedPayment, PaymentError
+from gateway.formats import ADDRESS
 
 UNSUPPORTED_PAYLOAD = "unsupported_payload"
 
-ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 _NONCE32 = re.compile(r"0x[0-9a-fA-F]{64}")
 UINT = re.compile(r"[0-9]{1,78}")
 _HEX = re.compile(r"0x(?:[0-9a-fA-F]{2})+")

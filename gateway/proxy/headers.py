@@ -12,7 +12,6 @@ What crosses the gateway and what does not (RFC 9110 7.6.1, RFC 7239):
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Iterable, Mapping
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -21,6 +20,8 @@ from x402.http.constants import (
     PAYMENT_RESPONSE_HEADER,
     X_PAYMENT_RESPONSE_HEADER,
 )
+
+from gateway.formats import is_token
 
 # RFC 9110 7.6.1 plus the non-standard Proxy-Connection: meaningful for one connection only.
 HOP_BY_HOP = frozenset(
@@ -51,8 +52,6 @@ X402_EXPOSED: tuple[str, ...] = (
 )
 EXPOSE = "Access-Control-Expose-Headers"
 
-# RFC 9110 5.6.2 token: a Forwarded value matching it needs no quotes.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 _PLAIN_CONNECTION = frozenset({"keep-alive", "close"})
 
@@ -107,7 +106,7 @@ def is_trusted(peer: str | None, networks: Networks) -> bool:
 
 
 def _forwarded_value(value: str) -> str:
-    if _TOKEN.fullmatch(value):
+    if is_token(value):  # an RFC 9110 token needs no quotes in a Forwarded value
         return value
     escaped = value.replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'

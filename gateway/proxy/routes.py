@@ -30,8 +30,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from gateway.config.settings import RouteSettings
+from gateway.config.settings import RouteSettings, Settings
 from gateway.errors import AmbiguousPath, ConfigError
+from gateway.formats import format_price
 from gateway.proxy.paths import check_pattern, match_key, strip_params
 
 
@@ -216,3 +217,18 @@ class RouteTable:
                 by_method[method] = make(None, allowed)
         default = make(any_method, None) if any_method else make(None, allowed)
         return _Entry(by_method, default)
+
+
+def route_rows(settings: Settings) -> list[dict[str, str]]:
+    """The route table as text cells (`x402-gateway routes` and `check`, the admin `/routes`)."""
+    return [
+        {
+            "index": str(r.index),
+            "methods": ",".join(sorted(r.methods)) if r.methods else "*",
+            "path": r.path,
+            "price": "free" if r.free else " | ".join(format_price(a) for a in r.accepts),
+            "settle": "-" if r.free else r.settle,
+            "upstream": r.upstream or settings.upstream,
+        }
+        for r in settings.routes
+    ]

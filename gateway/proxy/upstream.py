@@ -4,7 +4,7 @@
 read whole) and returns as soon as the origin's response head has arrived, so the caller can
 settle a payment before anything reaches the client; `relay()` then streams the response
 body to the client with bounded memory (TCP back-pressure, not buffers), or
-`Upstream.discard()` drops it. Header hygiene lives in `gateway.headers`.
+`Upstream.discard()` drops it. Header hygiene lives in `gateway.proxy.headers`.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from aiohttp import web
 
-from gateway.serving.runner import ServerState, attach_state
+from gateway.serving.state import ServerState, attach_state
 
 CHECK_TIMEOUT = 2.0
 CACHE_TTL = 1.0

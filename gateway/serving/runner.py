@@ -39,15 +39,16 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Awaitable, Callable
-from types import TracebackType
+import socket
+from collections.abc import Callable
 
 import uvloop
-from aiohttp import hdrs, http_parser, web, web_protocol
+from aiohttp import http_parser, web, web_protocol
 
 from gateway.config.settings import Settings
 from gateway.observe.logs import configure_logging, get_logger
 from gateway.serving import listener as listener_mod
+from gateway.serving.state import RELOAD, ReloadHook, ServerState, attach_state
 from gateway.serving.workers import supervise
 
 log = get_logger("gateway.server")
@@ -59,8 +60,6 @@ ADMIN_SHUTDOWN_TIMEOUT = 1.0
 
 AppFactory = Callable[[Settings], web.Application]
 AdminFactory = Callable[[web.Application], web.Application]
-# An app that can reload its config puts this coroutine function under RELOAD; SIGHUP calls it.
-ReloadHook = Callable[[], Awaitable[bool]]
 
 
 def require_c_parser() -> None:
@@ -77,80 +76,6 @@ def require_c_parser() -> None:
             "aiohttp's C HTTP parser (aiohttp._http_parser) is not available: install an "
             "aiohttp wheel built with its C extensions for this platform"
         )
-
-
-class InFlight:
-    """Requests being handled now; `async with in_flight.track():` around a handler's work."""
-
-    __slots__ = ("_idle", "count")
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._idle: asyncio.Event | None = None
-
-    def track(self) -> InFlight:
-        # The object is its own context manager: no generator or allocation per request.
-        return self
-
-    async def __aenter__(self) -> None:
-        self.count += 1
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.count -= 1
-        if self.count == 0 and self._idle is not None:
-            self._idle.set()
-            self._idle = None
-
-    async def wait_idle(self) -> None:
-        """Return once no request is in flight."""
-        while self.count:
-            if self._idle is None:
-                self._idle = asyncio.Event()
-            await self._idle.wait()
-
-
-class ServerState:
-    """What the admin endpoints and metrics read about the serving process."""
-
-    __slots__ = ("_listener", "draining", "in_flight")
-
-    def __init__(self) -> None:
-        self.draining = False
-        self.in_flight = InFlight()
-        self._listener: listener_mod.Listener | None = None
-
-    @property
-    def connections(self) -> int:
-        """Open client connections (0 before the listener starts)."""
-        return self._listener.active if self._listener is not None else 0
-
-
-SERVER_STATE = web.AppKey("gateway_server_state", ServerState)
-RELOAD: web.AppKey[ReloadHook] = web.AppKey("gateway_reload")
-
-
-def attach_state(app: web.Application) -> ServerState:
-    """The app's ServerState, created on first call; call it before the app starts."""
-    state = app.get(SERVER_STATE)
-    if state is None:
-        state = ServerState()
-        app[SERVER_STATE] = state
-        app.on_response_prepare.append(_close_when_draining)
-    return state
-
-
-async def _close_when_draining(request: web.Request, response: web.StreamResponse) -> None:
-    # A response finished during the drain says `Connection: close`, so the client does
-    # not send its next request on a connection the server is about to close.
-    # (aiohttp has chosen the Connection header by the time this hook runs: set it here.)
-    if request.app[SERVER_STATE].draining:
-        response.force_close()
-        response.headers[hdrs.CONNECTION] = "close"
 
 
 def run(settings: Settings, make_app: AppFactory, make_admin: AdminFactory | None = None) -> int:
@@ -186,13 +111,13 @@ def _run_worker(
 ) -> int:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         try:
-            return runner.run(_serve(settings, make_app, make_admin, index, parent_fd))
+            return runner.run(Worker(settings, make_app, make_admin, index, parent_fd).run())
         except Exception:
             log.exception("server_failed", worker=index)
             return 1
 
 
-class _Signals:
+class Signals:
     """First SIGTERM/SIGINT: drain. Second: force. Also stops when the parent has gone.
     SIGHUP: the app's config reload (`RELOAD`), if it has one; never a stop."""
 
@@ -242,87 +167,132 @@ class _Signals:
             self._loop.remove_signal_handler(sig)
 
 
-async def _serve(
-    settings: Settings,
-    make_app: AppFactory,
-    make_admin: AdminFactory | None,
-    index: int,
-    parent_fd: int | None,
-) -> int:
-    loop = asyncio.get_running_loop()
-    signals = _Signals(loop, parent_fd)
-    timeouts, limits = settings.timeouts, settings.limits
-    socks = listener_mod.bind(settings.listen, backlog=BACKLOG, reuse_port=settings.workers > 1)
-    try:
-        app = make_app(settings)
-        state = attach_state(app)
-        signals.reload = app.get(RELOAD)
-    except BaseException:
-        for sock in socks:
-            sock.close()
-        raise
-    runner = web.AppRunner(
-        app,
-        access_log=None,  # the app writes its own structured access line
-        handler_cancellation=HANDLER_CANCELLATION,
-        keepalive_timeout=timeouts.keepalive,
-        max_line_size=limits.header_size,
-        # A payment header may be longer than other headers; letting it through to the
-        # decoder gets it a precise x402 reason (up to twice the limit) instead of the
-        # parser's bare 400.
-        max_field_size=max(limits.header_size, 2 * limits.payment_header),
-        shutdown_timeout=timeouts.shutdown_grace,
-        # After answering early (413, 504...) aiohttp drains the rest of an upload before
-        # closing; 10 s by default, during which a gone client is not noticed.
-        lingering_time=2.0,
-    )
-    admin_runner: web.AppRunner | None = None
-    accept: listener_mod.Listener | None = None
-    try:
-        if not await _start(runner, signals.stop):
-            log.info("startup_interrupted", worker=index)
-            return 0
+class Worker:
+    """One serving process, in named phases: `start` (bind, app start-up, listeners), `serve`
+    (until the first signal), `drain` (stop accepting, let requests in flight finish within
+    the grace, run the app's cleanup), `stop` (admin listener, signal handlers)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        make_app: AppFactory,
+        make_admin: AdminFactory | None,
+        index: int,
+        parent_fd: int | None,
+    ) -> None:
+        self.settings = settings
+        self.index = index
+        self._make_app = make_app
+        self._make_admin = make_admin if index == 0 and settings.admin is not None else None
+        self._parent_fd = parent_fd
+        self._socks: list[socket.socket] = []
+        self._accept: listener_mod.Listener | None = None
+        self._admin: web.AppRunner | None = None
+
+    async def run(self) -> int:
+        """The whole life: the exit code (0 after a drain, 1 when a second signal forced it)."""
+        signals = Signals(asyncio.get_running_loop(), self._parent_fd)
+        self._socks = listener_mod.bind(
+            self.settings.listen, backlog=BACKLOG, reuse_port=self.settings.workers > 1
+        )
+        try:
+            app = self._make_app(self.settings)
+            state = attach_state(app)
+            signals.reload = app.get(RELOAD)
+        except BaseException:
+            self._close_sockets()
+            raise
+        runner = self._app_runner(app)
+        try:
+            if not await self.start(runner, app, state, signals.stop):
+                log.info("startup_interrupted", worker=self.index)
+                return 0
+            await self.serve(signals.stop)
+        finally:
+            forced = await self.drain(runner, state, signals.force)
+            await self.stop(signals, forced)
+        return 1 if forced else 0
+
+    def _app_runner(self, app: web.Application) -> web.AppRunner:
+        timeouts, limits = self.settings.timeouts, self.settings.limits
+        return web.AppRunner(
+            app,
+            access_log=None,  # the app writes its own structured access line
+            handler_cancellation=HANDLER_CANCELLATION,
+            keepalive_timeout=timeouts.keepalive,
+            max_line_size=limits.header_size,
+            # A payment header may be longer than other headers; letting it through to the
+            # decoder gets it a precise x402 reason (up to twice the limit) instead of the
+            # parser's bare 400.
+            max_field_size=max(limits.header_size, 2 * limits.payment_header),
+            shutdown_timeout=timeouts.shutdown_grace,
+            # After answering early (413, 504...) aiohttp drains the rest of an upload before
+            # closing; 10 s by default, during which a gone client is not noticed.
+            lingering_time=2.0,
+        )
+
+    async def start(
+        self, runner: web.AppRunner, app: web.Application, state: ServerState, stop: asyncio.Event
+    ) -> bool:
+        """The app's start-up, then the admin listener, then client connections. False when a
+        signal came first."""
+        if not await _start(runner, stop):
+            return False
         assert runner.server is not None
-        accept = listener_mod.Listener(
-            loop,
-            socks,
+        self._accept = listener_mod.Listener(
+            asyncio.get_running_loop(),
+            self._socks,
             runner.server,
-            limit=limits.connections,
-            header_timeout=timeouts.request_header,
+            limit=self.settings.limits.connections,
+            header_timeout=self.settings.timeouts.request_header,
             backlog=BACKLOG,
         )
-        state._listener = accept
-        if settings.admin is not None and make_admin is not None and index == 0:
-            admin_runner = web.AppRunner(
-                make_admin(app), access_log=None, shutdown_timeout=ADMIN_SHUTDOWN_TIMEOUT
-            )
-            await admin_runner.setup()
-            site = web.TCPSite(admin_runner, settings.admin.host, settings.admin.port)
-            await site.start()
-            log.info("admin_listening", host=settings.admin.host, port=site.port)
-        accept.start()
-        for host, port in accept.addresses:
-            log.info("listening", host=host, port=port, worker=index, pid=os.getpid())
-        await signals.stop.wait()
-    finally:
+        state.attach_listener(self._accept)
+        if self._make_admin is not None:
+            await self._start_admin(self._make_admin(app))
+        self._accept.start()
+        for host, port in self._accept.addresses:
+            log.info("listening", host=host, port=port, worker=self.index, pid=os.getpid())
+        return True
+
+    async def _start_admin(self, admin: web.Application) -> None:
+        assert self.settings.admin is not None
+        self._admin = web.AppRunner(admin, access_log=None, shutdown_timeout=ADMIN_SHUTDOWN_TIMEOUT)
+        await self._admin.setup()
+        site = web.TCPSite(self._admin, self.settings.admin.host, self.settings.admin.port)
+        await site.start()
+        log.info("admin_listening", host=self.settings.admin.host, port=site.port)
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Serve until the first SIGTERM/SIGINT (or the supervisor's death)."""
+        await stop.wait()
+
+    async def drain(self, runner: web.AppRunner, state: ServerState, force: asyncio.Event) -> bool:
+        """Refuse new connections, let requests in flight finish (within the grace), then the
+        app's cleanup. True when a second signal cut it short."""
         state.draining = True
-        if accept is not None:
-            accept.close()
+        if self._accept is not None:
+            self._accept.close()
         else:
-            for sock in socks:
-                sock.close()
+            self._close_sockets()
         log.info(
             "draining",
             in_flight=state.in_flight.count,
             connections=state.connections,
-            grace=timeouts.shutdown_grace,
+            grace=self.settings.timeouts.shutdown_grace,
         )
-        forced = await _drain(runner, signals.force)
-        if admin_runner is not None:
-            await admin_runner.cleanup()
+        return await _drain(runner, force)
+
+    async def stop(self, signals: Signals, forced: bool) -> None:
+        """The admin listener closes last (its /healthz said 503 through the drain)."""
+        if self._admin is not None:
+            await self._admin.cleanup()
         signals.close()
-        log.info("stopped", forced=forced, worker=index)
-    return 1 if forced else 0
+        log.info("stopped", forced=forced, worker=self.index)
+
+    def _close_sockets(self) -> None:
+        for sock in self._socks:
+            sock.close()
 
 
 async def _start(runner: web.AppRunner, stop: asyncio.Event) -> bool:

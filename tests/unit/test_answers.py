@@ -15,11 +15,11 @@ from gateway.errors import (
     PaymentError,
     UpstreamTimeout,
 )
-from gateway.payment.challenge import Challenges
+from gateway.payment.challenge import PreparedChallenges
 from tests.unit.wire_helpers import URL, route, settings
 
 PRICED = route()
-CHALLENGES = Challenges(settings(PRICED))
+CHALLENGES = PreparedChallenges(settings(PRICED))
 
 
 def request(accept: str = "application/json", ua: str = "curl/8") -> object:
@@ -63,7 +63,7 @@ def test_other_errors_are_problem_json() -> None:
 
 
 def test_browser_gets_the_paywall_page() -> None:
-    r = answers.challenge(
+    r = answers.challenge_response(
         request("text/html,application/xhtml+xml", "Mozilla/5.0"),  # type: ignore[arg-type]
         CHALLENGES,
         PRICED,

@@ -12,7 +12,6 @@ from eth_utils.address import to_checksum_address
 
 from gateway import config
 from gateway.config import document
-from gateway.config.pricing import format_price
 from gateway.config.settings import (
     Address,
     AssetSpec,
@@ -23,6 +22,7 @@ from gateway.config.settings import (
     Timeouts,
 )
 from gateway.errors import ConfigError
+from gateway.formats import format_price
 
 PAY_TO = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
 BASE_SEPOLIA_USDC = "0x036CbD53842c5426634e7929541eC2318f3dCF7e"

@@ -1,5 +1,6 @@
-"""gateway.metrics: names and types as documented, one registry per instance, the payment
-outcome mapping, and what a paid request's observation counts and logs."""
+"""gateway.observe.metrics (and the outcome mapping of gateway.payment.outcome, and the
+access-line fields of gateway.observe.access): names and types as documented, one registry
+per instance, the payment outcome mapping, and what a paid request's record counts and logs."""
 
 from __future__ import annotations
 
@@ -25,9 +26,12 @@ from gateway.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from gateway.observe.metrics import Metrics, dependency_of, payment_outcome, safe_url
+from gateway.observe.access import payment_fields
+from gateway.observe.metrics import Metrics, dependency_of, safe_url
+from gateway.observe.record import RequestRecord
 from gateway.payment import decode_payment, match_requirement
-from gateway.payment.engine import Claim
+from gateway.payment.engine import Claim, StepTimings
+from gateway.payment.outcome import payment_outcome
 from gateway.store import PaymentRecord
 from tests.unit.wire_helpers import URL, headers, new_account, requirement, route, sdk_v2_payment
 
@@ -172,15 +176,40 @@ def make_claim(amount: int = 1500) -> Claim:
     return Claim(matched.identity.key, matched, record, 300.0)
 
 
+def paid_record(
+    claim: Claim | None, error: GatewayError | None, *, client_gone: bool
+) -> RequestRecord:
+    """What the flow fills in for a request to the priced route `/paid/*`."""
+    return RequestRecord(
+        request_id="r1",
+        method="GET",
+        path="/paid/x",
+        generation=1,
+        route=route(),
+        claim=claim,
+        error=error,
+        status=None if client_gone else 200,
+    )
+
+
+def observe_payment(
+    m: Metrics, claim: Claim | None, error: GatewayError | None, *, client_gone: bool
+) -> dict[str, object]:
+    """Count it (metrics) and return its access-line fields: both read the one record."""
+    record = paid_record(claim, error, client_gone=client_gone)
+    m.observe_payment(record)
+    return payment_fields(record)
+
+
 def test_a_settled_payment_counts_revenue_and_logs_who_paid_what() -> None:
     m = Metrics()
     claim = make_claim(1500)
-    claim.timings.update(verify=0.01, origin=0.2, settle=0.03)
+    claim.timings = StepTimings(verify=0.01, origin=0.2, settle=0.03)
     claim.settled = SettleResponse(
         success=True, transaction="0xabc", network=claim.matched.requirement.network
     )
     claim.record = claim.record.with_status("settled", transaction="0xabc")
-    fields = m.observe_payment("/paid/*", claim, None, client_gone=False)
+    fields = observe_payment(m, claim, None, client_gone=False)
     req = claim.matched.requirement
     assert fields == {
         "payment": "settled",
@@ -205,8 +234,8 @@ def test_a_settled_payment_counts_revenue_and_logs_who_paid_what() -> None:
 def test_an_unsettled_payment_counts_no_revenue() -> None:
     m = Metrics()
     claim = make_claim()
-    claim.timings["verify"] = 0.01
-    fields = m.observe_payment("/paid/*", claim, None, client_gone=True)
+    claim.timings.verify = 0.01
+    fields = observe_payment(m, claim, None, client_gone=True)
     assert fields["payment"] == "not_charged" and fields["payment_reason"] == "client_gone"
     assert "transaction" not in fields
     got = samples(m)
@@ -216,7 +245,7 @@ def test_an_unsettled_payment_counts_no_revenue() -> None:
 
 def test_a_refused_payment_without_a_claim_has_only_its_outcome() -> None:
     m = Metrics()
-    fields = m.observe_payment("/paid/*", None, PaymentConflict("again"), client_gone=False)
+    fields = observe_payment(m, None, PaymentConflict("again"), client_gone=False)
     assert fields == {"payment": "replayed", "payment_reason": "payment_already_used"}
 
 

@@ -18,14 +18,13 @@ from gateway.payment.challenge import (
     ERROR_PAYMENT_REQUIRED,
     EXPOSE_HEADERS,
     EXPOSE_HEADERS_VALUE,
-    Challenges,
+    PreparedChallenges,
     payment_required,
     paywall_html,
-    requirements_v1,
-    requirements_v2,
-    settlement_header,
     wants_html,
 )
+from gateway.payment.receipts import settlement_header
+from gateway.payment.requirements import requirements_v1, requirements_v2
 from tests.unit.wire_helpers import (
     ASSET,
     OTHER_ASSET,
@@ -136,7 +135,7 @@ def test_error_reason_is_carried_in_both_versions() -> None:
 
 def test_challenges_cache_answers_like_the_uncached_builder() -> None:
     priced = route()
-    challenges = Challenges(settings(priced, route(index=4, accepts=())), cache_size=2)
+    challenges = PreparedChallenges(settings(priced, route(index=4, accepts=())), cache_size=2)
     for url in (URL, URL + "&y=2", "http://other/paid/report", URL):  # evicts and rebuilds
         assert challenges.payment_required(priced, url, "e") == payment_required(priced, url, "e")
     # each error is its own entry
@@ -146,7 +145,7 @@ def test_challenges_cache_answers_like_the_uncached_builder() -> None:
 
 def test_challenges_hand_out_headers_the_caller_may_extend() -> None:
     priced = route()
-    challenges = Challenges(settings(priced))
+    challenges = PreparedChallenges(settings(priced))
     first, _ = challenges.payment_required(priced, URL, "e")
     first["Access-Control-Expose-Headers"] = EXPOSE_HEADERS_VALUE
     second, _ = challenges.payment_required(priced, URL, "e")
@@ -154,7 +153,7 @@ def test_challenges_hand_out_headers_the_caller_may_extend() -> None:
 
 
 def test_challenges_answer_for_a_route_added_after_start_up() -> None:
-    challenges = Challenges(settings())
+    challenges = PreparedChallenges(settings())
     late = route(index=9, accepts=(requirement(amount=42),))
     assert challenges.payment_required(late, URL, "e") == payment_required(late, URL, "e")
 
@@ -165,20 +164,20 @@ def _request(host: str = "gw.test:8402", peer: str = "203.0.113.7", **head: str)
 
 
 def test_resource_url_prefers_public_url() -> None:
-    public = Challenges(settings(public_url="https://api.example.com/"))
+    public = PreparedChallenges(settings(public_url="https://api.example.com/"))
     assert public.resource_url(_request(), "/a", "b=1") == "https://api.example.com/a?b=1"
     assert public.resource_url(_request(), "/a", "") == "https://api.example.com/a"
 
 
 def test_resource_url_is_the_requests_own_without_public_url() -> None:
-    plain = Challenges(settings())
+    plain = PreparedChallenges(settings())
     assert plain.resource_url(_request(), "/a/b", "c=%20") == "http://gw.test:8402/a/b?c=%20"
     assert plain.resource_url(_request(host="[::1]:8402"), "/a", "") == "http://[::1]:8402/a"
     assert plain.resource_url(_request(host="evil/x?y"), "/a", "") == "http://localhost/a"
 
 
 def test_forwarded_scheme_and_host_count_only_from_trusted_proxies() -> None:
-    trusting = Challenges(settings(trusted_proxies=(ipaddress.ip_network("10.0.0.0/8"),)))
+    trusting = PreparedChallenges(settings(trusted_proxies=(ipaddress.ip_network("10.0.0.0/8"),)))
     forwarded = {"X_Forwarded_Proto": "HTTPS, http", "X_Forwarded_Host": "api.example.com"}
     via_proxy = _request(peer="10.1.2.3", **forwarded)
     direct = _request(peer="203.0.113.7", **forwarded)
@@ -201,7 +200,7 @@ def test_forwarded_scheme_and_host_count_only_from_trusted_proxies() -> None:
 def test_wants_html_mirrors_the_sdk(accept: str, agent: str, browser: bool) -> None:
     assert wants_html(accept, agent) is browser
     request = CIMultiDict({"accept": accept, "user-agent": agent})
-    assert Challenges.wants_html(request) is browser
+    assert PreparedChallenges.wants_html(request) is browser
 
 
 def test_paywall_is_the_sdk_page_with_this_challenge() -> None:
@@ -245,7 +244,7 @@ def test_paywall_falls_back_to_plain_html_off_evm() -> None:
 
 def test_challenges_paywall_keeps_the_challenge_header() -> None:
     priced = route()
-    challenges = Challenges(settings(priced))
+    challenges = PreparedChallenges(settings(priced))
     assert challenges.paywall_html(priced, URL, "e") == paywall_html(priced, URL, "e")
     head, page = challenges.paywall(priced, URL, ERROR_PAYMENT_REQUIRED)
     assert head["Content-Type"] == "text/html; charset=utf-8"

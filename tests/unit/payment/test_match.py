@@ -12,7 +12,6 @@ from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
 from gateway.config.settings import RouteSettings
 from gateway.errors import MalformedPayment, PaymentError
-from gateway.payment.challenge import requirements_v1, requirements_v2
 from gateway.payment.decode import DecodedPayment
 from gateway.payment.match import (
     CLAIM_MAX,
@@ -21,6 +20,7 @@ from gateway.payment.match import (
     claim_ttl,
     match_requirement,
 )
+from gateway.payment.requirements import requirements_v1, requirements_v2
 from tests.unit.wire_helpers import (
     ASSET,
     NONCE,

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.payment.networks import caip_from_v1, chain_id, is_testnet, v1_name
+from gateway.formats import chain_id
+from gateway.payment.networks import caip_from_v1, is_testnet, v1_name
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,8 @@ from aiohttp import web
 from gateway.config.settings import Address, Limits, Settings, Timeouts
 from gateway.observe.logs import get_logger
 from gateway.serving.admin import FunctionCheck, make_admin_app
-from gateway.serving.runner import attach_state, run
+from gateway.serving.runner import run
+from gateway.serving.state import attach_state
 
 log = get_logger("tests.app")
 

@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from gateway.serving.admin import FunctionCheck, Readiness, make_admin_app
-from gateway.serving.runner import attach_state
+from gateway.serving.state import attach_state
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 

@@ -15,6 +15,7 @@ import pytest
 from aiohttp import http_parser, web_protocol
 
 from gateway.serving import runner as server
+from gateway.serving import state
 from gateway.serving.listener import HeadWatcher
 from tests.procs import free_port
 from tests.unit.serving._server_proc import (
@@ -325,7 +326,7 @@ def test_head_watcher(chunks: list[bytes], complete_at: int | None) -> None:
 
 
 async def test_in_flight_counts_and_signals_idle() -> None:
-    in_flight = server.InFlight()
+    in_flight = state.InFlight()
     release = asyncio.Event()
 
     async def request() -> None:
@@ -346,7 +347,7 @@ async def test_in_flight_counts_and_signals_idle() -> None:
 
 
 async def test_in_flight_counts_down_on_cancellation() -> None:
-    in_flight = server.InFlight()
+    in_flight = state.InFlight()
 
     async def request() -> None:
         async with in_flight.track():
