@@ -55,7 +55,7 @@ METRICS = web.AppKey("metrics", Metrics)
 
 async def handle(request: web.Request, gw: Generation, record: RequestRecord) -> web.StreamResponse:
     started = time.perf_counter()
-    resource_url = ""
+    resource: answers.PricedResource | None = None  # set once the request is for a price
     try:
         path, query = canonicalize(request.raw_path)
         route = record.route = find_route(gw, request.method, path)
@@ -70,13 +70,12 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
         if route is None or route.free:
             upstream = await forward(add_headers={"X-Request-Id": record.request_id})
             return await relay(request, upstream)
-        resource_url = gw.challenges.resource_url(request, path, query)
+        url = gw.challenges.resource_url(request, path, query)
+        resource = answers.PricedResource(gw.challenges, route, url)
         payment = decode_payment(request.headers, gw.settings.limits.payment_header)
         if payment is None:
-            return answers.challenge_response(
-                request, gw.challenges, route, resource_url, ERROR_PAYMENT_REQUIRED
-            )
-        matched = match_requirement(route, payment, resource_url)
+            return answers.challenge_response(request, resource, ERROR_PAYMENT_REQUIRED)
+        matched = match_requirement(route, payment, url)
         async with gw.payments.claimed(matched, route, record.request_id) as claim:
             record.claim = claim
             await gw.payments.verify(claim)
@@ -111,9 +110,7 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
             )
     except GatewayError as exc:
         record.error = exc
-        return answers.error_response(
-            request, exc, gw.challenges, record.route, resource_url, record.request_id
-        )
+        return answers.error_response(request, exc, resource, record.request_id)
 
 
 def find_route(gw: Generation, method: str, path: str) -> RouteSettings | None:

@@ -27,28 +27,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         # SIGHUP (reload) must never end a starting gateway: hold it back from the first
         # moment, before the heavy imports; the server delivers it once it can reload.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
-    from gateway.config import load
-
     if args.command == "demo":
         from gateway.demo.walkthrough import run_demo
 
         return run_demo(once=args.once)
+    settings = _load(_config_path(args, parser))
+    if settings is None:
+        return 1
+    command = {"check": _check, "routes": _routes, "payments": _list_payments, "serve": _serve}
+    return command[args.command](settings, args)
+
+
+def _load(path: str) -> Settings | None:
+    """The settings, or None once every problem has been printed."""
+    from gateway.config import load
+
     try:
-        settings = load(_config_path(args, parser))
+        return load(path)
     except ConfigError as exc:
         for line in exc.errors:
             print(f"error: {line}", file=sys.stderr)
         print(f"{len(exc.errors)} error(s); nothing was started", file=sys.stderr)
-        return 1
     except OSError as exc:
         print(f"error: cannot read config: {exc}", file=sys.stderr)
-        return 1
-    if args.command == "check":
-        return check(settings, online=args.online)
-    if args.command == "routes":
-        return routes(settings)
-    if args.command == "payments":
-        return asyncio.run(_payments(settings, args.limit, args.format))
+    return None
+
+
+def _check(settings: Settings, args: argparse.Namespace) -> int:
+    return check(settings, online=args.online)
+
+
+def _routes(settings: Settings, _args: argparse.Namespace) -> int:
+    return routes(settings)
+
+
+def _list_payments(settings: Settings, args: argparse.Namespace) -> int:
+    return asyncio.run(_payments(settings, args.limit, args.format))
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import functools
 
     from gateway.app import create_admin_app, create_app
@@ -169,8 +186,7 @@ async def _check_online(settings: Settings) -> list[str]:
     from gateway.payment.engine import Payments
     from gateway.store import open_store
 
-    store = open_store("memory")
-    payments = Payments(open_facilitator(settings), store)
+    payments = Payments(open_facilitator(settings), open_store("memory"))
     try:
         errors = await payments.start()
         return errors + payments.unsupported(settings.routes)

@@ -96,16 +96,20 @@ class Generation:
         ]
 
 
+@dataclass(frozen=True, slots=True)
+class Reuse:
+    """The running generation, and which of its parts the new one must not share."""
+
+    previous: Generation
+    rebuild: Rebuild
+
+
 async def build(
-    settings: Settings,
-    metrics: Metrics,
-    generation: int,
-    parts: Parts,
-    previous: Generation | None = None,
-    todo: Rebuild = EVERYTHING,
+    settings: Settings, metrics: Metrics, generation: int, parts: Parts, reuse: Reuse | None = None
 ) -> Generation:
-    """A started generation; the parts `previous` has and `todo` does not name are reused.
-    On any failure the parts made so far are closed again."""
+    """A started generation, sharing the parts of `reuse.previous` that `reuse.rebuild` does
+    not name. On any failure the parts made so far are closed again."""
+    previous, todo = (reuse.previous, reuse.rebuild) if reuse is not None else (None, EVERYTHING)
     async with contextlib.AsyncExitStack() as undo:
         builder = _Builder(settings, metrics, generation, parts, previous, todo, undo)
         store = builder.store()

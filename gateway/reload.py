@@ -21,7 +21,7 @@ import os
 from collections.abc import Awaitable
 from typing import Any
 
-from gateway.composition import Generation, Parts, Rebuild, build
+from gateway.composition import Generation, Parts, Rebuild, Reuse, build
 from gateway.config import load
 from gateway.config.settings import LocalFacilitatorSettings, Settings
 from gateway.errors import ConfigError
@@ -168,7 +168,7 @@ class LiveGateway:
             generation = old.generation + 1
             try:
                 todo = rebuild(old.settings, settings)
-                new = await build(settings, self.metrics, generation, self.parts, old, todo)
+                new = await build(settings, self.metrics, generation, self.parts, Reuse(old, todo))
             # The old generation keeps serving whatever went wrong; the error is logged whole.
             except Exception as exc:
                 log.exception("config_reload_build_failed", config=path)

@@ -1,24 +1,24 @@
-"""YAML config file -> validated, frozen `Settings`, with `file:line key.path:` errors.
-
-The file is composed into YAML nodes (which carry line numbers) and walked by hand, so every
-problem can name its line and key path, and all of them are reported at once. `${ENV}`
-references in values are expanded before a value is read as its type.
+"""The config document's top level, compiled into `Settings`: one small function per section
+(addresses, payment defaults, store and workers, facilitators, timeouts, limits, proxies);
+the `routes:` table is gateway/config/routes.py. Problems are reported to the `Reader`, all
+of them, each with its line; a section that cannot be read yields its defaults.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
-from collections.abc import Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 
 import yaml
 
 from gateway import formats
 from gateway.config import values as cv
+from gateway.config.pricing import DEFAULT_NETWORK
 from gateway.config.reader import (
     Reader,
     Scalar,
+    Section,
     boolean,
     choice,
     duration,
@@ -26,7 +26,7 @@ from gateway.config.reader import (
     positive_int,
     using,
 )
-from gateway.config.routes import ACCEPT_KEYS, ROUTE_KEYS, compile_routes
+from gateway.config.routes import RouteDefaults, compile_routes
 from gateway.config.settings import (
     Address,
     AssetSpec,
@@ -38,23 +38,6 @@ from gateway.config.settings import (
     Settings,
     Timeouts,
 )
-from gateway.errors import ConfigError
-
-__all__ = [
-    "ACCEPT_KEYS",
-    "ASSET_KEYS",
-    "FACILITATOR_KEYS",
-    "LIMIT_KEYS",
-    "LOCAL_FACILITATOR_KEYS",
-    "LOG_LEVELS",
-    "ROUTE_KEYS",
-    "TIMEOUT_KEYS",
-    "TOP_LEVEL_KEYS",
-    "Reader",
-    "Scalar",
-    "load",
-    "loads",
-]
 
 TOP_LEVEL_KEYS = frozenset(
     {
@@ -86,77 +69,120 @@ TIMEOUT_KEYS = frozenset(
 )
 LIMIT_KEYS = frozenset({"request_body", "header_size", "connections", "payment_header"})
 LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_LISTEN = Address("0.0.0.0", 8402)
+DEFAULT_ADMIN = Address("127.0.0.1", 9402)
 _DISABLED = frozenset({"off", "false", "no", "null", "~", ""})
 _UNLIMITED = frozenset({"unlimited", "null", "~", "none"})
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+origin_url = using(lambda text: cv.parse_url(text, allow_path=False))
+any_url = using(lambda text: cv.parse_url(text, allow_path=True))
 
-# --- sections -------------------------------------------------------------------------
 
-
-def _admin(s: Scalar) -> Address | None:
-    if s.value is None or s.value is False or s.text.strip().lower() in _DISABLED:
+def compile_document(reader: Reader, root: yaml.Node) -> Settings | None:
+    """The whole file as `Settings`; None when its top level is not even a mapping."""
+    top = reader.section(root, "", TOP_LEVEL_KEYS)
+    if top is None:
         return None
-    return cv.parse_listen(s.text)
-
-
-def _request_body(s: Scalar) -> int | None:
-    if s.value is None or s.text.strip().lower() in _UNLIMITED:
-        return None
-    return cv.parse_size(s.text)
-
-
-def _timeouts(r: Reader, node: yaml.Node | None) -> Timeouts:
-    d, p = Timeouts(), "timeouts"
-    e = r.mapping(node, p, TIMEOUT_KEYS) if node is not None else None
-    if not e:
-        return d
-    grace = using(lambda t: formats.parse_duration(t, allow_zero=True))
-    return Timeouts(
-        connect=r.read(e, "connect", p, duration, d.connect),
-        read=r.read(e, "read", p, duration, d.read),
-        request_header=r.read(e, "request_header", p, duration, d.request_header),
-        request_body=r.read(e, "request_body", p, duration, d.request_body),
-        shutdown_grace=r.read(e, "shutdown_grace", p, grace, d.shutdown_grace),
-        keepalive=r.read(e, "keepalive", p, duration, d.keepalive),
+    top.require(("upstream", "routes"))
+    listen, admin = _addresses(top)
+    upstream = top.read("upstream", origin_url, "", on_null="error")
+    defaults = _route_defaults(reader, top)
+    store, workers = _store_and_workers(top)
+    facilitators = _facilitators(reader, top.get("facilitator"))
+    routes = _routes(reader, top, defaults)
+    return Settings(
+        source=reader.filename,
+        listen=listen,
+        admin=admin,
+        upstream=upstream,
+        routes=routes,
+        facilitators=facilitators,
+        network=defaults.network,
+        pay_to=defaults.pay_to,
+        asset=defaults.asset,
+        store=store,
+        payer_header=top.read("payer_header", using(cv.parse_payer_header), "X-Payer"),
+        timeouts=_timeouts(reader, top.get("timeouts")),
+        limits=_limits(reader, top.get("limits")),
+        trusted_proxies=_trusted_proxies(reader, top.get("trusted_proxies")),
+        public_url=top.read("public_url", any_url, None),
+        case_insensitive_paths=top.read("case_insensitive_paths", boolean, False),
+        log_level=top.read("log_level", choice(LOG_LEVELS), "info"),
+        workers=workers,
+        server_timing=top.read("server_timing", boolean, False),
     )
 
 
-def _limits(r: Reader, node: yaml.Node | None) -> Limits:
-    d, p = Limits(), "limits"
-    e = r.mapping(node, p, LIMIT_KEYS) if node is not None else None
-    if not e:
-        return d
-    size = using(cv.parse_size)
-    return Limits(
-        request_body=r.read(e, "request_body", p, _request_body, d.request_body, null=True),
-        header_size=r.read(e, "header_size", p, size, d.header_size),
-        connections=r.read(e, "connections", p, positive_int, d.connections),
-        payment_header=r.read(e, "payment_header", p, size, d.payment_header),
-    )
+# --- listening addresses ----------------------------------------------------------------
 
 
-def _decimals(s: Scalar) -> int:
-    if isinstance(s.value, bool) or not isinstance(s.value, int) or not 0 <= s.value <= 36:
-        raise ValueError(f"{formats.quote(s.text)} is not a number of decimals (0-36)")
-    return s.value
-
-
-def _asset(r: Reader, node: yaml.Node) -> AssetSpec | None:
-    e = r.mapping(node, "asset", ASSET_KEYS)
-    if e is None:
+def _admin(scalar: Scalar) -> Address | None:
+    if scalar.value is None or scalar.value is False or scalar.text.strip().lower() in _DISABLED:
         return None
-    for key in ("address", "name", "version", "decimals"):
-        if key not in e:
-            r.error(
-                node, f"asset.{key}", "required (an asset needs address, name, version, decimals)"
-            )
-    address = r.read(e, "address", "asset", using(formats.parse_evm_address), None, required=True)
-    name = r.read(e, "name", "asset", nonempty, None, required=True)
-    version = r.read(e, "version", "asset", nonempty, None, required=True)
-    decimals = r.read(e, "decimals", "asset", _decimals, None, required=True)
-    symbol = r.read(e, "symbol", "asset", nonempty, "")
+    return cv.parse_listen(scalar.text)
+
+
+def _addresses(top: Section) -> tuple[Address, Address | None]:
+    listen = top.read("listen", using(cv.parse_listen), DEFAULT_LISTEN)
+    default_admin: Address | None = DEFAULT_ADMIN
+    admin = top.read("admin", _admin, default_admin, on_null="convert")
+    if admin is not None and admin == listen and listen.port != 0:
+        top.error("admin", f"same address as listen ({listen})")
+    return listen, admin
+
+
+# --- what routes fall back to -----------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Broken:
+    """Which top-level keys were reported as wrong while reading them."""
+
+    reader: Reader
+    keys: set[str]
+
+    def watch(self, key: str, errors_before: int) -> None:
+        if self.reader.error_count > errors_before:
+            self.keys.add(key)
+
+
+def _route_defaults(reader: Reader, top: Section) -> RouteDefaults:
+    broken = _Broken(reader, set())
+    before = reader.error_count
+    network = top.read("network", using(formats.parse_network), DEFAULT_NETWORK)
+    broken.watch("network", before)
+    before = reader.error_count
+    pay_to = top.read("pay_to", using(cv.parse_pay_to), None)
+    broken.watch("pay_to", before)
+    before = reader.error_count
+    asset_node = top.get("asset")
+    asset = _asset(reader, asset_node) if asset_node is not None else None
+    broken.watch("asset", before)
+    return RouteDefaults(network, pay_to, asset, frozenset(broken.keys))
+
+
+def _decimals(scalar: Scalar) -> int:
+    value = scalar.value
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 36:
+        raise ValueError(f"{formats.quote(scalar.text)} is not a number of decimals (0-36)")
+    return value
+
+
+def _asset(reader: Reader, node: yaml.Node) -> AssetSpec | None:
+    asset = reader.section(node, "asset", ASSET_KEYS)
+    if asset is None:
+        return None
+    asset.require(
+        ("address", "name", "version", "decimals"),
+        "required (an asset needs address, name, version, decimals)",
+    )
+    address = asset.read("address", using(formats.parse_evm_address), None, on_null="error")
+    name = asset.read("name", nonempty, None, on_null="error")
+    version = asset.read("version", nonempty, None, on_null="error")
+    decimals = asset.read("decimals", _decimals, None, on_null="error")
+    symbol = asset.read("symbol", nonempty, "")
     if address is None or name is None or version is None or decimals is None:
         return None
     if symbol:
@@ -164,70 +190,142 @@ def _asset(r: Reader, node: yaml.Node) -> AssetSpec | None:
     return AssetSpec(address, name, version, decimals)
 
 
-def _local_facilitator(
-    r: Reader, node: yaml.Node, path: str, timeout: float
-) -> LocalFacilitatorSettings | None:
-    e = r.mapping(node, path, LOCAL_FACILITATOR_KEYS)
-    if e is None:
-        return None
-    for key in ("rpc_url", "private_key"):
-        if key not in e:
-            r.error(node, f"{path}.{key}", "required")
-    # An RPC URL often embeds an API key: it is never echoed.
-    rpc_url = using(lambda t: cv.parse_url(t, allow_path=True, what="RPC URL", echo=False))
-    rpc = r.read(e, "rpc_url", path, rpc_url, None, required=True)
-    secret = r.read(e, "private_key", path, using(cv.parse_private_key), None, required=True)
-    if rpc is None or secret is None:
-        return None
-    return LocalFacilitatorSettings(rpc_url=rpc, private_key=secret, timeout=timeout)
+# --- store, workers, routes -------------------------------------------------------------
 
 
-def _headers(r: Reader, node: yaml.Node, path: str) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for name, value in (r.mapping(node, path, None) or {}).items():
-        try:
-            formats.parse_token(name, "header name")
-        except ValueError as exc:
-            r.error(value, f"{path}.{name}", str(exc))
-            continue
-        got = r.value(value, f"{path}.{name}", using(cv.parse_header_value), None)
-        if got is not None:
-            headers[name] = got
-    return headers
+def _store_and_workers(top: Section) -> tuple[str, int]:
+    store = top.read("store", using(cv.parse_store), "memory")
+    workers = top.read("workers", positive_int, 1)
+    if workers > 1 and store == "memory":
+        top.error(
+            "workers", f"{workers} needs a shared store (redis://...); store: memory is per process"
+        )
+    return store, workers
 
 
-def _facilitator(r: Reader, node: yaml.Node, path: str) -> FacilitatorSettings | None:
-    e = r.mapping(node, path, FACILITATOR_KEYS)
-    if e is None:
+def _routes(reader: Reader, top: Section, defaults: RouteDefaults) -> tuple[RouteSettings, ...]:
+    routes_node = top.get("routes")
+    routes = compile_routes(reader, routes_node, defaults) if routes_node is not None else ()
+    if "facilitator" not in top and any(not route.free for route in routes):
+        reader.error(
+            top.node,
+            "facilitator",
+            "priced routes need a facilitator; add e.g. "
+            "facilitator: {url: https://x402.org/facilitator}",
+        )
+    return routes
+
+
+# --- facilitators -----------------------------------------------------------------------
+
+
+def _facilitators(reader: Reader, node: yaml.Node | None) -> tuple[FacilitatorSettings, ...]:
+    if node is None:
+        return ()
+    if isinstance(node, yaml.SequenceNode):
+        if not node.value:
+            reader.error(node, "facilitator", "is an empty list")
+        found = [
+            _facilitator(reader, item, f"facilitator[{index}]")
+            for index, item in enumerate(node.value)
+        ]
+    else:
+        found = [_facilitator(reader, node, "facilitator")]
+    return tuple(f for f in found if f is not None)
+
+
+def _facilitator(reader: Reader, node: yaml.Node, path: str) -> FacilitatorSettings | None:
+    entry = reader.section(node, path, FACILITATOR_KEYS)
+    if entry is None:
         return None
-    if ("url" in e) == ("local" in e):
-        r.error(node, path, "give either url (a remote facilitator) or local (in-process)")
+    if ("url" in entry) == ("local" in entry):
+        reader.error(node, path, "give either url (a remote facilitator) or local (in-process)")
         return None
-    if "local" in e:
-        if "headers" in e:
-            r.error(e["headers"], f"{path}.headers", "only for a remote facilitator (url)")
-        timeout = r.read(e, "timeout", path, duration, 30.0)
-        return _local_facilitator(r, e["local"], f"{path}.local", timeout)
-    url = r.read(
-        e, "url", path, using(lambda t: cv.parse_url(t, allow_path=True)), None, required=True
-    )
-    timeout = r.read(e, "timeout", path, duration, 10.0)
-    headers = _headers(r, e["headers"], f"{path}.headers") if "headers" in e else {}
+    if "local" in entry:
+        return _local_facilitator(reader, entry)
+    return _remote_facilitator(reader, entry)
+
+
+def _remote_facilitator(reader: Reader, entry: Section) -> RemoteFacilitatorSettings | None:
+    url = entry.read("url", any_url, None, on_null="error")
+    timeout = entry.read("timeout", duration, 10.0)
+    headers_node = entry.get("headers")
+    headers = {} if headers_node is None else _headers(reader, headers_node, entry.where("headers"))
     if url is None:
         return None
     return RemoteFacilitatorSettings(url=url, headers=MappingProxyType(headers), timeout=timeout)
 
 
-def _facilitators(r: Reader, node: yaml.Node | None) -> tuple[FacilitatorSettings, ...]:
-    if node is None:
-        return ()
-    if isinstance(node, yaml.SequenceNode):
-        if not node.value:
-            r.error(node, "facilitator", "is an empty list")
-        found = [_facilitator(r, n, f"facilitator[{i}]") for i, n in enumerate(node.value)]
-    else:
-        found = [_facilitator(r, node, "facilitator")]
-    return tuple(f for f in found if f is not None)
+def _headers(reader: Reader, node: yaml.Node, path: str) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for name, value in (reader.mapping(node, path, None) or {}).items():
+        try:
+            formats.parse_token(name, "header name")
+        except ValueError as exc:
+            reader.error(value, f"{path}.{name}", str(exc))
+            continue
+        got = reader.value(value, f"{path}.{name}", using(cv.parse_header_value), None)
+        if got is not None:
+            headers[name] = got
+    return headers
+
+
+def _local_facilitator(reader: Reader, entry: Section) -> LocalFacilitatorSettings | None:
+    if "headers" in entry:
+        entry.error("headers", "only for a remote facilitator (url)")
+    timeout = entry.read("timeout", duration, 30.0)
+    local = reader.section(entry.entries["local"], entry.where("local"), LOCAL_FACILITATOR_KEYS)
+    if local is None:
+        return None
+    local.require(("rpc_url", "private_key"))
+    # An RPC URL often embeds an API key: it is never echoed.
+    rpc_url = using(lambda text: cv.parse_url(text, allow_path=True, what="RPC URL", echo=False))
+    rpc = local.read("rpc_url", rpc_url, None, on_null="error")
+    secret = local.read("private_key", using(cv.parse_private_key), None, on_null="error")
+    if rpc is None or secret is None:
+        return None
+    return LocalFacilitatorSettings(rpc_url=rpc, private_key=secret, timeout=timeout)
+
+
+# --- timeouts, limits, proxies ----------------------------------------------------------
+
+
+def _timeouts(reader: Reader, node: yaml.Node | None) -> Timeouts:
+    default = Timeouts()
+    section = reader.section(node, "timeouts", TIMEOUT_KEYS) if node is not None else None
+    if not section or not section.entries:
+        return default
+    grace = using(lambda text: formats.parse_duration(text, allow_zero=True))
+    return Timeouts(
+        connect=section.read("connect", duration, default.connect),
+        read=section.read("read", duration, default.read),
+        request_header=section.read("request_header", duration, default.request_header),
+        request_body=section.read("request_body", duration, default.request_body),
+        shutdown_grace=section.read("shutdown_grace", grace, default.shutdown_grace),
+        keepalive=section.read("keepalive", duration, default.keepalive),
+    )
+
+
+def _request_body(scalar: Scalar) -> int | None:
+    if scalar.value is None or scalar.text.strip().lower() in _UNLIMITED:
+        return None
+    return cv.parse_size(scalar.text)
+
+
+def _limits(reader: Reader, node: yaml.Node | None) -> Limits:
+    default = Limits()
+    section = reader.section(node, "limits", LIMIT_KEYS) if node is not None else None
+    if not section or not section.entries:
+        return default
+    size = using(cv.parse_size)
+    return Limits(
+        request_body=section.read(
+            "request_body", _request_body, default.request_body, on_null="convert"
+        ),
+        header_size=section.read("header_size", size, default.header_size),
+        connections=section.read("connections", positive_int, default.connections),
+        payment_header=section.read("payment_header", size, default.payment_header),
+    )
 
 
 def _ip_network(text: str) -> IPNetwork:
@@ -237,117 +335,12 @@ def _ip_network(text: str) -> IPNetwork:
         raise ValueError(f"{formats.quote(text)} is not an IP address or CIDR ({exc})") from None
 
 
-def _trusted_proxies(r: Reader, node: yaml.Node | None) -> tuple[IPNetwork, ...]:
+def _trusted_proxies(reader: Reader, node: yaml.Node | None) -> tuple[IPNetwork, ...]:
     if node is None:
         return ()
-    items = r.sequence(node, "trusted_proxies") or []
+    items = reader.sequence(node, "trusted_proxies") or []
     found = [
-        r.value(n, f"trusted_proxies[{i}]", using(_ip_network), None) for i, n in enumerate(items)
+        reader.value(item, f"trusted_proxies[{index}]", using(_ip_network), None)
+        for index, item in enumerate(items)
     ]
     return tuple(f for f in found if f is not None)
-
-
-def _compile(r: Reader, root: yaml.Node) -> Settings | None:
-    e = r.mapping(root, "", TOP_LEVEL_KEYS)
-    if e is None:
-        return None
-    for key in ("upstream", "routes"):
-        if key not in e:
-            r.error(root, key, "required")
-    listen = r.read(e, "listen", "", using(cv.parse_listen), Address("0.0.0.0", 8402))
-    default_admin: Address | None = Address("127.0.0.1", 9402)
-    admin = r.read(e, "admin", "", _admin, default_admin, null=True)
-    if admin is not None and admin == listen and listen.port != 0:
-        r.error(e.get("admin", root), "admin", f"same address as listen ({listen})")
-    upstream = r.read(
-        e, "upstream", "", using(lambda t: cv.parse_url(t, allow_path=False)), "", required=True
-    )
-    before = len(r.errors)
-    network = r.read(e, "network", "", using(formats.parse_network), "eip155:84532")
-    broken = {"network"} if len(r.errors) > before else set()
-    before = len(r.errors)
-    pay_to = r.read(e, "pay_to", "", using(cv.parse_pay_to), None)
-    broken |= {"pay_to"} if len(r.errors) > before else set()
-    before = len(r.errors)
-    asset = _asset(r, e["asset"]) if "asset" in e else None
-    broken |= {"asset"} if len(r.errors) > before else set()
-    store = r.read(e, "store", "", using(cv.parse_store), "memory")
-    workers = r.read(e, "workers", "", positive_int, 1)
-    if workers > 1 and store == "memory":
-        r.error(
-            e["workers"],
-            "workers",
-            f"{workers} needs a shared store (redis://...); store: memory is per process",
-        )
-    facilitators = _facilitators(r, e.get("facilitator"))
-    routes: tuple[RouteSettings, ...] = ()
-    if "routes" in e:
-        routes = compile_routes(
-            r, e["routes"], network=network, pay_to=pay_to, asset=asset, broken=frozenset(broken)
-        )
-    if "facilitator" not in e and any(not route.free for route in routes):
-        r.error(
-            root,
-            "facilitator",
-            "priced routes need a facilitator; add e.g. "
-            "facilitator: {url: https://x402.org/facilitator}",
-        )
-    public_url = using(lambda t: cv.parse_url(t, allow_path=True))
-    return Settings(
-        source=r.filename,
-        listen=listen,
-        admin=admin,
-        upstream=upstream,
-        routes=routes,
-        facilitators=facilitators,
-        network=network,
-        pay_to=pay_to,
-        asset=asset,
-        store=store,
-        payer_header=r.read(e, "payer_header", "", using(cv.parse_payer_header), "X-Payer"),
-        timeouts=_timeouts(r, e.get("timeouts")),
-        limits=_limits(r, e.get("limits")),
-        trusted_proxies=_trusted_proxies(r, e.get("trusted_proxies")),
-        public_url=r.read(e, "public_url", "", public_url, None),
-        case_insensitive_paths=r.read(e, "case_insensitive_paths", "", boolean, False),
-        log_level=r.read(e, "log_level", "", choice(LOG_LEVELS), "info"),
-        workers=workers,
-        server_timing=r.read(e, "server_timing", "", boolean, False),
-    )
-
-
-def loads(text: str, filename: str = "<string>", env: Mapping[str, str] | None = None) -> Settings:
-    """Parse and validate a config given as text; raises ConfigError with every problem."""
-    reader = Reader(filename, os.environ if env is None else env)
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else 1
-        # Our own words, not str(exc): PyYAML quotes the offending line, which may hold a secret.
-        problem = ": ".join(p for p in (exc.context, exc.problem) if p)
-        raise ConfigError([f"{filename}:{line}: YAML syntax error: {problem}"]) from None
-    except yaml.reader.ReaderError as exc:
-        line = text.count("\n", 0, max(exc.position, 0)) + 1
-        raise ConfigError(
-            [f"{filename}:{line}: YAML syntax error: a control character is not allowed here"]
-        ) from None
-    if root is None:
-        raise ConfigError([f"{filename}:1: the file is empty; upstream and routes are required"])
-    settings = _compile(reader, root)
-    if reader.errors or settings is None:
-        raise ConfigError(reader.errors)
-    return settings
-
-
-def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate the config file at `path`."""
-    name = os.fspath(path)
-    try:
-        with open(name, encoding="utf-8") as f:
-            content = f.read()
-    except OSError as exc:
-        raise ConfigError([f"{name}: cannot read the config file: {exc.strerror}"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError([f"{name}: the config file is not UTF-8 text"]) from None
-    return loads(content, name, env)

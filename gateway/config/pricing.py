@@ -21,6 +21,8 @@ from gateway.config.settings import AssetSpec, Requirement
 from gateway.formats import PRECISION, parse_usd, quote
 
 _ATOMIC = re.compile(r"[0-9]+")
+DEFAULT_NETWORK = "eip155:84532"
+DEFAULT_MAX_TIMEOUT_SECONDS = 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,24 +103,25 @@ def parse_amount(text: str, asset: Asset | None, address: str) -> int:
     return to_atomic(dollars, asset.spec, text)
 
 
-def requirement(
-    *,
-    scheme: str,
-    network: str,
-    asset: AssetSpec,
-    amount: int,
-    pay_to: str,
-    max_timeout_seconds: int,
-    extra: Mapping[str, Any],
-) -> Requirement:
-    return Requirement(
-        scheme=scheme,
-        network=network,
-        asset=asset.address,
-        amount=amount,
-        pay_to=pay_to,
-        max_timeout_seconds=max_timeout_seconds,
-        extra=MappingProxyType(dict(extra)),
-        decimals=asset.decimals,
-        symbol=asset.symbol,
-    )
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """How a route asks to be paid, apart from the token and the amount."""
+
+    scheme: str
+    network: str
+    pay_to: str
+    max_timeout_seconds: int = DEFAULT_MAX_TIMEOUT_SECONDS
+
+    def requirement(self, asset: Asset, amount: int) -> Requirement:
+        """`amount` atomic units of `asset`, on these terms."""
+        return Requirement(
+            scheme=self.scheme,
+            network=self.network,
+            asset=asset.spec.address,
+            amount=amount,
+            pay_to=self.pay_to,
+            max_timeout_seconds=self.max_timeout_seconds,
+            extra=MappingProxyType(dict(asset.extra)),
+            decimals=asset.spec.decimals,
+            symbol=asset.spec.symbol,
+        )

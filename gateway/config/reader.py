@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
@@ -18,6 +18,8 @@ from gateway import formats
 from gateway.config import values as cv
 
 T = TypeVar("T")
+# What a null value (`key:`) means: the default, a value the converter reads, or an error.
+OnNull = Literal["default", "convert", "error"]
 _MAX_DEPTH = 16
 
 
@@ -109,18 +111,16 @@ class Reader:
         convert: Callable[[Scalar], T],
         default: T,
         *,
-        null: bool = False,
-        required: bool = False,
+        on_null: OnNull = "default",
     ) -> T:
-        """`convert` the scalar at `node`; `default` when it is null (unless `null`) or bad.
-
-        A `required` value that is null (`key:` or an empty `${VAR:-}`) is an error.
-        """
+        """`convert` the scalar at `node`; `default` when it is bad, or null (`key:` or an
+        empty `${VAR:-}`) and `on_null` says so: "default" (the default), "convert" (the
+        converter reads the null itself), "error" (a value is required)."""
         scalar = self.scalar(node, path)
-        if scalar is not None and scalar.value is None and required:
+        if scalar is not None and scalar.value is None and on_null == "error":
             self.error(node, path, "is empty; a value is required")
             return default
-        if scalar is None or (scalar.value is None and not null):
+        if scalar is None or (scalar.value is None and on_null != "convert"):
             return default
         try:
             return convert(scalar)
@@ -128,23 +128,14 @@ class Reader:
             self.error(node, path, str(exc))
             return default
 
-    def read(
-        self,
-        entries: Mapping[str, yaml.Node],
-        key: str,
-        path: str,
-        convert: Callable[[Scalar], T],
-        default: T,
-        *,
-        null: bool = False,
-        required: bool = False,
-    ) -> T:
-        """`value()` of `entries[key]`, or `default` when the key is absent."""
-        node = entries.get(key)
-        if node is None:
-            return default
-        key_path = f"{path}.{key}" if path else key
-        return self.value(node, key_path, convert, default, null=null, required=required)
+    def section(self, node: yaml.Node, path: str, known: frozenset[str] | None) -> Section | None:
+        """The mapping at `node` as a `Section`, or None (reported) when it is not one."""
+        entries = self.mapping(node, path, known)
+        return None if entries is None else Section(self, node, path, entries)
+
+    @property
+    def error_count(self) -> int:
+        return len(self._found)
 
     def plain(self, node: yaml.Node, path: str, depth: int = 0) -> Any:
         """Any YAML value as plain Python data (for `extra`), with `${ENV}` expanded."""
@@ -159,6 +150,49 @@ class Reader:
             return [self.plain(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(node.value)]
         scalar = self.scalar(node, path)
         return scalar.value if scalar is not None else None
+
+
+class Section:
+    """One mapping of the file: its entries, read against its key path (`routes[2]`)."""
+
+    __slots__ = ("entries", "node", "path", "reader")
+
+    def __init__(
+        self, reader: Reader, node: yaml.Node, path: str, entries: dict[str, yaml.Node]
+    ) -> None:
+        self.reader = reader
+        self.node = node
+        self.path = path
+        self.entries = entries
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.entries
+
+    def get(self, key: str) -> yaml.Node | None:
+        return self.entries.get(key)
+
+    def where(self, key: str) -> str:
+        """The key path of `key` in this section."""
+        return f"{self.path}.{key}" if self.path else key
+
+    def read(
+        self, key: str, convert: Callable[[Scalar], T], default: T, *, on_null: OnNull = "default"
+    ) -> T:
+        """`Reader.value()` of the entry `key`, or `default` when the key is absent."""
+        node = self.entries.get(key)
+        if node is None:
+            return default
+        return self.reader.value(node, self.where(key), convert, default, on_null=on_null)
+
+    def require(self, keys: tuple[str, ...], message: str = "required") -> None:
+        """Report each of `keys` that is absent, at this mapping's line."""
+        for key in keys:
+            if key not in self.entries:
+                self.reader.error(self.node, self.where(key), message)
+
+    def error(self, key: str, message: str) -> None:
+        """Report a problem with entry `key` (at its line; the mapping's when it is absent)."""
+        self.reader.error(self.entries.get(key, self.node), self.where(key), message)
 
 
 # --- typed readers of one YAML scalar -------------------------------------------------

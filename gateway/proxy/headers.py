@@ -126,7 +126,7 @@ def forwarded_element(peer: str | None, proto: str, host: str | None) -> str:
     return ";".join(parts)
 
 
-def request_headers(
+def request_headers(  # noqa: PLR0913  every input of the rewrite, keyword-only at call sites
     incoming: Headers,
     *,
     peer: str | None,

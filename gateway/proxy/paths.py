@@ -88,20 +88,31 @@ def strip_params(key: str) -> str:
 
 def check_pattern(pattern: str) -> str | None:
     """Why a route pattern from the config can never match as written, or None if it is fine."""
+    wildcard = pattern.endswith("/*")
+    base = pattern[:-2] if wildcard else pattern
+    problem = _shape_problem(pattern, base, wildcard)
+    if problem is not None or not base:
+        return problem  # an empty base is `/*`: every path
+    return _canonical_problem(base, wildcard)
+
+
+def _shape_problem(pattern: str, base: str, wildcard: bool) -> str | None:
+    """What is wrong with the pattern as written, before it is read as a path."""
     if not pattern.startswith("/"):
         return "a route path must start with '/'"
     if "?" in pattern or "#" in pattern:
         return "a route path must not contain a query ('?') or fragment ('#')"
-    wildcard = pattern.endswith("/*")
-    base = pattern[:-2] if wildcard else pattern
     if "*" in base:
         return "'*' is only a wildcard as the whole last segment ('/prefix/*')"
     if ";" in base or "%3b" in base.lower():
         return "path parameters (';') are not allowed in a route path"
     if wildcard and base.endswith("/"):
         return f"write {base.rstrip('/') + '/*'!r}: a wildcard already covers the trailing slash"
-    if not base:
-        return None  # `/*`: every path
+    return None
+
+
+def _canonical_problem(base: str, wildcard: bool) -> str | None:
+    """Why requests could never arrive spelled as `base`, or None."""
     try:
         canonical, _ = canonicalize(base)
     except AmbiguousPath as exc:

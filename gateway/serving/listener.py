@@ -162,7 +162,7 @@ def bind(address: Address, *, backlog: int, reuse_port: bool) -> list[socket.soc
 class Listener:
     """Accepts on `socks` while fewer than `limit` connections are open."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913  the limits are keyword-only, named at the one call site
         self,
         loop: asyncio.AbstractEventLoop,
         socks: Sequence[socket.socket],
