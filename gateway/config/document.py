@@ -1,19 +1,19 @@
 """The config document's top level, compiled into `Settings`: one small function per section
-(addresses, payment defaults, store and workers, facilitators, timeouts, limits, proxies);
-the `routes:` table is gateway/config/routes.py. Problems are reported to the `Reader`, all
-of them, each with its line; a section that cannot be read yields its defaults.
+(addresses, payment defaults, store and workers, timeouts, limits, proxies). `facilitator:` is
+gateway/config/facilitators.py, the `routes:` table gateway/config/routes.py. Problems go to
+the `Reader`, all of them, each with its line; a section that cannot be read yields defaults.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from types import MappingProxyType
 
 import yaml
 
 from gateway import formats
 from gateway.config import values as cv
+from gateway.config.facilitators import compile_facilitators
 from gateway.config.pricing import DEFAULT_NETWORK
 from gateway.config.reader import (
     Reader,
@@ -30,10 +30,7 @@ from gateway.config.routes import RouteDefaults, compile_routes
 from gateway.config.settings import (
     Address,
     AssetSpec,
-    FacilitatorSettings,
     Limits,
-    LocalFacilitatorSettings,
-    RemoteFacilitatorSettings,
     RouteSettings,
     Settings,
     Timeouts,
@@ -61,8 +58,6 @@ TOP_LEVEL_KEYS = frozenset(
         "routes",
     }
 )
-FACILITATOR_KEYS = frozenset({"url", "headers", "timeout", "local"})
-LOCAL_FACILITATOR_KEYS = frozenset({"rpc_url", "private_key"})
 ASSET_KEYS = frozenset({"address", "name", "version", "decimals", "symbol"})
 TIMEOUT_KEYS = frozenset(
     {"connect", "read", "request_header", "request_body", "shutdown_grace", "keepalive"}
@@ -76,9 +71,6 @@ _UNLIMITED = frozenset({"unlimited", "null", "~", "none"})
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-origin_url = using(lambda text: cv.parse_url(text, allow_path=False))
-any_url = using(lambda text: cv.parse_url(text, allow_path=True))
-
 
 def compile_document(reader: Reader, root: yaml.Node) -> Settings | None:
     """The whole file as `Settings`; None when its top level is not even a mapping."""
@@ -87,10 +79,10 @@ def compile_document(reader: Reader, root: yaml.Node) -> Settings | None:
         return None
     top.require(("upstream", "routes"))
     listen, admin = _addresses(top)
-    upstream = top.read("upstream", origin_url, "", on_null="error")
+    upstream = top.read("upstream", using(cv.parse_origin), "", on_null="error")
     defaults = _route_defaults(reader, top)
     store, workers = _store_and_workers(top)
-    facilitators = _facilitators(reader, top.get("facilitator"))
+    facilitators = compile_facilitators(reader, top.get("facilitator"))
     routes = _routes(reader, top, defaults)
     return Settings(
         source=reader.filename,
@@ -107,7 +99,7 @@ def compile_document(reader: Reader, root: yaml.Node) -> Settings | None:
         timeouts=_timeouts(reader, top.get("timeouts")),
         limits=_limits(reader, top.get("limits")),
         trusted_proxies=_trusted_proxies(reader, top.get("trusted_proxies")),
-        public_url=top.read("public_url", any_url, None),
+        public_url=top.read("public_url", using(cv.parse_http_url), None),
         case_insensitive_paths=top.read("case_insensitive_paths", boolean, False),
         log_level=top.read("log_level", choice(LOG_LEVELS), "info"),
         workers=workers,
@@ -214,77 +206,6 @@ def _routes(reader: Reader, top: Section, defaults: RouteDefaults) -> tuple[Rout
             "facilitator: {url: https://x402.org/facilitator}",
         )
     return routes
-
-
-# --- facilitators -----------------------------------------------------------------------
-
-
-def _facilitators(reader: Reader, node: yaml.Node | None) -> tuple[FacilitatorSettings, ...]:
-    if node is None:
-        return ()
-    if isinstance(node, yaml.SequenceNode):
-        if not node.value:
-            reader.error(node, "facilitator", "is an empty list")
-        found = [
-            _facilitator(reader, item, f"facilitator[{index}]")
-            for index, item in enumerate(node.value)
-        ]
-    else:
-        found = [_facilitator(reader, node, "facilitator")]
-    return tuple(f for f in found if f is not None)
-
-
-def _facilitator(reader: Reader, node: yaml.Node, path: str) -> FacilitatorSettings | None:
-    entry = reader.section(node, path, FACILITATOR_KEYS)
-    if entry is None:
-        return None
-    if ("url" in entry) == ("local" in entry):
-        reader.error(node, path, "give either url (a remote facilitator) or local (in-process)")
-        return None
-    if "local" in entry:
-        return _local_facilitator(reader, entry)
-    return _remote_facilitator(reader, entry)
-
-
-def _remote_facilitator(reader: Reader, entry: Section) -> RemoteFacilitatorSettings | None:
-    url = entry.read("url", any_url, None, on_null="error")
-    timeout = entry.read("timeout", duration, 10.0)
-    headers_node = entry.get("headers")
-    headers = {} if headers_node is None else _headers(reader, headers_node, entry.where("headers"))
-    if url is None:
-        return None
-    return RemoteFacilitatorSettings(url=url, headers=MappingProxyType(headers), timeout=timeout)
-
-
-def _headers(reader: Reader, node: yaml.Node, path: str) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for name, value in (reader.mapping(node, path, None) or {}).items():
-        try:
-            formats.parse_token(name, "header name")
-        except ValueError as exc:
-            reader.error(value, f"{path}.{name}", str(exc))
-            continue
-        got = reader.value(value, f"{path}.{name}", using(cv.parse_header_value), None)
-        if got is not None:
-            headers[name] = got
-    return headers
-
-
-def _local_facilitator(reader: Reader, entry: Section) -> LocalFacilitatorSettings | None:
-    if "headers" in entry:
-        entry.error("headers", "only for a remote facilitator (url)")
-    timeout = entry.read("timeout", duration, 30.0)
-    local = reader.section(entry.entries["local"], entry.where("local"), LOCAL_FACILITATOR_KEYS)
-    if local is None:
-        return None
-    local.require(("rpc_url", "private_key"))
-    # An RPC URL often embeds an API key: it is never echoed.
-    rpc_url = using(lambda text: cv.parse_url(text, allow_path=True, what="RPC URL", echo=False))
-    rpc = local.read("rpc_url", rpc_url, None, on_null="error")
-    secret = local.read("private_key", using(cv.parse_private_key), None, on_null="error")
-    if rpc is None or secret is None:
-        return None
-    return LocalFacilitatorSettings(rpc_url=rpc, private_key=secret, timeout=timeout)
 
 
 # --- timeouts, limits, proxies ----------------------------------------------------------

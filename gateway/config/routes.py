@@ -93,7 +93,7 @@ def _route(
         accepts=accepts,
         description=entry.read("description", text, ""),
         mime_type=entry.read("mime_type", using(_mime), "application/json"),
-        upstream=entry.read("upstream", using(_origin), None),
+        upstream=entry.read("upstream", using(cv.parse_origin), None),
         settle=entry.read("settle", _settle, "after"),
         price_text=price_text or "free",
         source=Source(reader.filename, node.start_mark.line + 1),
@@ -122,10 +122,6 @@ def _mime(value: str) -> str:
     if not _MIME.fullmatch(value.strip()):
         raise ValueError(f"{formats.quote(value)} is not a media type; write e.g. application/json")
     return value.strip()
-
-
-def _origin(value: str) -> str:
-    return cv.parse_url(value, allow_path=False)
 
 
 def _settle(scalar: Scalar) -> SettleMode:

@@ -146,6 +146,17 @@ def parse_url(text: str, *, allow_path: bool, what: str = "URL", echo: bool = Tr
     `echo=False` for URLs that may embed an API key (RPC endpoints): the value is not shown.
     """
     shown = quote(text) if echo else "the value"
+    parts = _http_parts(text, shown, what)
+    _refuse_secrets(text, parts, what, echo=echo)
+    if not allow_path and parts.path not in ("", "/"):
+        raise ValueError(
+            f"{shown} has a path ({parts.path}); the gateway forwards the exact request path, "
+            "so give only scheme://host:port (route the prefix in the origin instead)"
+        )
+    return text.rstrip("/")
+
+
+def _http_parts(text: str, shown: str, what: str) -> SplitResult:
     try:
         parts: SplitResult = urlsplit(text)
         _ = parts.port  # raises on a port that is not a number in range
@@ -153,6 +164,11 @@ def parse_url(text: str, *, allow_path: bool, what: str = "URL", echo: bool = Tr
         raise ValueError(f"{shown} is not a valid {what}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{shown} is not an http(s) {what}; write e.g. http://127.0.0.1:8080")
+    return parts
+
+
+def _refuse_secrets(text: str, parts: SplitResult, what: str, *, echo: bool) -> None:
+    """Credentials and queries are where secrets hide: neither belongs in a URL setting."""
     if parts.username is not None or parts.password is not None:
         raise ValueError(
             f"{what} must not carry credentials (user:password@); "
@@ -163,12 +179,16 @@ def parse_url(text: str, *, allow_path: bool, what: str = "URL", echo: bool = Tr
         cut = re.split(r"[?#]", text, maxsplit=1)[0] + "?..."
         where = quote(cut) if echo else "the value"
         raise ValueError(f"{where}: a {what} cannot have a query (?) or fragment (#)")
-    if not allow_path and parts.path not in ("", "/"):
-        raise ValueError(
-            f"{shown} has a path ({parts.path}); the gateway forwards the exact request path, "
-            "so give only scheme://host:port (route the prefix in the origin instead)"
-        )
-    return text.rstrip("/")
+
+
+def parse_origin(text: str) -> str:
+    """An origin: scheme://host:port, no path (the request path is forwarded as is)."""
+    return parse_url(text, allow_path=False)
+
+
+def parse_http_url(text: str) -> str:
+    """An http(s) URL that may have a path (a facilitator, the public URL)."""
+    return parse_url(text, allow_path=True)
 
 
 def parse_pay_to(text: str) -> str:
@@ -214,23 +234,30 @@ def parse_store(text: str) -> str:
 
 def parse_path_pattern(text: str) -> str:
     """A route path: exact, or ending in `/*` (the prefix and everything below it)."""
+    message = _pattern_text_problem(text)
+    # The pattern must be in the same canonical form requests are matched in, or it could
+    # never match (or match something else than the operator wrote).
+    if message is None and (problem := check_pattern(text)):
+        message = f"{quote(text)}: {problem}"
+    if message is not None:
+        raise ValueError(message)
+    return text
+
+
+def _pattern_text_problem(text: str) -> str | None:
+    """What is wrong with a route path's characters, as the message for the operator."""
     if not text.startswith("/"):
-        raise ValueError(f"{quote(text)} must start with /")
+        return f"{quote(text)} must start with /"
     for bad, why in (("?", "a query (?)"), ("#", "a fragment (#)"), ("\\", "a backslash")):
         if bad in text:
-            raise ValueError(f"{quote(text)} contains {why}; route on the path only")
+            return f"{quote(text)} contains {why}; route on the path only"
     if "%2f" in text.lower() or "%5c" in text.lower():
-        raise ValueError(f"{quote(text)} contains an encoded slash (%2F or %5C)")
+        return f"{quote(text)} contains an encoded slash (%2F or %5C)"
     if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in text):
-        raise ValueError(f"{quote(text)} contains whitespace or a control character")
+        return f"{quote(text)} contains whitespace or a control character"
     if "*" in text.removesuffix("/*"):
-        raise ValueError(
+        return (
             f"{quote(text)}: * is only allowed as the last segment (/prefix/*, meaning the "
             "prefix and everything below it)"
         )
-    # The pattern must be in the same canonical form requests are matched in, or it could
-    # never match (or match something else than the operator wrote).
-    problem = check_pattern(text)
-    if problem:
-        raise ValueError(f"{quote(text)}: {problem}")
-    return text
+    return None

@@ -43,6 +43,7 @@ from gateway.payment.requirements import offered_v1, requirement_v1, requirement
 from gateway.payment.terms import (
     UINT,
     UNSUPPORTED_PAYLOAD,
+    Terms,
     check_terms,
     eip3009_terms,
     parse_terms,
@@ -162,6 +163,29 @@ def _match_v2(route: RouteSettings, payload: PaymentPayload) -> MatchedPayment:
 
 
 def _match_v1(route: RouteSettings, payload: PaymentPayloadV1, resource_url: str) -> MatchedPayment:
+    candidates = _v1_candidates(route, payload)
+    if "permit2Authorization" in payload.payload:
+        raise PaymentError("v1 payments are EIP-3009 only", reason=UNSUPPORTED_PAYLOAD)
+    cid = _chain(candidates[0][0])
+    terms = eip3009_terms(payload.payload)
+    req, v1_network = _v1_paid(candidates, terms)
+    return MatchedPayment(
+        version=1,
+        payload=payload,
+        requirements=requirement_v1(route, req, v1_network, resource_url),
+        requirement=req,
+        identity=PaymentIdentity(cid, req.asset.lower(), terms.payer, terms.nonce),
+        payer=to_checksum_address(terms.payer),
+        valid_before=terms.valid_before,
+    )
+
+
+# (a requirement of the route, the v1 network name it is offered under)
+_Offered = tuple[Requirement, str]
+
+
+def _v1_candidates(route: RouteSettings, payload: PaymentPayloadV1) -> list[_Offered]:
+    """The route's requirements on the payload's scheme and network that v1 clients can pay."""
     if all(r.scheme != payload.scheme for r in route.accepts):
         _unsupported(route, payload.scheme)
     network = caip_from_v1(payload.network)
@@ -178,24 +202,17 @@ def _match_v1(route: RouteSettings, payload: PaymentPayloadV1, resource_url: str
             "(network differs)",
             reason=MISMATCH,
         )
-    if "permit2Authorization" in payload.payload:
-        raise PaymentError("v1 payments are EIP-3009 only", reason=UNSUPPORTED_PAYLOAD)
-    cid = _chain(candidates[0][0])
-    terms = eip3009_terms(payload.payload)
+    return candidates
+
+
+def _v1_paid(candidates: list[_Offered], terms: Terms) -> _Offered:
+    """The first candidate whose recipient and amount the authorization carries; else the
+    `PaymentError` of the closest one (the right recipient if any) says what differs."""
     fits = [c for c in candidates if c[0].pay_to.lower() == terms.to and c[0].amount == terms.value]
     if not fits:
         to_ok = [c for c in candidates if c[0].pay_to.lower() == terms.to]
         check_terms((to_ok or candidates)[0][0], terms)
-    req, v1_network = fits[0]
-    return MatchedPayment(
-        version=1,
-        payload=payload,
-        requirements=requirement_v1(route, req, v1_network, resource_url),
-        requirement=req,
-        identity=PaymentIdentity(cid, req.asset.lower(), terms.payer, terms.nonce),
-        payer=to_checksum_address(terms.payer),
-        valid_before=terms.valid_before,
-    )
+    return fits[0]
 
 
 def match_requirement(

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from gateway import config
-from gateway.config import document
+from gateway.config import document, facilitators
 from gateway.config import routes as config_routes
 from gateway.errors import ConfigError
 
@@ -29,8 +29,8 @@ SECTIONS: dict[str, frozenset[str]] = {
     "properties.timeouts": document.TIMEOUT_KEYS,
     "properties.limits": document.LIMIT_KEYS,
     "$defs.asset": document.ASSET_KEYS,
-    "$defs.facilitator": document.FACILITATOR_KEYS,
-    "$defs.facilitator.properties.local": document.LOCAL_FACILITATOR_KEYS,
+    "$defs.facilitator": facilitators.FACILITATOR_KEYS,
+    "$defs.facilitator.properties.local": facilitators.LOCAL_FACILITATOR_KEYS,
     "$defs.route": config_routes.ROUTE_KEYS,
     "$defs.accept": config_routes.ACCEPT_KEYS,
 }
