@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import socket
 import struct
 from collections.abc import Iterable, Mapping
@@ -20,13 +19,15 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import web
 from aiohttp.http import HttpVersion11
+from multidict import CIMultiDict
 from yarl import URL
 
-from gateway.config.settings import Settings, Timeouts
-from gateway.errors import GatewayError, PayloadTooLarge, UpstreamError, UpstreamTimeout
+from gateway.config.settings import Settings
+from gateway.errors import PayloadTooLarge, UpstreamTimeout
 from gateway.observe.logs import get_logger
 from gateway.proxy import headers as hh
 from gateway.proxy.body import RequestBody
+from gateway.proxy.failures import upstream_failure
 
 log = get_logger("gateway.proxy")
 
@@ -64,42 +65,6 @@ class _Origin:
             query_string=query,
             encoded=True,
         )
-
-
-def upstream_failure(exc: aiohttp.ClientError, where: str, timeouts: Timeouts) -> GatewayError:
-    """The gateway's answer to an origin that failed before its response head arrived."""
-    if isinstance(exc, aiohttp.ServerTimeoutError):  # ConnectionTimeoutError is one
-        return _timed_out(exc, where, timeouts)
-    if isinstance(exc, aiohttp.ClientConnectorError):  # before ClientOSError, its base
-        return _not_connected(exc, where)
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return UpstreamError(f"{where} closed the connection before answering")
-    if isinstance(exc, aiohttp.ClientOSError):
-        return _connection_failed(exc, where)
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return UpstreamError(f"{where} sent an invalid HTTP response: {exc.message}")
-    return UpstreamError(f"request to {where} failed: {exc}")
-
-
-def _timed_out(exc: aiohttp.ServerTimeoutError, where: str, timeouts: Timeouts) -> GatewayError:
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return UpstreamTimeout(f"connecting to {where} timed out after {timeouts.connect:g}s")
-    return UpstreamTimeout(f"{where} sent no response for {timeouts.read:g}s")
-
-
-def _connection_failed(exc: aiohttp.ClientOSError, where: str) -> GatewayError:
-    if exc.errno in (errno.ECONNRESET, errno.EPIPE):
-        return UpstreamError(f"{where} reset the connection before answering")
-    return UpstreamError(f"connection to {where} failed: {exc.strerror or exc}")
-
-
-def _not_connected(exc: aiohttp.ClientConnectorError, where: str) -> GatewayError:
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return UpstreamError(f"cannot resolve the origin host of {where}")
-    os_error = exc.os_error
-    if isinstance(os_error, ConnectionRefusedError) or os_error.errno == errno.ECONNREFUSED:
-        return UpstreamError(f"connection refused to {where}")
-    return UpstreamError(f"cannot connect to {where}: {os_error.strerror or os_error}")
 
 
 class Upstream:
@@ -174,9 +139,7 @@ class Upstream:
         Raises PayloadTooLarge, RequestTimeout, BadRequest (the client's body), UpstreamError,
         UpstreamTimeout (the origin's failure).
         """
-        session = self._session
-        if session is None:
-            raise RuntimeError("Upstream.send() called before start()")
+        session = self._started()
         origin = self._origin(base_url)
         url = origin.url(path, query)
         peer = request.remote
@@ -189,22 +152,38 @@ class Upstream:
             add=add_headers,
         )
         if not request.body_exists:
-            # No data: aiohttp sends no body at all (a GET must not get a chunked empty one).
-            try:
-                return await session.request(
-                    request.method, url, headers=headers, allow_redirects=False
-                )
-            except aiohttp.ClientError as exc:
-                raise upstream_failure(exc, origin.authority, self._timeouts) from None
+            return await self._without_body(session, request.method, url, headers, origin)
+        return await self._with_body(session, request, url, headers, origin)
 
-        length = request.content_length
-        if self._limit is not None and length is not None and length > self._limit:
-            raise PayloadTooLarge(
-                f"request body of {length} bytes exceeds the limit of {self._limit} bytes"
-            )
-        body = RequestBody(
-            request.content, self._limit, self._timeouts.request_body, self._timeouts.read
-        )
+    def _started(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("Upstream.send() called before start()")
+        return self._session
+
+    async def _without_body(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        url: URL,
+        headers: CIMultiDict[str],
+        origin: _Origin,
+    ) -> aiohttp.ClientResponse:
+        # No data: aiohttp sends no body at all (a GET must not get a chunked empty one).
+        try:
+            return await session.request(method, url, headers=headers, allow_redirects=False)
+        except aiohttp.ClientError as exc:
+            raise upstream_failure(exc, origin.authority, self._timeouts) from None
+
+    async def _with_body(
+        self,
+        session: aiohttp.ClientSession,
+        request: web.BaseRequest,
+        url: URL,
+        headers: CIMultiDict[str],
+        origin: _Origin,
+    ) -> aiohttp.ClientResponse:
+        """Stream the client's body to the origin, within the size limit and idle timeouts."""
+        body = self._body(request)
         watchdog = asyncio.timeout(None)
         try:
             async with watchdog:
@@ -230,6 +209,16 @@ class Upstream:
             if isinstance(exc, aiohttp.ClientError):
                 raise upstream_failure(exc, origin.authority, self._timeouts) from None
             raise
+
+    def _body(self, request: web.BaseRequest) -> RequestBody:
+        length = request.content_length
+        if self._limit is not None and length is not None and length > self._limit:
+            raise PayloadTooLarge(
+                f"request body of {length} bytes exceeds the limit of {self._limit} bytes"
+            )
+        return RequestBody(
+            request.content, self._limit, self._timeouts.request_body, self._timeouts.read
+        )
 
     async def discard(self, resp: aiohttp.ClientResponse) -> None:
         """Drop a response without relaying it; its connection is reused only if complete."""
@@ -269,43 +258,59 @@ async def relay(
     """
     complete = False
     try:
-        headers = hh.response_headers(resp.headers)
-        if extra_headers:
-            for name, value in extra_headers.items():
-                headers[name] = value
-        if expose_x402:
-            hh.expose_x402_headers(headers)
-        out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=headers)
+        out = web.StreamResponse(
+            status=resp.status,
+            reason=resp.reason,
+            headers=_client_headers(resp, extra_headers, expose_x402=expose_x402),
+        )
         try:
             await out.prepare(request)
             if request.method == "HEAD" or resp.status in NO_BODY_STATUS:
                 complete = True
                 return out
-            content = resp.content
-            while True:
-                try:
-                    chunk = await content.readany()
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    framed = out.content_length is not None or request.version >= HttpVersion11
-                    _abort_client(request, framed)
-                    # The client got a truncated body, never a complete-looking one.
-                    log.warning(
-                        "origin_failed_mid_body",
-                        origin=resp.url.raw_authority,
-                        path=resp.url.raw_path,
-                        status=resp.status,
-                        error=repr(exc),
-                    )
-                    return out
-                if not chunk:
-                    complete = True
-                    return out
-                await out.write(chunk)
+            complete = await _stream_body(request, resp, out)
         except ConnectionResetError:
-            # The client went away: nothing to answer, nobody to tell.
-            return out
+            pass  # the client went away: nothing to answer, nobody to tell
+        return out
     finally:
         if complete:
             resp.release()
         else:
             resp.close()
+
+
+def _client_headers(
+    resp: aiohttp.ClientResponse, extra_headers: Mapping[str, str] | None, *, expose_x402: bool
+) -> CIMultiDict[str]:
+    headers = hh.response_headers(resp.headers)
+    for name, value in (extra_headers or {}).items():
+        headers[name] = value
+    if expose_x402:
+        hh.expose_x402_headers(headers)
+    return headers
+
+
+async def _stream_body(
+    request: web.BaseRequest, resp: aiohttp.ClientResponse, out: web.StreamResponse
+) -> bool:
+    """The origin's body to the client as it comes; True once it is all sent, False when the
+    origin failed mid-body (the client's connection is then cut, never left looking whole)."""
+    content = resp.content
+    while True:
+        try:
+            chunk = await content.readany()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            framed = out.content_length is not None or request.version >= HttpVersion11
+            _abort_client(request, framed)
+            # The client got a truncated body, never a complete-looking one.
+            log.warning(
+                "origin_failed_mid_body",
+                origin=resp.url.raw_authority,
+                path=resp.url.raw_path,
+                status=resp.status,
+                error=repr(exc),
+            )
+            return False
+        if not chunk:
+            return True
+        await out.write(chunk)
