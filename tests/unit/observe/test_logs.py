@@ -1,4 +1,4 @@
-"""gateway.logs: JSON lines on stdout for structlog and stdlib alike, secrets redacted.
+"""gateway.observe.logs: JSON lines on stdout for structlog and stdlib alike, secrets redacted.
 
 Logging is process-wide configuration, so the output tests run a fresh interpreter.
 """

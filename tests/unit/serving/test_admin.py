@@ -1,4 +1,4 @@
-"""gateway.admin: /healthz, /readyz (concurrent, bounded, cached checks), /metrics hook."""
+"""gateway.serving.admin: /healthz, /readyz (concurrent, bounded, cached checks), /metrics hook."""
 
 from __future__ import annotations
 

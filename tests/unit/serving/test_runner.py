@@ -1,4 +1,4 @@
-"""gateway.server and gateway.listener: real processes, real sockets on loopback."""
+"""gateway.serving (runner, listener, state): real processes, real sockets on loopback."""
 
 from __future__ import annotations
 
