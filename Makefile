@@ -45,4 +45,4 @@ bench:
 	$(PY) -m bench $(if $(QUICK),--quick,)
 
 clean:
-	rm -rf $(VENV) node_modules build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) node_modules build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .import_linter_cache
