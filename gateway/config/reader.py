@@ -206,42 +206,42 @@ class Scalar:
     value: Any  # str, int, float, bool or None
 
 
-def text(s: Scalar) -> str:
-    return s.text
+def text(scalar: Scalar) -> str:
+    return scalar.text
 
 
-def nonempty(s: Scalar) -> str:
-    if not s.text.strip():
+def nonempty(scalar: Scalar) -> str:
+    if not scalar.text.strip():
         raise ValueError("must not be empty")
-    return s.text
+    return scalar.text
 
 
-def boolean(s: Scalar) -> bool:
-    if not isinstance(s.value, bool):
-        raise ValueError(f"{formats.quote(s.text)} is not true or false")
-    return s.value
+def boolean(scalar: Scalar) -> bool:
+    if not isinstance(scalar.value, bool):
+        raise ValueError(f"{formats.quote(scalar.text)} is not true or false")
+    return scalar.value
 
 
-def positive_int(s: Scalar) -> int:
-    if isinstance(s.value, bool) or not isinstance(s.value, int):
-        raise ValueError(f"{formats.quote(s.text)} is not a whole number")
-    if s.value < 1:
-        raise ValueError(f"{s.value} must be 1 or more")
-    return s.value
+def positive_int(scalar: Scalar) -> int:
+    if isinstance(scalar.value, bool) or not isinstance(scalar.value, int):
+        raise ValueError(f"{formats.quote(scalar.text)} is not a whole number")
+    if scalar.value < 1:
+        raise ValueError(f"{scalar.value} must be 1 or more")
+    return scalar.value
 
 
-def duration(s: Scalar) -> float:
-    return formats.parse_duration(s.text)
+def duration(scalar: Scalar) -> float:
+    return formats.parse_duration(scalar.text)
 
 
 def choice(options: tuple[str, ...]) -> Callable[[Scalar], str]:
     """One of `options`, case-insensitively."""
 
-    def convert(s: Scalar) -> str:
-        word = s.text.strip().lower()
+    def convert(scalar: Scalar) -> str:
+        word = scalar.text.strip().lower()
         if word not in options:
             hint = formats.did_you_mean(word, options)
-            raise ValueError(f"{formats.quote(s.text)} is not allowed{hint}")
+            raise ValueError(f"{formats.quote(scalar.text)} is not allowed{hint}")
         return word
 
     return convert
@@ -249,4 +249,4 @@ def choice(options: tuple[str, ...]) -> Callable[[Scalar], str]:
 
 def using(parse: Callable[[str], T]) -> Callable[[Scalar], T]:
     """A text parser as a scalar reader."""
-    return lambda s: parse(s.text)
+    return lambda scalar: parse(scalar.text)
