@@ -20,6 +20,7 @@ demo: setup
 lint: setup-test
 	$(VENV)/bin/ruff check gateway tests bench
 	$(VENV)/bin/ruff format --check gateway tests bench
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/hadolint Dockerfile
 
 typecheck: setup-test
@@ -34,6 +35,7 @@ e2e: setup-test
 test: setup-test
 	$(VENV)/bin/ruff check gateway tests bench
 	$(VENV)/bin/ruff format --check gateway tests bench
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/hadolint Dockerfile
 	$(VENV)/bin/mypy gateway
 	$(PY) -m pytest -q -p no:cacheprovider tests
@@ -43,4 +45,4 @@ bench:
 	$(PY) -m bench $(if $(QUICK),--quick,)
 
 clean:
-	rm -rf $(VENV) node_modules build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) node_modules build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .import_linter_cache

@@ -15,9 +15,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python bench/route_match.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.paths import canonicalize
-from gateway.routes import RouteTable
-from gateway.settings import Requirement, RouteSettings
+from gateway.config.settings import Requirement, RouteSettings
+from gateway.proxy.paths import canonicalize
+from gateway.proxy.routes import RouteTable
 
 KINDS = ("exact", "wildcard", "miss")
 _PRICE = (Requirement("exact", "eip155:84532", "0x" + "1" * 40, 1000, "0x" + "2" * 40),)

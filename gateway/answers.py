@@ -5,33 +5,44 @@ challenge, the rest as RFC 9457 `application/problem+json`."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 from aiohttp import web
 
-from .challenge import EXPOSE_HEADERS_VALUE, Challenges
-from .errors import GatewayError, PaymentError
-from .settings import RouteSettings
+from gateway.config.settings import RouteSettings
+from gateway.errors import GatewayError, PaymentError
+from gateway.payment.challenge import EXPOSE_HEADERS_VALUE, PreparedChallenges
 
 _EXPOSE = EXPOSE_HEADERS_VALUE
 
 
-def challenge(
+@dataclass(frozen=True, slots=True)
+class PricedResource:
+    """What a 402 for this request is built from: the prepared challenges, the priced route,
+    and the resource URL the challenge names."""
+
+    challenges: PreparedChallenges
+    route: RouteSettings
+    url: str
+
+
+def challenge_response(
     request: web.Request,
-    challenges: Challenges,
-    route: RouteSettings,
-    resource_url: str,
+    resource: PricedResource,
     error: str,
-    extra_headers: dict[str, str] | None = None,
+    *,
+    headers: dict[str, str] | None = None,
     status: int = 402,
 ) -> web.Response:
     """402 with the v2 `PAYMENT-REQUIRED` header and the v1 JSON body (or the paywall page
     for a browser). Built from config alone: works while the facilitator is down."""
+    challenges, route, url = resource.challenges, resource.route, resource.url
     if status == 402 and challenges.wants_html(request.headers):
-        headers, body = challenges.paywall(route, resource_url, error)
+        head, body = challenges.paywall(route, url, error)
     else:
-        headers, body = challenges.payment_required(route, resource_url, error)
-    headers = {**headers, "Access-Control-Expose-Headers": _EXPOSE, **(extra_headers or {})}
-    return web.Response(status=status, body=body, headers=headers)
+        head, body = challenges.payment_required(route, url, error)
+    head = {**head, "Access-Control-Expose-Headers": _EXPOSE, **(headers or {})}
+    return web.Response(status=status, body=body, headers=head)
 
 
 def problem(exc: GatewayError, instance: str = "") -> web.Response:
@@ -58,16 +69,15 @@ def problem(exc: GatewayError, instance: str = "") -> web.Response:
 def error_response(
     request: web.Request,
     exc: GatewayError,
-    challenges: Challenges,
-    route: RouteSettings | None,
-    resource_url: str,
+    resource: PricedResource | None,
     request_id: str,
 ) -> web.Response:
-    """The one mapping from the exception tree to HTTP."""
-    if isinstance(exc, PaymentError) and route is not None and not route.free:
+    """The one mapping from the exception tree to HTTP. `resource`: the priced resource the
+    request was for (None for a free or unrouted one)."""
+    if isinstance(exc, PaymentError) and resource is not None:
         # A wrong or refused payment gets a fresh challenge naming what was wrong, so the
         # client can pay again correctly; a malformed header keeps its 400.
-        return challenge(
-            request, challenges, route, resource_url, exc.reason, exc.headers, exc.status
+        return challenge_response(
+            request, resource, exc.reason, headers=exc.headers, status=exc.status
         )
     return problem(exc, request_id)

@@ -1,5 +1,21 @@
 """The request flow, top to bottom: match -> challenge or decode -> claim -> verify -> forward
--> settle -> stream. Each step is a call into its own module; this file only orders them."""
+-> settle -> stream. Each step is a call into its own package; this file only orders them.
+
+The map of the package, in the order a request meets it:
+
+- `gateway.serving`: the process (runner phases, listener, workers, admin) and its shared
+  state (`serving.state`: requests in flight, draining, the reload hook);
+- `gateway.app` (here): `entry()` -> `handle()` -> `finish()`, one `RequestRecord` per request;
+- `gateway.composition`: one generation's parts built from settings (`Parts` is the seam);
+  `gateway.reload`: swapping generations on SIGHUP or `--watch`;
+- `gateway.proxy`: canonical paths, the route table, header hygiene, the streaming relay;
+- `gateway.payment`: decode, match, challenge, receipts, outcome (pure); `engine` (claim,
+  verify, settle) on `gateway.store` and `gateway.facilitators`;
+- `gateway.answers`: every `GatewayError` as HTTP; `gateway.errors`: the one exception tree;
+- `gateway.observe`: the record, the access line, metrics, logs;
+- `gateway.config`: YAML to frozen settings, at start-up only; `gateway.formats`: one
+  validator per format, shared by config and request-time code.
+"""
 
 from __future__ import annotations
 
@@ -11,42 +27,38 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from . import answers
-from .admin import FunctionCheck, make_admin_app
-from .challenge import ERROR_PAYMENT_REQUIRED, settlement_header
-from .errors import GatewayError, MethodNotAllowed
-from .headers import is_trusted
-from .logs import get_logger
-from .metrics import VERIFIED, Metrics
-from .paths import canonicalize
-from .payment_wire import decode_payment, match_requirement
-from .payments import Claim
-from .proxy import relay
-from .reload import Gateway, LiveGateway, route_rows
-from .server import RELOAD, SERVER_STATE, attach_state
-from .settings import RouteSettings, Settings
+from gateway import answers
+from gateway.composition import Generation, Parts
+from gateway.config.settings import RouteSettings, Settings
+from gateway.errors import GatewayError, MethodNotAllowed
+from gateway.observe import access
+from gateway.observe.metrics import Metrics
+from gateway.observe.record import RequestRecord
+from gateway.payment.challenge import ERROR_PAYMENT_REQUIRED
+from gateway.payment.decode import decode_payment
+from gateway.payment.engine import Claim
+from gateway.payment.match import match_requirement
+from gateway.payment.receipts import receipt_headers
+from gateway.proxy.headers import is_trusted
+from gateway.proxy.paths import canonicalize
+from gateway.proxy.routes import route_rows
+from gateway.proxy.upstream import relay
+from gateway.reload import LiveGateway
+from gateway.serving.admin import FunctionCheck, make_admin_app
+from gateway.serving.state import RELOAD, SERVER_STATE, attach_state
 
 PRIVATE = {"Cache-Control": "private"}
-access = get_logger("gateway.access")
-log = get_logger("gateway")
 
 LIVE = web.AppKey("gateway_live", LiveGateway)  # the current generation: LIVE.current
 METRICS = web.AppKey("metrics", Metrics)
-# What handle() learned, for entry()'s metrics and access line.
-ROUTE = web.RequestKey("route", RouteSettings)
-CLAIM = web.RequestKey("claim", Claim)
-ERROR = web.RequestKey("error", GatewayError)
 
 
-async def handle(request: web.Request, gw: Gateway, request_id: str) -> web.StreamResponse:
+async def handle(request: web.Request, gw: Generation, record: RequestRecord) -> web.StreamResponse:
     started = time.perf_counter()
-    route: RouteSettings | None = None
-    resource_url = ""
+    resource: answers.PricedResource | None = None  # set once the request is for a price
     try:
         path, query = canonicalize(request.raw_path)
-        route = find_route(gw, request.method, path)
-        if route is not None:
-            request[ROUTE] = route
+        route = record.route = find_route(gw, request.method, path)
         forward = functools.partial(
             gw.upstream.send,
             request,
@@ -56,26 +68,28 @@ async def handle(request: web.Request, gw: Gateway, request_id: str) -> web.Stre
             drop_headers=gw.drop_headers,
         )
         if route is None or route.free:
-            upstream = await forward(add_headers={"X-Request-Id": request_id})
+            upstream = await forward(add_headers={"X-Request-Id": record.request_id})
             return await relay(request, upstream)
-        resource_url = gw.challenges.resource_url(request, path, query)
+        url = gw.challenges.resource_url(request, path, query)
+        resource = answers.PricedResource(gw.challenges, route, url)
         payment = decode_payment(request.headers, gw.settings.limits.payment_header)
         if payment is None:
-            return answers.challenge(
-                request, gw.challenges, route, resource_url, ERROR_PAYMENT_REQUIRED
-            )
-        matched = match_requirement(route, payment, resource_url)
-        async with gw.payments.claimed(matched, route, request_id) as claim:
-            request[CLAIM] = claim
+            return answers.challenge_response(request, resource, ERROR_PAYMENT_REQUIRED)
+        matched = match_requirement(route, payment, url)
+        async with gw.payments.claimed(matched, route, record.request_id) as claim:
+            record.claim = claim
             await gw.payments.verify(claim)
-            gw.metrics.payments.labels(VERIFIED, "").inc()
+            gw.metrics.verified()
             if route.settle == "before":
                 await gw.payments.settle(claim)
             sent = time.perf_counter()
             upstream = await forward(
-                add_headers={gw.settings.payer_header: matched.payer, "X-Request-Id": request_id}
+                add_headers={
+                    gw.settings.payer_header: matched.payer,
+                    "X-Request-Id": record.request_id,
+                }
             )
-            claim.timings["origin"] = time.perf_counter() - sent
+            claim.timings.origin = time.perf_counter() - sent
             if upstream.status >= 400 or request.method == "HEAD":
                 # Nothing is charged for an origin failure, nor for a HEAD (it has no body).
                 await gw.payments.abandon(claim, f"origin answered {upstream.status}")
@@ -87,7 +101,7 @@ async def handle(request: web.Request, gw: Gateway, request_id: str) -> web.Stre
                     await gw.upstream.discard(upstream)  # settlement failed: serve nothing
                     raise
             assert claim.settled is not None
-            receipt = dict([settlement_header(claim.settled, matched.version)])
+            receipt = receipt_headers(claim.settled, matched.version)
             return await relay(
                 request,
                 upstream,
@@ -95,11 +109,11 @@ async def handle(request: web.Request, gw: Gateway, request_id: str) -> web.Stre
                 expose_x402=True,
             )
     except GatewayError as exc:
-        request[ERROR] = exc
-        return answers.error_response(request, exc, gw.challenges, route, resource_url, request_id)
+        record.error = exc
+        return answers.error_response(request, exc, resource, record.request_id)
 
 
-def find_route(gw: Gateway, method: str, path: str) -> RouteSettings | None:
+def find_route(gw: Generation, method: str, path: str) -> RouteSettings | None:
     found = gw.routes.match(method, path)
     if found.route is None and found.allowed:
         allow = ", ".join(sorted(found.allowed | {"OPTIONS"}))
@@ -109,13 +123,14 @@ def find_route(gw: Gateway, method: str, path: str) -> RouteSettings | None:
     return found.route
 
 
-def timing(gw: Gateway, claim: Claim, started: float) -> dict[str, str]:
+def timing(gw: Generation, claim: Claim, started: float) -> dict[str, str]:
     """The opt-in `Server-Timing` header: where a paid request's time went up to the response
     head (verify, origin, settle), and `gw`, the gateway's own share of it."""
     if not gw.settings.server_timing:
         return {}
     total = time.perf_counter() - started
-    spans = {**claim.timings, "gw": total - sum(claim.timings.values()), "total": total}
+    steps = claim.timings.spans()
+    spans = {**steps, "gw": total - sum(steps.values()), "total": total}
     return {"Server-Timing": ", ".join(f"{k};dur={v * 1000:.3f}" for k, v in spans.items())}
 
 
@@ -141,16 +156,23 @@ REQUEST_IDS = web.AppKey("request_ids", RequestIds)
 async def entry(request: web.Request) -> web.StreamResponse:
     """One access line and the request metrics, whatever happened."""
     gw = request.app[LIVE].current  # this request keeps this generation to its end
-    request_id = request.app[REQUEST_IDS].of(request, gw.settings)
+    record = RequestRecord(
+        request_id=request.app[REQUEST_IDS].of(request, gw.settings),
+        method=request.method,
+        path=request.rel_url.raw_path,  # never the query: it may carry an origin's API key
+        generation=gw.generation,
+    )
     started = time.perf_counter()
-    response: web.StreamResponse | None = None
     async with request.app[SERVER_STATE].in_flight.track(), gw.users.track():
         try:
-            response = await handle(request, gw, request_id)
+            response = await handle(request, gw, record)
             await finish(request, response)
+            record.status, record.sent = response.status, response.body_length
             return response
         finally:
-            observe(gw, request, request_id, response, time.perf_counter() - started)
+            record.seconds = time.perf_counter() - started
+            gw.metrics.observe(record)
+            access.write(record)
 
 
 async def finish(request: web.Request, response: web.StreamResponse) -> None:
@@ -163,43 +185,16 @@ async def finish(request: web.Request, response: web.StreamResponse) -> None:
         pass  # the client has gone (or the relay cut it off): the line says how far it got
 
 
-def observe(
-    gw: Gateway,
-    request: web.Request,
-    request_id: str,
-    response: web.StreamResponse | None,
-    elapsed: float,
-) -> None:
-    status = response.status if response is not None else 499
-    route = request.get(ROUTE)
-    claim = request.get(CLAIM)
-    error = request.get(ERROR)
-    label = route.name if route is not None else "-"
-    gw.metrics.observe_request(label, request.method, status, elapsed, error)
-    paid: dict[str, object] = {}
-    if route is not None and not route.free and (claim is not None or error is not None):
-        paid = gw.metrics.observe_payment(label, claim, error, client_gone=response is None)
-    access.info(
-        "request",
-        request_id=request_id,
-        method=request.method,
-        path=request.rel_url.raw_path,  # never the query: it may carry an origin's API key
-        route=label,
-        status=status,
-        bytes=response.body_length if response is not None else 0,
-        duration_ms=round(elapsed * 1000, 3),
-        generation=gw.generation,
-        **paid,
-    )
-
-
-def create_app(settings: Settings, *, watch: bool = False) -> web.Application:
-    """The gateway app; `watch`: reload the config file whenever it changes."""
+def create_app(
+    settings: Settings, *, parts: Parts | None = None, watch: bool = False
+) -> web.Application:
+    """The gateway app. `parts`: how each generation's parts are made (fakes in tests);
+    `watch`: reload the config file whenever it changes."""
     app = web.Application(client_max_size=0)
     app[METRICS] = metrics = Metrics()
-    app[LIVE] = live = LiveGateway(metrics)
+    app[LIVE] = live = LiveGateway(metrics, parts)
     app[REQUEST_IDS] = RequestIds()
-    app[RELOAD] = live.reload  # SIGHUP (gateway/server.py)
+    app[RELOAD] = live.reload  # SIGHUP (gateway/serving/runner.py)
     state = attach_state(app)
     metrics.in_flight.set_function(lambda: state.in_flight.count)
     app.cleanup_ctx.append(lambda a: lifespan(a, settings, watch))
@@ -238,4 +233,4 @@ async def lifespan(app: web.Application, settings: Settings, watch: bool) -> Asy
     live = app[LIVE]
     await live.start(settings, watch=watch)
     yield
-    await live.close()  # after the requests in flight (see gateway/server.py)
+    await live.close()  # after the requests in flight (see gateway/serving/runner.py)

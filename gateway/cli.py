@@ -10,9 +10,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import __version__
-from .errors import ConfigError, StoreUnavailable
-from .settings import Address, Settings
+from gateway import __version__
+from gateway.config.settings import Address, Settings
+from gateway.errors import ConfigError, StoreUnavailable
 
 CONFIG_ENV = "X402_GATEWAY_CONFIG"
 
@@ -27,32 +27,49 @@ def main(argv: Sequence[str] | None = None) -> int:
         # SIGHUP (reload) must never end a starting gateway: hold it back from the first
         # moment, before the heavy imports; the server delivers it once it can reload.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
-    from .config import load
-
     if args.command == "demo":
-        from .demo.walkthrough import run_demo
+        from gateway.demo.walkthrough import run_demo
 
         return run_demo(once=args.once)
+    settings = _load(_config_path(args, parser))
+    if settings is None:
+        return 1
+    command = {"check": _check, "routes": _routes, "payments": _list_payments, "serve": _serve}
+    return command[args.command](settings, args)
+
+
+def _load(path: str) -> Settings | None:
+    """The settings, or None once every problem has been printed."""
+    from gateway.config import load
+
     try:
-        settings = load(_config_path(args, parser))
+        return load(path)
     except ConfigError as exc:
         for line in exc.errors:
             print(f"error: {line}", file=sys.stderr)
         print(f"{len(exc.errors)} error(s); nothing was started", file=sys.stderr)
-        return 1
     except OSError as exc:
         print(f"error: cannot read config: {exc}", file=sys.stderr)
-        return 1
-    if args.command == "check":
-        return check(settings, online=args.online)
-    if args.command == "routes":
-        return routes(settings)
-    if args.command == "payments":
-        return asyncio.run(_payments(settings, args.limit, args.format))
+    return None
+
+
+def _check(settings: Settings, args: argparse.Namespace) -> int:
+    return check(settings, online=args.online)
+
+
+def _routes(settings: Settings, _args: argparse.Namespace) -> int:
+    return routes(settings)
+
+
+def _list_payments(settings: Settings, args: argparse.Namespace) -> int:
+    return asyncio.run(_payments(settings, args.limit, args.format))
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import functools
 
-    from .app import create_admin_app, create_app
-    from .server import run
+    from gateway.app import create_admin_app, create_app
+    from gateway.serving.runner import run
 
     make_app = functools.partial(create_app, watch=args.watch)
     return run(settings, make_app, create_admin_app if settings.admin else None)
@@ -96,7 +113,7 @@ def _config_path(args: argparse.Namespace, parser: argparse.ArgumentParser) -> s
 
 
 def route_table(settings: Settings) -> str:
-    from .reload import route_rows
+    from gateway.proxy.routes import route_rows
 
     return format_rows(route_rows(settings))
 
@@ -143,7 +160,7 @@ def _live_routes(settings: Settings) -> dict[str, Any] | str:
 
 
 def check(settings: Settings, *, online: bool) -> int:
-    from .routes import RouteTable
+    from gateway.proxy.routes import RouteTable
 
     print(f"{settings.source}: ok")
     print(route_table(settings))
@@ -165,12 +182,11 @@ def check(settings: Settings, *, online: bool) -> int:
 
 
 async def _check_online(settings: Settings) -> list[str]:
-    from .facilitators import open_facilitator
-    from .payments import Payments
-    from .store import open_store
+    from gateway.facilitators import open_facilitator
+    from gateway.payment.engine import Payments
+    from gateway.store import open_store
 
-    store = open_store("memory")
-    payments = Payments(open_facilitator(settings), store)
+    payments = Payments(open_facilitator(settings), open_store("memory"))
     try:
         errors = await payments.start()
         return errors + payments.unsupported(settings.routes)
@@ -179,7 +195,7 @@ async def _check_online(settings: Settings) -> list[str]:
 
 
 async def _payments(settings: Settings, limit: int, fmt: str) -> int:
-    from .store import open_store
+    from gateway.store import open_store
 
     if settings.store == "memory":
         print("error: store: memory keeps records inside the gateway process", file=sys.stderr)

@@ -1,9 +1,8 @@
-"""The live gateway and its hot reload (SIGHUP, `serve --watch`).
+"""Hot reload (SIGHUP, `serve --watch`): the live generation, and swapping in a new one.
 
-A `Gateway` is one generation of everything requests share: the settings, the compiled
-route table and challenges, the upstream pool, the payments (facilitator and store). A
-request takes the current generation once, when it starts, and keeps it to its end, so a
-reload never changes the table under a request in flight.
+A `Generation` (gateway/composition.py) is everything one config's requests share. A request
+takes the current generation once, when it starts, and keeps it to its end, so a reload never
+changes the table under a request in flight.
 
 A reload reads the file off the event loop, validates it (an invalid file changes nothing:
 its errors are logged, `x402_gateway_config_reload_failures_total` counts it), builds the
@@ -17,29 +16,20 @@ running values, with a warning: they take a restart.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import os
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable
 from typing import Any
 
-from .challenge import Challenges
-from .config import format_price, load
-from .errors import ConfigError
-from .facilitators import open_facilitator
-from .logs import get_logger
-from .metrics import Metrics
-from .payments import Payments
-from .proxy import Upstream
-from .routes import RouteTable
-from .server import InFlight
-from .settings import LocalFacilitatorSettings, Settings
-from .store import open_store
+from gateway.composition import Generation, Parts, Rebuild, Reuse, build
+from gateway.config import load
+from gateway.config.settings import LocalFacilitatorSettings, Settings
+from gateway.errors import ConfigError
+from gateway.observe.logs import get_logger
+from gateway.observe.metrics import Metrics
 
 log = get_logger("gateway.reload")
 
-PAYMENT_HEADERS = ("PAYMENT-SIGNATURE", "X-PAYMENT")
 WATCH_INTERVAL = 1.0
 
 # Settings the running process cannot change: its sockets, workers, logger and parser limits.
@@ -96,128 +86,13 @@ def upstream_key(settings: Settings) -> tuple[object, ...]:
     return (settings.timeouts, settings.limits, settings.trusted_proxies)
 
 
-@dataclass(frozen=True, slots=True)
-class Rebuild:
-    """Which parts a new generation cannot share with the running one."""
-
-    facilitator: bool
-    store: bool
-    upstream: bool
-
-    def names(self) -> list[str]:
-        return [name for name in ("facilitator", "store", "upstream") if getattr(self, name)]
-
-
 def rebuild(old: Settings, new: Settings) -> Rebuild:
+    """Which parts of the running generation the new settings cannot share."""
     return Rebuild(
         facilitator=facilitator_key(old) != facilitator_key(new),
         store=old.store != new.store,
         upstream=upstream_key(old) != upstream_key(new),
     )
-
-
-def route_rows(settings: Settings) -> list[dict[str, str]]:
-    """The route table as text cells (`x402-gateway routes`, the admin `/routes`)."""
-    return [
-        {
-            "index": str(r.index),
-            "methods": ",".join(sorted(r.methods)) if r.methods else "*",
-            "path": r.path,
-            "price": "free" if r.free else " | ".join(format_price(a) for a in r.accepts),
-            "settle": "-" if r.free else r.settle,
-            "upstream": r.upstream or settings.upstream,
-        }
-        for r in settings.routes
-    ]
-
-
-# --- one generation ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class Gateway:
-    """Everything one generation's requests share."""
-
-    settings: Settings
-    routes: RouteTable
-    challenges: Challenges
-    upstream: Upstream
-    payments: Payments
-    metrics: Metrics
-    drop_headers: tuple[str, ...]
-    generation: int
-    refresher: asyncio.Task[None]
-    users: InFlight = dataclasses.field(default_factory=InFlight)  # its requests in flight
-
-
-async def build(
-    settings: Settings, metrics: Metrics, generation: int, previous: Gateway | None
-) -> Gateway:
-    """A started generation; parts `previous` has and may share are reused."""
-    todo = rebuild(previous.settings, settings) if previous else Rebuild(True, True, True)
-    undo: list[Callable[[], Awaitable[None]]] = []
-    try:
-        if previous is None or todo.store:
-            store = open_store(settings.store)
-            undo.append(store.close)
-        else:
-            store = previous.payments.store
-        if previous is not None and not (todo.facilitator or todo.store):
-            payments, refresher = previous.payments, previous.refresher
-        else:
-            if previous is None or todo.facilitator:
-                payments = Payments(open_facilitator(settings, metrics.facilitator_failed), store)
-                undo.append(payments.close)
-                problems = await payments.start()
-            else:
-                payments = Payments(previous.payments.facilitator, store)
-                problems = await payments.refresh()
-            for problem in problems:
-                log.warning("facilitator_unavailable", problem=problem, generation=generation)
-            refresher = asyncio.create_task(payments.keep_refreshing())
-            undo.append(_canceller(refresher))
-        if previous is None or todo.upstream:
-            upstream = Upstream(settings)
-            await upstream.start()
-            undo.append(upstream.close)
-        else:
-            upstream = previous.upstream
-        for problem in payments.unsupported(settings.routes):
-            log.error("route_unsupported", problem=problem, generation=generation)
-        return Gateway(
-            settings=settings,
-            routes=RouteTable(settings.routes, settings.case_insensitive_paths),
-            challenges=Challenges(settings),
-            upstream=upstream,
-            payments=payments,
-            metrics=metrics,
-            drop_headers=(*PAYMENT_HEADERS, settings.payer_header),
-            generation=generation,
-            refresher=refresher,
-        )
-    except BaseException:
-        for close in reversed(undo):
-            await close()
-        raise
-
-
-def _canceller(task: asyncio.Task[None]) -> Callable[[], Awaitable[None]]:
-    async def cancel() -> None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    return cancel
-
-
-def _parts(gw: Gateway) -> list[tuple[object, Callable[[], Awaitable[None]]]]:
-    """(part, close) for each part a generation may share with another."""
-    return [
-        (gw.refresher, _canceller(gw.refresher)),
-        (gw.upstream, gw.upstream.close),
-        (gw.payments.facilitator, gw.payments.close),
-        (gw.payments.store, gw.payments.store.close),
-    ]
 
 
 def _file_signature(path: str) -> tuple[int, int, int] | None:
@@ -234,23 +109,31 @@ def _file_signature(path: str) -> tuple[int, int, int] | None:
 class LiveGateway:
     """The current generation (`current`), reloads, and the retirement of old generations."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        parts: Parts | None = None,
+        *,
+        watch_interval: float = WATCH_INTERVAL,
+    ) -> None:
         self.metrics = metrics
-        self._current: Gateway | None = None
-        self._alive: list[Gateway] = []  # the current one and those with requests in flight
+        self.parts = parts if parts is not None else Parts()
+        self.watch_interval = watch_interval
+        self._current: Generation | None = None
+        self._alive: list[Generation] = []  # the current one and those with requests in flight
         self._tasks: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
         self._closed = False
         self._deferred = False  # a reload asked for before start() finished
 
     @property
-    def current(self) -> Gateway:
+    def current(self) -> Generation:
         if self._current is None:
             raise RuntimeError("the gateway has not started")
         return self._current
 
     async def start(self, settings: Settings, *, watch: bool = False) -> None:
-        self._current = await build(settings, self.metrics, 1, None)
+        self._current = await build(settings, self.metrics, 1, self.parts)
         self._alive.append(self._current)
         self.metrics.config_generation.set(1)
         if watch:
@@ -284,7 +167,8 @@ class LiveGateway:
             settings, needs_restart = pin_restart_only(old.settings, loaded)
             generation = old.generation + 1
             try:
-                new = await build(settings, self.metrics, generation, old)
+                todo = rebuild(old.settings, settings)
+                new = await build(settings, self.metrics, generation, self.parts, Reuse(old, todo))
             # The old generation keeps serving whatever went wrong; the error is logged whole.
             except Exception as exc:
                 log.exception("config_reload_build_failed", config=path)
@@ -299,7 +183,7 @@ class LiveGateway:
                 config=path,
                 generation=generation,
                 routes=len(settings.routes),
-                rebuilt=rebuild(old.settings, settings).names(),
+                rebuilt=todo.names(),
             )
             self._spawn(self._retire(old))
             return True
@@ -315,11 +199,13 @@ class LiveGateway:
         )
         return False
 
-    async def _retire(self, old: Gateway) -> None:
+    async def _retire(self, old: Generation) -> None:
         """Once `old` has no request in flight, close what no other live generation uses."""
         await old.users.wait_idle()
-        in_use = {id(part) for gw in self._alive if gw is not old for part, _ in _parts(gw)}
-        for part, close in _parts(old):
+        in_use = {
+            id(part) for gen in self._alive if gen is not old for part, _ in gen.shared_parts()
+        }
+        for part, close in old.shared_parts():
             if id(part) not in in_use:
                 in_use.add(id(part))
                 await close()
@@ -330,7 +216,7 @@ class LiveGateway:
         """`serve --watch`: reload when the file changes (polled: no extra dependency)."""
         seen = await asyncio.to_thread(_file_signature, path)
         while True:
-            await asyncio.sleep(WATCH_INTERVAL)
+            await asyncio.sleep(self.watch_interval)
             now = await asyncio.to_thread(_file_signature, path)
             if now is not None and now != seen:
                 seen = now
@@ -350,8 +236,8 @@ class LiveGateway:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             closed: set[int] = set()
-            for gw in self._alive:
-                for part, close in _parts(gw):
+            for gen in self._alive:
+                for part, close in gen.shared_parts():
                     if id(part) not in closed:
                         closed.add(id(part))
                         await close()

@@ -28,7 +28,7 @@ from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
 from ..errors import FacilitatorUnavailable
 from ..facilitators.local import LocalFacilitator
-from ..payment_decode import nesting_exceeds
+from ..payment.decode import nesting_exceeds
 
 MAX_REQUEST = 64 * 1024  # a verify/settle request is a few KB
 # The SDK's py_ecc import lifts the recursion limit, so deep JSON would overflow the C stack

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..settings import LocalFacilitatorSettings, RemoteFacilitatorSettings, Settings
+from gateway.config.settings import LocalFacilitatorSettings, RemoteFacilitatorSettings, Settings
 
 if TYPE_CHECKING:
-    from ..payments import Facilitator
+    from gateway.payment.engine import Facilitator
 
 
 def open_facilitator(
@@ -18,13 +18,13 @@ def open_facilitator(
     failed call to a remote endpoint (for metrics)."""
     local = [f for f in settings.facilitators if isinstance(f, LocalFacilitatorSettings)]
     if local:
-        from .local import LocalFacilitator
+        from gateway.facilitators.local import LocalFacilitator
 
         networks = sorted({req.network for r in settings.routes for req in r.accepts})
         return LocalFacilitator(
             local[0].rpc_url, local[0].private_key, networks or [settings.network]
         )
-    from .remote import RemoteFacilitator
+    from gateway.facilitators.remote import RemoteFacilitator
 
     remote = [f for f in settings.facilitators if isinstance(f, RemoteFacilitatorSettings)]
     return RemoteFacilitator(remote, on_failure)

@@ -43,8 +43,8 @@ from x402.schemas import (
 )
 from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
-from ..errors import FacilitatorUnavailable
-from ..settings import LocalFacilitatorSettings
+from gateway.config.settings import LocalFacilitatorSettings
+from gateway.errors import FacilitatorUnavailable
 
 T = TypeVar("T")
 
@@ -79,7 +79,7 @@ def _is_rpc_failure(exc: BaseException) -> bool:
 class LocalFacilitator:
     """Verifies and settles `exact` EVM payments itself, signing settlements with one key."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913  keyword-only tuning knobs, each with a default
         self,
         rpc_url: str,
         private_key: str,

@@ -40,9 +40,9 @@ from x402.schemas import (
 )
 from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
-from ..errors import FacilitatorUnavailable, SettlementPending
-from ..logs import get_logger
-from ..settings import RemoteFacilitatorSettings
+from gateway.config.settings import RemoteFacilitatorSettings
+from gateway.errors import FacilitatorUnavailable, SettlementPending
+from gateway.observe.logs import get_logger
 
 COOLDOWN = 10.0
 PROBE_TIMEOUT = 1.5  # a readiness probe's /supported must fit inside /readyz's own bound

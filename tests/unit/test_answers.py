@@ -7,7 +7,6 @@ import json
 from aiohttp.test_utils import make_mocked_request
 
 from gateway import answers
-from gateway.challenge import Challenges
 from gateway.errors import (
     FacilitatorUnavailable,
     MalformedPayment,
@@ -16,10 +15,12 @@ from gateway.errors import (
     PaymentError,
     UpstreamTimeout,
 )
+from gateway.payment.challenge import PreparedChallenges
 from tests.unit.wire_helpers import URL, route, settings
 
 PRICED = route()
-CHALLENGES = Challenges(settings(PRICED))
+CHALLENGES = PreparedChallenges(settings(PRICED))
+RESOURCE = answers.PricedResource(CHALLENGES, PRICED, URL)
 
 
 def request(accept: str = "application/json", ua: str = "curl/8") -> object:
@@ -28,7 +29,7 @@ def request(accept: str = "application/json", ua: str = "curl/8") -> object:
 
 def test_payment_error_is_402_with_a_fresh_challenge_naming_the_reason() -> None:
     exc = PaymentError("amount differs", reason="payment_requirements_mismatch")
-    r = answers.error_response(request(), exc, CHALLENGES, PRICED, URL, "rid")  # type: ignore[arg-type]
+    r = answers.error_response(request(), exc, RESOURCE, "rid")  # type: ignore[arg-type]
     assert r.status == 402
     assert "PAYMENT-REQUIRED" in r.headers
     assert json.loads(r.body)["error"] == "payment_requirements_mismatch"  # type: ignore[arg-type]
@@ -37,7 +38,7 @@ def test_payment_error_is_402_with_a_fresh_challenge_naming_the_reason() -> None
 
 def test_malformed_payment_keeps_400_and_still_carries_a_challenge() -> None:
     exc = MalformedPayment("not base64", reason="invalid_base64")
-    r = answers.error_response(request(), exc, CHALLENGES, PRICED, URL, "rid")  # type: ignore[arg-type]
+    r = answers.error_response(request(), exc, RESOURCE, "rid")  # type: ignore[arg-type]
     assert r.status == 400 and "PAYMENT-REQUIRED" in r.headers
     assert json.loads(r.body)["error"] == "invalid_base64"  # type: ignore[arg-type]
 
@@ -49,7 +50,7 @@ def test_other_errors_are_problem_json() -> None:
         (PaymentConflict("used", reason="payment_already_used"), 409),
         (MethodNotAllowed("no", headers={"Allow": "GET"}), 405),
     ]:
-        r = answers.error_response(request(), exc, CHALLENGES, PRICED, URL, "rid")  # type: ignore[arg-type]
+        r = answers.error_response(request(), exc, RESOURCE, "rid")  # type: ignore[arg-type]
         body = json.loads(r.body)  # type: ignore[arg-type]
         assert r.status == status
         assert r.headers["Content-Type"] == "application/problem+json"
@@ -63,11 +64,9 @@ def test_other_errors_are_problem_json() -> None:
 
 
 def test_browser_gets_the_paywall_page() -> None:
-    r = answers.challenge(
+    r = answers.challenge_response(
         request("text/html,application/xhtml+xml", "Mozilla/5.0"),  # type: ignore[arg-type]
-        CHALLENGES,
-        PRICED,
-        URL,
+        RESOURCE,
         "Payment required",
     )
     assert r.status == 402

@@ -13,11 +13,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from x402.http.utils import decode_payment_response_header
 from x402.schemas import SettleResponse, VerifyResponse
 
-from gateway import reload as reload_mod
 from gateway.app import create_app
+from gateway.composition import Parts
 from gateway.config import loads
 from gateway.errors import FacilitatorUnavailable, SettlementPending
-from tests.unit.test_payments import TX, FakeFacilitator
+from tests.unit.payment.test_engine import TX, FakeFacilitator
 from tests.unit.wire_helpers import ASSET, PAY_TO, new_account, route, sdk_v2_payment
 
 CONFIG = f"""
@@ -44,9 +44,7 @@ class Origin:
 
 
 @pytest.fixture
-async def rig(
-    monkeypatch: pytest.MonkeyPatch,
-) -> AsyncIterator[Callable[[FakeFacilitator], Any]]:
+async def rig() -> AsyncIterator[Callable[[FakeFacilitator], Any]]:
     origin = Origin()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", origin.handler)
@@ -55,9 +53,9 @@ async def rig(
     clients: list[TestClient[Any, Any]] = []
 
     async def make(fac: FakeFacilitator) -> tuple[TestClient[Any, Any], Origin]:
-        monkeypatch.setattr(reload_mod, "open_facilitator", lambda *a, **k: fac)
         settings = loads(CONFIG.format(origin=str(origin_server.make_url("")).rstrip("/")))
-        client: TestClient[Any, Any] = TestClient(TestServer(create_app(settings)))
+        parts = Parts(facilitator=lambda _settings, _metrics: fac)
+        client: TestClient[Any, Any] = TestClient(TestServer(create_app(settings, parts=parts)))
         await client.start_server()
         clients.append(client)
         return client, origin

@@ -89,3 +89,27 @@ def test_secrets_never_printed(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(["check", "--config", write(tmp_path, text)]) == 1
     out, err = capsys.readouterr()
     assert "s3cr3t" not in out + err
+
+
+@pytest.mark.parametrize("where", ["top", "accepts"])
+def test_check_refuses_a_chain_id_the_request_path_could_not_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    # One network-id rule (gateway.formats) for config and requests: an id too long for the
+    # request path is refused at load, with its file:line, never first at request time.
+    network = "eip155:1234567890123456789012"
+    if where == "top":
+        text = GOOD.replace("routes:", f"network: {network}\nroutes:")
+        key, line = "network", 4
+    else:
+        text = GOOD.replace(
+            'price: "$0.002"',
+            f'accepts: [{{network: "{network}", asset: "0x{"1" * 40}", amount: "1000", '
+            'extra: {name: T, version: "1"}}]',
+        )
+        key, line = "routes[1].accepts[0].network", 10
+    path = write(tmp_path, text)
+    assert main(["check", "--config", path]) == 1
+    err = capsys.readouterr().err
+    assert f'{path}:{line} {key}: "{network}": a chain id has at most 18 digits' in err
+    assert "nothing was started" in err

@@ -12,16 +12,15 @@ from typing import Any
 
 import pytest
 
-from gateway import reload as reload_mod
 from gateway.config import load, loads
-from gateway.metrics import Metrics
+from gateway.config.settings import Address, LocalFacilitatorSettings
+from gateway.observe.metrics import Metrics
+from gateway.proxy.routes import route_rows
 from gateway.reload import (
     LiveGateway,
     pin_restart_only,
     rebuild,
-    route_rows,
 )
-from gateway.settings import Address, LocalFacilitatorSettings
 from tests.procs import free_port
 
 PAY_TO = "0x000000000000000000000000000000000000dEaD"
@@ -190,13 +189,10 @@ async def test_replaced_parts_close_only_when_no_generation_uses_them(
     assert not await holder.reload()  # closed: nothing more to reload
 
 
-async def test_watch_reloads_when_the_file_changes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(reload_mod, "WATCH_INTERVAL", 0.02)
+async def test_watch_reloads_when_the_file_changes(tmp_path: Path) -> None:
     path = tmp_path / "gateway.yaml"
     path.write_text(config_text())
-    holder = LiveGateway(Metrics())
+    holder = LiveGateway(Metrics(), watch_interval=0.02)
     await holder.start(load(path), watch=True)
     try:
         await asyncio.sleep(0.1)

@@ -22,8 +22,8 @@ from x402.mechanisms.evm.signers import EthAccountSigner
 from x402.schemas import PaymentPayload, PaymentRequired
 from x402.schemas.v1 import PaymentPayloadV1, PaymentRequiredV1
 
-from gateway.challenge import payment_required
-from gateway.settings import Address, Requirement, RouteSettings, Settings
+from gateway.config.settings import Address, Requirement, RouteSettings, Settings
+from gateway.payment.challenge import payment_required
 
 ASSET = "0x036CbD53842c5426634e7929541eC2318f3dCF7e"  # USDC on Base Sepolia
 OTHER_ASSET = "0x5FbDB2315678afecb367f032d93F642f64180aa3"

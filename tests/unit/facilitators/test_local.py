@@ -13,11 +13,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from x402.schemas import PaymentPayload, PaymentRequirements
 
+from gateway.config.settings import LocalFacilitatorSettings
 from gateway.demo.chain import ANVIL_KEYS, free_port, new_account
 from gateway.demo.payer import make_x402_client, sign_requirements
 from gateway.errors import FacilitatorUnavailable
 from gateway.facilitators.local import LocalFacilitator, _is_rpc_failure
-from gateway.settings import LocalFacilitatorSettings
 
 NETWORK = "eip155:84532"
 TOKEN = "0x5FbDB2315678afecb367f032d93F642f64180aa3"

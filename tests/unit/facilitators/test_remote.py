@@ -11,9 +11,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from x402.schemas import PaymentPayload, PaymentRequirements
 
+from gateway.config.settings import RemoteFacilitatorSettings
 from gateway.errors import FacilitatorUnavailable, SettlementPending
 from gateway.facilitators.remote import RemoteFacilitator
-from gateway.settings import RemoteFacilitatorSettings
 from tests.procs import free_port
 
 REQ = PaymentRequirements(

@@ -1,0 +1,192 @@
+"""The composition root: one generation of the gateway's parts, built from settings.
+
+A `Generation` is everything one config's requests share: the settings, the compiled route
+table and challenges, the upstream pool, the payments (facilitator and store). A request
+takes the current generation once, when it starts, and keeps it to its end (gateway/reload.py
+swaps generations; gateway/app.py serves them).
+
+`Parts` is the seam: how each stateful part is made from settings. Production uses the
+defaults; tests pass fakes (`create_app(settings, parts=Parts(facilitator=...))`) instead of
+patching module functions. A part a new generation may share with the previous one (when its
+settings did not change) is reused, not rebuilt: `Rebuild` says which are made anew.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from gateway.config.settings import Settings
+from gateway.facilitators import open_facilitator
+from gateway.observe.logs import get_logger
+from gateway.observe.metrics import Metrics
+from gateway.payment.challenge import PreparedChallenges
+from gateway.payment.engine import Facilitator, Payments
+from gateway.proxy.routes import RouteTable
+from gateway.proxy.upstream import Upstream
+from gateway.serving.state import InFlight
+from gateway.store import PaymentStore, open_store
+
+# The events of building a generation have always been the reload logger's: operators filter
+# on logger names, so they stay.
+log = get_logger("gateway.reload")
+
+PAYMENT_HEADERS = ("PAYMENT-SIGNATURE", "X-PAYMENT")
+
+Close = Callable[[], Awaitable[None]]
+
+
+def default_store(settings: Settings) -> PaymentStore:
+    return open_store(settings.store)
+
+
+def default_facilitator(settings: Settings, metrics: Metrics) -> Facilitator:
+    return open_facilitator(settings, metrics.facilitator_failed)
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """How a generation's stateful parts are made from settings (the injection seam)."""
+
+    store: Callable[[Settings], PaymentStore] = default_store
+    facilitator: Callable[[Settings, Metrics], Facilitator] = default_facilitator
+    upstream: Callable[[Settings], Upstream] = Upstream
+
+
+@dataclass(frozen=True, slots=True)
+class Rebuild:
+    """Which parts a new generation cannot share with the running one."""
+
+    facilitator: bool
+    store: bool
+    upstream: bool
+
+    def names(self) -> list[str]:
+        return [name for name in ("facilitator", "store", "upstream") if getattr(self, name)]
+
+
+EVERYTHING = Rebuild(facilitator=True, store=True, upstream=True)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Generation:
+    """Everything one generation's requests share."""
+
+    settings: Settings
+    routes: RouteTable
+    challenges: PreparedChallenges
+    upstream: Upstream
+    payments: Payments
+    metrics: Metrics
+    drop_headers: tuple[str, ...]
+    generation: int
+    refresher: asyncio.Task[None]
+    users: InFlight = dataclasses.field(default_factory=InFlight)  # its requests in flight
+
+    def shared_parts(self) -> list[tuple[object, Close]]:
+        """(part, close) for each part a generation may share with another."""
+        return [
+            (self.refresher, canceller(self.refresher)),
+            (self.upstream, self.upstream.close),
+            (self.payments.facilitator, self.payments.close),
+            (self.payments.store, self.payments.store.close),
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class Reuse:
+    """The running generation, and which of its parts the new one must not share."""
+
+    previous: Generation
+    rebuild: Rebuild
+
+
+async def build(
+    settings: Settings, metrics: Metrics, generation: int, parts: Parts, reuse: Reuse | None = None
+) -> Generation:
+    """A started generation, sharing the parts of `reuse.previous` that `reuse.rebuild` does
+    not name. On any failure the parts made so far are closed again."""
+    previous, todo = (reuse.previous, reuse.rebuild) if reuse is not None else (None, EVERYTHING)
+    async with contextlib.AsyncExitStack() as undo:
+        builder = _Builder(settings, metrics, generation, parts, previous, todo, undo)
+        store = builder.store()
+        payments, refresher = await builder.payments(store)
+        upstream = await builder.upstream()
+        for problem in payments.unsupported(settings.routes):
+            log.error("route_unsupported", problem=problem, generation=generation)
+        built = Generation(
+            settings=settings,
+            routes=RouteTable(settings.routes, settings.case_insensitive_paths),
+            challenges=PreparedChallenges(settings),
+            upstream=upstream,
+            payments=payments,
+            metrics=metrics,
+            drop_headers=(*PAYMENT_HEADERS, settings.payer_header),
+            generation=generation,
+            refresher=refresher,
+        )
+        undo.pop_all()  # started: from now on whoever retires it closes its parts
+    return built
+
+
+@dataclass(frozen=True, slots=True)
+class _Builder:
+    """One build: each part is made anew (and undone on failure) or taken from `previous`."""
+
+    settings: Settings
+    metrics: Metrics
+    generation: int
+    parts: Parts
+    previous: Generation | None
+    todo: Rebuild
+    undo: contextlib.AsyncExitStack
+
+    def _reuses(self, part: str) -> Generation | None:
+        """The previous generation, when its `part` may be shared."""
+        if self.previous is None or getattr(self.todo, part):
+            return None
+        return self.previous
+
+    def store(self) -> PaymentStore:
+        if (previous := self._reuses("store")) is not None:
+            return previous.payments.store
+        store = self.parts.store(self.settings)
+        self.undo.push_async_callback(store.close)
+        return store
+
+    async def payments(self, store: PaymentStore) -> tuple[Payments, asyncio.Task[None]]:
+        previous = self.previous
+        if previous is not None and not (self.todo.facilitator or self.todo.store):
+            return previous.payments, previous.refresher
+        if (previous := self._reuses("facilitator")) is not None:
+            payments = Payments(previous.payments.facilitator, store)
+            problems = await payments.refresh()
+        else:
+            payments = Payments(self.parts.facilitator(self.settings, self.metrics), store)
+            self.undo.push_async_callback(payments.close)
+            problems = await payments.start()
+        for problem in problems:
+            log.warning("facilitator_unavailable", problem=problem, generation=self.generation)
+        refresher = asyncio.create_task(payments.keep_refreshing())
+        self.undo.push_async_callback(canceller(refresher))
+        return payments, refresher
+
+    async def upstream(self) -> Upstream:
+        if (previous := self._reuses("upstream")) is not None:
+            return previous.upstream
+        upstream = self.parts.upstream(self.settings)
+        await upstream.start()
+        self.undo.push_async_callback(upstream.close)
+        return upstream
+
+
+def canceller(task: asyncio.Task[None]) -> Close:
+    async def cancel() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return cancel

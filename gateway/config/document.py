@@ -1,0 +1,267 @@
+"""The config document's top level, compiled into `Settings`: one small function per section
+(addresses, payment defaults, store and workers, timeouts, limits, proxies). `facilitator:` is
+gateway/config/facilitators.py, the `routes:` table gateway/config/routes.py. Problems go to
+the `Reader`, all of them, each with its line; a section that cannot be read yields defaults.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+import yaml
+
+from gateway import formats
+from gateway.config import values as cv
+from gateway.config.facilitators import compile_facilitators
+from gateway.config.pricing import DEFAULT_NETWORK
+from gateway.config.reader import (
+    Reader,
+    Scalar,
+    Section,
+    boolean,
+    choice,
+    duration,
+    nonempty,
+    positive_int,
+    using,
+)
+from gateway.config.routes import RouteDefaults, compile_routes
+from gateway.config.settings import (
+    Address,
+    AssetSpec,
+    Limits,
+    RouteSettings,
+    Settings,
+    Timeouts,
+)
+
+TOP_LEVEL_KEYS = frozenset(
+    {
+        "listen",
+        "admin",
+        "upstream",
+        "facilitator",
+        "network",
+        "pay_to",
+        "asset",
+        "store",
+        "payer_header",
+        "timeouts",
+        "limits",
+        "trusted_proxies",
+        "public_url",
+        "case_insensitive_paths",
+        "log_level",
+        "workers",
+        "server_timing",
+        "routes",
+    }
+)
+ASSET_KEYS = frozenset({"address", "name", "version", "decimals", "symbol"})
+TIMEOUT_KEYS = frozenset(
+    {"connect", "read", "request_header", "request_body", "shutdown_grace", "keepalive"}
+)
+LIMIT_KEYS = frozenset({"request_body", "header_size", "connections", "payment_header"})
+LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_LISTEN = Address("0.0.0.0", 8402)
+DEFAULT_ADMIN = Address("127.0.0.1", 9402)
+_DISABLED = frozenset({"off", "false", "no", "null", "~", ""})
+_UNLIMITED = frozenset({"unlimited", "null", "~", "none"})
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def compile_document(reader: Reader, root: yaml.Node) -> Settings | None:
+    """The whole file as `Settings`; None when its top level is not even a mapping."""
+    top = reader.section(root, "", TOP_LEVEL_KEYS)
+    if top is None:
+        return None
+    top.require(("upstream", "routes"))
+    listen, admin = _addresses(top)
+    upstream = top.read("upstream", using(cv.parse_origin), "", on_null="error")
+    defaults = _route_defaults(reader, top)
+    store, workers = _store_and_workers(top)
+    facilitators = compile_facilitators(reader, top.get("facilitator"))
+    routes = _routes(reader, top, defaults)
+    return Settings(
+        source=reader.filename,
+        listen=listen,
+        admin=admin,
+        upstream=upstream,
+        routes=routes,
+        facilitators=facilitators,
+        network=defaults.network,
+        pay_to=defaults.pay_to,
+        asset=defaults.asset,
+        store=store,
+        payer_header=top.read("payer_header", using(cv.parse_payer_header), "X-Payer"),
+        timeouts=_timeouts(reader, top.get("timeouts")),
+        limits=_limits(reader, top.get("limits")),
+        trusted_proxies=_trusted_proxies(reader, top.get("trusted_proxies")),
+        public_url=top.read("public_url", using(cv.parse_http_url), None),
+        case_insensitive_paths=top.read("case_insensitive_paths", boolean, False),
+        log_level=top.read("log_level", choice(LOG_LEVELS), "info"),
+        workers=workers,
+        server_timing=top.read("server_timing", boolean, False),
+    )
+
+
+# --- listening addresses ----------------------------------------------------------------
+
+
+def _admin(scalar: Scalar) -> Address | None:
+    if scalar.value is None or scalar.value is False or scalar.text.strip().lower() in _DISABLED:
+        return None
+    return cv.parse_listen(scalar.text)
+
+
+def _addresses(top: Section) -> tuple[Address, Address | None]:
+    listen = top.read("listen", using(cv.parse_listen), DEFAULT_LISTEN)
+    default_admin: Address | None = DEFAULT_ADMIN
+    admin = top.read("admin", _admin, default_admin, on_null="convert")
+    if admin is not None and admin == listen and listen.port != 0:
+        top.error("admin", f"same address as listen ({listen})")
+    return listen, admin
+
+
+# --- what routes fall back to -----------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Broken:
+    """Which top-level keys were reported as wrong while reading them."""
+
+    reader: Reader
+    keys: set[str]
+
+    def watch(self, key: str, errors_before: int) -> None:
+        if self.reader.error_count > errors_before:
+            self.keys.add(key)
+
+
+def _route_defaults(reader: Reader, top: Section) -> RouteDefaults:
+    broken = _Broken(reader, set())
+    before = reader.error_count
+    network = top.read("network", using(formats.parse_network), DEFAULT_NETWORK)
+    broken.watch("network", before)
+    before = reader.error_count
+    pay_to = top.read("pay_to", using(cv.parse_pay_to), None)
+    broken.watch("pay_to", before)
+    before = reader.error_count
+    asset_node = top.get("asset")
+    asset = _asset(reader, asset_node) if asset_node is not None else None
+    broken.watch("asset", before)
+    return RouteDefaults(network, pay_to, asset, frozenset(broken.keys))
+
+
+def _decimals(scalar: Scalar) -> int:
+    value = scalar.value
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 36:
+        raise ValueError(f"{formats.quote(scalar.text)} is not a number of decimals (0-36)")
+    return value
+
+
+def _asset(reader: Reader, node: yaml.Node) -> AssetSpec | None:
+    asset = reader.section(node, "asset", ASSET_KEYS)
+    if asset is None:
+        return None
+    asset.require(
+        ("address", "name", "version", "decimals"),
+        "required (an asset needs address, name, version, decimals)",
+    )
+    address = asset.read("address", using(formats.parse_evm_address), None, on_null="error")
+    name = asset.read("name", nonempty, None, on_null="error")
+    version = asset.read("version", nonempty, None, on_null="error")
+    decimals = asset.read("decimals", _decimals, None, on_null="error")
+    symbol = asset.read("symbol", nonempty, "")
+    if address is None or name is None or version is None or decimals is None:
+        return None
+    if symbol:
+        return AssetSpec(address, name, version, decimals, symbol)
+    return AssetSpec(address, name, version, decimals)
+
+
+# --- store, workers, routes -------------------------------------------------------------
+
+
+def _store_and_workers(top: Section) -> tuple[str, int]:
+    store = top.read("store", using(cv.parse_store), "memory")
+    workers = top.read("workers", positive_int, 1)
+    if workers > 1 and store == "memory":
+        top.error(
+            "workers", f"{workers} needs a shared store (redis://...); store: memory is per process"
+        )
+    return store, workers
+
+
+def _routes(reader: Reader, top: Section, defaults: RouteDefaults) -> tuple[RouteSettings, ...]:
+    routes_node = top.get("routes")
+    routes = compile_routes(reader, routes_node, defaults) if routes_node is not None else ()
+    if "facilitator" not in top and any(not route.free for route in routes):
+        reader.error(
+            top.node,
+            "facilitator",
+            "priced routes need a facilitator; add e.g. "
+            "facilitator: {url: https://x402.org/facilitator}",
+        )
+    return routes
+
+
+# --- timeouts, limits, proxies ----------------------------------------------------------
+
+
+def _timeouts(reader: Reader, node: yaml.Node | None) -> Timeouts:
+    default = Timeouts()
+    section = reader.section(node, "timeouts", TIMEOUT_KEYS) if node is not None else None
+    if not section or not section.entries:
+        return default
+    grace = using(lambda text: formats.parse_duration(text, allow_zero=True))
+    return Timeouts(
+        connect=section.read("connect", duration, default.connect),
+        read=section.read("read", duration, default.read),
+        request_header=section.read("request_header", duration, default.request_header),
+        request_body=section.read("request_body", duration, default.request_body),
+        shutdown_grace=section.read("shutdown_grace", grace, default.shutdown_grace),
+        keepalive=section.read("keepalive", duration, default.keepalive),
+    )
+
+
+def _request_body(scalar: Scalar) -> int | None:
+    if scalar.value is None or scalar.text.strip().lower() in _UNLIMITED:
+        return None
+    return cv.parse_size(scalar.text)
+
+
+def _limits(reader: Reader, node: yaml.Node | None) -> Limits:
+    default = Limits()
+    section = reader.section(node, "limits", LIMIT_KEYS) if node is not None else None
+    if not section or not section.entries:
+        return default
+    size = using(cv.parse_size)
+    return Limits(
+        request_body=section.read(
+            "request_body", _request_body, default.request_body, on_null="convert"
+        ),
+        header_size=section.read("header_size", size, default.header_size),
+        connections=section.read("connections", positive_int, default.connections),
+        payment_header=section.read("payment_header", size, default.payment_header),
+    )
+
+
+def _ip_network(text: str) -> IPNetwork:
+    try:
+        return ipaddress.ip_network(text.strip(), strict=True)
+    except ValueError as exc:
+        raise ValueError(f"{formats.quote(text)} is not an IP address or CIDR ({exc})") from None
+
+
+def _trusted_proxies(reader: Reader, node: yaml.Node | None) -> tuple[IPNetwork, ...]:
+    if node is None:
+        return ()
+    items = reader.sequence(node, "trusted_proxies") or []
+    found = [
+        reader.value(item, f"trusted_proxies[{index}]", using(_ip_network), None)
+        for index, item in enumerate(items)
+    ]
+    return tuple(f for f in found if f is not None)

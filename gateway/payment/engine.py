@@ -1,0 +1,290 @@
+"""The x402 step, on the SDK's `x402ResourceServer`: claim, verify, settle, release.
+
+Decoding and matching a payment are pure (`gateway.payment.decode`, `.match`); this module
+is where the money moves, so every step fails closed: a store or facilitator that cannot
+answer means no paid content, and a claim is released only when nothing was charged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from x402 import x402ResourceServer
+from x402.mechanisms.evm.exact.register import register_exact_evm_server
+from x402.schemas import (
+    PaymentPayload,
+    PaymentRequirements,
+    SchemeNotFoundError,
+    SettleResponse,
+    SupportedResponse,
+    VerifyResponse,
+)
+from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
+
+from gateway.config.settings import RouteSettings
+from gateway.errors import (
+    FacilitatorUnavailable,
+    GatewayError,
+    PaymentConflict,
+    PaymentError,
+    SettlementFailed,
+    SettlementPending,
+    StoreUnavailable,
+)
+from gateway.observe.logs import get_logger
+from gateway.payment.match import MatchedPayment, claim_ttl
+from gateway.payment.receipts import receipt_headers
+from gateway.store import PaymentRecord, PaymentStore
+from gateway.store.records import Status
+
+log = get_logger("gateway.payments")
+
+
+class Facilitator(Protocol):
+    """What the gateway needs of a facilitator (the SDK's `FacilitatorClient`, plus life)."""
+
+    async def verify(
+        self,
+        payload: PaymentPayload | PaymentPayloadV1,
+        requirements: PaymentRequirements | PaymentRequirementsV1,
+    ) -> VerifyResponse: ...
+
+    async def settle(
+        self,
+        payload: PaymentPayload | PaymentPayloadV1,
+        requirements: PaymentRequirements | PaymentRequirementsV1,
+    ) -> SettleResponse: ...
+
+    def get_supported(self) -> SupportedResponse: ...
+
+    async def refresh_supported(self) -> list[str]: ...
+
+    async def ping(self) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class StepTimings:
+    """Seconds a paid request spent in each step (None: the step was not reached)."""
+
+    verify: float | None = None
+    settle: float | None = None
+    origin: float | None = None  # to the origin's response head
+
+    def spans(self) -> dict[str, float]:
+        """The steps reached, by name, in the order a settle-after request meets them."""
+        named = (("verify", self.verify), ("origin", self.origin), ("settle", self.settle))
+        return {name: seconds for name, seconds in named if seconds is not None}
+
+
+@dataclass(slots=True)
+class Claim:
+    """This request's hold on one payment. Released on every failure before a settlement."""
+
+    key: str
+    matched: MatchedPayment
+    record: PaymentRecord
+    ttl: float
+    settled: SettleResponse | None = None
+    outcome_unknown: bool = False  # settle may have reached the chain: never release
+    timings: StepTimings = field(default_factory=StepTimings)
+
+
+class Payments:
+    def __init__(self, facilitator: Facilitator, store: PaymentStore) -> None:
+        self.facilitator = facilitator
+        self.store = store
+        self.server = x402ResourceServer(facilitator)
+        register_exact_evm_server(self.server)
+        self._ready = False
+
+    # --- life --------------------------------------------------------------------------
+
+    async def start(self) -> list[str]:
+        """Load what the facilitators support. Returns the problems; never raises, because
+        a gateway whose facilitator is down must still answer challenges and free routes."""
+        await self.facilitator.start()
+        return await self.refresh()
+
+    async def refresh(self) -> list[str]:
+        errors = await self.facilitator.refresh_supported()
+        if self.facilitator.get_supported().kinds:
+            # Non-blocking here: our facilitator clients answer get_supported() from a cache.
+            self.server.initialize()
+            self._ready = True
+        return errors
+
+    async def keep_refreshing(self, interval: float = 5.0) -> None:
+        """Until /supported has been read once, retry in the background."""
+        while not self._ready:
+            await asyncio.sleep(interval)
+            errors = await self.refresh()
+            if errors:
+                log.warning("facilitator_supported_failed", errors=errors)
+
+    def unsupported(self, routes: tuple[RouteSettings, ...]) -> list[str]:
+        """Routes no facilitator can take payment for: one line each."""
+        kinds = {(k.scheme, k.network) for k in self.facilitator.get_supported().kinds}
+        return [
+            f"routes[{r.index}] {r.path}: no facilitator supports {req.scheme} on {req.network}"
+            for r in routes
+            for req in r.accepts
+            if (req.scheme, req.network) not in kinds
+        ]
+
+    async def close(self) -> None:
+        await self.facilitator.close()
+
+    # --- the request path --------------------------------------------------------------
+
+    async def claim(self, matched: MatchedPayment, route: RouteSettings, request_id: str) -> Claim:
+        """Take the payment's identity in the store, or raise `PaymentConflict`."""
+        ttl = claim_ttl(matched, time.time())
+        record = PaymentRecord(
+            status="pending",
+            request_id=request_id,
+            route=route.name,
+            payer=matched.payer,
+            amount=str(matched.requirement.amount),
+            asset=matched.requirement.asset,
+            network=matched.requirement.network,
+            nonce=matched.identity.nonce,
+        )
+        held = await self.store.claim(matched.identity.key, record, ttl)
+        if held is None:
+            return Claim(matched.identity.key, matched, record, ttl)
+        if held.in_flight:
+            raise PaymentConflict(
+                "this payment is being used by a request in flight", reason="payment_in_flight"
+            )
+        headers: dict[str, str] = {}
+        if held.transaction:
+            # Answered from the record: the payer sees the settlement it already paid for.
+            receipt = SettleResponse(
+                success=held.status == "settled",
+                transaction=held.transaction,
+                network=held.network,
+                payer=held.payer,
+                error_reason=None if held.status == "settled" else held.status,
+            )
+            headers = receipt_headers(receipt, matched.version)
+        raise PaymentConflict(
+            f"this payment was already used ({held.status}"
+            + (f", transaction {held.transaction})" if held.transaction else ")"),
+            reason="payment_already_used",
+            headers=headers,
+        )
+
+    @contextlib.asynccontextmanager
+    async def claimed(
+        self, matched: MatchedPayment, route: RouteSettings, request_id: str
+    ) -> AsyncIterator[Claim]:
+        """Hold the payment for the block. Whatever ends it early (an error, the client
+        hanging up and the handler being cancelled) releases the claim, or records the
+        refund owed if it was settled up front; shielded, so it runs to its end."""
+        claim = await self.claim(matched, route, request_id)
+        try:
+            yield claim
+        except BaseException as exc:
+            why = exc.reason if isinstance(exc, GatewayError) else type(exc).__name__
+            await asyncio.shield(self.abandon(claim, why))
+            raise
+
+    async def abandon(self, claim: Claim, why: str) -> None:
+        """The request will not be served as paid for."""
+        if claim.settled is not None and claim.settled.success:
+            await self.refund_due(claim, why)
+        else:
+            await self.release(claim)
+
+    async def verify(self, claim: Claim) -> None:
+        if not self._ready:
+            raise FacilitatorUnavailable("no facilitator has answered /supported yet")
+        started = time.perf_counter()
+        try:
+            result = await self.server.verify_payment(
+                claim.matched.payload, claim.matched.requirements
+            )
+        except SchemeNotFoundError as exc:
+            raise PaymentError(str(exc), reason="unsupported_scheme") from exc
+        finally:
+            claim.timings.verify = time.perf_counter() - started
+        if not result.is_valid:
+            reason = result.verify.invalid_reason or "invalid_payment"
+            raise PaymentError(result.verify.invalid_message or reason, reason=reason)
+
+    async def settle(self, claim: Claim) -> SettleResponse:
+        """Settle once and record the outcome; shielded, so a client that goes away cannot
+        cut a settlement (or its record) short."""
+        return await asyncio.shield(self._settle(claim))
+
+    async def _settle(self, claim: Claim) -> SettleResponse:
+        started = time.perf_counter()
+        try:
+            result = await self.server.settle_payment(
+                claim.matched.payload, claim.matched.requirements
+            )
+        except SettlementPending as exc:
+            claim.outcome_unknown = True
+            await self._record(claim, "settlement_pending", reason=exc.detail)
+            raise
+        finally:
+            claim.timings.settle = time.perf_counter() - started
+        if result.success:
+            claim.settled = result
+            try:
+                await self._record(claim, "settled", transaction=result.transaction)
+            except StoreUnavailable as exc:
+                # Charged: the payer gets what it paid for. The pending claim (where the
+                # store kept it) and the used nonce on chain still stop a second charge;
+                # this line is the books' copy of the outcome.
+                record = dataclasses.asdict(claim.record)
+                log.error("payment_record_failed", **record, error=exc.detail)
+            return result
+        if result.error_reason == "settlement_pending":
+            # Broadcast, not yet confirmed (the SDK already retried once): the payer must
+            # not pay again, and the claim stays so this authorization cannot buy twice.
+            claim.outcome_unknown = True
+            await self._record(claim, "settlement_pending", transaction=result.transaction)
+            raise SettlementPending(
+                f"transaction {result.transaction} not yet confirmed",
+                headers=receipt_headers(result, claim.matched.version),
+            )
+        await self._record(claim, "failed", reason=result.error_reason)
+        raise SettlementFailed(
+            result.error_message or result.error_reason or "settlement failed",
+            reason=result.error_reason or "settlement_failed",
+            headers=receipt_headers(result, claim.matched.version),
+        )
+
+    async def release(self, claim: Claim) -> None:
+        """Nothing was charged: the payer may use the same authorization again."""
+        if claim.settled is None and not claim.outcome_unknown:
+            await self.store.release(claim.key, claim.record.request_id)
+
+    async def refund_due(self, claim: Claim, why: str) -> None:
+        """Settled before forwarding, then the origin failed: the operator owes a refund."""
+        # Logged first: if the store is down, this line is the only record of the debt.
+        log.error(
+            "refund_due",
+            payer=claim.matched.payer,
+            amount=claim.record.amount,
+            asset=claim.record.asset,
+            network=claim.record.network,
+            transaction=claim.settled.transaction if claim.settled else None,
+            reason=why,
+        )
+        await self._record(claim, "refund_due", reason=why)
+
+    async def _record(self, claim: Claim, status: Status, **changes: str | None) -> None:
+        claim.record = claim.record.with_status(status, **changes)
+        await self.store.update(claim.key, claim.record, claim.ttl)

@@ -1,0 +1,233 @@
+"""Which of the route's own requirements a decoded payment pays, and the payment's identity.
+
+Nothing the client echoes is trusted: the requirements handed to the facilitator are built
+from the route's configuration, and the fields of the signed authorization that move money
+(recipient, value, token) are checked against them before any claim or facilitator call.
+
+Decisions (documented here, tested in tests/unit/payment/test_match.py;
+the authorization's own fields are checked in `gateway.payment.terms`):
+- v2 `accepted` must equal one of the route's requirements: scheme and network exactly, asset
+  and payTo as addresses (case-insensitive), amount as an integer, maxTimeoutSeconds exactly
+  (as the SDK's server does), and the route's `extra` (EIP-712 name/version, transfer method)
+  must be contained in `accepted.extra`, so `extra` cannot move the signature's domain.
+- Only the `exact` scheme on EVM networks is matched. A requirement whose extra says
+  `assetTransferMethod: permit2` takes a Permit2 payload; every other takes EIP-3009. A payload
+  of the other shape is `unsupported_payload`. v1 has no Permit2 (nor does the SDK's v1 client).
+- v1 names no asset: the first of the route's requirements on the payload's scheme and network
+  whose recipient and amount the authorization carries is the one (a wrong guess among two
+  tokens fails the facilitator's signature check; it can never pay a different amount).
+- A payload that is not even shaped like its scheme's (missing field, a nonce that is not
+  32 bytes, a non-decimal amount) is `MalformedPayment` (400); a well-formed one that pays the
+  wrong thing is `PaymentError` (402 with a fresh challenge).
+- The echoed `resource` and `extensions` bind no money and are not compared.
+- Identity: (chain id, asset, payer, nonce), lowercase hex; a Permit2 nonce (a uint256) is
+  written as the same 32-byte hex, so both kinds of key look alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from eth_utils.address import to_checksum_address
+from x402.mechanisms.evm.constants import ERR_UNSUPPORTED_SCHEME, SCHEME_EXACT
+from x402.schemas import PaymentPayload, PaymentRequirements
+from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
+
+from gateway.config.settings import Requirement, RouteSettings
+from gateway.errors import PaymentError
+from gateway.formats import chain_id, is_address
+from gateway.payment.decode import DecodedPayment
+from gateway.payment.networks import caip_from_v1
+from gateway.payment.requirements import offered_v1, requirement_v1, requirement_v2, thaw
+from gateway.payment.terms import (
+    UINT,
+    UNSUPPORTED_PAYLOAD,
+    Terms,
+    check_terms,
+    eip3009_terms,
+    parse_terms,
+)
+
+MISMATCH = "payment_requirements_mismatch"
+
+CLAIM_MARGIN = 60.0  # keep a claim this long past validBefore: clocks differ
+CLAIM_MIN = 60.0
+CLAIM_MAX = 7 * 24 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentIdentity:
+    """What makes a payment one payment on chain: its signature bytes are not part of it (a
+    signature can be re-encoded; the authorization nonce cannot be reused)."""
+
+    chain_id: int
+    asset: str  # lowercase 0x hex
+    payer: str  # lowercase 0x hex
+    nonce: str  # 0x + 64 lowercase hex
+
+    @property
+    def key(self) -> str:
+        return f"x402:claim:{self.chain_id}:{self.asset}:{self.payer}:{self.nonce}"
+
+
+@dataclass(frozen=True, slots=True)
+class MatchedPayment:
+    version: int
+    payload: PaymentPayload | PaymentPayloadV1  # as the client sent it, for verify/settle
+    requirements: PaymentRequirements | PaymentRequirementsV1  # built from the route
+    requirement: Requirement
+    identity: PaymentIdentity
+    payer: str  # checksummed
+    valid_before: int
+
+
+def _same_address(a: str, b: str) -> bool:
+    return is_address(a) and a.lower() == b.lower()
+
+
+def _same_amount(text: str, amount: int) -> bool:
+    return bool(UINT.fullmatch(text)) and int(text) == amount
+
+
+def _contains(ours: Any, theirs: Any) -> bool:
+    """Every key of our `extra` is in theirs with the same value (theirs may add keys)."""
+    if isinstance(ours, dict):
+        return isinstance(theirs, dict) and all(
+            k in theirs and _contains(v, theirs[k]) for k, v in ours.items()
+        )
+    return bool(ours == theirs and type(ours) is type(theirs))
+
+
+def _differences(req: Requirement, accepted: PaymentRequirements) -> list[str]:
+    checks = (
+        ("scheme", accepted.scheme == req.scheme),
+        ("network", accepted.network == req.network),
+        ("asset", _same_address(accepted.asset, req.asset)),
+        ("pay_to", _same_address(accepted.pay_to, req.pay_to)),
+        ("amount", _same_amount(accepted.amount, req.amount)),
+        ("max_timeout_seconds", accepted.max_timeout_seconds == req.max_timeout_seconds),
+        ("extra", _contains(thaw(req.extra), accepted.extra)),
+    )
+    return [name for name, same in checks if not same]
+
+
+def _unsupported(route: RouteSettings, scheme: str) -> NoReturn:
+    offered = sorted({r.scheme for r in route.accepts})
+    raise PaymentError(
+        f"scheme {scheme[:40]!r} is not accepted here (accepted: {', '.join(offered)})",
+        reason=ERR_UNSUPPORTED_SCHEME,
+    )
+
+
+def _chain(req: Requirement) -> int:
+    """The chain of a requirement this module can check: `exact` on an EVM network."""
+    cid = chain_id(req.network)
+    if req.scheme != SCHEME_EXACT or cid is None:
+        raise PaymentError(
+            f"the gateway cannot take {req.scheme} payments on {req.network}",
+            reason=ERR_UNSUPPORTED_SCHEME,
+        )
+    return cid
+
+
+def _match_v2(route: RouteSettings, payload: PaymentPayload) -> MatchedPayment:
+    accepted = payload.accepted
+    if all(r.scheme != accepted.scheme for r in route.accepts):
+        _unsupported(route, accepted.scheme)
+    best: list[str] | None = None
+    for req in route.accepts:
+        differ = _differences(req, accepted)
+        if not differ:
+            break
+        if best is None or len(differ) < len(best):
+            best = differ
+    else:
+        raise PaymentError(
+            f"the payment does not match this route's requirements ({', '.join(best or [])} "
+            "differ): pay what the challenge asks",
+            reason=MISMATCH,
+        )
+    cid = _chain(req)
+    terms = parse_terms(req, payload.payload)
+    check_terms(req, terms)
+    return MatchedPayment(
+        version=2,
+        payload=payload,
+        requirements=requirement_v2(req),
+        requirement=req,
+        identity=PaymentIdentity(cid, req.asset.lower(), terms.payer, terms.nonce),
+        payer=to_checksum_address(terms.payer),
+        valid_before=terms.valid_before,
+    )
+
+
+def _match_v1(route: RouteSettings, payload: PaymentPayloadV1, resource_url: str) -> MatchedPayment:
+    candidates = _v1_candidates(route, payload)
+    if "permit2Authorization" in payload.payload:
+        raise PaymentError("v1 payments are EIP-3009 only", reason=UNSUPPORTED_PAYLOAD)
+    cid = _chain(candidates[0][0])
+    terms = eip3009_terms(payload.payload)
+    req, v1_network = _v1_paid(candidates, terms)
+    return MatchedPayment(
+        version=1,
+        payload=payload,
+        requirements=requirement_v1(route, req, v1_network, resource_url),
+        requirement=req,
+        identity=PaymentIdentity(cid, req.asset.lower(), terms.payer, terms.nonce),
+        payer=to_checksum_address(terms.payer),
+        valid_before=terms.valid_before,
+    )
+
+
+# (a requirement of the route, the v1 network name it is offered under)
+_Offered = tuple[Requirement, str]
+
+
+def _v1_candidates(route: RouteSettings, payload: PaymentPayloadV1) -> list[_Offered]:
+    """The route's requirements on the payload's scheme and network that v1 clients can pay."""
+    if all(r.scheme != payload.scheme for r in route.accepts):
+        _unsupported(route, payload.scheme)
+    network = caip_from_v1(payload.network)
+    candidates = [
+        (r, name)
+        for r in route.accepts
+        if r.scheme == payload.scheme
+        and r.network == network
+        and (name := offered_v1(r)) is not None
+    ]
+    if not candidates:
+        raise PaymentError(
+            f"network {payload.network[:40]!r} is not accepted here for v1 payments "
+            "(network differs)",
+            reason=MISMATCH,
+        )
+    return candidates
+
+
+def _v1_paid(candidates: list[_Offered], terms: Terms) -> _Offered:
+    """The first candidate whose recipient and amount the authorization carries; else the
+    `PaymentError` of the closest one (the right recipient if any) says what differs."""
+    fits = [c for c in candidates if c[0].pay_to.lower() == terms.to and c[0].amount == terms.value]
+    if not fits:
+        to_ok = [c for c in candidates if c[0].pay_to.lower() == terms.to]
+        check_terms((to_ok or candidates)[0][0], terms)
+    return fits[0]
+
+
+def match_requirement(
+    route: RouteSettings, payment: DecodedPayment, resource_url: str
+) -> MatchedPayment:
+    """The route's own requirement `payment` pays, or `PaymentError` (402) saying what differs;
+    `MalformedPayment` (400) when the scheme payload is not shaped as its scheme requires."""
+    if route.free:
+        raise PaymentError("this route is free: it takes no payment", reason=MISMATCH)
+    if isinstance(payment.payload, PaymentPayload):
+        return _match_v2(route, payment.payload)
+    return _match_v1(route, payment.payload, resource_url)
+
+
+def claim_ttl(matched: MatchedPayment, now: float) -> float:
+    """How long the claim on this payment must outlive now: until the authorization can no
+    longer be settled (validBefore, plus clock margin), within [1 min, 7 days]."""
+    return min(max(matched.valid_before - now + CLAIM_MARGIN, CLAIM_MIN), CLAIM_MAX)

@@ -1,0 +1,83 @@
+"""A route's configured `Requirement`s as the SDK's wire types: v2 `PaymentRequirements`, and
+v1 `PaymentRequirementsV1` for the networks and transfer methods v1 clients can pay.
+
+Both the 402 challenge and the matching of a payment build from here, so the terms a client is
+offered and the terms its payment is checked against are the same objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from x402.schemas import PaymentRequirements
+from x402.schemas.v1 import PaymentRequirementsV1
+
+from gateway.config.settings import Requirement, RouteSettings
+from gateway.payment.networks import v1_name
+
+# v1 clients can only sign EIP-3009 (the SDK's v1 exact scheme has no Permit2 path).
+_PERMIT2 = "permit2"
+
+
+def thaw(value: Any) -> Any:
+    """Plain dicts and lists from the frozen mappings and tuples settings are made of."""
+    if isinstance(value, Mapping):
+        return {str(k): thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [thaw(v) for v in value]
+    return value
+
+
+def requirement_v2(req: Requirement) -> PaymentRequirements:
+    """One requirement as the v2 wire states it."""
+    return PaymentRequirements(
+        scheme=req.scheme,
+        network=req.network,
+        asset=req.asset,
+        amount=str(req.amount),
+        pay_to=req.pay_to,
+        max_timeout_seconds=req.max_timeout_seconds,
+        extra=thaw(req.extra),
+    )
+
+
+def requirements_v2(route: RouteSettings) -> list[PaymentRequirements]:
+    """The route's `accepts`, in configured order, as v2 wire requirements."""
+    return [requirement_v2(req) for req in route.accepts]
+
+
+def offered_v1(req: Requirement) -> str | None:
+    """The v1 network name under which `req` is offered to v1 clients, or None if it is not
+    (no v1 name for its network, or a transfer method v1 clients cannot sign)."""
+    if req.extra.get("assetTransferMethod") == _PERMIT2:
+        return None
+    return v1_name(req.network)
+
+
+def requirement_v1(
+    route: RouteSettings, req: Requirement, network: str, resource_url: str
+) -> PaymentRequirementsV1:
+    """One requirement in v1 form: the amount is `maxAmountRequired`, the resource is inside."""
+    return PaymentRequirementsV1(
+        scheme=req.scheme,
+        network=network,
+        max_amount_required=str(req.amount),
+        resource=resource_url,
+        description=route.description,
+        mime_type=route.mime_type,
+        pay_to=req.pay_to,
+        max_timeout_seconds=req.max_timeout_seconds,
+        asset=req.asset,
+        extra=thaw(req.extra) or None,
+    )
+
+
+def requirements_v1(route: RouteSettings, resource_url: str) -> list[PaymentRequirementsV1]:
+    """The route's requirements v1 clients can pay; the others are left out of the v1 body."""
+    out = []
+    for req in route.accepts:
+        network = offered_v1(req)
+        if network is not None:
+            out.append(requirement_v1(route, req, network, resource_url))
+    return out

@@ -1,0 +1,249 @@
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from x402.schemas import PaymentPayload
+from x402.schemas.v1 import PaymentPayloadV1
+
+from gateway.errors import MalformedPayment
+from gateway.payment.decode import MAX_JSON_DEPTH, DecodedPayment, decode_payment
+from tests.unit.wire_helpers import b64json, headers, v1_dict, v2_dict
+
+LIMIT = 16384
+
+
+def _reason(*pairs: tuple[str, str], limit: int = LIMIT) -> str:
+    with pytest.raises(MalformedPayment) as caught:
+        decode_payment(headers(*pairs), limit)
+    assert caught.value.status == 400
+    return caught.value.reason
+
+
+def _v2(value: str) -> str:
+    return _reason(("PAYMENT-SIGNATURE", value))
+
+
+def _b64(text: str | bytes) -> str:
+    raw = text.encode() if isinstance(text, str) else text
+    return base64.b64encode(raw).decode()
+
+
+def test_no_payment_header_is_no_payment() -> None:
+    assert decode_payment(headers(("Accept", "*/*")), LIMIT) is None
+    assert decode_payment(headers(("PAYMENT-SIGNATURE", "  ")), LIMIT) is None
+
+
+def test_v2_payment_decodes_to_the_sdk_model() -> None:
+    data = v2_dict()
+    got = decode_payment(headers(("payment-signature", b64json(data))), LIMIT)
+    assert got == DecodedPayment(2, PaymentPayload.model_validate(data), "PAYMENT-SIGNATURE")
+
+
+def test_v1_payment_decodes_to_the_sdk_model() -> None:
+    data = v1_dict()
+    got = decode_payment(headers(("X-Payment", b64json(data))), LIMIT)
+    assert got == DecodedPayment(1, PaymentPayloadV1.model_validate(data), "X-PAYMENT")
+
+
+def test_a_plain_mapping_works_with_canonical_names() -> None:
+    got = decode_payment({"PAYMENT-SIGNATURE": b64json(v2_dict())}, LIMIT)
+    assert got is not None
+    assert got.version == 2
+
+
+def test_urlsafe_and_unpadded_base64_are_read() -> None:
+    raw = json.dumps(v2_dict(resource={"url": "http://x/?a=>>>???"})).encode()
+    urlsafe = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    assert "-" in urlsafe or "_" in urlsafe  # the point of the test
+    got = decode_payment(headers(("PAYMENT-SIGNATURE", urlsafe)), LIMIT)
+    assert got is not None
+    assert got.payload == PaymentPayload.model_validate(json.loads(raw))
+
+
+@pytest.mark.parametrize(
+    "pairs",
+    [
+        (("PAYMENT-SIGNATURE", b64json(v2_dict())), ("X-PAYMENT", b64json(v1_dict()))),
+        (("PAYMENT-SIGNATURE", b64json(v2_dict())), ("payment-signature", b64json(v2_dict()))),
+        (("X-PAYMENT", b64json(v1_dict())), ("X-PAYMENT", b64json(v1_dict()))),
+    ],
+)
+def test_several_payment_headers_conflict(pairs: tuple[tuple[str, str], ...]) -> None:
+    assert _reason(*pairs) == "conflicting_payment_headers"
+
+
+def test_size_is_bounded_before_decoding() -> None:
+    value = b64json(v2_dict())
+    assert decode_payment(headers(("PAYMENT-SIGNATURE", value)), len(value)) is not None
+    assert _reason(("PAYMENT-SIGNATURE", value), limit=len(value) - 1) == (
+        "invalid_payment_header_size"
+    )
+    assert _reason(("X-PAYMENT", "A" * (LIMIT + 1))) == "invalid_payment_header_size"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["!!!!", "eyJ4Ijox fQ==", "é" * 8, "ab+c-d__", "abcde", "ab=c", "====", "YQ===", "\x00AAA"],
+)
+def test_not_base64(value: str) -> None:
+    assert _v2(value) == "invalid_base64"
+
+
+def test_not_utf8() -> None:
+    assert _v2(_b64(b'{"x402Version": 2, "a": "\xff\xfe"}')) == "invalid_utf8"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{",
+        "{'x402Version': 2}",
+        '{"x402Version": NaN}',
+        '{"x402Version": Infinity}',
+        '{"x402Version": 2} trailing',
+        '{"x402Version": ' + "9" * 5000 + "}",
+        '{"x402Version": -' + "9" * 80 + "}",
+        "\ufeff{}",
+        " ",
+    ],
+)
+def test_not_json(text: str) -> None:
+    assert _v2(_b64(text)) == "invalid_json"
+
+
+def _nested(depth: int) -> str:
+    return '{"x402Version": 2, "deep": ' + "[" * depth + "]" * depth + "}"
+
+
+def test_nesting_is_bounded_before_json_loads() -> None:
+    # the object itself is one level
+    assert _v2(_b64(_nested(MAX_JSON_DEPTH))) == "invalid_json"
+    assert _v2(_b64("[" * 100_000)) in {"invalid_json", "invalid_payment_header_size"}
+    assert _reason(("PAYMENT-SIGNATURE", _b64("[" * 10_000)), limit=10**6) == "invalid_json"
+    # within the bound the JSON parses, and the schema decides
+    assert _v2(_b64(_nested(MAX_JSON_DEPTH - 1))) == "invalid_payload"
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
+    data = v2_dict(resource={"url": "http://x/" + "[{" * 200 + '\\"' + "]}" * 3})
+    data["resource"]["description"] = '[[[[\\"{{{{'
+    assert decode_payment(headers(("PAYMENT-SIGNATURE", b64json(data))), LIMIT) is not None
+
+
+@pytest.mark.parametrize("value", [[], "x402", 2, None, True, 1.5])
+def test_must_be_a_json_object(value: Any) -> None:
+    assert _v2(b64json(value)) == "invalid_payload_type"
+
+
+@pytest.mark.parametrize(
+    ("header", "version"),
+    [
+        ("PAYMENT-SIGNATURE", None),
+        ("PAYMENT-SIGNATURE", 3),
+        ("PAYMENT-SIGNATURE", "2"),
+        ("PAYMENT-SIGNATURE", True),
+        ("PAYMENT-SIGNATURE", 2.0),
+        ("PAYMENT-SIGNATURE", 1),
+        ("X-PAYMENT", 2),
+        ("X-PAYMENT", 0),
+        ("X-PAYMENT", 10**70),
+    ],
+)
+def test_x402_version_must_fit_the_header(header: str, version: Any) -> None:
+    data = v2_dict() if header == "PAYMENT-SIGNATURE" else v1_dict()
+    if version is None:
+        del data["x402Version"]
+    else:
+        data["x402Version"] = version
+    assert _reason((header, b64json(data))) == "invalid_x402_version"
+
+
+@pytest.mark.parametrize(
+    ("header", "data", "field"),
+    [
+        ("PAYMENT-SIGNATURE", {k: v for k, v in v2_dict().items() if k != "accepted"}, "accepted"),
+        ("PAYMENT-SIGNATURE", {**v2_dict(), "payload": "0xdead"}, "payload"),
+        ("PAYMENT-SIGNATURE", v2_dict(amount=1000), "accepted.amount"),
+        ("PAYMENT-SIGNATURE", v2_dict(maxTimeoutSeconds="soon"), "accepted.maxTimeoutSeconds"),
+        ("X-PAYMENT", {k: v for k, v in v1_dict().items() if k != "scheme"}, "scheme"),
+        ("X-PAYMENT", {**v1_dict(), "network": ["base"]}, "network"),
+    ],
+)
+def test_schema_errors_name_the_field(header: str, data: dict[str, Any], field: str) -> None:
+    with pytest.raises(MalformedPayment) as caught:
+        decode_payment(headers((header, b64json(data))), LIMIT)
+    assert caught.value.reason == "invalid_payload"
+    assert f"{header}: {field}:" in caught.value.detail
+
+
+def test_schema_error_detail_does_not_echo_the_input() -> None:
+    data = {**v2_dict(), "payload": "<script>" + "x" * 5000}
+    with pytest.raises(MalformedPayment) as caught:
+        decode_payment(headers(("PAYMENT-SIGNATURE", b64json(data))), LIMIT)
+    assert "<script>" not in caught.value.detail
+    assert len(caught.value.detail) <= 300
+
+
+# --- fuzzing: whatever arrives, the answer is a payment, nothing, or MalformedPayment ---------
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=30,
+)
+_payload_like = st.fixed_dictionaries(
+    {"x402Version": st.sampled_from([1, 2, 0, True, "2", None, 2**64])},
+    optional={
+        "accepted": _json | st.just(v2_dict()["accepted"]),
+        "payload": _json,
+        "scheme": _json,
+        "network": _json,
+        "resource": _json,
+        "extensions": _json,
+    },
+)
+
+
+def _outcome(*pairs: tuple[str, str]) -> DecodedPayment | MalformedPayment | None:
+    try:
+        return decode_payment(headers(*pairs), 4096)
+    except MalformedPayment as exc:
+        assert exc.status == 400
+        assert exc.reason.startswith("invalid_") or exc.reason == "conflicting_payment_headers"
+        return exc
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=st.sampled_from(["PAYMENT-SIGNATURE", "X-PAYMENT"]), value=st.text(max_size=300))
+def test_fuzz_any_text(name: str, value: str) -> None:
+    _outcome((name, value))
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=st.sampled_from(["PAYMENT-SIGNATURE", "X-PAYMENT"]), raw=st.binary(max_size=400))
+def test_fuzz_any_bytes_in_base64(name: str, raw: bytes) -> None:
+    _outcome((name, base64.b64encode(raw).decode()))
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=st.sampled_from(["PAYMENT-SIGNATURE", "X-PAYMENT"]), value=_json | _payload_like)
+def test_fuzz_any_json(name: str, value: Any) -> None:
+    _outcome((name, b64json(value)))
+
+
+@settings(max_examples=100, deadline=None)
+@given(depth=st.integers(min_value=0, max_value=2000), opener=st.sampled_from(["[", '{"a":']))
+def test_fuzz_nesting(depth: int, opener: str) -> None:
+    closer = "]" if opener == "[" else "}"
+    text = '{"x402Version": 2, "payload": ' + opener * depth + "1" + closer * depth + "}"
+    got = _outcome(("PAYMENT-SIGNATURE", _b64(text)))
+    if depth >= MAX_JSON_DEPTH:
+        assert isinstance(got, MalformedPayment)
+        assert got.reason in {"invalid_json", "invalid_payment_header_size"}

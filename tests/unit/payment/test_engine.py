@@ -1,0 +1,241 @@
+"""Payments (claim, verify, settle, release) on the SDK's resource server, with a fake
+facilitator: every outcome a facilitator can give, and what becomes of the claim."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from x402.http.utils import decode_payment_response_header
+from x402.schemas import SettleResponse, SupportedKind, SupportedResponse, VerifyResponse
+
+from gateway.errors import (
+    FacilitatorUnavailable,
+    PaymentConflict,
+    PaymentError,
+    SettlementFailed,
+    SettlementPending,
+)
+from gateway.payment import decode_payment, match_requirement
+from gateway.payment.engine import Payments
+from gateway.store.memory import MemoryStore
+from tests.unit.wire_helpers import URL, headers, new_account, route, sdk_v2_payment
+
+TX = "0x" + "cd" * 32
+
+
+class FakeFacilitator:
+    """Answers as scripted; counts calls."""
+
+    def __init__(self, verify: Any = None, settle: Any = None) -> None:
+        self.verify_answer = verify or VerifyResponse(is_valid=True)
+        self.settle_answers = list(
+            settle or [SettleResponse(success=True, transaction=TX, network="eip155:84532")]
+        )
+        self.calls: list[str] = []
+
+    async def verify(self, payload: Any, requirements: Any) -> VerifyResponse:
+        self.calls.append("verify")
+        if isinstance(self.verify_answer, Exception):
+            raise self.verify_answer
+        return self.verify_answer
+
+    async def settle(self, payload: Any, requirements: Any) -> SettleResponse:
+        self.calls.append("settle")
+        answer = (
+            self.settle_answers.pop(0) if len(self.settle_answers) > 1 else self.settle_answers[0]
+        )
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def get_supported(self) -> SupportedResponse:
+        return SupportedResponse(
+            kinds=[SupportedKind(x402_version=2, scheme="exact", network="eip155:84532")]
+        )
+
+    async def refresh_supported(self) -> list[str]:
+        return []
+
+    async def ping(self) -> None:
+        return None
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+PRICED = route()
+
+
+def matched() -> Any:
+    _, header = sdk_v2_payment(PRICED, new_account())
+    decoded = decode_payment(headers(("PAYMENT-SIGNATURE", header)), 16384)
+    assert decoded is not None
+    return match_requirement(PRICED, decoded, URL)
+
+
+async def payments(fac: FakeFacilitator) -> tuple[Payments, MemoryStore]:
+    store = MemoryStore()
+    p = Payments(fac, store)
+    assert await p.start() == []
+    return p, store
+
+
+async def test_settled_payment_is_recorded_and_cannot_be_claimed_again() -> None:
+    fac = FakeFacilitator()
+    p, store = await payments(fac)
+    m = matched()
+    async with p.claimed(m, PRICED, "req-1") as claim:
+        await p.verify(claim)
+        settled = await p.settle(claim)
+    assert settled.transaction == TX
+    (record,) = await store.recent(10)
+    assert record.status == "settled" and record.transaction == TX
+    with pytest.raises(PaymentConflict) as again:
+        await p.claim(m, PRICED, "req-2")
+    assert again.value.reason == "payment_already_used"
+    receipt = decode_payment_response_header(again.value.headers["PAYMENT-RESPONSE"])
+    assert receipt.transaction == TX
+
+
+async def test_in_flight_claim_is_a_409_without_facilitator_calls() -> None:
+    fac = FakeFacilitator()
+    p, _ = await payments(fac)
+    m = matched()
+    await p.claim(m, PRICED, "req-1")
+    with pytest.raises(PaymentConflict) as err:
+        await p.claim(m, PRICED, "req-2")
+    assert err.value.reason == "payment_in_flight"
+    assert fac.calls == []
+
+
+async def test_invalid_payment_is_402_with_the_facilitators_reason_and_released() -> None:
+    fac = FakeFacilitator(
+        verify=VerifyResponse(is_valid=False, invalid_reason="invalid_exact_evm_payload_signature")
+    )
+    p, _ = await payments(fac)
+    m = matched()
+    with pytest.raises(PaymentError) as err:
+        async with p.claimed(m, PRICED, "req-1") as claim:
+            await p.verify(claim)
+    assert err.value.status == 402
+    assert err.value.reason == "invalid_exact_evm_payload_signature"
+    assert await p.claim(m, PRICED, "req-2") is not None  # released: claimed again, no 409
+
+
+async def test_facilitator_down_fails_closed_and_releases() -> None:
+    fac = FakeFacilitator(verify=FacilitatorUnavailable("down"))
+    p, _ = await payments(fac)
+    m = matched()
+    with pytest.raises(FacilitatorUnavailable):
+        async with p.claimed(m, PRICED, "req-1") as claim:
+            await p.verify(claim)
+    assert await p.claim(m, PRICED, "req-2") is not None
+
+
+async def test_settle_failure_is_402_with_a_receipt_and_released() -> None:
+    failed = SettleResponse(
+        success=False, error_reason="insufficient_funds", transaction="", network="eip155:84532"
+    )
+    p, store = await payments(FakeFacilitator(settle=[failed]))
+    m = matched()
+    with pytest.raises(SettlementFailed) as err:
+        async with p.claimed(m, PRICED, "req-1") as claim:
+            await p.verify(claim)
+            await p.settle(claim)
+    assert err.value.status == 402 and err.value.reason == "insufficient_funds"
+    receipt = decode_payment_response_header(err.value.headers["PAYMENT-RESPONSE"])
+    assert not receipt.success and receipt.error_reason == "insufficient_funds"
+    assert (await store.recent(1))[0].status == "failed"
+    assert await p.claim(m, PRICED, "req-2") is not None
+
+
+async def test_settlement_pending_is_retried_once_then_5xx_and_the_claim_is_kept() -> None:
+    pending = SettleResponse(
+        success=False, error_reason="settlement_pending", transaction=TX, network="eip155:84532"
+    )
+    fac = FakeFacilitator(settle=[pending, pending])
+    p, store = await payments(fac)
+    m = matched()
+    with pytest.raises(SettlementPending) as err:
+        async with p.claimed(m, PRICED, "req-1") as claim:
+            await p.verify(claim)
+            await p.settle(claim)
+    assert err.value.status == 503 and err.value.retry_after
+    assert fac.calls.count("settle") == 2  # the SDK's single retry
+    assert (await store.recent(1))[0].status == "settlement_pending"
+    with pytest.raises(PaymentConflict):  # never a second charge
+        await p.claim(m, PRICED, "req-2")
+
+
+async def test_pending_then_confirmed_on_the_retry_is_a_success() -> None:
+    pending = SettleResponse(
+        success=False, error_reason="settlement_pending", transaction=TX, network="eip155:84532"
+    )
+    ok = SettleResponse(success=True, transaction=TX, network="eip155:84532")
+    p, _ = await payments(FakeFacilitator(settle=[pending, ok]))
+    async with p.claimed(matched(), PRICED, "req-1") as claim:
+        await p.verify(claim)
+        assert (await p.settle(claim)).success
+
+
+async def test_unknown_settle_outcome_keeps_the_claim() -> None:
+    p, _ = await payments(FakeFacilitator(settle=[SettlementPending("timed out")]))
+    m = matched()
+    with pytest.raises(SettlementPending):
+        async with p.claimed(m, PRICED, "req-1") as claim:
+            await p.verify(claim)
+            await p.settle(claim)
+    with pytest.raises(PaymentConflict):
+        await p.claim(m, PRICED, "req-2")
+
+
+async def test_cancelled_request_releases_its_claim() -> None:
+    p, _ = await payments(FakeFacilitator())
+    m = matched()
+
+    async def hangs() -> None:
+        async with p.claimed(m, PRICED, "req-1") as claim:
+            await p.verify(claim)
+            await asyncio.sleep(10)
+
+    task = asyncio.create_task(hangs())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await p.claim(m, PRICED, "req-2") is not None  # released, not raised
+
+
+async def test_settled_up_front_then_failure_records_refund_due() -> None:
+    p, store = await payments(FakeFacilitator())
+    with pytest.raises(RuntimeError):
+        async with p.claimed(matched(), PRICED, "req-1") as claim:
+            await p.verify(claim)
+            await p.settle(claim)
+            raise RuntimeError("origin went away")
+    assert (await store.recent(1))[0].status == "refund_due"
+
+
+async def test_not_ready_until_supported_is_known() -> None:
+    fac = FakeFacilitator()
+    fac.get_supported = lambda: SupportedResponse(kinds=[])  # type: ignore[method-assign]
+    p = Payments(fac, MemoryStore())
+    await p.start()
+    with pytest.raises(FacilitatorUnavailable):
+        async with p.claimed(matched(), PRICED, "req-1") as claim:
+            await p.verify(claim)
+
+
+def test_unsupported_routes_are_named() -> None:
+    p = Payments(FakeFacilitator(), MemoryStore())
+    mainnet = replace(PRICED.accepts[0], network="eip155:8453")
+    other = replace(PRICED, index=7, path="/mainnet/*", accepts=(mainnet,))
+    assert p.unsupported((PRICED, other)) == [
+        "routes[7] /mainnet/*: no facilitator supports exact on eip155:8453"
+    ]
