@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -19,6 +20,7 @@ from gateway.config.settings import AssetSpec, Requirement, RouteSettings, Settl
 
 ROUTE_KEYS = frozenset(
     {"path", "methods", "price", "accepts", "description", "mime_type", "upstream", "settle"}
+    | {"asset"}
 )
 ACCEPT_KEYS = frozenset(
     {"scheme", "network", "asset", "amount", "pay_to", "max_timeout_seconds", "extra"}
@@ -41,6 +43,7 @@ class RouteDefaults:
     asset: AssetSpec | None
     # Top-level keys already reported as wrong: their fallout is not reported again.
     broken: frozenset[str] = frozenset()
+    assets: Mapping[str, AssetSpec] = field(default_factory=lambda: MappingProxyType({}))
 
 
 def compile_routes(
@@ -85,7 +88,7 @@ def _route(
     entry.require(("path",))
     path = entry.read("path", using(cv.parse_path_pattern), None, on_null="error")
     methods = _methods(reader, entry.get("methods"), entry.where("methods"))
-    price_text, accepts = _pricing(reader, entry, defaults)
+    price_text, accepts = _pricing(reader, entry, _with_named_asset(entry, defaults))
     route = RouteSettings(
         index=index,
         path=path or "",
@@ -116,6 +119,25 @@ def _pricing(
         return _accepts(reader, accepts, entry.where("accepts"), defaults)
     entry.error("price", 'required: a price ("$0.001"), free, or accepts: [...]')
     return "", ()
+
+
+def _with_named_asset(entry: Section, defaults: RouteDefaults) -> RouteDefaults:
+    """A route's `asset: <name>` (from `assets:`) replaces the top-level `asset` for its
+    "$" prices and its accepts entries without an asset address."""
+    if "asset" not in entry:
+        return defaults
+    names = defaults.assets
+
+    def named(value: str) -> str:
+        if value.strip() not in names:
+            known = ", ".join(sorted(names)) or "none are defined under assets:"
+            raise ValueError(f"{formats.quote(value)} is not a named asset ({known})")
+        return value.strip()
+
+    name = entry.read("asset", using(named), "", on_null="error")
+    if not name:
+        return dataclasses.replace(defaults, broken=defaults.broken | {"asset"})
+    return dataclasses.replace(defaults, asset=names[name])
 
 
 def _mime(value: str) -> str:

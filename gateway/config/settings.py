@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 SettleMode = Literal["after", "before"]
+Transfer = Literal["eip3009", "permit2"]  # how a token is moved: its own EIP-3009, or Permit2
 
 EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -48,6 +49,7 @@ class AssetSpec:
     version: str
     decimals: int
     symbol: str = "USDC"
+    transfer: Transfer = "eip3009"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +142,8 @@ class Settings:
     network: str = "eip155:84532"
     pay_to: str | None = None
     asset: AssetSpec | None = None
+    # Named tokens (`assets:`), for routes' `asset:`.
+    assets: Mapping[str, AssetSpec] = field(default_factory=lambda: EMPTY)
     store: str = field(default="memory", repr=False)  # a redis:// URL may hold a password
     payer_header: str = "X-Payer"
     timeouts: Timeouts = Timeouts()

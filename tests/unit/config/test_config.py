@@ -1098,3 +1098,37 @@ def test_load_missing_or_binary_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         config.load(binary)
     assert caught.value.errors == [f"{binary}: the config file is not UTF-8 text"]
+
+
+# --- assets: named tokens, transfer: permit2 ---------------------------------------------
+
+USDT = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+NAMED_ASSETS = (
+    f'{{usdt: {{address: "{USDT.lower()}", name: Tether USD, version: "1", decimals: 6, '
+    "transfer: permit2, symbol: USDT}}"
+)
+
+
+def test_a_route_names_a_permit2_asset_for_its_dollar_price() -> None:
+    routes = 'routes:\n  - {path: /r, price: "$0.01", asset: usdt}\n  - {path: /u, price: "$0.01"}\n'
+    settings = loads(text_with(routes, network="eip155:84532", assets=NAMED_ASSETS))
+    assert settings.assets["usdt"] == AssetSpec(USDT, "Tether USD", "1", 6, "USDT", "permit2")
+    (req,) = settings.routes[0].accepts
+    assert (req.asset, req.amount, req.symbol) == (USDT, 10_000, "USDT")
+    # As the SDK's server states a Permit2-only token: the method, no EIP-712 domain.
+    assert dict(req.extra) == {"assetTransferMethod": "permit2"}
+    (other,) = settings.routes[1].accepts
+    assert other.asset != USDT and "assetTransferMethod" not in other.extra
+
+
+def test_asset_transfer_defaults_to_eip3009_and_names_must_exist() -> None:
+    plain = NAMED_ASSETS.replace("transfer: permit2, ", "")
+    routes = 'routes:\n  - {path: /r, price: "$0.01", asset: usdt}\n'
+    (req,) = loads(text_with(routes, assets=plain)).routes[0].accepts
+    assert dict(req.extra) == {"name": "Tether USD", "version": "1"}
+    assert errors(text_with(routes.replace("usdt}", "usdc}"), assets=NAMED_ASSETS)) == [
+        'gateway.yaml:6 routes[0].asset: "usdc" is not a named asset (usdt)'
+    ]
+    wrong = NAMED_ASSETS.replace("permit2", "permit3")
+    (problem,) = errors(text_with(routes, assets=wrong))
+    assert "assets.usdt.transfer" in problem and "permit3" in problem
