@@ -203,7 +203,8 @@ def _asset(reader: Reader, node: yaml.Node, where: str = "asset") -> AssetSpec |
     version = asset.read("version", nonempty, None, on_null="error")
     decimals = asset.read("decimals", _decimals, None, on_null="error")
     symbol = asset.read("symbol", nonempty, "")
-    transfer = asset.read("transfer", _transfer, "eip3009")
+    default: Transfer = "eip3009"
+    transfer = asset.read("transfer", _transfer, default)
     if address is None or name is None or version is None or decimals is None:
         return None
     return AssetSpec(address, name, version, decimals, symbol or "USDC", transfer)

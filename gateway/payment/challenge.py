@@ -12,9 +12,12 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from cachetools import LRUCache
+from x402.extensions.erc20_approval_gas_sponsoring import (
+    declare_erc20_approval_gas_sponsoring_extension,
+)
 from x402.http.constants import PAYMENT_REQUIRED_HEADER
 from x402.http.utils import encode_payment_required_header, htmlsafe_json_dumps
 from x402.schemas import PaymentRequired, PaymentRequirements, ResourceInfo
@@ -23,6 +26,7 @@ from x402.schemas.v1 import PaymentRequiredV1
 from gateway.config.settings import Requirement, RouteSettings, Settings
 from gateway.payment.networks import is_testnet
 from gateway.payment.requirements import requirements_v1, requirements_v2
+from gateway.payment.terms import is_permit2
 from gateway.proxy.headers import X402_EXPOSED, is_trusted
 
 # The SDK's `x402HTTPResourceServer` puts exactly this in `error` when no payment was sent;
@@ -69,11 +73,26 @@ def _resource(route: RouteSettings, resource_url: str) -> ResourceInfo:
     return ResourceInfo(url=resource_url, description=route.description, mime_type=route.mime_type)
 
 
+def extensions_for(route: RouteSettings) -> dict[str, Any] | None:
+    """The extensions a route's 402 declares: `erc20ApprovalGasSponsoring` where a payer may
+    pay through Permit2, so one holding no gas for `approve(Permit2)` can sign that approval
+    for the facilitator to broadcast. A facilitator that does not sponsor ignores it, and the
+    payer without an allowance is then answered 412 `permit2_allowance_required`."""
+    if any(is_permit2(req) for req in route.accepts):
+        return declare_erc20_approval_gas_sponsoring_extension()
+    return None
+
+
 def _encode(
     route: RouteSettings, v2: list[PaymentRequirements], resource_url: str, error: str
 ) -> tuple[dict[str, str], bytes]:
     header = encode_payment_required_header(
-        PaymentRequired(error=error, resource=_resource(route, resource_url), accepts=v2)
+        PaymentRequired(
+            error=error,
+            resource=_resource(route, resource_url),
+            accepts=v2,
+            extensions=extensions_for(route),
+        )
     )
     body = PaymentRequiredV1(error=error, accepts=requirements_v1(route, resource_url))
     headers = {
@@ -203,7 +222,10 @@ class PreparedChallenges:
         """As `paywall_html()`. Not cached: the page is megabytes, and browsers are rare next
         to API clients."""
         payment = PaymentRequired(
-            error=error, resource=_resource(route, resource_url), accepts=self._requirements(route)
+            error=error,
+            resource=_resource(route, resource_url),
+            accepts=self._requirements(route),
+            extensions=extensions_for(route),
         )
         return paywall_for(route, payment)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from x402 import x402ResourceServer
+from x402.mechanisms.evm.constants import ERR_PERMIT2_ALLOWANCE_REQUIRED
 from x402.mechanisms.evm.exact.register import register_exact_evm_server
 from x402.schemas import (
     PaymentPayload,
@@ -29,6 +30,7 @@ from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
 from gateway.config.settings import RouteSettings
 from gateway.errors import (
+    AllowanceRequired,
     FacilitatorUnavailable,
     GatewayError,
     PaymentConflict,
@@ -220,7 +222,8 @@ class Payments:
             claim.timings.verify = time.perf_counter() - started
         if not result.is_valid:
             reason = result.verify.invalid_reason or "invalid_payment"
-            raise PaymentError(result.verify.invalid_message or reason, reason=reason)
+            error = AllowanceRequired if reason == ERR_PERMIT2_ALLOWANCE_REQUIRED else PaymentError
+            raise error(result.verify.invalid_message or reason, reason=reason)
 
     async def settle(self, claim: Claim) -> SettleResponse:
         """Settle once and record the outcome; shielded, so a client that goes away cannot
