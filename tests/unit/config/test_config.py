@@ -1110,7 +1110,8 @@ NAMED_ASSETS = (
 
 
 def test_a_route_names_a_permit2_asset_for_its_dollar_price() -> None:
-    routes = 'routes:\n  - {path: /r, price: "$0.01", asset: usdt}\n  - {path: /u, price: "$0.01"}\n'
+    routes = 'routes:\n  - {path: /r, price: "$0.01", asset: usdt}\n'
+    routes += '  - {path: /u, price: "$0.01"}\n'
     settings = loads(text_with(routes, network="eip155:84532", assets=NAMED_ASSETS))
     assert settings.assets["usdt"] == AssetSpec(USDT, "Tether USD", "1", 6, "USDT", "permit2")
     (req,) = settings.routes[0].accepts
