@@ -138,6 +138,7 @@ class Stack:
         self.anvil = start_anvil(port=self.ports.rpc)
         self.chain = prepare_chain(self.anvil.rpc_url, OWNER_KEY, SETTLER_KEY)
         mint(self.chain.rpc_url, self.chain.token, OWNER_KEY, self.payer, PAYER_FUNDS)
+        mint(self.chain.rpc_url, self.chain.usdt, OWNER_KEY, self.payer, PAYER_FUNDS)
         return self.chain
 
     def start_origin(self) -> None:
@@ -156,6 +157,7 @@ class Stack:
             DEMO_RPC_URL=self.chain.rpc_url,
             DEMO_SETTLER_KEY=SETTLER_KEY,
             DEMO_TOKEN=self.chain.token,
+            DEMO_USDT=self.chain.usdt,
             DEMO_PAY_TO=self.payee,
         )
         self._spawn("gateway", _gateway_argv(config), env)

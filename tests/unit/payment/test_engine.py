@@ -12,6 +12,7 @@ from x402.http.utils import decode_payment_response_header
 from x402.schemas import SettleResponse, SupportedKind, SupportedResponse, VerifyResponse
 
 from gateway.errors import (
+    AllowanceRequired,
     FacilitatorUnavailable,
     PaymentConflict,
     PaymentError,
@@ -126,6 +127,20 @@ async def test_invalid_payment_is_402_with_the_facilitators_reason_and_released(
     assert err.value.status == 402
     assert err.value.reason == "invalid_exact_evm_payload_signature"
     assert await p.claim(m, PRICED, "req-2") is not None  # released: claimed again, no 409
+
+
+async def test_missing_permit2_allowance_is_412_and_released() -> None:
+    fac = FakeFacilitator(
+        verify=VerifyResponse(is_valid=False, invalid_reason="permit2_allowance_required")
+    )
+    p, _ = await payments(fac)
+    m = matched()
+    with pytest.raises(AllowanceRequired) as err:
+        async with p.claimed(m, PRICED, "req-1") as claim:
+            await p.verify(claim)
+    assert (err.value.status, err.value.reason) == (412, "permit2_allowance_required")
+    assert fac.calls == ["verify"]
+    assert await p.claim(m, PRICED, "req-2") is not None  # released: approve, then pay again
 
 
 async def test_facilitator_down_fails_closed_and_releases() -> None:
