@@ -14,19 +14,27 @@ import yaml
 from gateway import formats
 from gateway.config import pricing
 from gateway.config import values as cv
+from gateway.config.metered import metered_price, stream_usage
 from gateway.config.pricing import DEFAULT_MAX_TIMEOUT_SECONDS, Asset, Offer
 from gateway.config.reader import Reader, Scalar, Section, choice, positive_int, text, using
-from gateway.config.settings import AssetSpec, Requirement, RouteSettings, SettleMode, Source
+from gateway.config.settings import (
+    AssetSpec,
+    Metered,
+    Requirement,
+    RouteSettings,
+    SettleMode,
+    Source,
+)
 
 ROUTE_KEYS = frozenset(
     {"path", "methods", "price", "accepts", "description", "mime_type", "upstream", "settle"}
-    | {"asset"}
+    | {"asset", "stream_usage"}
 )
 ACCEPT_KEYS = frozenset(
     {"scheme", "network", "asset", "amount", "pay_to", "max_timeout_seconds", "extra"}
 )
 # What the payment step implements today; `upto` and `batch-settlement` join when built.
-SCHEMES = ("exact",)
+SCHEMES = ("exact",)  # in `accepts:`; `upto` comes from `price: {upto: ...}`
 SETTLE_MODES: tuple[SettleMode, ...] = ("after", "before")
 _MIME = re.compile(r"[\w.+\-]+/[\w.+\-]+(\s*;.*)?")
 
@@ -88,7 +96,12 @@ def _route(
     entry.require(("path",))
     path = entry.read("path", using(cv.parse_path_pattern), None, on_null="error")
     methods = _methods(reader, entry.get("methods"), entry.where("methods"))
-    price_text, accepts = _pricing(reader, entry, _with_named_asset(entry, defaults))
+    price_text, accepts, metered = _pricing(reader, entry, _with_named_asset(entry, defaults))
+    metered = stream_usage(reader, entry, metered)
+    after: SettleMode = "after"
+    settle = entry.read("settle", _settle, after)
+    if metered is not None and settle == "before":
+        entry.error("settle", "a metered (upto) price is settled after the origin stated usage")
     route = RouteSettings(
         index=index,
         path=path or "",
@@ -97,28 +110,33 @@ def _route(
         description=entry.read("description", text, ""),
         mime_type=entry.read("mime_type", using(_mime), "application/json"),
         upstream=entry.read("upstream", using(cv.parse_origin), None),
-        settle=entry.read("settle", _settle, "after"),
+        settle=settle,
         price_text=price_text or "free",
         source=Source(reader.filename, node.start_mark.line + 1),
+        metered=metered,
     )
     return route if path is not None else None
 
 
 def _pricing(
     reader: Reader, entry: Section, defaults: RouteDefaults
-) -> tuple[str, tuple[Requirement, ...]]:
-    """`price:` or `accepts:` (exactly one of them) as (text as written, requirements)."""
+) -> tuple[str, tuple[Requirement, ...], Metered | None]:
+    """`price:` or `accepts:` (exactly one of them) as (text as written, requirements, the
+    metered terms of an `upto` price)."""
     price, accepts = entry.get("price"), entry.get("accepts")
     if price is not None and accepts is not None:
         entry.error("accepts", "give price or accepts, not both")
-        return "", ()
+        return "", (), None
+    if isinstance(price, yaml.MappingNode):
+        text, req, metered = metered_price(reader, price, entry.where("price"), defaults)
+        return text, (req,) if req is not None else (), metered
     if price is not None:
         price_text, req = _price(reader, price, entry.where("price"), defaults)
-        return price_text, (req,) if req is not None else ()
+        return price_text, (req,) if req is not None else (), None
     if accepts is not None:
-        return _accepts(reader, accepts, entry.where("accepts"), defaults)
+        return (*_accepts(reader, accepts, entry.where("accepts"), defaults), None)
     entry.error("price", 'required: a price ("$0.001"), free, or accepts: [...]')
-    return "", ()
+    return "", (), None
 
 
 def _with_named_asset(entry: Section, defaults: RouteDefaults) -> RouteDefaults:

@@ -69,6 +69,17 @@ class Requirement:
 
 
 @dataclass(frozen=True, slots=True)
+class Metered:
+    """An `upto` route (`price: {upto, default}`): the payer authorizes the maximum (the
+    route's requirement amount); the origin states what to charge, in its
+    `Settlement-Overrides` response header or, for a stream, in its last SSE event named
+    `sse_event`; when it states nothing, `default` atomic units are charged."""
+
+    default: int
+    sse_event: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RouteSettings:
     """One entry of `routes:`, in file order (`index` is its position)."""
 
@@ -82,6 +93,7 @@ class RouteSettings:
     settle: SettleMode = "after"
     price_text: str = "free"  # as written, for `check` and logs
     source: Source | None = None
+    metered: Metered | None = None  # an `upto` price: the origin states the amount
 
     @property
     def free(self) -> bool:

@@ -1133,3 +1133,34 @@ def test_asset_transfer_defaults_to_eip3009_and_names_must_exist() -> None:
     wrong = NAMED_ASSETS.replace("permit2", "permit3")
     (problem,) = errors(text_with(routes, assets=wrong))
     assert "assets.usdt.transfer" in problem and "permit3" in problem
+
+
+# --- price: {upto, default}: metered routes ----------------------------------------------
+
+
+def test_an_upto_price_offers_the_maximum_through_permit2_and_keeps_the_default() -> None:
+    routes = 'routes:\n  - path: /chat/*\n    price: {upto: "$0.10", default: "$0.01"}\n'
+    routes += "    stream_usage: {sse_event: usage}\n"
+    (route,) = loads(text_with(routes)).routes
+    (req,) = route.accepts
+    assert (req.scheme, req.amount, dict(req.extra)) == (
+        "upto",
+        100_000,
+        {"assetTransferMethod": "permit2"},
+    )
+    assert route.metered is not None
+    assert (route.metered.default, route.metered.sse_event) == (10_000, "usage")
+    assert route.price_text == "upto $0.10"
+
+
+def test_an_upto_price_without_default_charges_the_maximum_and_is_checked() -> None:
+    routes = 'routes:\n  - {path: /chat, price: {upto: "$0.10"}}\n'
+    (route,) = loads(text_with(routes)).routes
+    assert route.metered is not None and route.metered.default == 100_000
+    assert route.metered.sse_event is None
+    too_much = routes.replace('"$0.10"}', '"$0.10", default: "$0.20"}')
+    assert "routes[0].price.default: is more than upto" in errors(text_with(too_much))[0]
+    before = routes.replace("}}", "}, settle: before}")
+    assert "routes[0].settle: a metered (upto) price" in errors(text_with(before))[0]
+    stream = 'routes:\n  - {path: /chat, price: "$0.01", stream_usage: {sse_event: u}}\n'
+    assert "routes[0].stream_usage: needs a metered price" in errors(text_with(stream))[0]
