@@ -38,6 +38,7 @@ from gateway.payment.challenge import ERROR_PAYMENT_REQUIRED
 from gateway.payment.decode import decode_payment
 from gateway.payment.engine import Claim
 from gateway.payment.match import match_requirement
+from gateway.payment.metering import settle_amount
 from gateway.payment.receipts import receipt_headers
 from gateway.proxy.headers import is_trusted
 from gateway.proxy.paths import canonicalize
@@ -96,7 +97,10 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
                 return await relay(request, upstream, PRIVATE, expose_x402=True)
             if claim.settled is None:
                 try:
-                    await gw.payments.settle(claim)
+                    amount = settle_amount(
+                        route, matched.requirement, upstream.headers, record.request_id
+                    )
+                    await gw.payments.settle(claim, amount)
                 except GatewayError:
                     await gw.upstream.discard(upstream)  # settlement failed: serve nothing
                     raise

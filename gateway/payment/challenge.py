@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from cachetools import LRUCache
@@ -20,12 +20,12 @@ from x402.extensions.erc20_approval_gas_sponsoring import (
 )
 from x402.http.constants import PAYMENT_REQUIRED_HEADER
 from x402.http.utils import encode_payment_required_header, htmlsafe_json_dumps
-from x402.schemas import PaymentRequired, PaymentRequirements, ResourceInfo
+from x402.schemas import PaymentRequired, PaymentRequirements, ResourceInfo, SupportedResponse
 from x402.schemas.v1 import PaymentRequiredV1
 
 from gateway.config.settings import Requirement, RouteSettings, Settings
 from gateway.payment.networks import is_testnet
-from gateway.payment.requirements import requirements_v1, requirements_v2
+from gateway.payment.requirements import completed, requirements_v1, requirements_v2
 from gateway.payment.terms import is_permit2
 from gateway.proxy.headers import X402_EXPOSED, is_trusted
 
@@ -173,11 +173,19 @@ class PreparedChallenges:
     each distinct request target costs one encoding; without it the URL is the request's own.
     """
 
-    def __init__(self, settings: Settings, cache_size: int = 1024) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        cache_size: int = 1024,
+        supported: Callable[[], SupportedResponse] | None = None,
+    ) -> None:
+        """`supported`: the facilitator's /supported (cached, non-blocking), whose `extra`
+        completes `upto` requirements (the facilitator's address)."""
+        self.supported = supported
         self.public_url = settings.public_url.rstrip("/") if settings.public_url else None
         self.trusted_proxies = settings.trusted_proxies
         self._v2 = {r.index: requirements_v2(r) for r in settings.routes if not r.free}
-        self._cache: LRUCache[tuple[int, str, str], tuple[dict[str, str], bytes]] = LRUCache(
+        self._cache: LRUCache[tuple[int, str, str, str], tuple[dict[str, str], bytes]] = LRUCache(
             maxsize=cache_size
         )
 
@@ -204,16 +212,23 @@ class PreparedChallenges:
 
     def _requirements(self, route: RouteSettings) -> list[PaymentRequirements]:
         prepared = self._v2.get(route.index)
-        return prepared if prepared is not None else requirements_v2(route)
+        reqs = prepared if prepared is not None else requirements_v2(route)
+        if route.metered is None or self.supported is None:
+            return reqs
+        supported = self.supported()
+        return [completed(req, supported) for req in reqs]
 
     def payment_required(
         self, route: RouteSettings, resource_url: str, error: str
     ) -> tuple[dict[str, str], bytes]:
         """As `payment_required()`, cached; the headers are a fresh dict the caller may extend."""
-        key = (route.index, resource_url, error)
+        reqs = self._requirements(route)
+        # A metered route's terms name the facilitator, which /supported may change.
+        settler = str(reqs[0].extra.get("facilitatorAddress", "")) if route.metered else ""
+        key = (route.index, resource_url, error, settler)
         hit = self._cache.get(key)
         if hit is None:
-            hit = _encode(route, self._requirements(route), resource_url, error)
+            hit = _encode(route, reqs, resource_url, error)
             self._cache[key] = hit
         headers, body = hit
         return dict(headers), body

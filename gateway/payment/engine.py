@@ -13,11 +13,12 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from x402 import x402ResourceServer
-from x402.mechanisms.evm.constants import ERR_PERMIT2_ALLOWANCE_REQUIRED
+from x402.mechanisms.evm.constants import ERR_PERMIT2_ALLOWANCE_REQUIRED, SCHEME_UPTO
 from x402.mechanisms.evm.exact.register import register_exact_evm_server
+from x402.mechanisms.evm.upto import UptoEvmServerScheme
 from x402.schemas import (
     PaymentPayload,
     PaymentRequirements,
@@ -42,6 +43,7 @@ from gateway.errors import (
 from gateway.observe.logs import get_logger
 from gateway.payment.match import MatchedPayment, claim_ttl
 from gateway.payment.receipts import receipt_headers
+from gateway.payment.requirements import completed
 from gateway.store import PaymentRecord, PaymentStore
 from gateway.store.records import Status
 
@@ -107,6 +109,8 @@ class Payments:
         self.store = store
         self.server = x402ResourceServer(facilitator)
         register_exact_evm_server(self.server)
+        upto: Any = UptoEvmServerScheme()  # type: ignore[no-untyped-call]  # SDK untyped
+        self.server.register("eip155:*", upto)
         self._ready = False
 
     # --- life --------------------------------------------------------------------------
@@ -214,7 +218,7 @@ class Payments:
         started = time.perf_counter()
         try:
             result = await self.server.verify_payment(
-                claim.matched.payload, claim.matched.requirements
+                claim.matched.payload, self._requirements(claim)
             )
         except SchemeNotFoundError as exc:
             raise PaymentError(str(exc), reason="unsupported_scheme") from exc
@@ -225,16 +229,47 @@ class Payments:
             error = AllowanceRequired if reason == ERR_PERMIT2_ALLOWANCE_REQUIRED else PaymentError
             raise error(result.verify.invalid_message or reason, reason=reason)
 
-    async def settle(self, claim: Claim) -> SettleResponse:
+    async def settle(self, claim: Claim, amount: int | None = None) -> SettleResponse:
         """Settle once and record the outcome; shielded, so a client that goes away cannot
-        cut a settlement (or its record) short."""
-        return await asyncio.shield(self._settle(claim))
+        cut a settlement (or its record) short. `amount`: what a metered (`upto`) payment
+        settles, at most its authorized maximum (None: the requirement's amount)."""
+        if amount is not None:
+            claim.record = dataclasses.replace(claim.record, amount=str(amount))
+            if amount == 0:
+                return await asyncio.shield(self._settle_nothing(claim))
+        return await asyncio.shield(self._settle(claim, amount))
 
-    async def _settle(self, claim: Claim) -> SettleResponse:
+    def _requirements(
+        self, claim: Claim, amount: int | None = None
+    ) -> PaymentRequirements | PaymentRequirementsV1:
+        """The route's requirements for the facilitator: an `upto` one completed with the
+        facilitator's address, and settled for `amount`."""
+        reqs = claim.matched.requirements
+        if not isinstance(reqs, PaymentRequirements) or reqs.scheme != SCHEME_UPTO:
+            return reqs
+        reqs = completed(reqs, self.facilitator.get_supported())
+        return reqs if amount is None else reqs.model_copy(update={"amount": str(amount)})
+
+    async def _settle_nothing(self, claim: Claim) -> SettleResponse:
+        """A metered response that used nothing: no transaction (the payer's Permit2 nonce
+        stays unspent), recorded as settled for 0; the claim keeps the authorization from
+        buying a second response."""
+        result = SettleResponse(
+            success=True,
+            transaction="",
+            network=claim.record.network,
+            payer=claim.matched.payer,
+            amount="0",
+        )
+        claim.settled = result
+        await self._record(claim, "settled")
+        return result
+
+    async def _settle(self, claim: Claim, amount: int | None = None) -> SettleResponse:
         started = time.perf_counter()
         try:
             result = await self.server.settle_payment(
-                claim.matched.payload, claim.matched.requirements
+                claim.matched.payload, self._requirements(claim, amount)
             )
         except SettlementPending as exc:
             claim.outcome_unknown = True
