@@ -40,6 +40,7 @@ from gateway.payment.engine import Claim
 from gateway.payment.match import match_requirement
 from gateway.payment.metering import settle_amount
 from gateway.payment.receipts import receipt_headers
+from gateway.payment.streamed import relay_metered_stream, streams_usage
 from gateway.proxy.headers import is_trusted
 from gateway.proxy.paths import canonicalize
 from gateway.proxy.routes import route_rows
@@ -95,6 +96,16 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
                 # Nothing is charged for an origin failure, nor for a HEAD (it has no body).
                 await gw.payments.abandon(claim, f"origin answered {upstream.status}")
                 return await relay(request, upstream, PRIVATE, expose_x402=True)
+            if streams_usage(route, upstream.headers):
+                # The amount comes with the stream's end: settled after the last byte.
+                return await relay_metered_stream(
+                    request,
+                    upstream,
+                    payments=gw.payments,
+                    claim=claim,
+                    route=route,
+                    extra_headers=PRIVATE,
+                )
             if claim.settled is None:
                 try:
                     amount = settle_amount(

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 from aiohttp import web
 from x402.http.utils import decode_payment_required_header, decode_payment_response_header
+from x402.schemas import SettleResponse
 
 from gateway.demo import x402_sdk as sdk
 from gateway.demo.payer import pay_challenge
@@ -44,7 +46,41 @@ class MeteredOrigin(ThreadedApp):
 
         app = web.Application()
         app.router.add_get("/chat/{name}", chat)
+        app.router.add_get("/stream/{name}", self.stream)
         return app
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        """SSE: `events` token events of `size` bytes, a `usage` event stating `amount`
+        (after token number `usage_at`, default: at the end), then the end; `fail=1` resets
+        the connection before the end; `pause` seconds between events."""
+        self.calls.append(request.path)
+        q = request.query
+        events, size = int(q.get("events", "3")), int(q.get("size", "16"))
+        usage_at, pause = int(q.get("usage_at", str(events))), float(q.get("pause", "0"))
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        token = token_event(size)
+        for i in range(events):
+            if i == usage_at and "amount" in q:
+                await resp.write(usage_event(q["amount"]))
+            await resp.write(token)
+            if pause:
+                await asyncio.sleep(pause)
+        if q.get("fail") == "1" and request.transport is not None:
+            request.transport.abort()
+            return resp
+        if usage_at >= events and "amount" in q:
+            await resp.write(usage_event(q["amount"]))
+        await resp.write_eof()
+        return resp
+
+
+def token_event(size: int) -> bytes:
+    return b"event: token\ndata: " + b"x" * size + b"\n\n"
+
+
+def usage_event(amount: str) -> bytes:
+    return b"event: usage\ndata: " + json.dumps({"amount": amount}).encode() + b"\n\n"
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +106,13 @@ def gw(
         "pay_to": pay_to,
         "assets": {"usdt": {**usdt, "transfer": "permit2", "symbol": "USDT"}},
         "routes": [
-            {"path": "/chat/*", "price": {"upto": "$0.10", "default": "$0.01"}, "asset": "usdt"}
+            {"path": "/chat/*", "price": {"upto": "$0.10", "default": "$0.01"}, "asset": "usdt"},
+            {
+                "path": "/stream/*",
+                "price": {"upto": "$0.10", "default": "$0.01"},
+                "asset": "usdt",
+                "stream_usage": {"sse_event": "usage"},
+            },
         ],
     }
     with gateway(cfg, tmp_path_factory.mktemp("gw-upto")) as g:
@@ -160,3 +202,122 @@ async def test_a_metered_payment_buys_one_response_even_sent_10_times_at_once(
     assert replay.status_code == 409
     assert chain.local.usdt_balance_of(pay_to) == before + 12_300
     assert chain.tx_count(chain.facilitator_address) == txs + 1
+
+
+# --- streamed: the amount in the last SSE event, settled after the last byte -------------
+
+
+@dataclass
+class Received:
+    status: int
+    size: int
+    tail: bytes  # the stream's last bytes: the usage event and the receipt event
+
+    def receipt(self) -> Any:
+        marker = b"event: payment-response\ndata: "
+        assert marker in self.tail, self.tail[-500:]
+        data = self.tail.rsplit(marker, 1)[1].split(b"\n\n", 1)[0]
+        return SettleResponse.model_validate_json(data)
+
+
+async def _stream(
+    gw: GatewayProcess, path: str, headers: dict[str, str], stop_after: int | None = None
+) -> Received:
+    got, tail = 0, b""
+    async with (
+        httpx.AsyncClient(timeout=60) as http,
+        http.stream("GET", gw.url + path, headers=headers) as r,
+    ):
+        assert "PAYMENT-RESPONSE" not in r.headers  # the amount is not known yet
+        async for chunk in r.aiter_raw():
+            got += len(chunk)
+            tail = (tail + chunk)[-4096:]
+            if stop_after is not None and got >= stop_after:
+                break  # the client leaves early
+        return Received(r.status_code, got, tail)
+
+
+async def test_a_10000_event_stream_settles_its_final_usage_in_bounded_memory(
+    gw: GatewayProcess, chain: Chain, pay_to: str
+) -> None:
+    from tests.e2e.proxy_procs import rss_bytes
+    from tests.e2e.test_proxy_memory import MAX_GROWTH, MiB, Sampler
+
+    events, size = 10_000, 16 * 1024  # 160 MiB of events: buffering it would show
+    path = "/stream/big"
+    query = f"?events={events}&size={size}&amount=%240.0123"
+    headers, payer = await _paid_headers(gw, chain, path)
+    assert gw.proc is not None
+    before, txs = chain.local.usdt_balance_of(pay_to), chain.tx_count(chain.facilitator_address)
+    baseline = rss_bytes(gw.proc.pid)
+    with Sampler(gw.proc.pid) as sampler:
+        got = await _stream(gw, path + query, headers)
+    assert got.status == 200
+    origin_bytes = events * len(token_event(size)) + len(usage_event("$0.0123"))
+    assert got.size > origin_bytes  # every event, then the receipt
+    assert usage_event("$0.0123") in got.tail
+    receipt = got.receipt()
+    assert receipt.success and receipt.amount == "12300", receipt
+    growth = (sampler.peak - baseline) / MiB
+    print(
+        f"\nSSE {events} events, {got.size / MiB:.0f} MiB: RSS +{growth:.1f} MiB "
+        f"(baseline {baseline / MiB:.0f} MiB, peak {sampler.peak / MiB:.0f} MiB, "
+        f"{sampler.samples} samples); settled 12300 in {receipt.transaction}"
+    )
+    assert sampler.samples >= 3 and sampler.peak - baseline < MAX_GROWTH
+    assert chain.local.usdt_balance_of(pay_to) == before + 12_300
+    assert chain.local.usdt_balance_of(payer) == 1_000_000 - 12_300
+    assert chain.tx_count(chain.facilitator_address) == txs + 1
+
+
+@pytest.mark.parametrize(
+    ("query", "settled"),
+    [("", DEFAULT), ("&amount=150000", MAXIMUM), ("&amount=0", 0)],
+    ids=["states-nothing", "states-too-much", "states-zero"],
+)
+async def test_a_stream_stating_nothing_too_much_or_zero(
+    gw: GatewayProcess, chain: Chain, pay_to: str, query: str, settled: int
+) -> None:
+    path = f"/stream/s{settled}"
+    headers, _ = await _paid_headers(gw, chain, path)
+    before, txs = chain.local.usdt_balance_of(pay_to), chain.tx_count(chain.facilitator_address)
+    got = await _stream(gw, f"{path}?events=5{query}", headers)
+    assert got.status == 200 and got.receipt().amount == str(settled)
+    assert chain.local.usdt_balance_of(pay_to) == before + settled
+    assert chain.tx_count(chain.facilitator_address) == txs + (1 if settled else 0)
+
+
+async def _balance_settles(chain: Chain, address: str, expected: int) -> int:
+    for _ in range(100):  # the gateway settles after the client left: give it time
+        if (now := chain.local.usdt_balance_of(address)) == expected:
+            return now
+        await asyncio.sleep(0.1)
+    return chain.local.usdt_balance_of(address)
+
+
+async def test_a_client_leaving_early_pays_what_the_origin_stated_so_far(
+    gw: GatewayProcess, chain: Chain, pay_to: str
+) -> None:
+    path = "/stream/early"
+    headers, _ = await _paid_headers(gw, chain, path)
+    before = chain.local.usdt_balance_of(pay_to)
+    query = "?events=400&size=64&usage_at=2&amount=%240.002&pause=0.01"
+    got = await _stream(gw, path + query, headers, stop_after=2_000)
+    assert got.status == 200
+    assert await _balance_settles(chain, pay_to, before + 2_000) == before + 2_000
+
+
+async def test_an_origin_failing_mid_stream_is_not_charged(
+    gw: GatewayProcess, chain: Chain, pay_to: str
+) -> None:
+    path = "/stream/broken"
+    headers, _ = await _paid_headers(gw, chain, path)
+    before, txs = chain.local.usdt_balance_of(pay_to), chain.tx_count(chain.facilitator_address)
+    with pytest.raises(httpx.HTTPError):
+        await _stream(gw, path + "?events=50&amount=%240.05&usage_at=1&fail=1", headers)
+    await asyncio.sleep(1)
+    assert chain.local.usdt_balance_of(pay_to) == before
+    assert chain.tx_count(chain.facilitator_address) == txs
+    # Nothing was charged, so the claim was released: the same payment may buy a response.
+    again = await _get(gw, "/stream/broken?events=2&amount=%240.01", headers)
+    assert again.status_code == 200
