@@ -11,7 +11,12 @@ to broadcast: the payer needs no gas at all).
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import shutil
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -164,3 +169,34 @@ async def test_one_permit2_payment_sent_20_times_at_once_buys_one_response(
     assert len(origin.log.for_path("/report/burst")) == 1
     assert chain.local.usdt_balance_of(pay_to) == before + PRICE
     assert chain.tx_count(chain.facilitator_address) == settlements + 1
+
+
+# --- the official TypeScript client (@x402/fetch + @x402/evm from npm) -------------------
+
+NODE_PAYER = Path(__file__).with_name("node") / "pay.mjs"
+
+
+def node_pay(url: str, key: str, chain: Chain) -> dict[str, Any]:
+    """One paid GET by `tests/e2e/node/pay.mjs` (skips when node or the packages are absent)."""
+    root = Path(__file__).resolve().parents[2]
+    if shutil.which("node") is None or not (root / "node_modules/@x402/fetch").is_dir():
+        pytest.skip("node or @x402/fetch missing: run scripts/setup.sh --test")
+    argv = ["node", str(NODE_PAYER), url, chain.network, chain.local.usdt, chain.rpc_url]
+    env = {**os.environ, "X402_PAYER_KEY": "0x" + key.removeprefix("0x")}  # never in argv
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False, env=env)
+    assert done.stdout.strip(), done.stderr[-2000:]
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+async def test_typescript_client_without_gas_or_allowance_pays_through_permit2(
+    gw: GatewayProcess, chain: Chain, pay_to: str
+) -> None:
+    payer = chain.local.new_usdt_payer(1_000_000)  # USDT only: the approval is sponsored
+    before = chain.local.usdt_balance_of(pay_to)
+    result = await asyncio.to_thread(node_pay, gw.url + "/report/ts", payer.key.hex(), chain)
+    assert result.get("status") == 200, result
+    assert result["settlement"]["success"], result
+    print(f"\nTS client, Permit2 exact: tx {result['settlement']['transaction']}")
+    assert chain.local.usdt_balance_of(pay_to) == before + PRICE
+    assert chain.local.usdt_balance_of(payer.address) == 1_000_000 - PRICE

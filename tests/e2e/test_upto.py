@@ -321,3 +321,18 @@ async def test_an_origin_failing_mid_stream_is_not_charged(
     # Nothing was charged, so the claim was released: the same payment may buy a response.
     again = await _get(gw, "/stream/broken?events=2&amount=%240.01", headers)
     assert again.status_code == 200
+
+
+async def test_typescript_client_pays_a_metered_route_for_what_the_origin_stated(
+    gw: GatewayProcess, chain: Chain, pay_to: str
+) -> None:
+    from tests.e2e.test_permit2 import node_pay
+
+    payer = chain.local.new_usdt_payer(1_000_000)  # no gas, no allowance: sponsored approval
+    before = chain.local.usdt_balance_of(pay_to)
+    url = gw.url + "/chat/ts?amount=%240.0123"
+    result = await asyncio.to_thread(node_pay, url, payer.key.hex(), chain)
+    assert result.get("status") == 200, result
+    assert result["settlement"]["success"] and result["settlement"]["amount"] == "12300", result
+    assert chain.local.usdt_balance_of(pay_to) == before + 12_300
+    assert chain.local.usdt_balance_of(payer.address) == 1_000_000 - 12_300
