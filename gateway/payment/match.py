@@ -48,6 +48,7 @@ from gateway.payment.terms import (
     Terms,
     check_terms,
     eip3009_terms,
+    is_permit2,
     parse_terms,
 )
 
@@ -125,7 +126,8 @@ def _unsupported(route: RouteSettings, scheme: str) -> NoReturn:
 def _chain(req: Requirement) -> int:
     """The chain of a requirement this module can check: `exact` or `upto` on an EVM network."""
     cid = chain_id(req.network)
-    if req.scheme not in (SCHEME_EXACT, SCHEME_UPTO) or cid is None:
+    checkable = req.scheme == SCHEME_EXACT or (req.scheme == SCHEME_UPTO and is_permit2(req))
+    if not checkable or cid is None:
         raise PaymentError(
             f"the gateway cannot take {req.scheme} payments on {req.network}",
             reason=ERR_UNSUPPORTED_SCHEME,
