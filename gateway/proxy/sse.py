@@ -42,6 +42,8 @@ class LastEvent:
         self._after_cr = False
 
     def feed(self, chunk: bytes) -> None:
+        if not chunk:
+            return  # keeps a CR that ended the last chunk waiting for its LF
         if self._after_cr and chunk.startswith(b"\n"):
             chunk = chunk[1:]  # the LF of a CRLF split across chunks: the line already ended
         pos = 0
