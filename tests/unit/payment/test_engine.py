@@ -170,6 +170,21 @@ async def test_settle_failure_is_402_with_a_receipt_and_released() -> None:
     assert await p.claim(m, PRICED, "req-2") is not None
 
 
+async def test_a_metered_zero_settles_nothing_and_still_buys_one_response() -> None:
+    fac = FakeFacilitator()
+    p, store = await payments(fac)
+    m = matched()
+    async with p.claimed(m, PRICED, "req-1") as claim:
+        await p.verify(claim)
+        result = await p.settle(claim, 0)
+    assert (result.success, result.transaction, result.amount) == (True, "", "0")
+    assert fac.calls == ["verify"]  # no settlement call, no transaction
+    (record,) = await store.recent(1)
+    assert (record.status, record.amount) == ("settled", "0")
+    with pytest.raises(PaymentConflict):
+        await p.claim(m, PRICED, "req-2")
+
+
 async def test_settlement_pending_is_retried_once_then_5xx_and_the_claim_is_kept() -> None:
     pending = SettleResponse(
         success=False, error_reason="settlement_pending", transaction=TX, network="eip155:84532"
