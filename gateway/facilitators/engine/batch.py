@@ -9,12 +9,14 @@ Multicall3 overhead). The window opens with the first payment and closes after
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from .calls import ContractCall, try_aggregate
 from .txs import Payment
 
+log = logging.getLogger("gateway.facilitators.engine")
 Flush = Callable[[list[Payment]], Coroutine[Any, Any, None]]
 
 
@@ -62,7 +64,12 @@ class Collector:
         if batch:
             task = asyncio.get_running_loop().create_task(self._flush(batch))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("engine_flush_failed", exc_info=task.exception())
 
     async def drain(self) -> None:
         """Send what is waiting now and wait for every flush in progress."""

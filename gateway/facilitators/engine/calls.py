@@ -105,6 +105,14 @@ def revert_message(data: bytes) -> str:
     return "0x" + data.hex() if data else "reverted without a reason"
 
 
+def revert_text(message: str, data: bytes) -> str:
+    """A node's revert message, with the decoded reason if the message lacks it."""
+    if not data:
+        return message
+    decoded = revert_message(data)
+    return message if decoded in message else f"{message}: {decoded}"
+
+
 def _topic_address(topic: str) -> str:
     return "0x" + topic[-40:].lower()
 

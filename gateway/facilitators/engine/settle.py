@@ -22,7 +22,7 @@ from x402.mechanisms.evm.constants import (
 from x402.mechanisms.evm.exact.eip3009_utils import parse_eip3009_transfer_error
 
 from .batch import Collector, transaction_for
-from .calls import ContractCall, decode_try_aggregate, revert_message
+from .calls import ContractCall, decode_try_aggregate, revert_message, revert_text
 from .fees import bumped, market_fees
 from .nonces import SendRefusal, classify_refusal
 from .options import EngineOptions
@@ -118,7 +118,7 @@ class Settler:
             if isinstance(sim, RpcError):
                 if not sim.is_revert:
                     raise sim
-                return [(live[0], sim.message + " " + revert_message(sim.revert_data))]
+                return [(live[0], revert_text(sim.message, sim.revert_data))]
             return []
         if isinstance(sim, RpcError):
             raise NotSent(f"Multicall3 at {self._opts.multicall_address}: {sim.message}")

@@ -44,7 +44,7 @@ class SettlerKey:
         tx: dict[str, Any] = {
             "chainId": self.chain_id,
             "nonce": nonce,
-            "to": to,
+            "to": bytes.fromhex(to[2:]),  # bytes: eth-account wants checksummed text
             "value": 0,
             "data": data,
             "gas": gas,

@@ -23,7 +23,7 @@ from x402.schemas import PaymentPayload, PaymentRequirements
 from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
 from . import eip3009
-from .calls import authorization_state, balance_of, decode_uint, revert_message, transfer_call
+from .calls import authorization_state, balance_of, decode_uint, revert_text, transfer_call
 from .eip3009 import Authorization, Domain, Sig
 from .rpc import Call, RpcClient, RpcError, hex_data
 from .settle import refusal_reason
@@ -169,6 +169,6 @@ def chain_reason(view: ChainView, sig: Sig, value: int) -> tuple[str | None, str
     if view.balance is not None and view.balance < value:
         return ERR_INSUFFICIENT_BALANCE, f"balance {view.balance} < {value}"
     if view.simulation is not None:
-        message = view.simulation.message + " " + revert_message(view.simulation.revert_data)
+        message = revert_text(view.simulation.message, view.simulation.revert_data)
         return refusal_reason(message), message
     return None, None

@@ -242,7 +242,7 @@ class Watcher:
                 log.error("engine_reorg_lost: %d payment(s) in %s", lost, t.included.tx_hash)
             return
         t.outcomes_known = True
-        self._stats.observe("receipt_latency", now - t.first_sent)
+        self._stats.observe("receipt_latency", self._clock() - t.first_sent)
         for p, o in zip(t.payments, results, strict=True):
             if o.kind is Kind.SETTLED:
                 self._stats.settled += 1
