@@ -179,6 +179,13 @@ class EngineFacilitator:
             return checked
         rt, auth, sig = checked
         payer = to_checksum_address(auth.payer)
+        if (rt.token, auth.payer, auth.nonce) in self._in_flight:
+            return VerifyResponse(
+                is_valid=False,
+                invalid_reason=ERR_NONCE_ALREADY_USED,
+                invalid_message="this authorization is being settled",
+                payer=payer,
+            )
         ask_token = rt.token not in self._tokens_with_code
         try:
             view = await read_chain(self._rpc, rt, auth, self._keys[0].address, ask_token)
@@ -247,8 +254,6 @@ class EngineFacilitator:
             now=int(self._clock()),
             margin=self.options.valid_before_margin,
         )
-        if reason is None and (rt.token, auth.payer, auth.nonce) in self._in_flight:
-            reason = ERR_NONCE_ALREADY_USED
         if reason is not None:
             return VerifyResponse(is_valid=False, invalid_reason=reason, payer=payer)
         sig = eip3009.check_signature(auth, rt.domain)

@@ -140,6 +140,8 @@ class Settler:
     async def _broadcast(self, key: SettlerKey, live: list[Payment], gas: int) -> bool:
         call = transaction_for(live, self._opts.multicall_address)
         limit = gas * (100 + self._opts.gas_limit_margin_percent) // 100
+        if not self._watcher.ready:
+            await self._watcher.poll()  # fees from the chain's head, not a guess
         async with key.lock:
             if not key.nonces.synced:
                 key.nonces.sync(await self._pending_count(key))

@@ -67,7 +67,7 @@ class Watcher:
         self._stats = stats
         self._clock = clock
         self.market = Market(base_fee=None, suggested_tip=None, gas_price=None)
-        self.head = 0
+        self.head = -1  # not polled yet
         self._anchor: tuple[int, str] | None = None
         self._highest: tuple[int, str] = (0, "")
         self._tracked: dict[str, dict[int, Tracked]] = {k.address: {} for k in keys}
@@ -92,6 +92,11 @@ class Watcher:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    @property
+    def ready(self) -> bool:
+        """Polled at least once: the head and the fee market are known."""
+        return self.head >= 0
 
     def kick(self) -> None:
         self._kick.set()
@@ -150,6 +155,9 @@ class Watcher:
             self._read_balances([answers.pop(0) for _ in self._keys], now)
         self._read_market(head, answers if fees else None, now)
         self.head = quantity(head["number"])
+        for t in self.tracked():  # sent before the first poll: blocks count from now
+            if t.last_sent_block < 0:
+                t.last_sent_block = self.head
         if reorg:
             log.warning("engine_reorg: block %s changed", self._anchor)
         # The highest block this poll saw: the head, or a receipt's block mined since.
