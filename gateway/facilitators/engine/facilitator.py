@@ -177,8 +177,7 @@ class EngineFacilitator:
         checked = self._local(payload, requirements)
         if isinstance(checked, VerifyResponse):
             return checked
-        rt, auth, sig = checked
-        payer = to_checksum_address(auth.payer)
+        rt, auth, sig, payer = checked
         if (rt.token, auth.payer, auth.nonce) in self._in_flight:
             return VerifyResponse(
                 is_valid=False,
@@ -217,25 +216,25 @@ class EngineFacilitator:
                 transaction="",
                 network=network,
             )
-        rt, auth, _ = checked
+        rt, auth, _, payer = checked
         payment = self._payment(rt, auth)
         if payment is None:
             return SettleResponse(
                 success=False,
                 error_reason=ERR_NONCE_ALREADY_USED,
                 error_message="this authorization is being settled",
-                payer=to_checksum_address(auth.payer),
+                payer=payer,
                 transaction="",
                 network=network,
             )
         outcome = await wait(payment, self.options.confirmation_timeout)
-        return self._answer(outcome, rt.network, to_checksum_address(auth.payer))
+        return self._answer(outcome, rt.network, payer)
 
     # --- inside -------------------------------------------------------------------------
 
     def _local(
         self, payload: Payload, requirements: Requirements
-    ) -> VerifyResponse | tuple[Route, Authorization, eip3009.Sig]:
+    ) -> VerifyResponse | tuple[Route, Authorization, eip3009.Sig, str]:
         """Everything that needs no chain: requirements, terms, window, signature."""
         rt = self._route(payload, requirements)
         try:
@@ -261,7 +260,7 @@ class EngineFacilitator:
             return VerifyResponse(
                 is_valid=False, payer=payer, invalid_reason=eip3009.signature_reason(sig, False)
             )
-        return rt, auth, sig
+        return rt, auth, sig, payer
 
     def _route(self, payload: Payload, requirements: Requirements) -> Route | str:
         key = (

@@ -73,7 +73,8 @@ class StuckAction(Enum):
 
 
 def is_stuck(blocks_waited: int, seconds_waited: float, opts: EngineOptions) -> bool:
-    return blocks_waited >= opts.stuck_blocks or seconds_waited >= opts.stuck_seconds
+    enough_blocks = blocks_waited >= opts.stuck_blocks and seconds_waited >= opts.stuck_min_seconds
+    return enough_blocks or seconds_waited >= opts.stuck_seconds
 
 
 def stuck_action(sent: Fees, market: Fees, node_has_it: bool) -> StuckAction:

@@ -36,6 +36,9 @@ class EngineOptions:
     # re-broadcast if the node lost it, else replaced with higher fees (same nonce and data).
     stuck_blocks: int = 3
     stuck_seconds: float = 30.0
+    # ...but blocks alone never make it stuck sooner than this: a chain that mines on demand
+    # (anvil's automine, a busy rollup) makes blocks faster than a receipt can be read.
+    stuck_min_seconds: float = 3.0
     fee_bump_percent: int = 20  # nodes refuse a replacement under +10% on both fees
     base_fee_multiplier: int = 2  # maxFeePerGas = base fee x this + tip: rides out a surge
     priority_fee: int | None = None  # fixed tip; None: eth_maxPriorityFeePerGas

@@ -24,6 +24,7 @@ from x402.mechanisms.evm.exact.eip3009_utils import parse_eip3009_transfer_error
 from .batch import Collector, transaction_for
 from .calls import ContractCall, decode_try_aggregate, revert_message, revert_text
 from .fees import bumped, market_fees
+from .gas import GasHints
 from .nonces import SendRefusal, classify_refusal
 from .options import EngineOptions
 from .rpc import Call, RpcClient, RpcError, RpcUnavailable, hex_data, quantity
@@ -65,6 +66,7 @@ class Settler:
         self._watcher = watcher
         self._clock = clock
         self._turn = itertools.count()
+        self._gas = GasHints(opts.gas_limit_margin_percent)
         self.collector = Collector(opts.batch_window, opts.max_batch, self.flush)
         watcher.resender = self
 
@@ -92,18 +94,19 @@ class Settler:
     async def _simulate(
         self, payments: list[Payment], key: SettlerKey
     ) -> tuple[list[Payment], int]:
+        """The payments the chain would take now, and the gas limit for their transaction."""
         live = list(payments)
         for _ in range(SIMULATION_ROUNDS):
             call = transaction_for(live, self._opts.multicall_address)
             tx = {"from": key.address, "to": call.target, "data": hex_data(call.data)}
-            sim, estimate = await self._rpc.batch(
-                [Call("eth_call", (tx, "latest")), Call("eth_estimateGas", (tx,))]
-            )
+            hinted = self._gas.limit([p.call for p in live])
+            calls = [Call("eth_call", (tx, "latest"))]
+            if hinted is None:
+                calls.append(Call("eth_estimateGas", (tx,)))
+            sim, *estimate = await self._rpc.batch(calls)
             failed = self._failures(live, sim)
             if not failed:
-                if isinstance(estimate, RpcError):
-                    raise NotSent(f"eth_estimateGas: {estimate.message}")
-                return live, quantity(estimate)
+                return live, hinted or self._estimated(live, estimate[0])
             for payment, message in failed:
                 self._refuse(payment, message)
             live = [p for p in live if not p.future.done()]
@@ -111,6 +114,14 @@ class Settler:
                 return [], 0
         _resolve_unsent(live, Kind.UNAVAILABLE, "the batch kept failing its simulation")
         return [], 0
+
+    def _estimated(self, live: list[Payment], estimate: object) -> int:
+        if isinstance(estimate, RpcError):
+            raise NotSent(f"eth_estimateGas: {estimate.message}")
+        gas = quantity(estimate)
+        if len(live) == 1:
+            self._gas.learn(live[0].call, gas)
+        return self._gas.padded(gas)
 
     def _failures(self, live: Sequence[Payment], sim: object) -> list[tuple[Payment, str]]:
         """(payment, revert message) for each payment the simulation says would fail."""
@@ -137,9 +148,8 @@ class Settler:
 
     # --- broadcast ----------------------------------------------------------------------
 
-    async def _broadcast(self, key: SettlerKey, live: list[Payment], gas: int) -> bool:
+    async def _broadcast(self, key: SettlerKey, live: list[Payment], limit: int) -> bool:
         call = transaction_for(live, self._opts.multicall_address)
-        limit = gas * (100 + self._opts.gas_limit_margin_percent) // 100
         if not self._watcher.ready:
             await self._watcher.poll()  # fees from the chain's head, not a guess
         async with key.lock:

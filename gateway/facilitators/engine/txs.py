@@ -81,7 +81,10 @@ class Tracked:
     last_sent_block: int = 0
     included: Inclusion | None = None
     outcomes_known: bool = False
-    nonce_missing_polls: int = 0  # polls that saw the nonce used but none of ours mined
+    # Polls that saw the nonce used but none of ours mined, and since when: a node can count
+    # a nonce a moment before it serves the receipt, so only a lasting absence counts.
+    missing_polls: int = 0
+    missing_since: float | None = None
     filler: bool = False  # a 0-value transaction filling a nonce gap, no payments
 
     @property
@@ -147,10 +150,25 @@ def is_final(inclusion: Inclusion, head: int, depth: int) -> bool:
     return head - inclusion.block_number >= depth
 
 
-NONCE_TAKEN_POLLS = 2  # seen twice: not a lagging node behind a load balancer
+NONCE_TAKEN_POLLS = 3
+NONCE_TAKEN_SECONDS = 10.0
 
 
-def nonce_taken(tracked: Tracked) -> bool:
-    """The node counts this nonce as used, yet none of our transactions for it is mined:
-    another sender used our key. The payments must go out again under a new nonce."""
-    return tracked.nonce_missing_polls >= NONCE_TAKEN_POLLS
+def missing(tracked: Tracked, now: float) -> None:
+    """Its nonce is used and none of its transactions has a receipt, in this poll."""
+    tracked.missing_polls += 1
+    if tracked.missing_since is None:
+        tracked.missing_since = now
+
+
+def nonce_taken(tracked: Tracked, now: float) -> bool:
+    """The node has counted this nonce as used for a while, yet none of our transactions
+    for it is mined: another sender used our key. Its payments must go out again under a
+    new nonce. (Never decided on one poll: nodes count a nonce a moment before they serve
+    its receipt, and a load balancer can ask a node that lags.)"""
+    since = tracked.missing_since
+    return (
+        tracked.missing_polls >= NONCE_TAKEN_POLLS
+        and since is not None
+        and now - since >= NONCE_TAKEN_SECONDS
+    )

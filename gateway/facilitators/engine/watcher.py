@@ -29,6 +29,7 @@ from .txs import (
     Tracked,
     inclusion_of,
     is_final,
+    missing,
     nonce_taken,
     outcomes,
     recheck,
@@ -37,7 +38,9 @@ from .txs import (
 
 log = logging.getLogger("gateway.facilitators.engine")
 TIP_INTERVAL = 10.0
-GAP_POLLS = 2  # a gap seen twice in a row is not a broadcast racing the poll
+MIN_POLL_GAP = 0.005
+GAP_POLLS = 3  # a gap must last: not a broadcast racing the poll, nor a lagging node
+GAP_SECONDS = 5.0
 
 
 class Resender(Protocol):
@@ -71,7 +74,7 @@ class Watcher:
         self._anchor: tuple[int, str] | None = None
         self._highest: tuple[int, str] = (0, "")
         self._tracked: dict[str, dict[int, Tracked]] = {k.address: {} for k in keys}
-        self._gap_seen: dict[str, int] = {}
+        self._gap_seen: dict[str, tuple[int, float]] = {}  # address -> (polls, since)
         self._kick = asyncio.Event()
         self._polling = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -114,10 +117,16 @@ class Watcher:
         return [t for per_key in self._tracked.values() for t in per_key.values()]
 
     async def _run(self) -> None:
+        last = float("-inf")
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), self._opts.poll_interval)
+            # Under load every broadcast kicks: a short gap lets one poll serve a burst.
+            gap = last + MIN_POLL_GAP - time.monotonic()
+            if gap > 0:
+                await asyncio.sleep(gap)
             self._kick.clear()
+            last = time.monotonic()
             try:
                 await self.poll()
             except RpcUnavailable as exc:
@@ -164,7 +173,7 @@ class Watcher:
         self._highest = (self.head, str(head["hash"]).lower())
         await self._follow(counts, reorg, now)
         self._finalize()
-        await self._fill_gaps(counts)
+        await self._fill_gaps(counts, now)
         self._anchor = self._highest
         self._count_pending()
         self.polled.set()
@@ -220,8 +229,10 @@ class Watcher:
     def _mined(self, t: Tracked, receipts: list[Any], now: float) -> None:
         found = next((r for r in receipts if isinstance(r, dict)), None)
         if found is None:
-            t.nonce_missing_polls += 1
-            if nonce_taken(t) and self.resender is not None:
+            if any(isinstance(r, RpcError) for r in receipts):
+                return  # the node failed to answer: no evidence either way
+            missing(t, now)
+            if nonce_taken(t, now) and self.resender is not None:
                 log.error(
                     "engine_nonce_taken: %s nonce %d used by another sender", t.key.address, t.nonce
                 )
@@ -292,15 +303,17 @@ class Watcher:
             if t.included is not None and is_final(t.included, self.head, self._opts.reorg_depth):
                 self.untrack(t)
 
-    async def _fill_gaps(self, counts: dict[str, int]) -> None:
+    async def _fill_gaps(self, counts: dict[str, int], now: float) -> None:
         for key in self._keys:
             count = counts.get(key.address)
             gaps = [] if count is None else key.nonces.gaps(count, self._tracked[key.address])
             if not gaps or key.lock.locked():
                 self._gap_seen.pop(key.address, None)
                 continue
-            self._gap_seen[key.address] = self._gap_seen.get(key.address, 0) + 1
-            if self._gap_seen[key.address] >= GAP_POLLS and self.resender is not None:
+            polls, since = self._gap_seen.get(key.address, (0, now))
+            self._gap_seen[key.address] = (polls + 1, since)
+            lasting = polls + 1 >= GAP_POLLS and now - since >= GAP_SECONDS
+            if lasting and self.resender is not None:
                 for nonce in gaps:
                     await self.resender.fill_gap(key, nonce)
                 self._gap_seen.pop(key.address, None)
