@@ -17,7 +17,7 @@ from x402.schemas import PaymentPayload, PaymentRequirements, SettleResponse
 
 from gateway.demo import chain as chainlib
 from gateway.demo.payer import authorization_of, make_x402_client, sign_requirements
-from gateway.facilitators.engine import EngineFacilitator, EngineOptions
+from gateway.facilitators.engine import EngineFacilitator, EngineOptions, Observer
 
 BANK = chainlib.ANVIL_KEYS[9]  # pays the settlers' gas money; nothing else sends from it
 GAS_MONEY = 10**18
@@ -50,9 +50,9 @@ def options(rpc_url: str, keys: tuple[str, ...], **changes: Any) -> EngineOption
 
 @contextlib.asynccontextmanager
 async def engine(
-    rpc_url: str, keys: tuple[str, ...], **changes: Any
+    rpc_url: str, keys: tuple[str, ...], observer: Observer | None = None, **changes: Any
 ) -> AsyncIterator[EngineFacilitator]:
-    async with EngineFacilitator(options(rpc_url, keys, **changes)) as e:
+    async with EngineFacilitator(options(rpc_url, keys, **changes), observer=observer) as e:
         yield e
 
 

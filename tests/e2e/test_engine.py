@@ -24,6 +24,7 @@ from x402.mechanisms.evm.constants import (
 
 from gateway.demo import chain as chainlib
 from gateway.demo.payer import authorization_of, sign_requirements_v1
+from gateway.errors import FacilitatorUnavailable
 from tests.e2e import engine_parts as parts
 from tests.e2e.conftest import Chain
 
@@ -49,9 +50,13 @@ async def test_pipelined_settlements_from_three_keys_at_concurrency_32(
     broke = await parts.fresh_payments(chain.local, req, 4, balance=AMOUNT - 1)
     payments = good + broke
     counts = [chain.tx_count(parts.address_of(k)) for k in keys]
-    async with parts.engine(chain.rpc_url, keys) as engine:
+    events: list[tuple[str, float]] = []
+    async with parts.engine(chain.rpc_url, keys, observer=lambda *e: events.append(e)) as engine:
         results = await asyncio.gather(*(engine.settle(p, req) for p in payments))
-        assert engine.stats.transactions == 28
+        assert engine.stats.transactions == 28 and engine.stats.refused == 4
+        assert sum(s.in_flight for s in engine.key_states()) <= 3 * 28
+    assert [v for n, v in events if n == "batch_size"] == [1] * 28
+    assert len([v for n, v in events if n == "receipt_latency" and v > 0]) == 28
     assert [r.success for r in results] == [True] * 28 + [False] * 4
     assert {r.error_reason for r in results[28:]} == {ERR_INSUFFICIENT_BALANCE}
     assert all(r.transaction == "" for r in results[28:])  # refused: nothing was sent
@@ -243,3 +248,27 @@ async def test_verify_refuses_each_kind_of_bad_payment(chain: Chain, keys: tuple
         assert engine.stats.transactions == 1  # verify never sends anything
     assert len(parts.transfers_to(chain.local, pay_to)) == 1
     assert authorization_of(used)["from"] == payer.address
+
+
+async def test_readiness_fails_below_the_gas_floor_and_an_unfunded_settler_sends_nothing(
+    chain: Chain, keys: tuple[str, ...]
+) -> None:
+    settler = parts.address_of(keys[0])
+    balance = chainlib.eth_balance(chain.rpc_url, settler)
+    async with parts.engine(chain.rpc_url, keys[:1], min_gas_balance=balance + 1) as engine:
+        with pytest.raises(FacilitatorUnavailable, match=settler):
+            await engine.ping()
+        assert settler in (await engine.refresh_supported())[0]
+    async with parts.engine(chain.rpc_url, keys[:1], min_gas_balance=balance // 2) as engine:
+        await engine.ping()
+        (state,) = engine.key_states()
+        assert (state.address, state.balance) == (settler, balance)
+    # A settler without gas money: the node refuses the broadcast, nothing is charged.
+    broke_key = "0x" + bytes(chainlib.new_account().key).hex()
+    pay_to = fresh_payee()
+    req = parts.requirements(chain.local, pay_to, AMOUNT)
+    (payment,) = await parts.fresh_payments(chain.local, req, 1)
+    async with parts.engine(chain.rpc_url, (broke_key,)) as engine:
+        with pytest.raises(FacilitatorUnavailable, match="(?i)insufficient funds"):
+            await engine.settle(payment, req)
+    assert parts.transfers_to(chain.local, pay_to) == []

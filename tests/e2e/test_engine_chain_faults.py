@@ -54,7 +54,9 @@ async def test_a_stuck_transaction_is_replaced_and_pays_exactly_once() -> None:
         req = parts.requirements(local, pay_to, AMOUNT)
         (payment,) = await parts.fresh_payments(local, req, 1)
         parts.rpc(local.rpc_url, "evm_setAutomine", False)
-        async with parts.engine(local.rpc_url, keys, stuck_blocks=2, stuck_seconds=3600, stuck_min_seconds=0.5) as engine:
+        async with parts.engine(
+            local.rpc_url, keys, stuck_blocks=2, stuck_seconds=3600, stuck_min_seconds=0.5
+        ) as engine:
             task = asyncio.create_task(engine.settle(payment, req))
             (original,) = await pool_hashes(local.rpc_url)
             # Blocks now cost 50 gwei: the engine's first offer (a few gwei) never gets in.
@@ -76,7 +78,9 @@ async def test_a_transaction_the_node_lost_is_broadcast_again_as_is() -> None:
         req = parts.requirements(local, pay_to, AMOUNT)
         (payment,) = await parts.fresh_payments(local, req, 1)
         parts.rpc(local.rpc_url, "evm_setAutomine", False)
-        async with parts.engine(local.rpc_url, keys, stuck_blocks=2, stuck_seconds=3600, stuck_min_seconds=0.5) as engine:
+        async with parts.engine(
+            local.rpc_url, keys, stuck_blocks=2, stuck_seconds=3600, stuck_min_seconds=0.5
+        ) as engine:
             task = asyncio.create_task(engine.settle(payment, req))
             (original,) = await pool_hashes(local.rpc_url)
             parts.rpc(local.rpc_url, "anvil_dropTransaction", original)

@@ -14,7 +14,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from cachetools import LRUCache
+from cachetools import LRUCache, TTLCache
 from eth_utils.address import to_checksum_address
 from x402.mechanisms.evm.constants import ERR_NONCE_ALREADY_USED, ERR_SETTLEMENT_PENDING
 from x402.mechanisms.evm.v1.constants import V1_NETWORK_CHAIN_IDS
@@ -33,6 +33,8 @@ from .stats import EngineStats, KeyState, Observer
 from .txs import Kind, Outcome, Payment
 from .verify import Route, chain_reason, is_native, read_chain, route
 from .watcher import Watcher
+
+Identity = tuple[str, str, bytes]  # (token, payer, EIP-3009 nonce)
 
 
 class EngineFacilitator:
@@ -59,7 +61,10 @@ class EngineFacilitator:
             self._keys = [SettlerKey(k, self._chain_id) for k in options.keys]
         self._watcher: Watcher | None = None
         self._settler: Settler | None = None
-        self._in_flight: dict[tuple[str, str, bytes], Payment] = {}
+        self._in_flight: dict[Identity, Payment] = {}
+        # Payments whose settle() was answered settlement_pending: a retry of the same
+        # authorization gets their real outcome (as the SDK's pending-settlement store).
+        self._told_pending: TTLCache[Identity, Payment] = TTLCache(maxsize=100_000, ttl=3600)
         self._tokens_with_code: set[str] = set()
         self._routes: LRUCache[tuple[object, ...], Route | str] = LRUCache(maxsize=512)
 
@@ -178,7 +183,7 @@ class EngineFacilitator:
         if isinstance(checked, VerifyResponse):
             return checked
         rt, auth, sig, payer = checked
-        if (rt.token, auth.payer, auth.nonce) in self._in_flight:
+        if self._settling((rt.token, auth.payer, auth.nonce)) is not None:
             return VerifyResponse(
                 is_valid=False,
                 invalid_reason=ERR_NONCE_ALREADY_USED,
@@ -228,6 +233,8 @@ class EngineFacilitator:
                 network=network,
             )
         outcome = await wait(payment, self.options.confirmation_timeout)
+        if outcome.kind is Kind.PENDING:
+            self._told_pending[payment.identity] = payment
         return self._answer(outcome, rt.network, payer)
 
     # --- inside -------------------------------------------------------------------------
@@ -277,12 +284,19 @@ class EngineFacilitator:
             self._routes[key] = found
         return found
 
+    def _settling(self, identity: Identity) -> Payment | None:
+        payment = self._in_flight.get(identity)
+        return payment if payment is not None and not payment.future.done() else None
+
     def _payment(self, rt: Route, auth: Authorization) -> Payment | None:
-        """The payment to wait for: a new one, or the one already in flight for this
-        authorization if nobody waits on it any more (a retry after settlement_pending);
-        None when another call is waiting on it right now."""
+        """The payment to wait for: the one a settlement_pending answer was given for (a
+        retry: its real outcome), the one in flight if nobody waits on it, or a new one.
+        None while another call waits on this authorization (one payment, one answer)."""
         identity = (rt.token, auth.payer, auth.nonce)
-        existing = self._in_flight.get(identity)
+        told = self._told_pending.pop(identity, None)
+        if told is not None:
+            return told
+        existing = self._settling(identity)
         if existing is not None:
             return None if existing.waiters else existing
         settler = self._require_settler()

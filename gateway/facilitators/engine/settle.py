@@ -150,8 +150,7 @@ class Settler:
 
     async def _broadcast(self, key: SettlerKey, live: list[Payment], limit: int) -> bool:
         call = transaction_for(live, self._opts.multicall_address)
-        if not self._watcher.ready:
-            await self._watcher.poll()  # fees from the chain's head, not a guess
+        await self._watcher.ensure_ready()  # fees from the chain's head, not a guess
         async with key.lock:
             if not key.nonces.synced:
                 key.nonces.sync(await self._pending_count(key))

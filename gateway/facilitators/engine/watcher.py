@@ -136,6 +136,12 @@ class Watcher:
 
     # --- one poll -----------------------------------------------------------------------
 
+    async def ensure_ready(self) -> None:
+        """Poll once if nobody has yet (concurrent callers share that one poll)."""
+        async with self._polling:
+            if not self.ready:
+                await self._poll()
+
     async def poll(self) -> None:
         """One look at the chain (also called by a broadcast the node found underpriced)."""
         async with self._polling:
