@@ -149,12 +149,22 @@ def assert_settled_exactly(
 
 @contextlib.contextmanager
 def extra_chain(block_time: float | None = None) -> Iterator[chainlib.LocalChain]:
-    """A chain of its own (reorgs and manual mining must not touch the session chain)."""
+    """A chain of its own (reorgs and manual mining must not touch the session chain).
+    With `block_time`, it also mines on demand until `blocks_only()` (so setting up the
+    token, the settlers and the payers does not wait a block per transaction)."""
     anvil = chainlib.start_anvil(block_time=block_time)
     try:
+        if block_time is not None:
+            rpc(anvil.rpc_url, "evm_setAutomine", True)
         yield chainlib.prepare_chain(anvil.rpc_url)
     finally:
         anvil.stop()
+
+
+def blocks_only(local: chainlib.LocalChain, block_time: int) -> None:
+    """From now on, a block every `block_time` seconds and no other (as `--block-time`)."""
+    rpc(local.rpc_url, "evm_setAutomine", False)
+    rpc(local.rpc_url, "evm_setIntervalMining", block_time)
 
 
 def receipt(rpc_url: str, tx: str) -> dict[str, Any] | None:

@@ -152,6 +152,7 @@ async def test_with_one_second_blocks_payments_share_transactions() -> None:
         pay_to = payee()
         req = parts.requirements(local, pay_to, AMOUNT)
         payments = await parts.fresh_payments(local, req, 24)
+        parts.blocks_only(local, 1)
         async with parts.engine(local.rpc_url, keys, batch_window=0.3, max_batch=50) as engine:
             results = await asyncio.gather(*(engine.settle(p, req) for p in payments))
             batches = engine.stats.transactions

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -162,7 +163,15 @@ class Settler:
                     key.nonces.next,
                     market_fees(self._watcher.market, self._opts),
                 )
-                if await self._send_new(key, signed):
+                # From here the outcome is unknown until the node answers: if this task
+                # is cancelled mid-send, its payers hear "pending", never "not charged".
+                _mark(live, broadcast=True)
+                sent = False
+                try:
+                    sent = await self._send_new(key, signed)
+                finally:
+                    _mark(live, broadcast=sent or _maybe_sent())
+                if sent:
                     self._track(key, signed, call, live)
                     return True
         raise NotSent(f"no nonce of {key.address} was accepted after {SEND_TRIES} tries")
@@ -286,8 +295,24 @@ class Settler:
             if not payment.future.done():
                 self.submit(payment)
 
-    async def close(self) -> None:
-        await self.collector.cancel()
+    async def close(self, grace: float = 10.0) -> None:
+        """Let batches being sent finish (a broadcast is never cut in half), then stop."""
+        try:
+            await asyncio.wait_for(self.collector.drain(), grace)
+        except TimeoutError:
+            await self.collector.cancel()
+
+
+def _mark(payments: Sequence[Payment], *, broadcast: bool) -> None:
+    for p in payments:
+        p.broadcast = broadcast
+
+
+def _maybe_sent() -> bool:
+    """In a `finally` after a send: True when it is being left by cancellation (the request
+    may have reached the node), False when the node answered or was never reached."""
+    exc = sys.exc_info()[1]
+    return isinstance(exc, asyncio.CancelledError)
 
 
 def _resolve_unsent(payments: Sequence[Payment], kind: Kind, message: str) -> None:
