@@ -269,6 +269,6 @@ async def test_readiness_fails_below_the_gas_floor_and_an_unfunded_settler_sends
     req = parts.requirements(chain.local, pay_to, AMOUNT)
     (payment,) = await parts.fresh_payments(chain.local, req, 1)
     async with parts.engine(chain.rpc_url, (broke_key,)) as engine:
-        with pytest.raises(FacilitatorUnavailable, match="(?i)insufficient funds"):
+        with pytest.raises(FacilitatorUnavailable, match=r"(?i)insufficient funds"):
             await engine.settle(payment, req)
     assert parts.transfers_to(chain.local, pay_to) == []
