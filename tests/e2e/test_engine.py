@@ -272,3 +272,21 @@ async def test_readiness_fails_below_the_gas_floor_and_an_unfunded_settler_sends
         with pytest.raises(FacilitatorUnavailable, match=r"(?i)insufficient funds"):
             await engine.settle(payment, req)
     assert parts.transfers_to(chain.local, pay_to) == []
+
+
+async def test_a_key_used_by_another_sender_resyncs_its_nonce_and_pays_once(
+    chain: Chain,
+) -> None:
+    (key,) = parts.settler_keys(chain.rpc_url, 1)
+    settler = parts.address_of(key)
+    pay_to = fresh_payee()
+    req = parts.requirements(chain.local, pay_to, AMOUNT)
+    first, second = await parts.fresh_payments(chain.local, req, 2)
+    async with parts.engine(chain.rpc_url, (key,)) as engine:
+        settled = [await engine.settle(first, req)]
+        # Someone else sends from the settler's key: the nonce the engine holds is gone.
+        chainlib.fund_eth(chain.rpc_url, key, str(chainlib.new_account().address), 1)
+        settled.append(await engine.settle(second, req))  # "nonce too low", resync, once
+    assert all(r.success for r in settled)
+    assert chain.tx_count(settler) == 3
+    parts.assert_settled_exactly(chain.local, pay_to, [first, second], settled, AMOUNT)

@@ -8,6 +8,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from eth_account import Account
 
 from gateway.demo import chain as chainlib
 from gateway.facilitators.engine import EngineFacilitator
@@ -159,3 +160,42 @@ async def test_with_one_second_blocks_payments_share_transactions() -> None:
         assert all(r.success for r in results)
         assert batches == len({r.transaction for r in results}) < len(payments)
         parts.assert_settled_exactly(local, pay_to, payments, results, AMOUNT)
+
+
+async def test_a_nonce_taken_in_flight_by_another_sender_is_paid_under_a_new_one() -> None:
+    with parts.extra_chain() as local:
+        (key,) = parts.settler_keys(local.rpc_url, 1)
+        pay_to = payee()
+        req = parts.requirements(local, pay_to, AMOUNT)
+        (payment,) = await parts.fresh_payments(local, req, 1)
+        parts.rpc(local.rpc_url, "evm_setAutomine", False)
+        async with parts.engine(
+            local.rpc_url, (key,), nonce_taken_seconds=0.5, stuck_blocks=1000, stuck_seconds=3600
+        ) as engine:
+            task = asyncio.create_task(engine.settle(payment, req))
+            (ours,) = await pool_hashes(local.rpc_url)
+            nonce = int(parts.rpc(local.rpc_url, "eth_getTransactionByHash", ours)["nonce"], 16)
+            # Another sender of the same key outbids it at its nonce with something else.
+            account = Account.from_key(key)
+            foreign = account.sign_transaction(
+                {
+                    "chainId": local.chain_id,
+                    "nonce": nonce,
+                    "to": account.address,
+                    "value": 0,
+                    "gas": 21_000,
+                    "maxFeePerGas": 100 * GWEI,
+                    "maxPriorityFeePerGas": 10 * GWEI,
+                    "type": 2,
+                }
+            )
+            parts.rpc(
+                local.rpc_url, "eth_sendRawTransaction", "0x" + bytes(foreign.raw_transaction).hex()
+            )
+            await mine_until(local.rpc_url, task)
+            result = await task
+            assert engine.stats.requeued == 1
+        assert result.success and result.transaction != ours
+        assert parts.receipt(local.rpc_url, ours) is None
+        assert chainlib.tx_count(local.rpc_url, account.address) == 2  # theirs, then ours
+        parts.assert_settled_exactly(local, pay_to, [payment], [result], AMOUNT)

@@ -39,6 +39,9 @@ class EngineOptions:
     # ...but blocks alone never make it stuck sooner than this: a chain that mines on demand
     # (anvil's automine, a busy rollup) makes blocks faster than a receipt can be read.
     stuck_min_seconds: float = 3.0
+    # A nonce the node counts as used for this long while none of our transactions for it
+    # has a receipt was taken by another sender of our key: its payments are sent again.
+    nonce_taken_seconds: float = 10.0
     fee_bump_percent: int = 20  # nodes refuse a replacement under +10% on both fees
     base_fee_multiplier: int = 2  # maxFeePerGas = base fee x this + tip: rides out a surge
     priority_fee: int | None = None  # fixed tip; None: eth_maxPriorityFeePerGas

@@ -151,7 +151,6 @@ def is_final(inclusion: Inclusion, head: int, depth: int) -> bool:
 
 
 NONCE_TAKEN_POLLS = 3
-NONCE_TAKEN_SECONDS = 10.0
 
 
 def missing(tracked: Tracked, now: float) -> None:
@@ -161,14 +160,10 @@ def missing(tracked: Tracked, now: float) -> None:
         tracked.missing_since = now
 
 
-def nonce_taken(tracked: Tracked, now: float) -> bool:
+def nonce_taken(tracked: Tracked, now: float, after: float) -> bool:
     """The node has counted this nonce as used for a while, yet none of our transactions
     for it is mined: another sender used our key. Its payments must go out again under a
     new nonce. (Never decided on one poll: nodes count a nonce a moment before they serve
     its receipt, and a load balancer can ask a node that lags.)"""
     since = tracked.missing_since
-    return (
-        tracked.missing_polls >= NONCE_TAKEN_POLLS
-        and since is not None
-        and now - since >= NONCE_TAKEN_SECONDS
-    )
+    return tracked.missing_polls >= NONCE_TAKEN_POLLS and since is not None and now - since >= after

@@ -238,7 +238,7 @@ class Watcher:
             if any(isinstance(r, RpcError) for r in receipts):
                 return  # the node failed to answer: no evidence either way
             missing(t, now)
-            if nonce_taken(t, now) and self.resender is not None:
+            if nonce_taken(t, now, self._opts.nonce_taken_seconds) and self.resender:
                 log.error(
                     "engine_nonce_taken: %s nonce %d used by another sender", t.key.address, t.nonce
                 )

@@ -183,11 +183,11 @@ def test_reorg_decisions() -> None:
     assert reorged((100, "0xb1"), None)  # the chain is shorter now
     assert not is_final(inc, 105, 6) and is_final(inc, 106, 6) and is_final(inc, 100, 0)
     t = tracked([payment()], TOKEN_L)
-    assert not nonce_taken(t, 0.0)
+    assert not nonce_taken(t, 0.0, 10.0)
     for second in (0.0, 1.0, 2.0):
         missing(t, second)
-    assert not nonce_taken(t, 9.9)  # three polls, but not for long: a node serving late
-    assert nonce_taken(t, 10.0)
+    assert not nonce_taken(t, 9.9, 10.0)  # three polls, but not for long: a node serving late
+    assert nonce_taken(t, 10.0, 10.0)
 
 
 def test_a_batch_is_one_call_and_a_single_payment_goes_straight_to_the_token() -> None:

@@ -263,3 +263,46 @@ async def test_before_start_it_refuses_to_settle() -> None:
     with pytest.raises(RuntimeError):
         await engine.settle(sdk_signed(account()), requirements())
     await engine.close()
+
+
+NASTY: list[Any] = [
+    {},
+    {"authorization": None, "signature": None},
+    {"authorization": [], "signature": "0x00"},
+    {"authorization": {"from": 5}, "signature": "0x00"},
+    {
+        "authorization": {
+            "from": "0x" + "11" * 20,
+            "to": "0x" + "22" * 20,
+            "value": "1000",
+            "validAfter": "0",
+            "validBefore": "9" * 80,
+            "nonce": "0x" + "00" * 32,
+        },
+        "signature": "0x" + "00" * 65,
+    },
+    {
+        "authorization": {
+            "from": "0x" + "11" * 20,
+            "to": "0x" + "22" * 20,
+            "value": {"$gt": 0},
+            "validAfter": "0",
+            "validBefore": "1",
+            "nonce": "0x" + "00" * 32,
+        },
+        "signature": "0x00",
+    },
+    {"permit2Authorization": "x", "signature": "0x00"},
+    {"authorization": {"nonce": "0x" + "ab" * 32}, "signature": "0x" + "ff" * 10_000},
+]
+
+
+async def test_malformed_payloads_get_a_clean_invalid_answer(engine: EngineFacilitator) -> None:
+    template = sdk_signed(account())
+    for payload in NASTY:
+        payment = template.model_copy(update={"payload": payload})
+        verified = await engine.verify(payment, requirements())
+        settled = await engine.settle(payment, requirements())
+        assert not verified.is_valid and verified.invalid_reason
+        assert not settled.success and settled.error_reason and settled.transaction == ""
+    assert engine.stats.transactions == 0
