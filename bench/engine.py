@@ -22,8 +22,10 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +37,7 @@ import uvloop
 from x402.mechanisms.evm.exact.eip3009_utils import ERC20_TRANSFER_EVENT_TOPIC
 from x402.schemas import PaymentPayload, PaymentRequirements, SettleResponse
 
+from bench.procs import cpu_seconds_fine
 from gateway.demo import chain as chainlib
 from gateway.demo.payer import make_x402_client, sign_requirements
 from gateway.facilitators.engine import EngineFacilitator, EngineOptions, eip3009
@@ -58,8 +61,9 @@ QUICK = Params({1: 30, 8: 80, 32: 160}, {1: 12, 8: 24, 32: 32}, 2000)
 
 
 class Setup:
-    def __init__(self, local: chainlib.LocalChain) -> None:
+    def __init__(self, local: chainlib.LocalChain, anvil_pid: int) -> None:
         self.local = local
+        self.anvil_pid = anvil_pid
         self.pool = ThreadPoolExecutor(8)
 
     def requirements(self, pay_to: str) -> PaymentRequirements:
@@ -143,9 +147,11 @@ async def throughput(
     results.clear()
     latencies.clear()
     queue = list(payments)
+    node = cpu_seconds_fine(setup.anvil_pid)
     cpu, wall = time.process_time(), time.perf_counter()
     await asyncio.gather(*(worker(queue) for _ in range(concurrency)))
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    node = cpu_seconds_fine(setup.anvil_pid) - node
     settled = sum(r.success for r in results)
     total = n + WARMUP
     transfers = setup.transfers_to(pay_to)
@@ -157,6 +163,7 @@ async def throughput(
         "payments": n,
         "per_s": n / wall,
         "cpu_ms": cpu / n * 1000,
+        "anvil_cpu_ms": node / n * 1000,
         "p50_ms": statistics.median(latencies) * 1000,
         "transactions": len({t["transactionHash"] for t in transfers} & mine),
         "engine": _engine_events(facilitator),
@@ -251,7 +258,7 @@ async def run_all(params: Params, log: Callable[[str], None]) -> dict[str, Any]:
     anvil = chainlib.start_anvil()
     try:
         local = chainlib.prepare_chain(anvil.rpc_url)
-        setup = Setup(local)
+        setup = Setup(local, anvil.pid)
         keys = setup.settler_keys(5)
         made = variants(setup, keys[4], keys[:4])
         table: dict[str, dict[int, Any]] = {name: {} for name in made}
@@ -265,7 +272,8 @@ async def run_all(params: Params, log: Callable[[str], None]) -> dict[str, Any]:
                 table[name][concurrency] = cell
                 log(
                     f"{name:28} c={concurrency:<3} {cell['per_s']:8.1f} payments/s "
-                    f"cpu {cell['cpu_ms']:6.2f} ms/payment  p50 {cell['p50_ms']:7.1f} ms "
+                    f"cpu {cell['cpu_ms']:6.2f} ms/payment (anvil {cell['anvil_cpu_ms']:5.2f})  "
+                    f"p50 {cell['p50_ms']:7.1f} ms "
                     f"txs {cell['transactions']} {cell['engine'] or ''}"
                 )
         gas = {size: await gas_per_payment(setup, keys[0], size) for size in (1, 10, 50)}
@@ -285,14 +293,16 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
         f"`{meta['command']}` on {meta['machine']}; anvil automine; every payment "
         "a fresh SDK-signed authorization, verified then settled, checked on chain.",
         "",
-        "| facilitator | c | payments/s | CPU ms/payment | p50 ms | transactions |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| facilitator | c | payments/s | CPU ms/payment | anvil CPU ms/payment | p50 ms "
+        "| transactions |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     table = result["throughput"]
     for name, cells in table.items():
         for c, cell in cells.items():
             lines.append(
                 f"| {name} | {c} | {cell['per_s']:.1f} | {cell['cpu_ms']:.2f} | "
+                f"{cell['anvil_cpu_ms']:.2f} | "
                 f"{cell['p50_ms']:.1f} | {cell['transactions']} |"
             )
     base = table["sdk (LocalFacilitator)"]
@@ -329,6 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer payments per cell")
     args = parser.parse_args(argv)
     params = QUICK if args.quick else FULL
+    # SIGTERM unwinds like Ctrl-C, so every `finally` runs and anvil is stopped by its pid.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     # The gateway runs on uvloop: so does its in-process facilitator here.
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         result = runner.run(run_all(params, lambda line: print(line, flush=True)))

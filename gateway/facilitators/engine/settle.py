@@ -1,10 +1,11 @@
 """From payments to broadcast transactions: simulate, sign, send, hand to the watcher.
 
-A batch (or a single payment) is simulated first in one JSON-RPC batch: `eth_call` of the
-exact transaction to send and its `eth_estimateGas`. A payment that would revert is refused
-with its reason and never costs gas; in a batch, `tryAggregate` reports each call, the
-failing ones are dropped and the rest simulated again. Then one settler key signs and
-broadcasts under its lock (nonce order), without waiting for any receipt.
+A batch (or a single payment) is simulated first: `eth_call` of the exact transaction to
+send (with its `eth_estimateGas` in the same JSON-RPC batch until that call's gas is known:
+gas.py). A payment that would revert is refused with its reason and never costs gas; in a
+batch, `tryAggregate` reports each call, the failing ones are dropped and the rest
+simulated again. Then one settler key signs and broadcasts under its lock (nonce order),
+without waiting for any receipt.
 """
 
 from __future__ import annotations
