@@ -81,7 +81,7 @@ class Watcher:
         self._balances_at = float("-inf")
         self._tip_at = float("-inf")
         self.resender: Resender | None = None
-        self.polled = asyncio.Event()  # set after each completed poll (tests, readiness)
+        self.node_down = False
 
     # --- life ---------------------------------------------------------------------------
 
@@ -130,9 +130,15 @@ class Watcher:
             try:
                 await self.poll()
             except RpcUnavailable as exc:
-                log.warning("engine_watcher_node_unavailable: %s", exc)
+                if not self.node_down:  # said once per outage, not four times a second
+                    log.warning("engine_watcher_node_unavailable: %s", exc)
+                self.node_down = True
+                continue
             except (RpcError, ValueError, KeyError, TypeError) as exc:
                 log.error("engine_watcher_bad_answer: %s", exc)
+            if self.node_down:
+                log.warning("engine_watcher_node_back")
+            self.node_down = False
 
     # --- one poll -----------------------------------------------------------------------
 
@@ -182,7 +188,6 @@ class Watcher:
         await self._fill_gaps(counts, now)
         self._anchor = self._highest
         self._count_pending()
-        self.polled.set()
 
     def _read_balances(self, answers: list[Any], now: float) -> None:
         self._balances_at = now
