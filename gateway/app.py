@@ -37,6 +37,7 @@ from gateway.observe.record import RequestRecord
 from gateway.payment.challenge import ERROR_PAYMENT_REQUIRED
 from gateway.payment.decode import decode_payment
 from gateway.payment.engine import Claim
+from gateway.payment.limits import client_ip
 from gateway.payment.match import match_requirement
 from gateway.payment.receipts import receipt_headers
 from gateway.proxy.headers import is_trusted
@@ -67,6 +68,9 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
             query=query,
             drop_headers=gw.drop_headers,
         )
+        ip = client_ip(request.remote, request.headers.getall("X-Forwarded-For", []), gw.settings)
+        if route is not None and route.free:
+            await gw.limiter.check(route, ip)
         if route is None or route.free:
             upstream = await forward(add_headers={"X-Request-Id": record.request_id})
             return await relay(request, upstream)
@@ -74,8 +78,10 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
         resource = answers.PricedResource(gw.challenges, route, url)
         payment = decode_payment(request.headers, gw.settings.limits.payment_header)
         if payment is None:
+            await gw.limiter.check(route, ip)
             return answers.challenge_response(request, resource, ERROR_PAYMENT_REQUIRED)
         matched = match_requirement(route, payment, url)
+        await gw.limiter.check(route, ip, matched.payer)  # before the claim: no facilitator call
         async with gw.payments.claimed(matched, route, record.request_id) as claim:
             record.claim = claim
             await gw.payments.verify(claim)

@@ -25,10 +25,12 @@ from gateway.observe.logs import get_logger
 from gateway.observe.metrics import Metrics
 from gateway.payment.challenge import PreparedChallenges
 from gateway.payment.engine import Facilitator, Payments
+from gateway.payment.limits import RateLimiter
 from gateway.proxy.routes import RouteTable
 from gateway.proxy.upstream import Upstream
 from gateway.serving.state import InFlight
 from gateway.store import PaymentStore, open_store
+from gateway.store.buckets import TokenBuckets
 
 # The events of building a generation have always been the reload logger's: operators filter
 # on logger names, so they stay.
@@ -84,6 +86,7 @@ class Generation:
     drop_headers: tuple[str, ...]
     generation: int
     refresher: asyncio.Task[None]
+    limiter: RateLimiter
     users: InFlight = dataclasses.field(default_factory=InFlight)  # its requests in flight
 
     def shared_parts(self) -> list[tuple[object, Close]]:
@@ -127,6 +130,7 @@ async def build(
             drop_headers=(*PAYMENT_HEADERS, settings.payer_header),
             generation=generation,
             refresher=refresher,
+            limiter=RateLimiter(settings, store if isinstance(store, TokenBuckets) else None),
         )
         undo.pop_all()  # started: from now on whoever retires it closes its parts
     return built

@@ -147,3 +147,19 @@ class StoreUnavailable(GatewayError):
     title = "Payment store unavailable"
     reason = "store_unavailable"
     retry_after = 5
+
+
+# --- too many requests ------------------------------------------------------------------
+
+
+class TooManyRequests(GatewayError):
+    """A payer or client IP is over its configured rate: refused before anything is verified,
+    so a flood costs no facilitator call."""
+
+    status = 429
+    title = "Too many requests"
+    reason = "rate_limited"
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after

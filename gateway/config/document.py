@@ -15,6 +15,7 @@ from gateway import formats
 from gateway.config import values as cv
 from gateway.config.facilitators import compile_facilitators
 from gateway.config.pricing import DEFAULT_NETWORK
+from gateway.config.rates import read_rates
 from gateway.config.reader import (
     Reader,
     Scalar,
@@ -62,7 +63,9 @@ ASSET_KEYS = frozenset({"address", "name", "version", "decimals", "symbol"})
 TIMEOUT_KEYS = frozenset(
     {"connect", "read", "request_header", "request_body", "shutdown_grace", "keepalive"}
 )
-LIMIT_KEYS = frozenset({"request_body", "header_size", "connections", "payment_header"})
+LIMIT_KEYS = frozenset(
+    {"request_body", "header_size", "connections", "payment_header", "per_payer", "per_ip"}
+)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_LISTEN = Address("0.0.0.0", 8402)
 DEFAULT_ADMIN = Address("127.0.0.1", 9402)
@@ -246,6 +249,7 @@ def _limits(reader: Reader, node: yaml.Node | None) -> Limits:
         header_size=section.read("header_size", size, default.header_size),
         connections=section.read("connections", positive_int, default.connections),
         payment_header=section.read("payment_header", size, default.payment_header),
+        rates=read_rates(section),
     )
 
 

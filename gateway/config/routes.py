@@ -14,11 +14,13 @@ from gateway import formats
 from gateway.config import pricing
 from gateway.config import values as cv
 from gateway.config.pricing import DEFAULT_MAX_TIMEOUT_SECONDS, Asset, Offer
+from gateway.config.rates import route_rates
 from gateway.config.reader import Reader, Scalar, Section, choice, positive_int, text, using
 from gateway.config.settings import AssetSpec, Requirement, RouteSettings, SettleMode, Source
 
 ROUTE_KEYS = frozenset(
     {"path", "methods", "price", "accepts", "description", "mime_type", "upstream", "settle"}
+    | {"limits"}
 )
 ACCEPT_KEYS = frozenset(
     {"scheme", "network", "asset", "amount", "pay_to", "max_timeout_seconds", "extra"}
@@ -97,6 +99,9 @@ def _route(
         settle=entry.read("settle", _settle, "after"),
         price_text=price_text or "free",
         source=Source(reader.filename, node.start_mark.line + 1),
+        rate_limits=route_rates(
+            reader, entry.get("limits"), entry.where("limits"), free=price_text == "free"
+        ),
     )
     return route if path is not None else None
 

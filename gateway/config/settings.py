@@ -67,6 +67,36 @@ class Requirement:
 
 
 @dataclass(frozen=True, slots=True)
+class Rate:
+    """A token bucket: `count` requests per `seconds`, up to `count` at once (`10/s`)."""
+
+    count: int
+    seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.count / self.seconds
+
+    def __str__(self) -> str:
+        return f"{self.count}/{self.seconds:g}s"
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimits:
+    """Request rates, per payer (the address in the payment) and per client IP."""
+
+    per_payer: Rate | None = None
+    per_ip: Rate | None = None
+
+    @property
+    def any(self) -> bool:
+        return self.per_payer is not None or self.per_ip is not None
+
+
+NO_RATE_LIMITS = RateLimits()
+
+
+@dataclass(frozen=True, slots=True)
 class RouteSettings:
     """One entry of `routes:`, in file order (`index` is its position)."""
 
@@ -80,6 +110,8 @@ class RouteSettings:
     settle: SettleMode = "after"
     price_text: str = "free"  # as written, for `check` and logs
     source: Source | None = None
+    # The route's own request rates (its own buckets), on top of the global `limits`.
+    rate_limits: RateLimits = NO_RATE_LIMITS
 
     @property
     def free(self) -> bool:
@@ -127,6 +159,8 @@ class Limits:
     header_size: int = 8190  # bytes of one request header line
     connections: int = 1024  # concurrent client connections
     payment_header: int = 16384  # bytes of PAYMENT-SIGNATURE / X-PAYMENT
+    # Request rates on every priced route (one bucket per payer / IP across all of them).
+    rates: RateLimits = NO_RATE_LIMITS
 
 
 @dataclass(frozen=True, slots=True)

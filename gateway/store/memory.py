@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Sequence
 
 from cachetools import TLRUCache
 
+from .buckets import Bucket, MemoryBuckets
 from .records import PaymentRecord, latest_per_request
 
 
@@ -24,6 +26,7 @@ class MemoryStore:
             maxsize=maxsize, ttu=_expires, timer=time.monotonic
         )
         self._history: deque[PaymentRecord] = deque(maxlen=history)
+        self._buckets = MemoryBuckets()
 
     async def claim(self, key: str, record: PaymentRecord, ttl: float) -> PaymentRecord | None:
         held = self._claims.get(key)
@@ -49,6 +52,9 @@ class MemoryStore:
 
     async def ping(self) -> None:
         return None
+
+    async def take_tokens(self, buckets: Sequence[Bucket]) -> float:
+        return await self._buckets.take_tokens(buckets)
 
     async def close(self) -> None:
         return None

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from gateway import config
-from gateway.config import document, facilitators
+from gateway.config import document, facilitators, rates
 from gateway.config import routes as config_routes
 from gateway.errors import ConfigError
 
@@ -33,6 +33,7 @@ SECTIONS: dict[str, frozenset[str]] = {
     "$defs.facilitator.properties.local": facilitators.LOCAL_FACILITATOR_KEYS,
     "$defs.route": config_routes.ROUTE_KEYS,
     "$defs.accept": config_routes.ACCEPT_KEYS,
+    "$defs.routeLimits": rates.ROUTE_LIMIT_KEYS,
 }
 
 
@@ -148,6 +149,8 @@ MINIMAL = {
         {"facilitator": {"local": {"rpc_url": "http://n", "private_key": "0x" + "a" * 64, "x": 1}}},
         {"asset": {"address": "0x" + "1" * 40, "name": "T", "version": "1"}},
         {"limits": {"request_body": "lots"}},
+        {"limits": {"per_payer": "ten a second"}},
+        {"routes": [{"path": "/a", "price": "free", "limits": {"per_ip": "1/s", "x": 1}}]},
         {"log_level": "verbose"},
         {"routes": [{"path": "/a", "price": "free", "settle": "later"}]},
         {"routes": []},
