@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway import answers
+from gateway import answers, wellknown
 from gateway.composition import Generation, Parts
 from gateway.config.settings import RouteSettings, Settings
 from gateway.errors import GatewayError, MethodNotAllowed
@@ -59,6 +59,8 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
     resource: answers.PricedResource | None = None  # set once the request is for a price
     try:
         path, query = canonicalize(request.raw_path)
+        if wellknown.serves(gw.settings, request.method, path):
+            return wellknown.response(request, gw.settings, gw.challenges)
         route = record.route = find_route(gw, request.method, path)
         forward = functools.partial(
             gw.upstream.send,

@@ -13,6 +13,7 @@ import yaml
 from gateway import formats
 from gateway.config import pricing
 from gateway.config import values as cv
+from gateway.config.discovery import compile_discovery
 from gateway.config.pricing import DEFAULT_MAX_TIMEOUT_SECONDS, Asset, Offer
 from gateway.config.rates import route_rates
 from gateway.config.reader import Reader, Scalar, Section, choice, positive_int, text, using
@@ -21,6 +22,7 @@ from gateway.config.settings import AssetSpec, Requirement, RouteSettings, Settl
 ROUTE_KEYS = frozenset(
     {"path", "methods", "price", "accepts", "description", "mime_type", "upstream", "settle"}
     | {"limits"}
+    | {"discovery"}
 )
 ACCEPT_KEYS = frozenset(
     {"scheme", "network", "asset", "amount", "pay_to", "max_timeout_seconds", "extra"}
@@ -102,6 +104,7 @@ def _route(
         rate_limits=route_rates(
             reader, entry.get("limits"), entry.where("limits"), free=price_text == "free"
         ),
+        discovery=compile_discovery(reader, entry.get("discovery"), entry.where("discovery")),
     )
     return route if path is not None else None
 

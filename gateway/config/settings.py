@@ -97,6 +97,20 @@ NO_RATE_LIMITS = RateLimits()
 
 
 @dataclass(frozen=True, slots=True)
+class Discovery:
+    """How to call a route, for catalogues (the `bazaar` extension, `/.well-known/x402`):
+    its input (query parameters, or a body) as JSON Schema properties, and its output."""
+
+    input_in: Literal["query", "body"] = "query"
+    properties: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
+    required: tuple[str, ...] = ()
+    example: Mapping[str, Any] | None = None  # example input values
+    body_type: Literal["json", "form-data", "text"] = "json"
+    output_example: Any = None
+    output_schema: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RouteSettings:
     """One entry of `routes:`, in file order (`index` is its position)."""
 
@@ -112,6 +126,7 @@ class RouteSettings:
     source: Source | None = None
     # The route's own request rates (its own buckets), on top of the global `limits`.
     rate_limits: RateLimits = NO_RATE_LIMITS
+    discovery: Discovery | None = None  # None: not listed with call details
 
     @property
     def free(self) -> bool:

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from gateway import config
-from gateway.config import document, facilitators, rates
+from gateway.config import discovery, document, facilitators, rates
 from gateway.config import routes as config_routes
 from gateway.errors import ConfigError
 
@@ -34,6 +34,9 @@ SECTIONS: dict[str, frozenset[str]] = {
     "$defs.route": config_routes.ROUTE_KEYS,
     "$defs.accept": config_routes.ACCEPT_KEYS,
     "$defs.routeLimits": rates.ROUTE_LIMIT_KEYS,
+    "$defs.discovery": discovery.DISCOVERY_KEYS,
+    "$defs.discoveryInput": discovery.DISCOVERY_INPUT_KEYS,
+    "$defs.discoveryOutput": discovery.DISCOVERY_OUTPUT_KEYS,
 }
 
 
@@ -150,6 +153,7 @@ MINIMAL = {
         {"asset": {"address": "0x" + "1" * 40, "name": "T", "version": "1"}},
         {"limits": {"request_body": "lots"}},
         {"limits": {"per_payer": "ten a second"}},
+        {"routes": [{"path": "/a", "price": "free", "discovery": {"input": {"query": {"q": 1}}}}]},
         {"routes": [{"path": "/a", "price": "free", "limits": {"per_ip": "1/s", "x": 1}}]},
         {"log_level": "verbose"},
         {"routes": [{"path": "/a", "price": "free", "settle": "later"}]},
