@@ -1,13 +1,13 @@
 """A route's `discovery:`: how to call it, for catalogues and agents.
 
-    discovery:
-      input:
-        query: {symbol: string}          # parameter -> JSON type, or a JSON Schema of its own
-        # body: {text: string}           # a request body's fields instead (POST, PUT, PATCH)
-        # body_type: json                # json | form-data | text
-        required: [symbol]               # default: none
-        example: {symbol: ETH}
-      output: {example: {price: 1.0}, schema: {properties: {price: {type: number}}}}
+discovery:
+  input:
+    query: {symbol: string}          # parameter -> JSON type, or a JSON Schema of its own
+    # body: {text: string}           # a request body's fields instead (POST, PUT, PATCH)
+    # body_type: json                # json | form-data | text
+    required: [symbol]               # default: none
+    example: {symbol: ETH}
+  output: {example: {price: 1.0}, schema: {properties: {price: {type: number}}}}
 """
 
 from __future__ import annotations
