@@ -71,6 +71,10 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
             drop_headers=gw.drop_headers,
         )
         ip = client_ip(request.remote, request.headers.getall("X-Forwarded-For", []), gw.settings)
+        if route is not None and route.dynamic:  # this request's price, before anything else
+            route = record.route = await gw.prices.resolve(
+                route, request.method, path, query, request.headers
+            )
         if route is not None and route.free:
             await gw.limiter.check(route, ip)
         if route is None or route.free:

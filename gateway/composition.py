@@ -26,6 +26,8 @@ from gateway.observe.metrics import Metrics
 from gateway.payment.challenge import PreparedChallenges
 from gateway.payment.engine import Facilitator, Payments
 from gateway.payment.limits import RateLimiter
+from gateway.payment.price_hook import HttpPriceSource
+from gateway.payment.prices import Prices, PriceSource
 from gateway.proxy.routes import RouteTable
 from gateway.proxy.upstream import Upstream
 from gateway.serving.state import InFlight
@@ -56,6 +58,7 @@ class Parts:
     store: Callable[[Settings], PaymentStore] = default_store
     facilitator: Callable[[Settings, Metrics], Facilitator] = default_facilitator
     upstream: Callable[[Settings], Upstream] = Upstream
+    prices: Callable[[], PriceSource] = HttpPriceSource
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +90,7 @@ class Generation:
     generation: int
     refresher: asyncio.Task[None]
     limiter: RateLimiter
+    prices: Prices
     users: InFlight = dataclasses.field(default_factory=InFlight)  # its requests in flight
 
     def shared_parts(self) -> list[tuple[object, Close]]:
@@ -96,6 +100,7 @@ class Generation:
             (self.upstream, self.upstream.close),
             (self.payments.facilitator, self.payments.close),
             (self.payments.store, self.payments.store.close),
+            (self.prices, self.prices.close),
         ]
 
 
@@ -131,6 +136,7 @@ async def build(
             generation=generation,
             refresher=refresher,
             limiter=RateLimiter(settings, store if isinstance(store, TokenBuckets) else None),
+            prices=Prices(parts.prices()),
         )
         undo.pop_all()  # started: from now on whoever retires it closes its parts
     return built

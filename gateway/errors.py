@@ -163,3 +163,13 @@ class TooManyRequests(GatewayError):
     def __init__(self, detail: str, retry_after: int) -> None:
         super().__init__(detail)
         self.retry_after = retry_after
+
+
+class PriceUnavailable(GatewayError):
+    """A dynamically priced route's price could not be had (the hook is down, slow or said
+    something that is not a price): fail closed, nothing is forwarded."""
+
+    status = 503
+    title = "Price unavailable"
+    reason = "price_unavailable"
+    retry_after = 5

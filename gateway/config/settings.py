@@ -111,6 +111,26 @@ class Discovery:
 
 
 @dataclass(frozen=True, slots=True)
+class PriceHook:
+    """`price: {hook: URL, cache: 30s}`: the price of each request, asked of the owner's
+    service (POST {method, path, query, headers}; answer {"price": "$0.003"} or "free")."""
+
+    url: str
+    cache: float = 30.0  # seconds a price is kept per (method, path, query, headers)
+    timeout: float = 2.0  # slower than this: 503, nothing forwarded
+    headers: tuple[str, ...] = ()  # request headers sent to the hook (and part of the key)
+
+
+@dataclass(frozen=True, slots=True)
+class PriceRule:
+    """One `price_by:` entry: the value of a query parameter or header picks the price."""
+
+    source: Literal["query", "header"]
+    name: str
+    cases: Mapping[str, int | None]  # value -> atomic amount; None: free
+
+
+@dataclass(frozen=True, slots=True)
 class RouteSettings:
     """One entry of `routes:`, in file order (`index` is its position)."""
 
@@ -127,6 +147,13 @@ class RouteSettings:
     # The route's own request rates (its own buckets), on top of the global `limits`.
     rate_limits: RateLimits = NO_RATE_LIMITS
     discovery: Discovery | None = None  # None: not listed with call details
+    # Dynamic prices: `accepts` then holds one template whose amount each request sets.
+    price_hook: PriceHook | None = None
+    price_by: tuple[PriceRule, ...] = ()
+
+    @property
+    def dynamic(self) -> bool:
+        return self.price_hook is not None or bool(self.price_by)
 
     @property
     def free(self) -> bool:

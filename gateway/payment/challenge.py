@@ -168,10 +168,12 @@ class PreparedChallenges:
         self.public_url = settings.public_url.rstrip("/") if settings.public_url else None
         self.trusted_proxies = settings.trusted_proxies
         self._v2 = {r.index: requirements_v2(r) for r in settings.routes if not r.free}
+        # A dynamically priced route is resolved per request into a copy with its own
+        # `accepts`: what was prepared from the configured one is used only for that one.
+        self._accepts = {r.index: r.accepts for r in settings.routes if not r.free}
         self._extensions = {r.index: bazaar_extension(r) for r in settings.routes if not r.free}
-        self._cache: LRUCache[tuple[int, str, str], tuple[dict[str, str], bytes]] = LRUCache(
-            maxsize=cache_size
-        )
+        self._cache: LRUCache[tuple[int, str, str, tuple[int, ...]], tuple[dict[str, str], bytes]]
+        self._cache = LRUCache(maxsize=cache_size)
 
     def resource_url(self, request: Addressed, path: str, query: str) -> str:
         """The URL a challenge names for the canonical `path` and raw `query`: under
@@ -196,13 +198,15 @@ class PreparedChallenges:
 
     def _requirements(self, route: RouteSettings) -> list[PaymentRequirements]:
         prepared = self._v2.get(route.index)
-        return prepared if prepared is not None else requirements_v2(route)
+        if prepared is None or self._accepts.get(route.index) is not route.accepts:
+            return requirements_v2(route)
+        return prepared
 
     def payment_required(
         self, route: RouteSettings, resource_url: str, error: str
     ) -> tuple[dict[str, str], bytes]:
         """As `payment_required()`, cached; the headers are a fresh dict the caller may extend."""
-        key = (route.index, resource_url, error)
+        key = (route.index, resource_url, error, tuple(r.amount for r in route.accepts))
         hit = self._cache.get(key)
         if hit is None:
             extensions = self._extensions.get(route.index)

@@ -74,6 +74,10 @@ def _item(route: RouteSettings, base_url: str) -> dict[str, Any]:
         "mimeType": route.mime_type,
         "accepts": [r.model_dump(by_alias=True, exclude_none=True) for r in requirements_v2(route)],
     }
+    if route.price_hook is not None:
+        item["accepts"] = []  # priced per request by the owner's service: take a 402 first
+    if route.dynamic:
+        item["dynamicPrice"] = True
     extension = bazaar_extension(route)
     if extension is not None:
         item["extensions"] = extension

@@ -46,3 +46,25 @@ class CountingRelay(ThreadedApp):
         ):
             body, status = await resp.read(), resp.status
         return web.Response(body=body, status=status, content_type="application/json")
+
+
+class Pricer(ThreadedApp):
+    """The API owner's pricing service: answers `price` (settable) to every hook call and
+    records what the gateway asked; `status` other than 200 plays a broken service."""
+
+    def __init__(self, price: str) -> None:
+        super().__init__()
+        self.price = price
+        self.status = 200
+        self.asked: list[dict[str, object]] = []
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/price", self._price)
+        return app
+
+    async def _price(self, request: web.Request) -> web.Response:
+        self.asked.append(await request.json())
+        if self.status != 200:
+            return web.Response(status=self.status)
+        return web.json_response({"price": self.price})

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from gateway import config
-from gateway.config import discovery, document, facilitators, rates
+from gateway.config import discovery, document, dynamic, facilitators, rates
 from gateway.config import routes as config_routes
 from gateway.errors import ConfigError
 
@@ -35,6 +35,7 @@ SECTIONS: dict[str, frozenset[str]] = {
     "$defs.accept": config_routes.ACCEPT_KEYS,
     "$defs.routeLimits": rates.ROUTE_LIMIT_KEYS,
     "$defs.discovery": discovery.DISCOVERY_KEYS,
+    "$defs.priceHook": dynamic.HOOK_KEYS,
     "$defs.discoveryInput": discovery.DISCOVERY_INPUT_KEYS,
     "$defs.discoveryOutput": discovery.DISCOVERY_OUTPUT_KEYS,
 }
@@ -153,6 +154,7 @@ MINIMAL = {
         {"asset": {"address": "0x" + "1" * 40, "name": "T", "version": "1"}},
         {"limits": {"request_body": "lots"}},
         {"limits": {"per_payer": "ten a second"}},
+        {"routes": [{"path": "/a", "price": {"hook": "http://h/", "cahce": "1s"}}]},
         {"routes": [{"path": "/a", "price": "free", "discovery": {"input": {"query": {"q": 1}}}}]},
         {"routes": [{"path": "/a", "price": "free", "limits": {"per_ip": "1/s", "x": 1}}]},
         {"log_level": "verbose"},
