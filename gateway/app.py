@@ -61,7 +61,8 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
         path, query = canonicalize(request.raw_path)
         if wellknown.serves(gw.settings, request.method, path):
             return wellknown.response(request, gw.settings, gw.challenges)
-        route = record.route = find_route(gw, request.method, path)
+        ip = client_ip(request.remote, request.headers.getall("X-Forwarded-For", []), gw.settings)
+        route = await route_at_price(request, gw, record, (path, query), ip)
         forward = functools.partial(
             gw.upstream.send,
             request,
@@ -70,13 +71,6 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
             query=query,
             drop_headers=gw.drop_headers,
         )
-        ip = client_ip(request.remote, request.headers.getall("X-Forwarded-For", []), gw.settings)
-        if route is not None and route.dynamic:  # this request's price, before anything else
-            route = record.route = await gw.prices.resolve(
-                route, request.method, path, query, request.headers
-            )
-        if route is not None and route.free:
-            await gw.limiter.check(route, ip)
         if route is None or route.free:
             upstream = await forward(add_headers={"X-Request-Id": record.request_id})
             return await relay(request, upstream)
@@ -123,6 +117,22 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
     except GatewayError as exc:
         record.error = exc
         return answers.error_response(request, exc, resource, record.request_id)
+
+
+async def route_at_price(
+    request: web.Request, gw: Generation, record: RequestRecord, target: tuple[str, str], ip: str
+) -> RouteSettings | None:
+    """The request's route at this request's price (a dynamic one resolved first: the hook
+    or the rules), a free one counted against its own rates."""
+    path, query = target
+    route = record.route = find_route(gw, request.method, path)
+    if route is not None and route.dynamic:
+        route = record.route = await gw.prices.resolve(
+            route, request.method, path, query, request.headers
+        )
+    if route is not None and route.free:
+        await gw.limiter.check(route, ip)
+    return route
 
 
 def find_route(gw: Generation, method: str, path: str) -> RouteSettings | None:

@@ -51,7 +51,7 @@ def test_atomic() -> None:
 
 
 def test_config_rejects_a_hook_with_rules_and_rules_without_a_price() -> None:
-    base = HEAD.split("routes:")[0].format(origin="http://127.0.0.1:9", hook="x")
+    base = HEAD.split("routes:", maxsplit=1)[0].format(origin="http://127.0.0.1:9", hook="x")
     for route, message in [
         ('{path: /a, price: {hook: "http://h/"}, price_by: {query.a: {b: "$1"}}}', "not both"),
         ('{path: /a, price: free, price_by: {query.a: {b: "$1"}}}', "needs a price"),
