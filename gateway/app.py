@@ -59,8 +59,6 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
     resource: answers.PricedResource | None = None  # set once the request is for a price
     try:
         path, query = canonicalize(request.raw_path)
-        if wellknown.serves(gw.settings, request.method, path):
-            return wellknown.response(request, gw.settings, gw.challenges)
         ip = client_ip(request.remote, request.headers.getall("X-Forwarded-For", []), gw.settings)
         route = await route_at_price(request, gw, record, (path, query), ip)
         forward = functools.partial(
@@ -81,6 +79,9 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
             await gw.limiter.check(route, ip)
             return answers.challenge_response(request, resource, ERROR_PAYMENT_REQUIRED)
         matched = match_requirement(route, payment, url)
+        ticket = await gw.retries.start(matched)  # a named payment's kept response, if any
+        if isinstance(ticket, web.Response):
+            return ticket
         await gw.limiter.check(route, ip, matched.payer)  # before the claim: no facilitator call
         async with gw.payments.claimed(matched, route, record.request_id) as claim:
             record.claim = claim
@@ -108,12 +109,8 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
                     raise
             assert claim.settled is not None
             receipt = receipt_headers(claim.settled, matched.version)
-            return await relay(
-                request,
-                upstream,
-                {**receipt, **PRIVATE, **timing(gw, claim, started)},
-                expose_x402=True,
-            )
+            extra = {**receipt, **PRIVATE, **timing(gw, claim, started)}
+            return await gw.retries.relay(ticket, request, upstream, extra, receipt)
     except GatewayError as exc:
         record.error = exc
         return answers.error_response(request, exc, resource, record.request_id)
@@ -187,7 +184,12 @@ async def entry(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     async with request.app[SERVER_STATE].in_flight.track(), gw.users.track():
         try:
-            response = await handle(request, gw, record)
+            if wellknown.serves(gw.settings, request.method, request.rel_url.raw_path):
+                response: web.StreamResponse = wellknown.response(
+                    request, gw.settings, gw.challenges
+                )
+            else:
+                response = await handle(request, gw, record)
             await finish(request, response)
             record.status, record.sent = response.status, response.body_length
             return response

@@ -28,11 +28,13 @@ from gateway.payment.engine import Facilitator, Payments
 from gateway.payment.limits import RateLimiter
 from gateway.payment.price_hook import HttpPriceSource
 from gateway.payment.prices import Prices, PriceSource
+from gateway.payment.retries import Retries
 from gateway.proxy.routes import RouteTable
 from gateway.proxy.upstream import Upstream
 from gateway.serving.state import InFlight
 from gateway.store import PaymentStore, open_store
 from gateway.store.buckets import TokenBuckets
+from gateway.store.kept import KeptResponses
 
 # The events of building a generation have always been the reload logger's: operators filter
 # on logger names, so they stay.
@@ -91,6 +93,7 @@ class Generation:
     refresher: asyncio.Task[None]
     limiter: RateLimiter
     prices: Prices
+    retries: Retries
     users: InFlight = dataclasses.field(default_factory=InFlight)  # its requests in flight
 
     def shared_parts(self) -> list[tuple[object, Close]]:
@@ -137,6 +140,9 @@ async def build(
             refresher=refresher,
             limiter=RateLimiter(settings, store if isinstance(store, TokenBuckets) else None),
             prices=Prices(parts.prices()),
+            retries=Retries(
+                settings.idempotency, store if isinstance(store, KeptResponses) else None
+            ),
         )
         undo.pop_all()  # started: from now on whoever retires it closes its parts
     return built

@@ -31,6 +31,7 @@ from gateway.config.routes import RouteDefaults, compile_routes
 from gateway.config.settings import (
     Address,
     AssetSpec,
+    Idempotency,
     Limits,
     RouteSettings,
     Settings,
@@ -58,7 +59,9 @@ TOP_LEVEL_KEYS = frozenset(
         "server_timing",
         "routes",
     }
+    | {"idempotency"}
 )
+IDEMPOTENCY_KEYS = frozenset({"keep_body", "keep_for", "required"})
 ASSET_KEYS = frozenset({"address", "name", "version", "decimals", "symbol"})
 TIMEOUT_KEYS = frozenset(
     {"connect", "read", "request_header", "request_body", "shutdown_grace", "keepalive"}
@@ -107,6 +110,7 @@ def compile_document(reader: Reader, root: yaml.Node) -> Settings | None:
         log_level=top.read("log_level", choice(LOG_LEVELS), "info"),
         workers=workers,
         server_timing=top.read("server_timing", boolean, False),
+        idempotency=_idempotency(reader, top.get("idempotency")),
     )
 
 
@@ -250,6 +254,20 @@ def _limits(reader: Reader, node: yaml.Node | None) -> Limits:
         connections=section.read("connections", positive_int, default.connections),
         payment_header=section.read("payment_header", size, default.payment_header),
         rates=read_rates(section),
+    )
+
+
+def _idempotency(reader: Reader, node: yaml.Node | None) -> Idempotency | None:
+    if node is None:
+        return None
+    section = reader.section(node, "idempotency", IDEMPOTENCY_KEYS)
+    if section is None:
+        return None
+    default = Idempotency()
+    return Idempotency(
+        keep_body=section.read("keep_body", using(cv.parse_size), default.keep_body),
+        keep_for=section.read("keep_for", duration, default.keep_for),
+        required=section.read("required", boolean, default.required),
     )
 
 

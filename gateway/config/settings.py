@@ -206,6 +206,15 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class Idempotency:
+    """The payment-identifier extension: a paid response kept for a retry with the same id."""
+
+    keep_body: int = 1 << 20  # bytes; a larger response is streamed, not kept (retry: 409)
+    keep_for: float = 86400.0  # seconds a kept response answers retries
+    required: bool = False  # True: a payment without an identifier is refused (400)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     source: str  # the config file's path
     listen: Address
@@ -226,3 +235,4 @@ class Settings:
     log_level: str = "info"
     workers: int = 1
     server_timing: bool = False  # opt-in `Server-Timing` header on paid responses
+    idempotency: Idempotency | None = None  # None: the extension is not offered

@@ -21,7 +21,7 @@ from x402.schemas import PaymentRequired, PaymentRequirements, ResourceInfo
 from x402.schemas.v1 import PaymentRequiredV1
 
 from gateway.config.settings import Requirement, RouteSettings, Settings
-from gateway.payment.discovery import bazaar_extension
+from gateway.payment.discovery import bazaar_extension, declaration
 from gateway.payment.networks import is_testnet
 from gateway.payment.requirements import requirements_v1, requirements_v2
 from gateway.proxy.headers import X402_EXPOSED, is_trusted
@@ -171,7 +171,12 @@ class PreparedChallenges:
         # A dynamically priced route is resolved per request into a copy with its own
         # `accepts`: what was prepared from the configured one is used only for that one.
         self._accepts = {r.index: r.accepts for r in settings.routes if not r.free}
-        self._extensions = {r.index: bazaar_extension(r) for r in settings.routes if not r.free}
+        declared = declaration(settings.idempotency)
+        self._extensions = {
+            r.index: {**(bazaar_extension(r) or {}), **declared} or None
+            for r in settings.routes
+            if not r.free or r.dynamic
+        }
         self._cache: LRUCache[tuple[int, str, str, tuple[int, ...]], tuple[dict[str, str], bytes]]
         self._cache = LRUCache(maxsize=cache_size)
 

@@ -17,8 +17,12 @@ from x402.extensions.bazaar import (
     bazaar_resource_server_extension,
     declare_discovery_extension,
 )
+from x402.extensions.payment_identifier import (
+    PAYMENT_IDENTIFIER,
+    declare_payment_identifier_extension,
+)
 
-from gateway.config.settings import Discovery, RouteSettings, Settings
+from gateway.config.settings import Discovery, Idempotency, RouteSettings, Settings
 from gateway.payment.requirements import requirements_v2, thaw
 
 WELL_KNOWN = "/.well-known/x402"
@@ -61,6 +65,13 @@ def bazaar_extension(route: RouteSettings) -> dict[str, Any] | None:
     context = SimpleNamespace(method=discovery_method(route, found))
     enriched = bazaar_resource_server_extension.enrich_declaration(declared[BAZAAR.key], context)
     return {BAZAAR.key: enriched}
+
+
+def declaration(config: Idempotency | None) -> dict[str, Any]:
+    """The payment-identifier extension a 402 declares (the SDK's declaration), or nothing."""
+    if config is None:
+        return {}
+    return {PAYMENT_IDENTIFIER: declare_payment_identifier_extension(required=config.required)}
 
 
 def _item(route: RouteSettings, base_url: str) -> dict[str, Any]:

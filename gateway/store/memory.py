@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from cachetools import TLRUCache
 
 from .buckets import Bucket, MemoryBuckets
+from .kept import MemoryKept
 from .records import PaymentRecord, latest_per_request
 
 
@@ -27,6 +28,7 @@ class MemoryStore:
         )
         self._history: deque[PaymentRecord] = deque(maxlen=history)
         self._buckets = MemoryBuckets()
+        self._kept = MemoryKept()
 
     async def claim(self, key: str, record: PaymentRecord, ttl: float) -> PaymentRecord | None:
         held = self._claims.get(key)
@@ -55,6 +57,15 @@ class MemoryStore:
 
     async def take_tokens(self, buckets: Sequence[Bucket]) -> float:
         return await self._buckets.take_tokens(buckets)
+
+    async def reserve(self, key: str, value: bytes, ttl: float) -> bytes | None:
+        return await self._kept.reserve(key, value, ttl)
+
+    async def keep(self, key: str, value: bytes, ttl: float) -> None:
+        await self._kept.keep(key, value, ttl)
+
+    async def forget(self, key: str) -> None:
+        await self._kept.forget(key)
 
     async def close(self) -> None:
         return None

@@ -87,6 +87,13 @@ for i, key in ipairs(KEYS) do
 end
 return 0
 """
+# Reserve a kept response's key (gateway/store/kept.py): set unless held; hand back the holder.
+_RESERVE = """
+local held = redis.call('GET', KEYS[1])
+if held then return held end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+"""
 HISTORY_KEY = "x402:payments"
 HISTORY_LEN = 100_000
 CONNECT_TIMEOUT = 2.0
@@ -157,6 +164,7 @@ class RedisStore:
         self._claim = self._redis.register_script(_CLAIM)
         self._release = self._redis.register_script(_RELEASE)
         self._take = self._redis.register_script(_TAKE)
+        self._reserve = self._redis.register_script(_RESERVE)
         self._backoff = backoff or Backoff()
         self._clock = clock
         self._slots = asyncio.Semaphore(MAX_CONCURRENT)
@@ -220,6 +228,16 @@ class RedisStore:
 
     async def ping(self) -> None:
         await self._call(self._redis.ping())
+
+    async def reserve(self, key: str, value: bytes, ttl: float) -> bytes | None:
+        held = await self._call(self._reserve(keys=[key], args=[value, _ms(ttl)]))
+        return None if held is None else bytes(held)
+
+    async def keep(self, key: str, value: bytes, ttl: float) -> None:
+        await self._call(self._redis.set(key, value, px=_ms(ttl)))
+
+    async def forget(self, key: str) -> None:
+        await self._call(self._redis.delete(key))
 
     async def take_tokens(self, buckets: Sequence[Bucket]) -> float:
         """One round trip for all of them; a cluster keeps each key in its own slot, so

@@ -28,6 +28,7 @@ SECTIONS: dict[str, frozenset[str]] = {
     "": document.TOP_LEVEL_KEYS,
     "properties.timeouts": document.TIMEOUT_KEYS,
     "properties.limits": document.LIMIT_KEYS,
+    "properties.idempotency": document.IDEMPOTENCY_KEYS,
     "$defs.asset": document.ASSET_KEYS,
     "$defs.facilitator": facilitators.FACILITATOR_KEYS,
     "$defs.facilitator.properties.local": facilitators.LOCAL_FACILITATOR_KEYS,
