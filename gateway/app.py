@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway import answers, wellknown
+from gateway import answers, mcp_tools, wellknown
 from gateway.composition import Generation, Parts
 from gateway.config.settings import RouteSettings, Settings
 from gateway.errors import GatewayError, MethodNotAllowed
@@ -69,9 +69,8 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
             query=query,
             drop_headers=gw.drop_headers,
         )
-        if route is None or route.free:
-            upstream = await forward(add_headers={"X-Request-Id": record.request_id})
-            return await relay(request, upstream)
+        if route is None or route.free:  # an MCP endpoint too: priced per tool, if at all
+            return await not_priced(request, gw, route, forward, record.request_id)
         url = gw.challenges.resource_url(request, path, query)
         resource = answers.PricedResource(gw.challenges, route, url)
         payment = decode_payment(request.headers, gw.settings.limits.payment_header)
@@ -114,6 +113,19 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
     except GatewayError as exc:
         record.error = exc
         return answers.error_response(request, exc, resource, record.request_id)
+
+
+async def not_priced(
+    request: web.Request,
+    gw: Generation,
+    route: RouteSettings | None,
+    forward: mcp_tools.Forward,
+    request_id: str,
+) -> web.StreamResponse:
+    """A free route, or an MCP endpoint (whose priced tool calls are in the JSON-RPC)."""
+    if route is not None and route.mcp is not None:
+        return await mcp_tools.handle(request, gw, route, forward, request_id)
+    return await relay(request, await forward(add_headers={"X-Request-Id": request_id}))
 
 
 async def route_at_price(

@@ -15,6 +15,7 @@ from gateway.config import pricing
 from gateway.config import values as cv
 from gateway.config.discovery import compile_discovery
 from gateway.config.dynamic import hook_price, price_rules
+from gateway.config.mcp import compile_mcp
 from gateway.config.pricing import DEFAULT_MAX_TIMEOUT_SECONDS, Asset, Offer
 from gateway.config.rates import route_rates
 from gateway.config.reader import Reader, Scalar, Section, choice, positive_int, text, using
@@ -25,6 +26,7 @@ ROUTE_KEYS = frozenset(
     | {"limits"}
     | {"discovery"}
     | {"price_by"}
+    | {"mcp"}
 )
 ACCEPT_KEYS = frozenset(
     {"scheme", "network", "asset", "amount", "pay_to", "max_timeout_seconds", "extra"}
@@ -108,6 +110,12 @@ def _route(
         ),
         discovery=compile_discovery(reader, entry.get("discovery"), entry.where("discovery")),
         **_dynamic(reader, entry, defaults, accepts),
+        mcp=compile_mcp(
+            reader,
+            entry.get("mcp"),
+            entry.where("mcp"),
+            lambda node, where: _price(reader, node, where, defaults),
+        ),
     )
     return route if path is not None else None
 
@@ -120,6 +128,9 @@ def _pricing(
     if price is not None and accepts is not None:
         entry.error("accepts", "give price or accepts, not both")
         return "", ()
+    if "mcp" in entry and (price is not None or accepts is not None):
+        entry.error("mcp", "an MCP endpoint is priced per tool; leave price and accepts out")
+        return "", ()
     if isinstance(price, yaml.MappingNode):
         offer = (defaults.network, defaults.pay_to, defaults.asset)
         price_text, req, _ = hook_price(reader, price, entry.where("price"), offer)
@@ -129,7 +140,8 @@ def _pricing(
         return price_text, (req,) if req is not None else ()
     if accepts is not None:
         return _accepts(reader, accepts, entry.where("accepts"), defaults)
-    entry.error("price", 'required: a price ("$0.001"), free, or accepts: [...]')
+    if "mcp" not in entry:  # an MCP endpoint is priced per tool instead
+        entry.error("price", 'required: a price ("$0.001"), free, or accepts: [...]')
     return "", ()
 
 

@@ -131,6 +131,15 @@ class PriceRule:
 
 
 @dataclass(frozen=True, slots=True)
+class McpPricing:
+    """`mcp: {tools: {search: "$0.01"}, default: free}` on an MCP streamable-HTTP endpoint:
+    `tools/call` priced by tool name; every other JSON-RPC method is free."""
+
+    tools: Mapping[str, Requirement | None]  # None: that tool is free
+    default: Requirement | None = None  # tools not named; None: free
+
+
+@dataclass(frozen=True, slots=True)
 class RouteSettings:
     """One entry of `routes:`, in file order (`index` is its position)."""
 
@@ -150,6 +159,7 @@ class RouteSettings:
     # Dynamic prices: `accepts` then holds one template whose amount each request sets.
     price_hook: PriceHook | None = None
     price_by: tuple[PriceRule, ...] = ()
+    mcp: McpPricing | None = None  # an MCP endpoint: priced per tool, the route itself is free
 
     @property
     def dynamic(self) -> bool:

@@ -4,13 +4,19 @@ facilitator call and what did not."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import subprocess
+import sys
 import threading
 from collections import Counter
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
 from tests.e2e.gateway_proc import ThreadedApp
+from tests.procs import free_port, stop, wait_port
 
 
 class CountingRelay(ThreadedApp):
@@ -68,3 +74,47 @@ class Pricer(ThreadedApp):
         if self.status != 200:
             return web.Response(status=self.status)
         return web.json_response({"price": self.price})
+
+
+class McpOrigin:
+    """tests/e2e/_mcp_origin.py in its own process; `calls` are the tool calls it ran."""
+
+    def __init__(self, json_response: bool = False) -> None:
+        self.port = free_port()
+        self.json_response = json_response
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.calls: list[str] = []
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> McpOrigin:
+        argv = [sys.executable, str(Path(__file__).with_name("_mcp_origin.py")), str(self.port)]
+        self.proc = subprocess.Popen(
+            argv + (["json"] if self.json_response else []),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_port(self.port, 30, self.proc)
+        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+        return self
+
+    def _read(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            with contextlib.suppress(ValueError):
+                tool = json.loads(line)["tool"]
+                with self._lock:
+                    self.calls.append(tool)
+
+    def called(self, tool: str) -> int:
+        with self._lock:
+            return self.calls.count(tool)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from gateway import config
-from gateway.config import discovery, document, dynamic, facilitators, rates
+from gateway.config import discovery, document, dynamic, facilitators, mcp, rates
 from gateway.config import routes as config_routes
 from gateway.errors import ConfigError
 
@@ -37,6 +37,7 @@ SECTIONS: dict[str, frozenset[str]] = {
     "$defs.routeLimits": rates.ROUTE_LIMIT_KEYS,
     "$defs.discovery": discovery.DISCOVERY_KEYS,
     "$defs.priceHook": dynamic.HOOK_KEYS,
+    "$defs.mcp": mcp.MCP_KEYS,
     "$defs.discoveryInput": discovery.DISCOVERY_INPUT_KEYS,
     "$defs.discoveryOutput": discovery.DISCOVERY_OUTPUT_KEYS,
 }
