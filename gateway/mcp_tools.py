@@ -192,9 +192,17 @@ class _Call:
             return answer
         try:
             settled = await self.gw.payments.settle(self.claim)
-        except PaymentError as exc:
-            refused = payment_required_result(self.route, self.name, exc.reason)
-            return {"jsonrpc": "2.0", "id": self.message.get("id"), "result": refused}
+        except GatewayError as exc:
+            # Answered inside the JSON-RPC (an event stream's head is already sent): a refused
+            # settlement asks for a new payment; anything else (pending: do not pay again;
+            # facilitator down) is an error that never asks to pay again.
+            await self.gw.payments.abandon(self.claim, exc.reason)
+            if isinstance(exc, PaymentError):
+                refused = payment_required_result(self.route, self.name, exc.reason)
+                return {"jsonrpc": "2.0", "id": self.message.get("id"), "result": refused}
+            error = {"reason": exc.reason, "retryAfter": exc.retry_after}
+            failure = {"code": -32000, "message": exc.detail, "data": error}
+            return {"jsonrpc": "2.0", "id": self.message.get("id"), "error": failure}
         meta = result.get("_meta")
         receipt = settled.model_dump(by_alias=True, exclude_none=True)
         meta = {**(meta if isinstance(meta, dict) else {}), RECEIPT_META: receipt}
@@ -227,25 +235,30 @@ class _Call:
         headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         out = web.StreamResponse(status=200, headers={**headers, **_session(upstream)})
         await out.prepare(request)
-        pending, answered = b"", False
         try:
-            async for chunk in upstream.content.iter_any():
-                pending += chunk.replace(b"\r\n", b"\n")
-                while b"\n\n" in pending:
-                    event, pending = pending.split(b"\n\n", 1)
-                    event, done = await self.event(event, answered)
-                    answered = answered or done
-                    await out.write(event + b"\n\n")
-            if pending.strip():
-                event, done = await self.event(pending, answered)
-                answered = answered or done
-                await out.write(event)
+            await self._events(out, upstream)
+        except ConnectionResetError:
+            return out  # the client went away: nothing to answer, nobody to tell
         finally:
             upstream.release()
-        if not answered:
-            await self.gw.payments.abandon(self.claim, "the MCP server sent no answer")
         await out.write_eof()
         return out
+
+    async def _events(self, out: web.StreamResponse, upstream: aiohttp.ClientResponse) -> None:
+        pending, answered = b"", False
+        async for chunk in upstream.content.iter_any():
+            pending = (pending + chunk).replace(b"\r\n", b"\n")
+            while b"\n\n" in pending:
+                event, pending = pending.split(b"\n\n", 1)
+                event, done = await self.event(event, answered)
+                answered = answered or done
+                await out.write(event + b"\n\n")
+        if pending.strip():
+            event, done = await self.event(pending, answered)
+            answered = answered or done
+            await out.write(event)
+        if not answered:
+            await self.gw.payments.abandon(self.claim, "the MCP server sent no answer")
 
     async def event(self, event: bytes, answered: bool) -> tuple[bytes, bool]:
         lines = event.split(b"\n")
