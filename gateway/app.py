@@ -81,7 +81,8 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
         ticket = await gw.retries.start(matched)  # a named payment's kept response, if any
         if isinstance(ticket, web.Response):
             return ticket
-        await gw.limiter.check(route, ip, matched.payer)  # before the claim: no facilitator call
+        # Before the claim: a flood, or a payer over its daily cap, costs no facilitator call.
+        await gw.limiter.check(route, ip, matched.payer, matched.requirement)
         async with gw.payments.claimed(matched, route, record.request_id) as claim:
             record.claim = claim
             await gw.payments.verify(claim)
@@ -107,6 +108,7 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
                     await gw.upstream.discard(upstream)  # settlement failed: serve nothing
                     raise
             assert claim.settled is not None
+            await gw.limiter.count_spend(matched.payer, matched.requirement, time.time())
             receipt = receipt_headers(claim.settled, matched.version)
             extra = {**receipt, **PRIVATE, **timing(gw, claim, started)}
             return await gw.retries.relay(ticket, request, upstream, extra, receipt)

@@ -35,6 +35,7 @@ from gateway.serving.state import InFlight
 from gateway.store import PaymentStore, open_store
 from gateway.store.buckets import TokenBuckets
 from gateway.store.kept import KeptResponses
+from gateway.store.spend import SpendCounters
 
 # The events of building a generation have always been the reload logger's: operators filter
 # on logger names, so they stay.
@@ -138,7 +139,11 @@ async def build(
             drop_headers=(*PAYMENT_HEADERS, settings.payer_header),
             generation=generation,
             refresher=refresher,
-            limiter=RateLimiter(settings, store if isinstance(store, TokenBuckets) else None),
+            limiter=RateLimiter(
+                settings,
+                store if isinstance(store, TokenBuckets) else None,
+                store if isinstance(store, SpendCounters) else None,
+            ),
             prices=Prices(parts.prices()),
             retries=Retries(
                 settings.idempotency, store if isinstance(store, KeptResponses) else None

@@ -160,8 +160,8 @@ class TooManyRequests(GatewayError):
     title = "Too many requests"
     reason = "rate_limited"
 
-    def __init__(self, detail: str, retry_after: int) -> None:
-        super().__init__(detail)
+    def __init__(self, detail: str, retry_after: int, *, reason: str | None = None) -> None:
+        super().__init__(detail, reason=reason)
         self.retry_after = retry_after
 
 

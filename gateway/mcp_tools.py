@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -148,7 +149,7 @@ async def _paid_call(  # noqa: PLR0913  one call's parts
         reason = exc.reason if isinstance(exc, GatewayError) else "invalid_payload"
         return _rpc(message, payment_required_result(route, name, reason))
     ip = client_ip(request.remote, request.headers.getall("X-Forwarded-For", []), gw.settings)
-    await gw.limiter.check(route, ip, matched.payer)
+    await gw.limiter.check(route, ip, matched.payer, matched.requirement)
     rest = {k: v for k, v in meta.items() if k != PAYMENT_META}
     clean = {**message, "params": {**params, "_meta": rest} if rest else _without_meta(params)}
     async with gw.payments.claimed(matched, route, request_id) as claim:
@@ -203,6 +204,8 @@ class _Call:
             error = {"reason": exc.reason, "retryAfter": exc.retry_after}
             failure = {"code": -32000, "message": exc.detail, "data": error}
             return {"jsonrpc": "2.0", "id": self.message.get("id"), "error": failure}
+        matched = self.claim.matched
+        await self.gw.limiter.count_spend(matched.payer, matched.requirement, time.time())
         meta = result.get("_meta")
         receipt = settled.model_dump(by_alias=True, exclude_none=True)
         meta = {**(meta if isinstance(meta, dict) else {}), RECEIPT_META: receipt}

@@ -68,6 +68,7 @@ TIMEOUT_KEYS = frozenset(
 )
 LIMIT_KEYS = frozenset(
     {"request_body", "header_size", "connections", "payment_header", "per_payer", "per_ip"}
+    | {"daily_spend"}
 )
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_LISTEN = Address("0.0.0.0", 8402)

@@ -11,8 +11,9 @@ from gateway import formats
 from gateway.config.reader import Reader, Section, using
 from gateway.config.settings import NO_RATE_LIMITS, Rate, RateLimits
 
-RATE_KEYS = frozenset({"per_payer", "per_ip"})
-ROUTE_LIMIT_KEYS = RATE_KEYS
+RATE_KEYS = frozenset({"per_payer", "per_ip", "daily_spend"})
+ROUTE_LIMIT_KEYS = frozenset({"per_payer", "per_ip"})
+MICRO = 1_000_000
 _RATE = re.compile(r"\s*(\d+)\s*/\s*(\S+)\s*")
 _UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 _MAX_COUNT = 1_000_000_000
@@ -38,12 +39,22 @@ def parse_rate(text: str) -> Rate:
     return Rate(count, seconds)
 
 
+def parse_spend(text: str) -> int:
+    """`"$5"`: a daily cap in millionths of a dollar (stablecoins count at face value)."""
+    micro = formats.parse_usd(text) * MICRO
+    if micro != micro.to_integral_value():
+        raise ValueError(f"{formats.quote(text)} is finer than $0.000001")
+    return int(micro)
+
+
 def read_rates(section: Section) -> RateLimits:
-    """`per_payer` and `per_ip` of a section that may hold other keys too."""
+    """`per_payer`, `per_ip` (and, at the top level, `daily_spend`) of a section that may
+    hold other keys too."""
     rate = using(parse_rate)
     found = RateLimits(
         per_payer=section.read("per_payer", rate, None),
         per_ip=section.read("per_ip", rate, None),
+        daily_spend=section.read("daily_spend", using(parse_spend), None),
     )
     return found if found.any else NO_RATE_LIMITS
 

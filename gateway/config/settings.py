@@ -87,10 +87,12 @@ class RateLimits:
 
     per_payer: Rate | None = None
     per_ip: Rate | None = None
+    # Most a payer may spend per UTC day, in millionths of a dollar (top level only).
+    daily_spend: int | None = None
 
     @property
     def any(self) -> bool:
-        return self.per_payer is not None or self.per_ip is not None
+        return self.per_payer is not None or self.per_ip is not None or bool(self.daily_spend)
 
 
 NO_RATE_LIMITS = RateLimits()

@@ -13,6 +13,7 @@ from cachetools import TLRUCache
 from .buckets import Bucket, MemoryBuckets
 from .kept import MemoryKept
 from .records import PaymentRecord, latest_per_request
+from .spend import MemorySpend
 
 
 def _expires(_key: str, value: tuple[PaymentRecord, float], now: float) -> float:
@@ -29,6 +30,7 @@ class MemoryStore:
         self._history: deque[PaymentRecord] = deque(maxlen=history)
         self._buckets = MemoryBuckets()
         self._kept = MemoryKept()
+        self._spend = MemorySpend()
 
     async def claim(self, key: str, record: PaymentRecord, ttl: float) -> PaymentRecord | None:
         held = self._claims.get(key)
@@ -66,6 +68,12 @@ class MemoryStore:
 
     async def forget(self, key: str) -> None:
         await self._kept.forget(key)
+
+    async def spent(self, key: str) -> int:
+        return await self._spend.spent(key)
+
+    async def add_spent(self, key: str, amount: int, ttl: float) -> None:
+        await self._spend.add_spent(key, amount, ttl)
 
     async def close(self) -> None:
         return None

@@ -94,6 +94,12 @@ if held then return held end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return false
 """
+# Add to a payer's daily spend; the first addition starts the counter's lifetime.
+_ADD_SPENT = """
+local v = redis.call('INCRBY', KEYS[1], ARGV[1])
+if v == tonumber(ARGV[1]) then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return v
+"""
 HISTORY_KEY = "x402:payments"
 HISTORY_LEN = 100_000
 CONNECT_TIMEOUT = 2.0
@@ -165,6 +171,7 @@ class RedisStore:
         self._release = self._redis.register_script(_RELEASE)
         self._take = self._redis.register_script(_TAKE)
         self._reserve = self._redis.register_script(_RESERVE)
+        self._add_spent = self._redis.register_script(_ADD_SPENT)
         self._backoff = backoff or Backoff()
         self._clock = clock
         self._slots = asyncio.Semaphore(MAX_CONCURRENT)
@@ -238,6 +245,12 @@ class RedisStore:
 
     async def forget(self, key: str) -> None:
         await self._call(self._redis.delete(key))
+
+    async def spent(self, key: str) -> int:
+        return int(await self._call(self._redis.get(key)) or 0)
+
+    async def add_spent(self, key: str, amount: int, ttl: float) -> None:
+        await self._call(self._add_spent(keys=[key], args=[amount, max(1, int(ttl))]))
 
     async def take_tokens(self, buckets: Sequence[Bucket]) -> float:
         """One round trip for all of them; a cluster keeps each key in its own slot, so

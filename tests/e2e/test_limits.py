@@ -121,3 +121,34 @@ async def test_per_ip_limit_refuses_before_the_challenge(
         statuses = [(await http.get((one, two)[i % 2].url + "/ip/x")).status_code for i in range(5)]
     assert statuses == [402, 402, 402, 429, 429]
     assert relay.count("verify") == verified
+
+
+async def test_a_daily_spend_cap_refuses_the_payment_that_would_pass_it(
+    chain: Chain,
+    origin: Origin,
+    pay_to: str,
+    facilitator_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    make_payer: Callable[..., LocalAccount],
+) -> None:
+    relay = CountingRelay(facilitator_url).start()
+    cfg = gateway_config(
+        chain,
+        origin.url,
+        pay_to,
+        {"url": relay.url},
+        "memory",
+        limits={"daily_spend": "$0.002"},
+    )
+    gw = GatewayProcess(cfg, tmp_path_factory.mktemp("spend"))
+    with running(relay, gw):
+        gw.start()
+        payer = make_payer()
+        payments = await signed_payments(gw, chain, payer, 3)
+        verified = relay.count("verify")
+        async with httpx.AsyncClient(timeout=30) as http:
+            answers = [await http.get(gw.url + "/paid/flood", headers=h) for h in payments]
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    assert answers[2].json()["reason"] == "daily_spend_reached"
+    assert relay.count("verify") - verified == 2
+    assert chain.balance_of(payer.address) == 10_000_000 - 2 * PRICE

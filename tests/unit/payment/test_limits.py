@@ -132,3 +132,53 @@ async def test_route_limit_applies_to_a_free_route(
     client, _ = client_and_facilitator
     statuses = [(await client.get("/free")).status for _ in range(3)]
     assert statuses == [200, 200, 429]
+
+
+# --- daily spend per payer ------------------------------------------------------------------
+
+SPEND_CONFIG = CONFIG.replace("limits: {{per_payer: 3/m}}", 'limits: {{daily_spend: "$0.002"}}')
+
+
+async def test_daily_spend_counts_settled_payments_and_refuses_past_the_cap() -> None:
+    app = web.Application()
+
+    async def ok(_: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    app.router.add_route("*", "/{tail:.*}", ok)
+    origin = TestServer(app, host="127.0.0.1")
+    await origin.start_server()
+    fac = FakeFacilitator()
+    s = loads(SPEND_CONFIG.format(origin=str(origin.make_url("")).rstrip("/")))
+    assert s.limits.rates.daily_spend == 2000
+    client: TestClient[Any, Any] = TestClient(
+        TestServer(create_app(s, parts=Parts(facilitator=lambda _s, _m: fac)))
+    )
+    await client.start_server()
+    try:
+        account = new_account()
+        statuses = []
+        for _ in range(3):
+            _, header = sdk_v2_payment(route(), account)
+            r = await client.get("/paid/x", headers={"PAYMENT-SIGNATURE": header})
+            statuses.append(r.status)
+        assert statuses == [200, 200, 429]
+        assert (await r.json())["reason"] == "daily_spend_reached"
+        assert 1 <= int(r.headers["Retry-After"]) <= 86400
+        assert fac.calls.count("verify") == 2
+    finally:
+        await client.close()
+        await origin.close()
+
+
+async def test_spend_counters_on_memory_and_redis(redis: Any) -> None:
+    from gateway.store.memory import MemoryStore
+    from gateway.store.redis import RedisStore
+
+    for store in (MemoryStore(), RedisStore(redis.url)):
+        key = f"x402:rate:spend:test:{id(store)}"
+        assert await store.spent(key) == 0
+        await store.add_spent(key, 1500, 60)
+        await store.add_spent(key, 500, 60)
+        assert await store.spent(key) == 2000
+        await store.close()
