@@ -25,7 +25,7 @@ from aiohttp import web
 from x402.schemas import PaymentPayload, PaymentRequired, ResourceInfo
 
 from gateway.composition import Generation
-from gateway.config.settings import Requirement, RouteSettings
+from gateway.config.settings import RateLimits, Requirement, RouteSettings
 from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, PaymentError
 from gateway.payment.decode import DecodedPayment, nesting_exceeds
 from gateway.payment.engine import Claim
@@ -55,8 +55,15 @@ def price_of(route: RouteSettings, message: Any) -> tuple[str, Requirement] | No
 
 
 def tool_route(route: RouteSettings, name: str, req: Requirement) -> RouteSettings:
+    """The endpoint as a route priced for one tool. Its own per-IP rate was counted when the
+    request arrived (as for any request to the endpoint): only its per-payer one is left."""
+    own = RateLimits(per_payer=route.rate_limits.per_payer)
     return dataclasses.replace(
-        route, accepts=(req,), mcp=None, description=route.description or f"MCP tool {name}"
+        route,
+        accepts=(req,),
+        mcp=None,
+        description=route.description or f"MCP tool {name}",
+        rate_limits=own,
     )
 
 
