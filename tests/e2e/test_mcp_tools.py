@@ -111,7 +111,7 @@ async def test_a_failing_priced_tool_is_not_charged(
     assert chain.tx_count(chain.facilitator_address) == txs
 
 
-async def test_a_priced_call_in_a_batch_is_refused_before_the_server(
+async def test_batches_pass_to_the_server_unless_they_hold_a_priced_call(
     mcp_gw: tuple[GatewayProcess, McpOrigin],
 ) -> None:
     gw, origin = mcp_gw
@@ -125,3 +125,16 @@ async def test_a_priced_call_in_a_batch_is_refused_before_the_server(
         )
     assert refused.status_code == 400 and refused.json()["reason"] == "mcp_batch"
     assert origin.called("search") == searches
+    # A batch of free methods goes to the server as sent; its own answer comes back (this
+    # server, like MCP since 2025-06-18, takes no batches: a JSON-RPC error of its own).
+    free_batch = [
+        {"jsonrpc": "2.0", "id": 3, "method": "ping"},
+        {**call, "id": 4, "method": "tools/list"},
+    ]
+    async with httpx.AsyncClient(timeout=10) as http:
+        passed = await http.post(
+            gw.url + "/mcp",
+            json=free_batch,
+            headers={"Accept": "application/json, text/event-stream"},
+        )
+    assert "reason" not in passed.json() and passed.json()["jsonrpc"] == "2.0"
