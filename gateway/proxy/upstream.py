@@ -256,7 +256,8 @@ async def relay(
     headers in Access-Control-Expose-Headers; `paid` (an answer on a priced route) does that,
     strips CDN cache directives, and adds `Vary: Origin` to an origin-specific CORS answer.
     The returned response is complete, or the client's connection is closed (client gone, or
-    the origin failed mid-body: a truncated body must not look complete). The upstream response is released on every path.
+    the origin failed mid-body: a truncated body must not look complete). The upstream
+    response is released on every path.
     """
     complete = False
     try:
