@@ -178,10 +178,13 @@ async def entry(request: web.Request) -> web.StreamResponse:
         generation=gw.generation,
     )
     started = time.perf_counter()
-    async with request.app[SERVER_STATE].in_flight.track(), gw.users.track():
+    state = request.app[SERVER_STATE]
+    state.request_started(request.transport)
+    async with state.in_flight.track(), gw.users.track():
         try:
             response = await handle(request, gw, record)
             await finish(request, response)
+            state.request_done(request.transport)  # idle until its next request
             record.status, record.sent = response.status, response.body_length
             return response
         finally:

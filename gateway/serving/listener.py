@@ -6,13 +6,20 @@ gateway owns its listening sockets and its accept loop, and hands each accepted 
 aiohttp through public asyncio API (`loop.connect_accepted_socket`), wrapped in a small
 protocol that:
 
-- counts connections: at `limit` live connections the accept loop stops reading the
+- counts connections: at `limit` live connections it closes the longest-idle one (a
+  connection between requests, or accepted and not yet sending: nginx's "reusable"
+  connections) to take the new one, so idle keep-alive connections can never lock fresh
+  clients out (issue 12 item 5); when none is idle, the accept loop stops reading the
   listening sockets, so further clients wait in the kernel backlog (what nginx and HAProxy
   do at `worker_connections` / `maxconn`) instead of being served badly or refused;
-- closes a connection that has not completed its first request head within
-  `header_timeout` seconds (slowloris). Later heads on a keep-alive connection are bounded
-  by aiohttp's own keep-alive timer, which runs from the end of each response until the
-  next complete head.
+- closes a connection that has not completed a request head within `header_timeout`
+  seconds (slowloris): the first head from the connection's start, every later one from
+  its first byte (the time in between is keep-alive, bounded by aiohttp's keep-alive timer).
+
+A connection is between requests from the app's `request_done(transport)` (after its
+response is complete) to the first byte or `request_started(transport)` of the next one: the
+app says so (gateway/app.py, through gateway/serving/state.py), since only it knows when a
+response has been sent in full.
 
 Everything else (parsing, flow control, keep-alive) stays aiohttp's: the wrapper forwards
 every `asyncio.Protocol` callback to aiohttp's `RequestHandler` unchanged.
@@ -72,9 +79,10 @@ class HeadWatcher:
 
 
 class _Guard(asyncio.Protocol):
-    """Wraps aiohttp's protocol for one connection: the head timer and the release of a slot."""
+    """Wraps aiohttp's protocol for one connection: the head timer, whether it is idle, and
+    the release of a slot."""
 
-    __slots__ = ("_inner", "_listener", "_timer", "_transport", "_watcher")
+    __slots__ = ("_inner", "_listener", "_timer", "_transport", "_watcher", "idle", "released")
 
     def __init__(self, inner: asyncio.Protocol, listener: Listener) -> None:
         self._inner = inner
@@ -82,23 +90,56 @@ class _Guard(asyncio.Protocol):
         self._watcher: HeadWatcher | None = HeadWatcher()
         self._timer: asyncio.TimerHandle | None = None
         self._transport: asyncio.Transport | None = None
+        self.idle = False  # between requests, nothing received since: may be evicted
+        self.released = False  # its slot is free again (evicted or lost)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport: uvloop's does not subclass asyncio.Transport, so no isinstance.
         self._transport = cast(asyncio.Transport, transport)
-        timeout = self._listener.header_timeout
-        if timeout > 0:
-            self._timer = self._listener.loop.call_later(timeout, self._head_timed_out)
+        self._start_timer()
+        self._listener.opened(self, transport)
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
+        if self.idle:
+            self._listener.busy(self)
+            self._start_timer()  # a later head: its time runs from its first byte
         watcher = self._watcher
         if watcher is not None and watcher.feed(data):
             self._watcher = None
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+            self._cancel_timer()
         self._inner.data_received(data)
+
+    def request_started(self) -> None:
+        """A request is being handled (also one pipelined before the last one ended)."""
+        self._watcher = None
+        self._cancel_timer()
+        if self.idle:
+            self._listener.busy(self)
+
+    def request_done(self) -> None:
+        """The response is sent in full: watch for the next head, and it may be evicted."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        self._watcher = HeadWatcher()
+        self._listener.make_idle(self)
+
+    def evict(self) -> None:
+        """Closed to make room for a new connection (its client sees a keep-alive close)."""
+        self._cancel_timer()
+        if self._transport is not None:
+            self._transport.close()
+
+    def _start_timer(self) -> None:
+        timeout = self._listener.header_timeout
+        if timeout > 0 and self._timer is None and self._watcher is not None:
+            self._timer = self._listener.loop.call_later(timeout, self._head_timed_out)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def eof_received(self) -> bool | None:
         return self._inner.eof_received()
@@ -110,10 +151,8 @@ class _Guard(asyncio.Protocol):
         self._inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._listener.release()
+        self._cancel_timer()
+        self._listener.lost(self, self._transport)
         self._inner.connection_lost(exc)
 
     def _head_timed_out(self) -> None:
@@ -182,9 +221,14 @@ class Listener:
         self._batch = max(1, backlog)
         self._active = 0
         self._reading = False
+        self._full = False  # paused at the cap (not for a resource error)
         self._closed = False
         self._pending: set[asyncio.Task[None]] = set()
         self._warned_at = -_LIMIT_WARNING_INTERVAL
+        # Idle connections, longest-idle first (a dict keeps insertion order).
+        self._idle: dict[_Guard, None] = {}
+        self._guards: dict[object, _Guard] = {}  # by transport, for the app's calls
+        self.evicted = 0
 
     @property
     def active(self) -> int:
@@ -212,7 +256,51 @@ class Listener:
         if not self._reading and self._active < self._limit:
             self._resume()
 
+    # --- the connections' states (called by _Guard and, through state.py, by the app) ---
+
+    def opened(self, guard: _Guard, transport: object) -> None:
+        self._guards[transport] = guard
+        self.make_idle(guard)  # accepted, nothing received yet: reusable, as in nginx
+
+    def lost(self, guard: _Guard, transport: object) -> None:
+        self._guards.pop(transport, None)
+        self._idle.pop(guard, None)
+        if not guard.released:
+            guard.released = True
+            self.release()
+
+    def make_idle(self, guard: _Guard) -> None:
+        self._idle.pop(guard, None)  # to the end: idle from now
+        self._idle[guard] = None
+        guard.idle = True
+        if self._full:
+            self._resume()  # at the cap with none idle until now: one can be evicted
+
+    def busy(self, guard: _Guard) -> None:
+        guard.idle = False
+        self._idle.pop(guard, None)
+
+    def request_started(self, transport: object) -> None:
+        guard = self._guards.get(transport)
+        if guard is not None:
+            guard.request_started()
+
+    def request_done(self, transport: object) -> None:
+        guard = self._guards.get(transport)
+        if guard is not None:
+            guard.request_done()
+
+    def _evict_idle(self) -> None:
+        """Close the longest-idle connection and free its slot."""
+        guard = next(iter(self._idle))
+        self.busy(guard)
+        guard.released = True
+        self._active -= 1
+        self.evicted += 1
+        guard.evict()
+
     def _resume(self) -> None:
+        self._full = False
         if self._closed or self._reading:
             return
         self._reading = True
@@ -230,12 +318,8 @@ class Listener:
     def _accept(self, sock: socket.socket) -> None:
         # Like asyncio's loop: accept a batch per readiness event, not one connection.
         for _ in range(self._batch):
-            if self._active >= self._limit:
-                now = self.loop.time()
-                if now - self._warned_at >= _LIMIT_WARNING_INTERVAL:  # not once per accept
-                    self._warned_at = now
-                    log.warning("connection_limit_reached", limit=self._limit)
-                self._pause()
+            if self._active >= self._limit and not self._idle:
+                self._stop_at_the_cap()
                 return
             try:
                 conn, _ = sock.accept()
@@ -250,10 +334,22 @@ class Listener:
                 self._pause()
                 self.loop.call_later(_ACCEPT_RETRY_DELAY, self._resume)
                 return
+            if self._active >= self._limit:
+                self._evict_idle()  # only now: a client is really waiting for the slot
             self._active += 1
             task = self.loop.create_task(self._connect(conn))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
+
+    def _stop_at_the_cap(self) -> None:
+        """Every slot is taken by a connection with a request in progress: new clients wait
+        in the kernel backlog until one is released or goes idle."""
+        now = self.loop.time()
+        if now - self._warned_at >= _LIMIT_WARNING_INTERVAL:  # not once per accept
+            self._warned_at = now
+            log.warning("connection_limit_reached", limit=self._limit)
+        self._pause()
+        self._full = True
 
     async def _connect(self, conn: socket.socket) -> None:
         try:
