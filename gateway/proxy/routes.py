@@ -9,8 +9,10 @@ What `RouteTable.match(method, path)` answers, and what the gateway does with it
 
 * `Match(route, None)`: that route prices (or frees) the request.
 * `Match(None, None)`: no pattern matches the path at all. Unpriced paths pass through free.
-  Also returned for an `OPTIONS` (CORS preflight) that no matching route lists, so a preflight
-  is forwarded free and never answered 402.
+  Also returned for an `OPTIONS` that no matching route lists; but where a price applies to
+  some method of the path, `RouteTable.priced_allow(path)` says so first and the gateway
+  answers the OPTIONS itself (`Allow`, or a CORS preflight), never forwarding it and never
+  answering 402 (issue 12 item 1).
 * `Match(None, allowed)`: some pattern matches the path but no such route accepts the method;
   answer 405 with `Allow: <allowed>`. A method a priced route does not list is therefore never
   a free way around its price.
