@@ -161,6 +161,29 @@ def forwarded_element(peer: str | None, proto: str, host: str | None) -> str:
     return ";".join(parts)
 
 
+def _kept_client_headers(
+    incoming: Headers, drop: frozenset[str], add: Mapping[str, str] | None
+) -> CIMultiDict[str]:
+    """The client's headers minus every one whose folded name is stripped or dropped."""
+    named = connection_tokens(incoming)
+    out: CIMultiDict[str] = CIMultiDict()
+    spelled: list[str] = []  # names kept that fold to another spelling (`X_Request_Id`)
+    for name, value in incoming.items():
+        low = name.lower()
+        if "_" in low:
+            low = low.replace("_", "-")
+            spelled.append(name)
+        if low not in _REQUEST_STRIP and low not in drop and low not in named:
+            out.add(name, value)
+    if spelled and add:
+        # What the gateway sets must not have a rival spelling a CGI-style origin would read.
+        added = lower_names(add)
+        for name in spelled:
+            if fold(name) in added:
+                out.popall(name, None)
+    return out
+
+
 def request_headers(  # noqa: PLR0913  every input of the rewrite, keyword-only at call sites
     incoming: Headers,
     *,
@@ -174,16 +197,10 @@ def request_headers(  # noqa: PLR0913  every input of the rewrite, keyword-only 
 
     `peer` is the direct peer's IP, `scheme` the scheme the client used to reach the
     gateway, `trusted` whether that peer is a trusted proxy; `drop` (lowercased names) are
-    removed always, and `add` replaces any header of the same name the client sent.
+    removed always, and `add` replaces any header of the same name the client sent (or one
+    that folds to it: `X_Request_Id`).
     """
-    named = connection_tokens(incoming)
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in incoming.items():
-        low = name.lower()
-        if "_" in low:
-            low = low.replace("_", "-")
-        if low not in _REQUEST_STRIP and low not in drop and low not in named:
-            out.add(name, value)
+    out = _kept_client_headers(incoming, drop, add)
     host = incoming.get("Host")
     client_ip = peer or "unknown"
     element = forwarded_element(peer, scheme, host)

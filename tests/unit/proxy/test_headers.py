@@ -295,3 +295,15 @@ def test_add_vary_merges_once(before: list[str], after: str) -> None:
     headers = CIMultiDict([("Vary", v) for v in before])
     hh.add_vary(headers, "Origin")
     assert headers.getall("Vary") == [after]
+
+
+def test_request_drops_client_spellings_of_what_the_gateway_adds() -> None:
+    out = hh.request_headers(
+        hdrs(("X_Request_Id", "forged"), ("x_request_id", "forged"), ("X_Other", "kept")),
+        peer="127.0.0.1",
+        scheme="http",
+        trusted=False,
+        add={"X-Request-Id": "real"},
+    )
+    assert out.getall("X-Request-Id") == ["real"]
+    assert "X_Request_Id" not in out and out["X_Other"] == "kept"
