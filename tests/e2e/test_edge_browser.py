@@ -17,6 +17,7 @@ too, with nothing left for the proxy to add; with it stripped off the 402, the p
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from eth_account.signers.local import LocalAccount
 from gateway.demo import chain as chainlib
 from tests.e2e.browser_parts import AllowOriginProxy, PageServer, bundle, drive, missing_tools
 from tests.e2e.conftest import Chain
-from tests.e2e.gateway_proc import GatewayProcess, gateway
+from tests.e2e.gateway_proc import GatewayProcess, Origin, gateway
 from tests.e2e.lenient_parts import SECRET, LenientOrigin, edge_config
 
 pytestmark = pytest.mark.e2e
@@ -185,3 +186,30 @@ def test_the_gateways_own_answers_allow_a_page_on_another_site(
     assert "PAYMENT-REQUIRED" in r.headers["Access-Control-Expose-Headers"]
     if r.headers.get("Access-Control-Allow-Origin") == PAGE_ORIGIN:
         assert "Origin" in r.headers.get("Vary", "")
+
+
+def test_a_page_pays_through_the_gateway_in_front_of_an_origin_without_cors(
+    chain: Chain,
+    origin: Origin,
+    pay_to: str,
+    facilitator_url: str,
+    tmp_path: Path,
+    pay_in_browser: Callable[[str, LocalAccount], dict[str, Any]],
+    make_payer: Callable[..., LocalAccount],
+) -> None:
+    """A legacy API with no CORS setup at all: the gateway answers the paid retry's preflight
+    and puts its own Allow-Origin on the paid 200, so the page that paid can read the answer
+    and its receipt (else it would be charged for an answer the browser hides from it)."""
+    cfg = edge_config(chain, origin.url, pay_to, facilitator_url)
+    (tmp_path / "plain-gw").mkdir()
+    with gateway(cfg, tmp_path / "plain-gw") as gw:
+        payer = make_payer()
+        before = (chain.balance_of(payer.address), chain.balance_of(pay_to))
+        seen = pay_in_browser(gw.url + "/paid/plain", payer)
+    result = seen["result"]
+    assert result["ok"] and result["status"] == 200, seen
+    assert json.loads(result["body"])["payer"].lower() == payer.address.lower()
+    assert result["settlement"] is not None and result["settlement"]["success"], seen
+    assert chain.balance_of(payer.address) == before[0] - PRICE
+    assert chain.balance_of(pay_to) == before[1] + PRICE
+    assert [c["method"] for c in origin.log.for_path("/paid/plain")] == ["GET"]  # no OPTIONS
