@@ -16,7 +16,7 @@ from aiohttp import http_parser, web_protocol
 
 from gateway.serving import runner as server
 from gateway.serving import state
-from gateway.serving.listener import HeadWatcher
+from gateway.serving.connection import HeadWatcher
 from tests.procs import free_port
 from tests.unit.serving._server_proc import (
     Served,
