@@ -25,7 +25,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 
-from aiohttp import web
+from aiohttp import ClientResponse, web
 
 from gateway import answers, mcp_tools, wellknown
 from gateway.composition import Generation, Parts
@@ -38,8 +38,9 @@ from gateway.payment.challenge import ERROR_PAYMENT_REQUIRED
 from gateway.payment.decode import decode_payment
 from gateway.payment.engine import Claim
 from gateway.payment.limits import client_ip
-from gateway.payment.match import match_requirement
+from gateway.payment.match import MatchedPayment, match_requirement
 from gateway.payment.receipts import receipt_headers
+from gateway.payment.retries import Ticket
 from gateway.proxy.headers import is_trusted
 from gateway.proxy.paths import canonicalize
 from gateway.proxy.routes import route_rows
@@ -48,7 +49,9 @@ from gateway.reload import LiveGateway
 from gateway.serving.admin import FunctionCheck, make_admin_app
 from gateway.serving.state import RELOAD, SERVER_STATE, attach_state
 
-PRIVATE = {"Cache-Control": "private"}
+# A paid answer is for its payer alone: no shared cache (nor a CDN, whose own directives
+# the relay strips) may keep it and hand it to someone who did not pay (issue 12 item 7).
+PRIVATE = {"Cache-Control": "private, no-store"}
 
 LIVE = web.AppKey("gateway_live", LiveGateway)  # the current generation: LIVE.current
 METRICS = web.AppKey("metrics", Metrics)
@@ -59,6 +62,8 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
     resource: answers.PricedResource | None = None  # set once the request is for a price
     try:
         path, query = canonicalize(request.raw_path)
+        if request.method == "OPTIONS" and (allow := gw.routes.priced_allow(path)) is not None:
+            return answers.options_response(request, allow, gw.cors)
         ip = client_ip(request.remote, request.headers.getall("X-Forwarded-For", []), gw.settings)
         route = await route_at_price(request, gw, record, (path, query), ip)
         forward = functools.partial(
@@ -73,16 +78,10 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
             return await not_priced(request, gw, route, forward, record.request_id)
         url = gw.challenges.resource_url(request, path, query)
         resource = answers.PricedResource(gw.challenges, route, url)
-        payment = decode_payment(request.headers, gw.settings.limits.payment_header)
-        if payment is None:
-            await gw.limiter.check(route, ip)
-            return answers.challenge_response(request, resource, ERROR_PAYMENT_REQUIRED)
-        matched = match_requirement(route, payment, url)
-        ticket = await gw.retries.start(matched)  # a named payment's kept response, if any
-        if isinstance(ticket, web.Response):
-            return ticket
-        # Before the claim: a flood, or a payer over its daily cap, costs no facilitator call.
-        await gw.limiter.check(route, ip, matched.payer, matched.requirement)
+        step = await payment_step(request, gw, resource, ip)
+        if isinstance(step, web.StreamResponse):
+            return step  # a challenge, or a named payment's kept response
+        matched, ticket = step
         async with gw.payments.claimed(matched, route, record.request_id) as claim:
             record.claim = claim
             await gw.payments.verify(claim)
@@ -100,7 +99,9 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
             if upstream.status >= 400 or request.method == "HEAD":
                 # Nothing is charged for an origin failure, nor for a HEAD (it has no body).
                 await gw.payments.abandon(claim, f"origin answered {upstream.status}")
-                return await relay(request, upstream, PRIVATE, expose_x402=True)
+                return await relay(
+                    request, upstream, paid_headers(gw, request, upstream), paid=True
+                )
             if claim.settled is None:
                 try:
                     await gw.payments.settle(claim)
@@ -110,11 +111,30 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
             assert claim.settled is not None
             await gw.limiter.count_spend(matched.payer, matched.requirement, time.time())
             receipt = receipt_headers(claim.settled, matched.version)
-            extra = {**receipt, **PRIVATE, **timing(gw, claim, started)}
+            extra = {**paid_headers(gw, request, upstream), **receipt, **timing(gw, claim, started)}
             return await gw.retries.relay(ticket, request, upstream, extra, receipt)
     except GatewayError as exc:
         record.error = exc
-        return answers.error_response(request, exc, resource, record.request_id)
+        return answers.error_response(request, exc, resource, record.request_id, gw.cors)
+
+
+async def payment_step(
+    request: web.Request, gw: Generation, resource: answers.PricedResource, ip: str
+) -> tuple[MatchedPayment, Ticket | None] | web.StreamResponse:
+    """The payment, matched against the route's own terms and let past the limits (before
+    the claim: a flood, or a payer over its daily cap, costs no facilitator call); or the
+    answer without one: a challenge, or the kept response of a payment already served."""
+    route = resource.route
+    payment = decode_payment(request.headers, gw.settings.limits.payment_header)
+    if payment is None:
+        await gw.limiter.check(route, ip)
+        return answers.challenge_response(request, resource, ERROR_PAYMENT_REQUIRED, cors=gw.cors)
+    matched = match_requirement(route, payment, resource.url)
+    ticket = await gw.retries.start(matched)
+    if isinstance(ticket, web.Response):
+        return ticket
+    await gw.limiter.check(route, ip, matched.payer, matched.requirement)
+    return matched, ticket
 
 
 async def not_priced(
@@ -154,6 +174,15 @@ def find_route(gw: Generation, method: str, path: str) -> RouteSettings | None:
             f"{method} is not routed here; use {allow}", headers={"Allow": allow}
         )
     return found.route
+
+
+def paid_headers(gw: Generation, request: web.Request, upstream: ClientResponse) -> dict[str, str]:
+    """What a relayed answer on a priced path gets on top of the origin's: `private,
+    no-store`, and the gateway's CORS headers when the origin sent none (the gateway
+    answered this path's preflight, so a page that paid must be let to read the answer)."""
+    if "Access-Control-Allow-Origin" in upstream.headers:
+        return PRIVATE
+    return {**PRIVATE, **gw.cors.allow_origin(request.headers.get("Origin"))}
 
 
 def timing(gw: Generation, claim: Claim, started: float) -> dict[str, str]:
@@ -196,7 +225,9 @@ async def entry(request: web.Request) -> web.StreamResponse:
         generation=gw.generation,
     )
     started = time.perf_counter()
-    async with request.app[SERVER_STATE].in_flight.track(), gw.users.track():
+    state = request.app[SERVER_STATE]
+    state.request_started(request.transport)
+    async with state.in_flight.track(), gw.users.track():
         try:
             if wellknown.serves(gw.settings, request.method, request.rel_url.raw_path):
                 response: web.StreamResponse = wellknown.response(
@@ -205,6 +236,7 @@ async def entry(request: web.Request) -> web.StreamResponse:
             else:
                 response = await handle(request, gw, record)
             await finish(request, response)
+            state.request_done(request.transport)  # idle until its next request
             record.status, record.sent = response.status, response.body_length
             return response
         finally:

@@ -29,6 +29,7 @@ from gateway.payment.limits import RateLimiter
 from gateway.payment.price_hook import HttpPriceSource
 from gateway.payment.prices import Prices, PriceSource
 from gateway.payment.retries import Retries
+from gateway.proxy.cors import CorsPolicy
 from gateway.proxy.routes import RouteTable
 from gateway.proxy.upstream import Upstream
 from gateway.serving.state import InFlight
@@ -90,6 +91,7 @@ class Generation:
     payments: Payments
     metrics: Metrics
     drop_headers: tuple[str, ...]
+    cors: CorsPolicy  # the `cors:` policy of the gateway's own answers
     generation: int
     refresher: asyncio.Task[None]
     limiter: RateLimiter
@@ -137,6 +139,7 @@ async def build(
             payments=payments,
             metrics=metrics,
             drop_headers=(*PAYMENT_HEADERS, settings.payer_header),
+            cors=CorsPolicy(settings.cors),
             generation=generation,
             refresher=refresher,
             limiter=RateLimiter(

@@ -170,7 +170,7 @@ async def _paid_call(  # noqa: PLR0913  one call's parts
         )
         if upstream.status >= 400:
             await gw.payments.abandon(claim, f"origin answered {upstream.status}")
-            return await relay(request, upstream)
+            return await relay(request, upstream, paid=True)
         call = _Call(gw, claim, message, route, name)
         if upstream.content_type == "text/event-stream":
             return await call.stream(request, upstream)

@@ -30,7 +30,12 @@ from x402.schemas import PaymentPayload
 from gateway.config.settings import Idempotency
 from gateway.errors import BadRequest, GatewayError, PaymentConflict, UpstreamError
 from gateway.payment.match import MatchedPayment
-from gateway.proxy.headers import expose_x402_headers, response_headers
+from gateway.proxy.headers import (
+    add_vary,
+    expose_x402_headers,
+    response_headers,
+    strip_cdn_directives,
+)
 from gateway.proxy.upstream import relay
 from gateway.store.kept import KeptResponses
 
@@ -145,12 +150,12 @@ class Retries:
     ) -> web.StreamResponse:
         """Send the paid response; for a ticket, keep it first when it is small enough."""
         if ticket is None or self.store is None or self.config is None:
-            return await relay(request, upstream, extra, expose_x402=True)
+            return await relay(request, upstream, extra, paid=True)
         large = Kept(ticket.fingerprint, "large", headers=tuple(receipt.items()))
         size = upstream.content_length
         if request.method == "HEAD" or (size is not None and size > self.config.keep_body):
             await self.store.keep(ticket.key, large.dumps(), self.config.keep_for)
-            return await relay(request, upstream, extra, expose_x402=True)
+            return await relay(request, upstream, extra, paid=True)
         try:
             body = await upstream.content.read(self.config.keep_body + 1)
             while len(body) <= self.config.keep_body and not upstream.content.at_eof():
@@ -164,6 +169,10 @@ class Retries:
         headers = response_headers(upstream.headers)
         for name, value in extra.items():
             headers[name] = value
+        # As relay(paid=True) does for any paid answer: no CDN caching, Vary, exposed x402.
+        strip_cdn_directives(headers)
+        if headers.get("Access-Control-Allow-Origin", "*") != "*":
+            add_vary(headers, "Origin")
         expose_x402_headers(headers)
         if len(body) > self.config.keep_body:
             await self.store.keep(ticket.key, large.dumps(), self.config.keep_for)

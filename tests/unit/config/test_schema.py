@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from gateway import config
-from gateway.config import discovery, document, dynamic, facilitators, mcp, rates
+from gateway.config import cors, discovery, document, dynamic, facilitators, mcp, rates
 from gateway.config import routes as config_routes
 from gateway.errors import ConfigError
 
@@ -29,6 +29,7 @@ SECTIONS: dict[str, frozenset[str]] = {
     "properties.timeouts": document.TIMEOUT_KEYS,
     "properties.limits": document.LIMIT_KEYS,
     "properties.idempotency": document.IDEMPOTENCY_KEYS,
+    "properties.cors": cors.CORS_KEYS,
     "$defs.asset": document.ASSET_KEYS,
     "$defs.facilitator": facilitators.FACILITATOR_KEYS,
     "$defs.facilitator.properties.local": facilitators.LOCAL_FACILITATOR_KEYS,
