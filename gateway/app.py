@@ -25,9 +25,9 @@ import os
 import time
 from collections.abc import AsyncIterator
 
-from aiohttp import web
+from aiohttp import ClientResponse, web
 
-from gateway import answers
+from gateway import answers, mcp_tools, wellknown
 from gateway.composition import Generation, Parts
 from gateway.config.settings import RouteSettings, Settings
 from gateway.errors import GatewayError, MethodNotAllowed
@@ -37,9 +37,11 @@ from gateway.observe.record import RequestRecord
 from gateway.payment.challenge import ERROR_PAYMENT_REQUIRED
 from gateway.payment.decode import decode_payment
 from gateway.payment.engine import Claim
-from gateway.payment.match import match_requirement
+from gateway.payment.limits import client_ip
+from gateway.payment.match import MatchedPayment, match_requirement
 from gateway.payment.metering import settle_amount
 from gateway.payment.receipts import receipt_headers
+from gateway.payment.retries import Ticket
 from gateway.payment.streamed import relay_metered_stream, streams_usage
 from gateway.proxy.headers import is_trusted
 from gateway.proxy.paths import canonicalize
@@ -49,7 +51,9 @@ from gateway.reload import LiveGateway
 from gateway.serving.admin import FunctionCheck, make_admin_app
 from gateway.serving.state import RELOAD, SERVER_STATE, attach_state
 
-PRIVATE = {"Cache-Control": "private"}
+# A paid answer is for its payer alone: no shared cache (nor a CDN, whose own directives
+# the relay strips) may keep it and hand it to someone who did not pay (issue 12 item 7).
+PRIVATE = {"Cache-Control": "private, no-store"}
 
 LIVE = web.AppKey("gateway_live", LiveGateway)  # the current generation: LIVE.current
 METRICS = web.AppKey("metrics", Metrics)
@@ -60,7 +64,10 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
     resource: answers.PricedResource | None = None  # set once the request is for a price
     try:
         path, query = canonicalize(request.raw_path)
-        route = record.route = find_route(gw, request.method, path)
+        if request.method == "OPTIONS" and (allow := gw.routes.priced_allow(path)) is not None:
+            return answers.options_response(request, allow, gw.cors)
+        ip = client_ip(request.remote, request.headers.getall("X-Forwarded-For", []), gw.settings)
+        route = await route_at_price(request, gw, record, (path, query), ip)
         forward = functools.partial(
             gw.upstream.send,
             request,
@@ -69,15 +76,14 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
             query=query,
             drop_headers=gw.drop_headers,
         )
-        if route is None or route.free:
-            upstream = await forward(add_headers={"X-Request-Id": record.request_id})
-            return await relay(request, upstream)
+        if route is None or route.free:  # an MCP endpoint too: priced per tool, if at all
+            return await not_priced(request, gw, route, forward, record.request_id)
         url = gw.challenges.resource_url(request, path, query)
         resource = answers.PricedResource(gw.challenges, route, url)
-        payment = decode_payment(request.headers, gw.settings.limits.payment_header)
-        if payment is None:
-            return answers.challenge_response(request, resource, ERROR_PAYMENT_REQUIRED)
-        matched = match_requirement(route, payment, url)
+        step = await payment_step(request, gw, resource, ip)
+        if isinstance(step, web.StreamResponse):
+            return step  # a challenge, or a named payment's kept response
+        matched, ticket = step
         async with gw.payments.claimed(matched, route, record.request_id) as claim:
             record.claim = claim
             await gw.payments.verify(claim)
@@ -95,37 +101,101 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
             if upstream.status >= 400 or request.method == "HEAD":
                 # Nothing is charged for an origin failure, nor for a HEAD (it has no body).
                 await gw.payments.abandon(claim, f"origin answered {upstream.status}")
-                return await relay(request, upstream, PRIVATE, expose_x402=True)
-            if streams_usage(route, upstream.headers):
-                # The amount comes with the stream's end: settled after the last byte.
-                return await relay_metered_stream(
-                    request,
-                    upstream,
-                    payments=gw.payments,
-                    claim=claim,
-                    route=route,
-                    extra_headers=PRIVATE,
+                return await relay(
+                    request, upstream, paid_headers(gw, request, upstream), paid=True
                 )
-            if claim.settled is None:
-                try:
-                    amount = settle_amount(
-                        route, matched.requirement, upstream.headers, record.request_id
-                    )
-                    await gw.payments.settle(claim, amount)
-                except GatewayError:
-                    await gw.upstream.discard(upstream)  # settlement failed: serve nothing
-                    raise
-            assert claim.settled is not None
-            receipt = receipt_headers(claim.settled, matched.version)
-            return await relay(
-                request,
-                upstream,
-                {**receipt, **PRIVATE, **timing(gw, claim, started)},
-                expose_x402=True,
+            return await settle_and_relay(
+                request, gw, upstream, claim=claim, ticket=ticket, record=record, started=started
             )
     except GatewayError as exc:
         record.error = exc
-        return answers.error_response(request, exc, resource, record.request_id)
+        return answers.error_response(request, exc, resource, record.request_id, gw.cors)
+
+
+async def settle_and_relay(  # noqa: PLR0913  the request, its payment and its origin's answer
+    request: web.Request,
+    gw: Generation,
+    upstream: ClientResponse,
+    *,
+    claim: Claim,
+    ticket: Ticket | None,
+    record: RequestRecord,
+    started: float,
+) -> web.StreamResponse:
+    """The origin answered < 400: settle (what a metered route's origin stated), then relay;
+    a metered stream is relayed first and settled after its last byte."""
+    route, matched = record.route, claim.matched
+    assert route is not None
+    if streams_usage(route, upstream.headers):
+        # The amount comes with the stream's end: settled after the last byte.
+        return await relay_metered_stream(
+            request,
+            upstream,
+            payments=gw.payments,
+            claim=claim,
+            route=route,
+            extra_headers=paid_headers(gw, request, upstream),
+        )
+    if claim.settled is None:
+        try:
+            amount = settle_amount(route, matched.requirement, upstream.headers, record.request_id)
+            await gw.payments.settle(claim, amount)
+        except GatewayError:
+            await gw.upstream.discard(upstream)  # settlement failed: serve nothing
+            raise
+    assert claim.settled is not None
+    await gw.limiter.count_spend(matched.payer, matched.requirement, time.time())
+    receipt = receipt_headers(claim.settled, matched.version)
+    extra = {**paid_headers(gw, request, upstream), **receipt, **timing(gw, claim, started)}
+    return await gw.retries.relay(ticket, request, upstream, extra, receipt)
+
+
+async def payment_step(
+    request: web.Request, gw: Generation, resource: answers.PricedResource, ip: str
+) -> tuple[MatchedPayment, Ticket | None] | web.StreamResponse:
+    """The payment, matched against the route's own terms and let past the limits (before
+    the claim: a flood, or a payer over its daily cap, costs no facilitator call); or the
+    answer without one: a challenge, or the kept response of a payment already served."""
+    route = resource.route
+    payment = decode_payment(request.headers, gw.settings.limits.payment_header)
+    if payment is None:
+        await gw.limiter.check(route, ip)
+        return answers.challenge_response(request, resource, ERROR_PAYMENT_REQUIRED, cors=gw.cors)
+    matched = match_requirement(route, payment, resource.url)
+    ticket = await gw.retries.start(matched)
+    if isinstance(ticket, web.Response):
+        return ticket
+    await gw.limiter.check(route, ip, matched.payer, matched.requirement)
+    return matched, ticket
+
+
+async def not_priced(
+    request: web.Request,
+    gw: Generation,
+    route: RouteSettings | None,
+    forward: mcp_tools.Forward,
+    request_id: str,
+) -> web.StreamResponse:
+    """A free route, or an MCP endpoint (whose priced tool calls are in the JSON-RPC)."""
+    if route is not None and route.mcp is not None:
+        return await mcp_tools.handle(request, gw, route, forward, request_id)
+    return await relay(request, await forward(add_headers={"X-Request-Id": request_id}))
+
+
+async def route_at_price(
+    request: web.Request, gw: Generation, record: RequestRecord, target: tuple[str, str], ip: str
+) -> RouteSettings | None:
+    """The request's route at this request's price (a dynamic one resolved first: the hook
+    or the rules), a free one counted against its own rates."""
+    path, query = target
+    route = record.route = find_route(gw, request.method, path)
+    if route is not None and route.dynamic:
+        route = record.route = await gw.prices.resolve(
+            route, request.method, path, query, request.headers
+        )
+    if route is not None and route.free:
+        await gw.limiter.check(route, ip)
+    return route
 
 
 def find_route(gw: Generation, method: str, path: str) -> RouteSettings | None:
@@ -136,6 +206,15 @@ def find_route(gw: Generation, method: str, path: str) -> RouteSettings | None:
             f"{method} is not routed here; use {allow}", headers={"Allow": allow}
         )
     return found.route
+
+
+def paid_headers(gw: Generation, request: web.Request, upstream: ClientResponse) -> dict[str, str]:
+    """What a relayed answer on a priced path gets on top of the origin's: `private,
+    no-store`, and the gateway's CORS headers when the origin sent none (the gateway
+    answered this path's preflight, so a page that paid must be let to read the answer)."""
+    if "Access-Control-Allow-Origin" in upstream.headers:
+        return PRIVATE
+    return {**PRIVATE, **gw.cors.allow_origin(request.headers.get("Origin"))}
 
 
 def timing(gw: Generation, claim: Claim, started: float) -> dict[str, str]:
@@ -178,10 +257,18 @@ async def entry(request: web.Request) -> web.StreamResponse:
         generation=gw.generation,
     )
     started = time.perf_counter()
-    async with request.app[SERVER_STATE].in_flight.track(), gw.users.track():
+    state = request.app[SERVER_STATE]
+    state.request_started(request.transport)
+    async with state.in_flight.track(), gw.users.track():
         try:
-            response = await handle(request, gw, record)
+            if wellknown.serves(gw.settings, request.method, request.rel_url.raw_path):
+                response: web.StreamResponse = wellknown.response(
+                    request, gw.settings, gw.challenges
+                )
+            else:
+                response = await handle(request, gw, record)
             await finish(request, response)
+            state.request_done(request.transport)  # idle until its next request
             record.status, record.sent = response.status, response.body_length
             return response
         finally:

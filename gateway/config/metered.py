@@ -28,6 +28,13 @@ STREAM_USAGE_KEYS = frozenset({"sse_event"})
 UPTO_EXTRA = MappingProxyType({"assetTransferMethod": "permit2"})
 
 
+def is_upto(node: yaml.Node) -> bool:
+    """Whether a `price:` mapping is a metered one (`{upto: ...}`), not a price hook."""
+    return isinstance(node, yaml.MappingNode) and any(
+        isinstance(key, yaml.ScalarNode) and key.value == "upto" for key, _ in node.value
+    )
+
+
 def _dollars(reader: Reader, section: Section, key: str, asset: Asset) -> int | None:
     node = section.get(key)
     if node is None:

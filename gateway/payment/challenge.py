@@ -24,6 +24,7 @@ from x402.schemas import PaymentRequired, PaymentRequirements, ResourceInfo, Sup
 from x402.schemas.v1 import PaymentRequiredV1
 
 from gateway.config.settings import Requirement, RouteSettings, Settings
+from gateway.payment.discovery import bazaar_extension, declaration
 from gateway.payment.networks import is_testnet
 from gateway.payment.requirements import completed, requirements_v1, requirements_v2
 from gateway.payment.terms import is_permit2
@@ -84,14 +85,18 @@ def extensions_for(route: RouteSettings) -> dict[str, Any] | None:
 
 
 def _encode(
-    route: RouteSettings, v2: list[PaymentRequirements], resource_url: str, error: str
+    route: RouteSettings,
+    v2: list[PaymentRequirements],
+    resource_url: str,
+    error: str,
+    extensions: dict[str, Any] | None = None,
 ) -> tuple[dict[str, str], bytes]:
     header = encode_payment_required_header(
         PaymentRequired(
             error=error,
             resource=_resource(route, resource_url),
             accepts=v2,
-            extensions=extensions_for(route),
+            extensions=extensions,
         )
     )
     body = PaymentRequiredV1(error=error, accepts=requirements_v1(route, resource_url))
@@ -107,7 +112,8 @@ def payment_required(
     route: RouteSettings, resource_url: str, error: str
 ) -> tuple[dict[str, str], bytes]:
     """The 402's headers (v2 challenge in `PAYMENT-REQUIRED`) and its v1 JSON body."""
-    return _encode(route, requirements_v2(route), resource_url, error)
+    extensions = {**(bazaar_extension(route) or {}), **(extensions_for(route) or {})} or None
+    return _encode(route, requirements_v2(route), resource_url, error, extensions)
 
 
 def wants_html(accept: str, user_agent: str) -> bool:
@@ -166,6 +172,10 @@ def paywall_html(route: RouteSettings, resource_url: str, error: str) -> str:
     return paywall_for(route, payment)
 
 
+# (route index, resource URL, error, the route's amounts, a metered route's settler)
+_Key = tuple[int, str, str, tuple[int, ...], str]
+
+
 class PreparedChallenges:
     """Every paid route's challenge, prepared once at start-up from the settings.
 
@@ -185,9 +195,17 @@ class PreparedChallenges:
         self.public_url = settings.public_url.rstrip("/") if settings.public_url else None
         self.trusted_proxies = settings.trusted_proxies
         self._v2 = {r.index: requirements_v2(r) for r in settings.routes if not r.free}
-        self._cache: LRUCache[tuple[int, str, str, str], tuple[dict[str, str], bytes]] = LRUCache(
-            maxsize=cache_size
-        )
+        # A dynamically priced route is resolved per request into a copy with its own
+        # `accepts`: what was prepared from the configured one is used only for that one.
+        self._accepts = {r.index: r.accepts for r in settings.routes if not r.free}
+        declared = declaration(settings.idempotency)
+        self._extensions = {
+            r.index: {**(bazaar_extension(r) or {}), **declared, **(extensions_for(r) or {})}
+            or None
+            for r in settings.routes
+            if not r.free or r.dynamic
+        }
+        self._cache: LRUCache[_Key, tuple[dict[str, str], bytes]] = LRUCache(maxsize=cache_size)
 
     def resource_url(self, request: Addressed, path: str, query: str) -> str:
         """The URL a challenge names for the canonical `path` and raw `query`: under
@@ -212,11 +230,12 @@ class PreparedChallenges:
 
     def _requirements(self, route: RouteSettings) -> list[PaymentRequirements]:
         prepared = self._v2.get(route.index)
-        reqs = prepared if prepared is not None else requirements_v2(route)
+        if prepared is None or self._accepts.get(route.index) is not route.accepts:
+            prepared = requirements_v2(route)
         if route.metered is None or self.supported is None:
-            return reqs
+            return prepared
         supported = self.supported()
-        return [completed(req, supported) for req in reqs]
+        return [completed(req, supported) for req in prepared]
 
     def payment_required(
         self, route: RouteSettings, resource_url: str, error: str
@@ -225,10 +244,12 @@ class PreparedChallenges:
         reqs = self._requirements(route)
         # A metered route's terms name the facilitator, which /supported may change.
         settler = str(reqs[0].extra.get("facilitatorAddress", "")) if route.metered else ""
-        key = (route.index, resource_url, error, settler)
+        amounts = tuple(r.amount for r in route.accepts)
+        key = (route.index, resource_url, error, amounts, settler)
         hit = self._cache.get(key)
         if hit is None:
-            hit = _encode(route, reqs, resource_url, error)
+            extensions = self._extensions.get(route.index)
+            hit = _encode(route, reqs, resource_url, error, extensions)
             self._cache[key] = hit
         headers, body = hit
         return dict(headers), body
@@ -240,7 +261,7 @@ class PreparedChallenges:
             error=error,
             resource=_resource(route, resource_url),
             accepts=self._requirements(route),
-            extensions=extensions_for(route),
+            extensions=self._extensions.get(route.index),
         )
         return paywall_for(route, payment)
 

@@ -97,7 +97,7 @@ async def relay_metered_stream(  # noqa: PLR0913  the request, its payment and i
     watch = LastEvent(route.metered.sse_event)
     head = upstream.headers.get(OVERRIDES_HEADER)
     out, ending = await relay_watched(
-        request, upstream, extra_headers, expose_x402=True, tap=watch.feed, open_ended=True
+        request, upstream, extra_headers, paid=True, tap=watch.feed, open_ended=True
     )
     if ending == "origin_failed":
         await payments.abandon(claim, "origin failed mid-stream")

@@ -131,6 +131,7 @@ class Upstream:
         query: str = "",
         add_headers: Mapping[str, str] | None = None,
         drop_headers: Iterable[str] = (),
+        body: bytes | None = None,
     ) -> aiohttp.ClientResponse:
         """Forward `request` to `base_url` + `path` (+ `?query`, raw) and await the response head.
 
@@ -152,6 +153,10 @@ class Upstream:
             drop=self._drop_set(drop_headers),
             add=add_headers,
         )
+        if body is not None:  # read (and maybe rewritten) by the gateway: sent as given
+            headers.popall("Content-Length", None)
+            headers.popall("Transfer-Encoding", None)
+            return await self._given_body(session, request.method, url, headers, origin, body=body)
         if not request.body_exists:
             return await self._without_body(session, request.method, url, headers, origin)
         return await self._with_body(session, request, url, headers, origin)
@@ -172,6 +177,23 @@ class Upstream:
         # No data: aiohttp sends no body at all (a GET must not get a chunked empty one).
         try:
             return await session.request(method, url, headers=headers, allow_redirects=False)
+        except aiohttp.ClientError as exc:
+            raise upstream_failure(exc, origin.authority, self._timeouts) from None
+
+    async def _given_body(  # noqa: PLR0913  one request's parts
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        url: URL,
+        headers: CIMultiDict[str],
+        origin: _Origin,
+        *,
+        body: bytes,
+    ) -> aiohttp.ClientResponse:
+        try:
+            return await session.request(
+                method, url, headers=headers, data=body, allow_redirects=False
+            )
         except aiohttp.ClientError as exc:
             raise upstream_failure(exc, origin.authority, self._timeouts) from None
 
@@ -249,15 +271,18 @@ async def relay(
     extra_headers: Mapping[str, str] | None = None,
     *,
     expose_x402: bool = False,
+    paid: bool = False,
 ) -> web.StreamResponse:
     """Send the origin's response to the client: status, headers, then the body as it comes.
 
     `extra_headers` replace origin headers of the same name; `expose_x402` lists the x402
-    headers in Access-Control-Expose-Headers. The returned response is complete, or the
-    client's connection is closed (client gone, or the origin failed mid-body: a truncated
-    body must not look complete). The upstream response is released on every path.
+    headers in Access-Control-Expose-Headers; `paid` (an answer on a priced route) does that,
+    strips CDN cache directives, and adds `Vary: Origin` to an origin-specific CORS answer.
+    The returned response is complete, or the client's connection is closed (client gone, or
+    the origin failed mid-body: a truncated body must not look complete). The upstream
+    response is released on every path.
     """
-    out, _ = await relay_watched(request, resp, extra_headers, expose_x402=expose_x402)
+    out, _ = await relay_watched(request, resp, extra_headers, expose_x402=expose_x402, paid=paid)
     return out
 
 
@@ -271,6 +296,7 @@ async def relay_watched(  # noqa: PLR0913  relay()'s inputs plus the watching op
     extra_headers: Mapping[str, str] | None = None,
     *,
     expose_x402: bool = False,
+    paid: bool = False,
     tap: Callable[[bytes], None] | None = None,
     open_ended: bool = False,
 ) -> tuple[web.StreamResponse, Ending]:
@@ -281,7 +307,7 @@ async def relay_watched(  # noqa: PLR0913  relay()'s inputs plus the watching op
     `client_gone` instead of cancelling the caller's remaining work."""
     ending: Ending = "client_gone"
     try:
-        headers = _client_headers(resp, extra_headers, expose_x402=expose_x402)
+        headers = _client_headers(resp, extra_headers, expose_x402=expose_x402, paid=paid)
         if open_ended:
             headers.popall("Content-Length", None)
         out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=headers)
@@ -308,12 +334,20 @@ async def relay_watched(  # noqa: PLR0913  relay()'s inputs plus the watching op
 
 
 def _client_headers(
-    resp: aiohttp.ClientResponse, extra_headers: Mapping[str, str] | None, *, expose_x402: bool
+    resp: aiohttp.ClientResponse,
+    extra_headers: Mapping[str, str] | None,
+    *,
+    expose_x402: bool,
+    paid: bool,
 ) -> CIMultiDict[str]:
     headers = hh.response_headers(resp.headers)
     for name, value in (extra_headers or {}).items():
         headers[name] = value
-    if expose_x402:
+    if paid:
+        hh.strip_cdn_directives(headers)
+        if headers.get("Access-Control-Allow-Origin", "*") != "*":
+            hh.add_vary(headers, "Origin")
+    if expose_x402 or paid:
         hh.expose_x402_headers(headers)
     return headers
 

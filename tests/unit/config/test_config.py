@@ -1164,3 +1164,8 @@ def test_an_upto_price_without_default_charges_the_maximum_and_is_checked() -> N
     assert "routes[0].settle: a metered (upto) price" in errors(text_with(before))[0]
     stream = 'routes:\n  - {path: /chat, price: "$0.01", stream_usage: {sse_event: u}}\n'
     assert "routes[0].stream_usage: needs a metered price" in errors(text_with(stream))[0]
+
+
+def test_paths_match_without_case_by_default_issue_12() -> None:
+    assert loads(text_with()).case_insensitive_paths is True
+    assert loads(text_with(case_insensitive_paths="false")).case_insensitive_paths is False
