@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -24,6 +25,7 @@ class PricedResource:
     challenges: PreparedChallenges
     route: RouteSettings
     url: str
+    extensions: dict[str, Any] | None = None  # fresh per answer (a SIWX challenge)
 
 
 def challenge_response(
@@ -37,10 +39,11 @@ def challenge_response(
     """402 with the v2 `PAYMENT-REQUIRED` header and the v1 JSON body (or the paywall page
     for a browser). Built from config alone: works while the facilitator is down."""
     challenges, route, url = resource.challenges, resource.route, resource.url
+    extensions = resource.extensions
     if status == 402 and challenges.wants_html(request.headers):
-        head, body = challenges.paywall(route, url, error)
+        head, body = challenges.paywall(route, url, error, extensions)
     else:
-        head, body = challenges.payment_required(route, url, error)
+        head, body = challenges.payment_required(route, url, error, extensions)
     head = {**head, "Access-Control-Expose-Headers": _EXPOSE, **(headers or {})}
     return web.Response(status=status, body=body, headers=head)
 

@@ -19,19 +19,27 @@ The map of the package, in the order a request meets it:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 from aiohttp import web
 
 from gateway import answers
-from gateway.composition import Generation, Parts
+from gateway.composition import PAYMENT_HEADERS, Generation, Parts
 from gateway.config.settings import RouteSettings, Settings
-from gateway.errors import GatewayError, MethodNotAllowed
+from gateway.errors import (
+    GatewayError,
+    MethodNotAllowed,
+    PaymentError,
+    SignInRefused,
+    StoreUnavailable,
+)
 from gateway.observe import access
+from gateway.observe.logs import get_logger
 from gateway.observe.metrics import Metrics
 from gateway.observe.record import RequestRecord
 from gateway.payment.challenge import ERROR_PAYMENT_REQUIRED
@@ -39,6 +47,7 @@ from gateway.payment.decode import decode_payment
 from gateway.payment.engine import Claim
 from gateway.payment.match import match_requirement
 from gateway.payment.receipts import receipt_headers
+from gateway.payment.sessions import HEADER as SIWX_HEADER
 from gateway.proxy.headers import is_trusted
 from gateway.proxy.paths import canonicalize
 from gateway.proxy.routes import route_rows
@@ -48,6 +57,7 @@ from gateway.serving.admin import FunctionCheck, make_admin_app
 from gateway.serving.state import RELOAD, SERVER_STATE, attach_state
 
 PRIVATE = {"Cache-Control": "private"}
+log = get_logger("gateway.sessions")
 
 LIVE = web.AppKey("gateway_live", LiveGateway)  # the current generation: LIVE.current
 METRICS = web.AppKey("metrics", Metrics)
@@ -72,8 +82,15 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
             return await relay(request, upstream)
         url = gw.challenges.resource_url(request, path, query)
         resource = answers.PricedResource(gw.challenges, route, url)
+        payer = await signed_in(gw, route, path, request.headers)
+        if payer is not None:  # paid for this route before, within its access window
+            upstream = await forward(
+                add_headers={gw.settings.payer_header: payer, "X-Request-Id": record.request_id}
+            )
+            return await relay(request, upstream, PRIVATE, expose_x402=True)
         payment = decode_payment(request.headers, gw.settings.limits.payment_header)
         if payment is None:
+            resource = await with_sign_in(gw, resource)
             return answers.challenge_response(request, resource, ERROR_PAYMENT_REQUIRED)
         matched = match_requirement(route, payment, url)
         async with gw.payments.claimed(matched, route, record.request_id) as claim:
@@ -101,6 +118,7 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
                     await gw.upstream.discard(upstream)  # settlement failed: serve nothing
                     raise
             assert claim.settled is not None
+            await remember_payment(gw, route, matched.payer)
             receipt = receipt_headers(claim.settled, matched.version)
             return await relay(
                 request,
@@ -110,7 +128,47 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
             )
     except GatewayError as exc:
         record.error = exc
+        if isinstance(exc, PaymentError) and resource is not None:
+            resource = await with_sign_in(gw, resource)
         return answers.error_response(request, exc, resource, record.request_id)
+
+
+# --- Sign-In-With-X (`access: {for: ...}`): pay once, then sign in ---------------------
+
+
+async def signed_in(
+    gw: Generation, route: RouteSettings, path: str, headers: Mapping[str, str]
+) -> str | None:
+    """The payer a SIWX proof signs in to this route, or None to go on to payment. A refused
+    proof is the answer (402, with why) unless the request also carries a payment."""
+    proof = headers.get(SIWX_HEADER)
+    if proof is None or gw.sessions is None or route.access is None:
+        return None
+    try:
+        return await gw.sessions.sign_in(route, path, proof)
+    except SignInRefused:
+        if any(name in headers for name in PAYMENT_HEADERS):
+            return None
+        raise
+
+
+async def with_sign_in(gw: Generation, resource: answers.PricedResource) -> answers.PricedResource:
+    """The resource with a fresh SIWX challenge in its 402, for a route with `access`."""
+    if gw.sessions is None:
+        return resource
+    extensions = await gw.sessions.extensions(resource.route, resource.url)
+    return dataclasses.replace(resource, extensions=extensions)
+
+
+async def remember_payment(gw: Generation, route: RouteSettings, payer: str) -> None:
+    """Settled: the payer may sign in to `route` for its access window. The payer is served
+    whatever happens here; without the record it pays again next time, never the reverse."""
+    if gw.sessions is None or route.access is None:
+        return
+    try:
+        await gw.sessions.paid(route, payer)
+    except StoreUnavailable as exc:
+        log.error("access_record_failed", route=route.name, payer=payer, error=exc.detail)
 
 
 def find_route(gw: Generation, method: str, path: str) -> RouteSettings | None:

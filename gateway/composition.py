@@ -25,16 +25,18 @@ from gateway.observe.logs import get_logger
 from gateway.observe.metrics import Metrics
 from gateway.payment.challenge import PreparedChallenges
 from gateway.payment.engine import Facilitator, Payments
+from gateway.payment.sessions import Sessions
 from gateway.proxy.routes import RouteTable
 from gateway.proxy.upstream import Upstream
 from gateway.serving.state import InFlight
 from gateway.store import PaymentStore, open_store
+from gateway.store.sessions import open_sessions
 
 # The events of building a generation have always been the reload logger's: operators filter
 # on logger names, so they stay.
 log = get_logger("gateway.reload")
 
-PAYMENT_HEADERS = ("PAYMENT-SIGNATURE", "X-PAYMENT")
+PAYMENT_HEADERS = ("PAYMENT-SIGNATURE", "X-PAYMENT", "SIGN-IN-WITH-X")
 
 Close = Callable[[], Awaitable[None]]
 
@@ -85,6 +87,7 @@ class Generation:
     generation: int
     refresher: asyncio.Task[None]
     users: InFlight = dataclasses.field(default_factory=InFlight)  # its requests in flight
+    sessions: Sessions | None = None  # SIWX sign-in, when a route has `access`
 
     def shared_parts(self) -> list[tuple[object, Close]]:
         """(part, close) for each part a generation may share with another."""
@@ -127,9 +130,17 @@ async def build(
             drop_headers=(*PAYMENT_HEADERS, settings.payer_header),
             generation=generation,
             refresher=refresher,
+            sessions=_sessions(settings, store),
         )
         undo.pop_all()  # started: from now on whoever retires it closes its parts
     return built
+
+
+def _sessions(settings: Settings, store: PaymentStore) -> Sessions | None:
+    """SIWX state lives beside the payment records (the same Redis when they are there)."""
+    if not any(route.access is not None for route in settings.routes):
+        return None
+    return Sessions(settings, open_sessions(store))
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,6 +67,14 @@ class Requirement:
 
 
 @dataclass(frozen=True, slots=True)
+class AccessSettings:
+    """`access: {for: 24h}`: a payer who paid for the route signs in (SIWX) instead of paying
+    again, for `seconds` after the payment."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class RouteSettings:
     """One entry of `routes:`, in file order (`index` is its position)."""
 
@@ -80,6 +88,7 @@ class RouteSettings:
     settle: SettleMode = "after"
     price_text: str = "free"  # as written, for `check` and logs
     source: Source | None = None
+    access: AccessSettings | None = None  # SIWX sign-in after one payment (issue 14)
 
     @property
     def free(self) -> bool:

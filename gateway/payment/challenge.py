@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from cachetools import LRUCache
 from x402.http.constants import PAYMENT_REQUIRED_HEADER
@@ -70,10 +70,19 @@ def _resource(route: RouteSettings, resource_url: str) -> ResourceInfo:
 
 
 def _encode(
-    route: RouteSettings, v2: list[PaymentRequirements], resource_url: str, error: str
+    route: RouteSettings,
+    v2: list[PaymentRequirements],
+    resource_url: str,
+    error: str,
+    extensions: dict[str, Any] | None = None,
 ) -> tuple[dict[str, str], bytes]:
     header = encode_payment_required_header(
-        PaymentRequired(error=error, resource=_resource(route, resource_url), accepts=v2)
+        PaymentRequired(
+            error=error,
+            resource=_resource(route, resource_url),
+            accepts=v2,
+            extensions=extensions,
+        )
     )
     body = PaymentRequiredV1(error=error, accepts=requirements_v1(route, resource_url))
     headers = {
@@ -188,9 +197,16 @@ class PreparedChallenges:
         return prepared if prepared is not None else requirements_v2(route)
 
     def payment_required(
-        self, route: RouteSettings, resource_url: str, error: str
+        self,
+        route: RouteSettings,
+        resource_url: str,
+        error: str,
+        extensions: dict[str, Any] | None = None,
     ) -> tuple[dict[str, str], bytes]:
-        """As `payment_required()`, cached; the headers are a fresh dict the caller may extend."""
+        """As `payment_required()`, cached; the headers are a fresh dict the caller may extend.
+        With `extensions` (fresh per answer, e.g. a SIWX nonce) it is encoded anew."""
+        if extensions:
+            return _encode(route, self._requirements(route), resource_url, error, extensions)
         key = (route.index, resource_url, error)
         hit = self._cache.get(key)
         if hit is None:
@@ -208,9 +224,13 @@ class PreparedChallenges:
         return paywall_for(route, payment)
 
     def paywall(
-        self, route: RouteSettings, resource_url: str, error: str
+        self,
+        route: RouteSettings,
+        resource_url: str,
+        error: str,
+        extensions: dict[str, Any] | None = None,
     ) -> tuple[dict[str, str], bytes]:
         """The browser's 402: the paywall page, still carrying the v2 challenge header."""
-        headers, _ = self.payment_required(route, resource_url, error)
+        headers, _ = self.payment_required(route, resource_url, error, extensions)
         headers["Content-Type"] = HTML_TYPE
         return headers, self.paywall_html(route, resource_url, error).encode()

@@ -33,6 +33,7 @@ SECTIONS: dict[str, frozenset[str]] = {
     "$defs.facilitator.properties.local": facilitators.LOCAL_FACILITATOR_KEYS,
     "$defs.route": config_routes.ROUTE_KEYS,
     "$defs.accept": config_routes.ACCEPT_KEYS,
+    "$defs.route.properties.access": config_routes.ACCESS_KEYS,
 }
 
 

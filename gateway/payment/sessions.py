@@ -1,0 +1,156 @@
+"""Sign-In-With-X (SIWX) access: pay once for a route, then sign in with the paying wallet
+instead of paying again, for the route's `access: {for: ...}`.
+
+Built on the SDK's `x402.extensions.sign_in_with_x`: its resource-server extension writes the
+402's `sign-in-with-x` declaration (fresh nonce, issuedAt, `domain`/`uri` on `public_url`),
+and its public `parse_siwx_header`, `validate_siwx_message` and `verify_siwx_signature` check
+a proof. What the gateway adds around them, and why its request hook is not used as is:
+- the nonce is spent atomically in the store (`SET NX`), not checked and then recorded, so a
+  proof sent to two replicas at once signs in once;
+- payments are recorded per route (the priced pattern), with the route's window as expiry;
+- the proof must name the requested path and one of the route's networks;
+- a wallet with no payment on record is refused before any signature work (a store read is
+  far cheaper than verifying, so a flood of unpaid proofs costs little);
+- refusals say why (the SDK's hook swallows every error into "no access").
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+from urllib.parse import urlparse
+
+from eth_account import Account
+from eth_account.messages import encode_defunct
+from x402.extensions.sign_in_with_x import (
+    SIGN_IN_WITH_X,
+    CreateSIWxResourceServerExtensionOptions,
+    DeclareSIWxOptions,
+    InMemorySIWxStorage,
+    SIWxPayload,
+    SIWxVerifyOptions,
+    create_siwx_resource_server_extension,
+    declare_siwx_extension,
+    normalize_configured_origin,
+    parse_siwx_header,
+    validate_siwx_message,
+    verify_siwx_signature,
+)
+from x402.schemas import PaymentRequired, ResourceInfo
+from x402.schemas.hooks import ServerPaymentRequiredContext
+
+from gateway.config.settings import RouteSettings, Settings
+from gateway.errors import SignInRefused
+from gateway.payment.requirements import requirements_v2
+from gateway.store.sessions import SessionStore
+
+HEADER = SIGN_IN_WITH_X  # the request header a proof travels in
+MAX_HEADER = 8192  # bytes; bounded before it is decoded
+PROOF_SECONDS = 300  # a challenge's expirationTime; the SDK also refuses issuedAt older than 5 min
+# A nonce must stay spent as long as its proof could still pass the age check.
+NONCE_TTL = 2 * PROOF_SECONDS
+
+
+async def recover_eoa(*, address: str, message: str, signature: str) -> bool:
+    """EIP-191 personal_sign recovery (externally owned accounts), as `SIWxVerifyOptions.
+    evm_verifier`: the SDK's default re-parses the message with the `siwe` package, which
+    costs tens of milliseconds per proof for the same answer."""
+    try:
+        signer = Account.recover_message(encode_defunct(text=message), signature=signature)
+    except (ValueError, TypeError):
+        return False
+    return bool(signer.lower() == address.lower())
+
+
+class Sessions:
+    """The SIWX side of one generation: the 402 declaration and the sign-in check."""
+
+    def __init__(self, settings: Settings, store: SessionStore) -> None:
+        self.store = store
+        self.origin = normalize_configured_origin(settings.public_url or "http://localhost")
+        # Only its declaration enrichment is used; see the module's docstring for why its
+        # hooks are not (their storage is never called).
+        self._extension = create_siwx_resource_server_extension(
+            CreateSIWxResourceServerExtensionOptions(
+                origin=self.origin, storage=InMemorySIWxStorage()
+            )
+        )
+        self._declarations = {
+            route.index: declare_siwx_extension(
+                DeclareSIWxOptions(
+                    network=_networks(route),
+                    statement="Sign in to use what this wallet paid for",
+                    expiration_seconds=PROOF_SECONDS,
+                )
+            )[SIGN_IN_WITH_X]
+            for route in settings.routes
+            if route.access is not None
+        }
+        self._verify = SIWxVerifyOptions(evm_verifier=recover_eoa)
+
+    async def extensions(self, route: RouteSettings, resource_url: str) -> dict[str, Any] | None:
+        """The 402's `extensions` for `route`: a fresh SIWX challenge, or None."""
+        declaration = self._declarations.get(route.index)
+        if declaration is None:
+            return None
+        accepts = requirements_v2(route)
+        resource = ResourceInfo(url=resource_url)
+        context = ServerPaymentRequiredContext(
+            requirements=accepts,
+            resource_info=resource,
+            error=None,
+            payment_required_response=PaymentRequired(resource=resource, accepts=accepts),
+        )
+        info = self._extension.enrich_payment_required_response(declaration, context)
+        if inspect.isawaitable(info):
+            info = await info
+        return {SIGN_IN_WITH_X: info}
+
+    async def sign_in(self, route: RouteSettings, path: str, header: str) -> str:
+        """The payer a proof signs in, or `SignInRefused` with the reason."""
+        payload = _parse(header)
+        validation = await validate_siwx_message(payload, self.origin)
+        if not validation.is_valid:
+            raise SignInRefused(
+                validation.invalid_message or "invalid proof",
+                reason=validation.invalid_reason or "invalid_siwx_message",
+            )
+        if urlparse(payload.uri).path != path:
+            raise SignInRefused(
+                f"the proof is for {urlparse(payload.uri).path}, not {path}",
+                reason="invalid_siwx_uri_mismatch",
+            )
+        if payload.chain_id not in _networks(route):
+            raise SignInRefused(
+                f"{payload.chain_id} is not a network of this route",
+                reason="invalid_siwx_unsupported_chain",
+            )
+        if not await self.store.has_paid(route.name, payload.address):
+            raise SignInRefused("no payment for this route on record", reason="siwx_not_paid")
+        verified = await verify_siwx_signature(payload, self._verify)
+        if not verified.is_valid or not verified.payer:
+            raise SignInRefused(
+                verified.invalid_message or "bad signature",
+                reason=verified.invalid_reason or "invalid_siwx_signature",
+            )
+        if not await self.store.spend_nonce(payload.nonce, NONCE_TTL):
+            raise SignInRefused("this sign-in was already used", reason="siwx_nonce_used")
+        return verified.payer
+
+    async def paid(self, route: RouteSettings, payer: str) -> None:
+        """`payer` paid for `route`: sign-ins are accepted for the route's window."""
+        if route.access is not None:
+            await self.store.record_payment(route.name, payer, route.access.seconds)
+
+
+def _networks(route: RouteSettings) -> list[str]:
+    return sorted({req.network for req in route.accepts if req.network.startswith("eip155:")})
+
+
+def _parse(header: str) -> SIWxPayload:
+    if len(header) > MAX_HEADER:
+        raise SignInRefused(f"longer than {MAX_HEADER} bytes", reason="invalid_siwx_header")
+    try:
+        return parse_siwx_header(header)
+    except (ValueError, RecursionError) as exc:
+        raise SignInRefused(str(exc)[:200], reason="invalid_siwx_header") from None
