@@ -25,6 +25,7 @@ from gateway.observe.logs import get_logger
 from gateway.observe.metrics import Metrics
 from gateway.payment.challenge import PreparedChallenges
 from gateway.payment.engine import Facilitator, Payments
+from gateway.payment.sessions import HEADER as SIWX_HEADER
 from gateway.payment.sessions import Sessions
 from gateway.proxy.routes import RouteTable
 from gateway.proxy.upstream import Upstream
@@ -36,7 +37,7 @@ from gateway.store.sessions import open_sessions
 # on logger names, so they stay.
 log = get_logger("gateway.reload")
 
-PAYMENT_HEADERS = ("PAYMENT-SIGNATURE", "X-PAYMENT", "SIGN-IN-WITH-X")
+PAYMENT_HEADERS = ("PAYMENT-SIGNATURE", "X-PAYMENT")
 
 Close = Callable[[], Awaitable[None]]
 
@@ -127,7 +128,7 @@ async def build(
             upstream=upstream,
             payments=payments,
             metrics=metrics,
-            drop_headers=(*PAYMENT_HEADERS, settings.payer_header),
+            drop_headers=(*PAYMENT_HEADERS, SIWX_HEADER, settings.payer_header),
             generation=generation,
             refresher=refresher,
             sessions=_sessions(settings, store),
