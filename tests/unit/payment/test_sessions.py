@@ -1,0 +1,176 @@
+"""gateway.payment.sessions: the SIWX challenge and the sign-in check, on the SDK's own
+client-side proof builder and the in-memory session store (no sockets)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from eth_account import Account
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from x402.extensions.sign_in_with_x import (
+    SIGN_IN_WITH_X,
+    SIWxPayload,
+    create_siwx_payload,
+    encode_siwx_header,
+    format_siwe_message,
+)
+from x402.mechanisms.evm import EthAccountSigner
+
+from gateway.config import loads
+from gateway.errors import SignInRefused
+from gateway.payment.sessions import Sessions, eip4361_message, fast_eoa_check
+from gateway.store.sessions import MemorySessions
+
+PUBLIC = "https://api.example.com"
+CONFIG = f"""
+upstream: http://127.0.0.1:9
+facilitator: {{url: "http://127.0.0.1:9/"}}
+pay_to: "0x000000000000000000000000000000000000dEaD"
+public_url: {PUBLIC}
+admin: off
+routes:
+  - path: /reports/*
+    price: "$0.05"
+    access: {{for: 24h}}
+  - path: /paid/*
+    price: "$0.001"
+"""
+
+
+@pytest.fixture
+def sessions() -> Sessions:
+    return Sessions(loads(CONFIG), MemorySessions())
+
+
+SETTINGS = loads(CONFIG)
+REPORTS, PAID = SETTINGS.routes
+
+
+async def signed(
+    sessions: Sessions, account: Any, path: str = "/reports/a", **changes: Any
+) -> SIWxPayload:
+    extensions = await sessions.extensions(REPORTS, PUBLIC + path)
+    assert extensions is not None
+    siwx = extensions[SIGN_IN_WITH_X]
+    chain = siwx["supportedChains"][0]
+    info = {**siwx["info"], "chainId": chain["chainId"], "type": chain["type"], **changes}
+    url = changes.get("uri", PUBLIC + path)  # the SDK's client signs only for its own origin
+    return await create_siwx_payload(info, EthAccountSigner(account), url)
+
+
+async def test_the_challenge_is_bound_to_public_url_and_fresh_each_time(
+    sessions: Sessions,
+) -> None:
+    one = await sessions.extensions(REPORTS, PUBLIC + "/reports/a")
+    two = await sessions.extensions(REPORTS, PUBLIC + "/reports/a")
+    assert one is not None and two is not None
+    info = one[SIGN_IN_WITH_X]["info"]
+    assert (info["domain"], info["uri"]) == ("api.example.com", PUBLIC + "/reports/a")
+    assert info["nonce"] != two[SIGN_IN_WITH_X]["info"]["nonce"]
+    assert one[SIGN_IN_WITH_X]["supportedChains"] == [{"chainId": "eip155:84532", "type": "eip191"}]
+    assert await sessions.extensions(PAID, PUBLIC + "/paid/x") is None
+
+
+async def test_a_paid_wallet_signs_in_once_per_nonce(sessions: Sessions) -> None:
+    account = Account.create()
+    await sessions.paid(REPORTS, account.address)
+    header = encode_siwx_header(await signed(sessions, account))
+    assert await sessions.sign_in(REPORTS, "/reports/a", header) == account.address
+    with pytest.raises(SignInRefused) as refused:
+        await sessions.sign_in(REPORTS, "/reports/a", header)
+    assert refused.value.reason == "siwx_nonce_used"
+
+
+@pytest.mark.parametrize(
+    ("changes", "path", "reason"),
+    [
+        ({}, "/reports/b", "invalid_siwx_uri_mismatch"),
+        (
+            {"domain": "evil.example", "uri": "https://evil.example/reports/a"},
+            "/reports/a",
+            "invalid_siwx_domain_mismatch",
+        ),
+        ({"chainId": "eip155:1"}, "/reports/a", "invalid_siwx_unsupported_chain"),
+        ({"issuedAt": "2020-01-01T00:00:00Z"}, "/reports/a", "invalid_siwx_issued_at_too_old"),
+    ],
+)
+async def test_refusals_say_why(
+    sessions: Sessions, changes: dict[str, Any], path: str, reason: str
+) -> None:
+    account = Account.create()
+    await sessions.paid(REPORTS, account.address)
+    payload = await signed(sessions, account, **changes)
+    with pytest.raises(SignInRefused) as refused:
+        await sessions.sign_in(REPORTS, path, encode_siwx_header(payload))
+    assert refused.value.reason == reason
+
+
+async def test_an_unpaid_or_forged_wallet_is_refused(sessions: Sessions) -> None:
+    payer, other = Account.create(), Account.create()
+    await sessions.paid(REPORTS, payer.address)
+    with pytest.raises(SignInRefused) as refused:
+        await sessions.sign_in(
+            REPORTS, "/reports/a", encode_siwx_header(await signed(sessions, other))
+        )
+    assert refused.value.reason == "siwx_not_paid"
+    forged = (await signed(sessions, other)).model_copy(update={"address": payer.address})
+    with pytest.raises(SignInRefused) as refused:
+        await sessions.sign_in(REPORTS, "/reports/a", encode_siwx_header(forged))
+    assert refused.value.reason == "invalid_siwx_signature"
+
+
+@pytest.mark.parametrize("header", ["", "!!!", "e30=", "x" * 9000, "W1td" * 10])
+async def test_unreadable_headers_are_refused(sessions: Sessions, header: str) -> None:
+    with pytest.raises(SignInRefused) as refused:
+        await sessions.sign_in(REPORTS, "/reports/a", header)
+    assert refused.value.reason == "invalid_siwx_header"
+
+
+# --- the fast path agrees with the SDK ----------------------------------------------------
+
+_TEXT = st.text(st.characters(min_codepoint=32, max_codepoint=126), min_size=1, max_size=30)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    statement=st.none() | _TEXT,
+    request_id=st.none() | _TEXT.filter(lambda t: t.strip() == t),
+    expiration=st.booleans(),
+    resources=st.none() | st.lists(st.just("https://api.example.com/reports/z"), max_size=2),
+)
+async def test_the_fast_message_is_the_sdks_message(
+    statement: str | None, request_id: str | None, expiration: bool, resources: list[str] | None
+) -> None:
+    account = Account.create()
+    payload = SIWxPayload(
+        domain="api.example.com",
+        address=account.address,
+        statement=statement,
+        uri="https://api.example.com/reports/a",
+        version="1",
+        chainId="eip155:84532",
+        type="eip191",
+        nonce="a1b2c3d4e5f6a7b8",
+        issuedAt="2026-11-26T13:45:33.055619Z",
+        expirationTime="2026-11-26T13:50:33.055633Z" if expiration else None,
+        requestId=request_id,
+        resources=resources,
+        signature="0x",
+    )
+    try:
+        expected = format_siwe_message(payload, account.address)
+    except ValueError:
+        return  # the SDK refuses it; the fast path then defers to the SDK anyway
+    assert eip4361_message(payload, "84532") == expected
+
+
+async def test_the_fast_path_defers_on_anything_unusual(sessions: Sessions) -> None:
+    account = Account.create()
+    plain = await signed(sessions, account)
+    assert fast_eoa_check(plain)
+    assert not fast_eoa_check(plain.model_copy(update={"address": plain.address.lower()}))
+    assert not fast_eoa_check(plain.model_copy(update={"statement": "a\nURI: x"}))
+    assert not fast_eoa_check(plain.model_copy(update={"nonce": "short"}))
+    assert not fast_eoa_check(plain.model_copy(update={"signature": "0x" + "00" * 65}))
