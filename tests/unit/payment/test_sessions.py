@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from eth_account import Account
+from eth_utils.address import is_checksum_address, to_checksum_address
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from x402.extensions.sign_in_with_x import (
@@ -20,7 +21,7 @@ from x402.mechanisms.evm import EthAccountSigner
 
 from gateway.config import loads
 from gateway.errors import SignInRefused
-from gateway.payment.sessions import Sessions, eip4361_message, fast_eoa_check
+from gateway.payment.sessions import Sessions, eip4361_message, fast_eoa_check, is_checksummed
 from gateway.store.sessions import MemorySessions
 
 PUBLIC = "https://api.example.com"
@@ -174,3 +175,25 @@ async def test_the_fast_path_defers_on_anything_unusual(sessions: Sessions) -> N
     assert not fast_eoa_check(plain.model_copy(update={"statement": "a\nURI: x"}))
     assert not fast_eoa_check(plain.model_copy(update={"nonce": "short"}))
     assert not fast_eoa_check(plain.model_copy(update={"signature": "0x" + "00" * 65}))
+
+
+@settings(max_examples=100, deadline=None)
+@given(raw=st.binary(min_size=20, max_size=20), flips=st.sets(st.integers(0, 39), max_size=3))
+def test_the_checksum_check_is_eip55(raw: bytes, flips: set[int]) -> None:
+    address = to_checksum_address(raw)
+    assert is_checksummed(address)
+    assert is_checksummed(address.lower()) == is_checksum_address(address.lower())
+    digits = list(address[2:])
+    for i in flips:
+        digits[i] = digits[i].swapcase()
+    changed = "0x" + "".join(digits)
+    assert is_checksummed(changed) == is_checksum_address(changed)
+
+
+async def test_the_fast_path_takes_both_recovery_id_spellings(sessions: Sessions) -> None:
+    plain = await signed(sessions, Account.create())
+    raw = bytes.fromhex(plain.signature.removeprefix("0x"))
+    low_v = "0x" + (raw[:64] + bytes([raw[64] - 27])).hex()
+    assert fast_eoa_check(plain.model_copy(update={"signature": low_v}))
+    assert not fast_eoa_check(plain.model_copy(update={"signature": plain.signature[:-2] + "05"}))
+    assert not fast_eoa_check(plain.model_copy(update={"signature": "0xzz"}))
