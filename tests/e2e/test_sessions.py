@@ -5,6 +5,10 @@ real redis-server shared by two replicas. Transactions are counted on the chain.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -315,4 +319,46 @@ async def test_replicas_share_payments_and_nonces_in_redis(
         )
     assert sorted(a.status_code for a in answers) == [200] + [402] * 19
     assert len(origin.log.for_path(path)) == calls + 1
+    assert chain.tx_count(chain.facilitator_address) == txs
+
+
+# --- the TypeScript SDK's client ----------------------------------------------------------
+
+JS = Path(__file__).parent / "js" / "siwx_fetch.mjs"
+
+
+def node_siwx(url: str, count: int, key: str) -> dict[str, Any]:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed (scripts/setup.sh installs the npm tools)")
+    done = subprocess.run(
+        [node, str(JS), url, str(count)],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=120,
+        cwd=JS.parents[3],  # the repository: node_modules is there
+        env={**os.environ, "X402_PAYER_KEY": "0x" + key.removeprefix("0x")},
+    )
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+async def test_the_typescript_sdk_signs_in_after_paying_once(
+    single: GatewayProcess,
+    chain: Chain,
+    make_payer: Callable[..., LocalAccount],
+) -> None:
+    payer, stranger = make_payer(), make_payer()
+    await pay_once(chain, single, payer, "/reports/ts")
+    txs = chain.tx_count(chain.facilitator_address)
+    signed = node_siwx(single.url + "/reports/ts", 10, payer.key.hex())
+    assert signed["address"].lower() == payer.address.lower()
+    assert signed["statuses"] == [200] * 10, signed
+    assert {p.lower() for p in signed["payers"]} == {payer.address.lower()}
+    assert signed["receipts"] == 0
+    # A wallet that never paid signs too, and is refused: the 402 is what it gets back.
+    refused = node_siwx(single.url + "/reports/ts", 1, stranger.key.hex())
+    assert refused["statuses"] == [402], refused
     assert chain.tx_count(chain.facilitator_address) == txs
