@@ -131,16 +131,24 @@ async def build(
             drop_headers=(*PAYMENT_HEADERS, SIWX_HEADER, settings.payer_header),
             generation=generation,
             refresher=refresher,
-            sessions=_sessions(settings, store),
+            sessions=_sessions(settings, store, previous),
         )
         undo.pop_all()  # started: from now on whoever retires it closes its parts
     return built
 
 
-def _sessions(settings: Settings, store: PaymentStore) -> Sessions | None:
-    """SIWX state lives beside the payment records (the same Redis when they are there)."""
+def _sessions(
+    settings: Settings, store: PaymentStore, previous: Generation | None
+) -> Sessions | None:
+    """SIWX state lives beside the payment records (the same Redis when they are there). A
+    generation that shares the previous one's store shares its session state too: a reload
+    must not forget who paid, nor which sign-in nonces are spent (a memory store's are only
+    in this object)."""
     if not any(route.access is not None for route in settings.routes):
         return None
+    shared = previous.sessions if previous is not None else None
+    if shared is not None and previous is not None and previous.payments.store is store:
+        return Sessions(settings, shared.store)
     return Sessions(settings, open_sessions(store))
 
 
