@@ -12,9 +12,8 @@ each kind's batches (counted on chain: zero for the sign-ins).
 
 Target: a sign-in costs at most a free request + 0.2 ms at p50.
 
-Why the gateway checks plain proofs itself (gateway/payment/sessions.py): with the SDK's own
-`verify_siwx_signature` a proof costs about 9 ms of CPU in `siwe`'s URI grammar check; the
-`--only E` run before that fast path existed showed the same ~9-10 ms over free.
+Why the gateway checks the signature itself (gateway/payment/sessions.py): the SDK's own
+`verify_siwx_signature` costs about 9 ms of CPU per proof in `siwe`'s URI grammar check.
 """
 
 from __future__ import annotations

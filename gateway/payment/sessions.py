@@ -3,14 +3,18 @@ instead of paying again, for the route's `access: {for: ...}`.
 
 Built on the SDK's `x402.extensions.sign_in_with_x`: its resource-server extension writes the
 402's `sign-in-with-x` declaration (fresh nonce, issuedAt, `domain`/`uri` on `public_url`),
-and its public `parse_siwx_header`, `validate_siwx_message` and `verify_siwx_signature` check
-a proof. What the gateway adds around them, and why its request hook is not used as is:
+and its public `parse_siwx_header` and `validate_siwx_message` read and check a proof. What
+the gateway does differently from the SDK's request hook, and why:
+- the signature is checked here (EIP-4361 text, EIP-191 recovery with coincurve; see "the
+  signature" below): the SDK's `verify_siwx_signature` spends about 9 ms of CPU per proof in
+  the `siwe` package's URI grammar, which would make every proof a cheap way to burn the
+  gateway's CPU; the unit tests hold the two to the same answers on the SDK's own proofs;
 - the nonce is spent atomically in the store (`SET NX`), not checked and then recorded, so a
   proof sent to two replicas at once signs in once;
 - payments are recorded per route (the priced pattern), with the route's window as expiry;
 - the proof must name the requested path and one of the route's networks;
-- a wallet with no payment on record is refused before any signature work (a store read is
-  far cheaper than verifying, so a flood of unpaid proofs costs little);
+- the signature is checked before the payment records are read, so nobody but the wallet's
+  owner learns whether it paid for a route;
 - refusals say why (the SDK's hook swallows every error into "no access").
 """
 
@@ -22,23 +26,18 @@ from typing import Any
 from urllib.parse import urlparse
 
 from coincurve import PublicKey
-from eth_account import Account
-from eth_account.messages import encode_defunct
 from eth_hash.auto import keccak
-from eth_keys.exceptions import BadSignature
 from x402.extensions.sign_in_with_x import (
     SIGN_IN_WITH_X,
     CreateSIWxResourceServerExtensionOptions,
     DeclareSIWxOptions,
     InMemorySIWxStorage,
     SIWxPayload,
-    SIWxVerifyOptions,
     create_siwx_resource_server_extension,
     declare_siwx_extension,
     normalize_configured_origin,
     parse_siwx_header,
     validate_siwx_message,
-    verify_siwx_signature,
 )
 from x402.schemas import PaymentRequired, ResourceInfo
 from x402.schemas.hooks import ServerPaymentRequiredContext
@@ -53,17 +52,6 @@ MAX_HEADER = 8192  # bytes; bounded before it is decoded
 PROOF_SECONDS = 300  # a challenge's expirationTime; the SDK also refuses issuedAt older than 5 min
 # A nonce must stay spent as long as its proof could still pass the age check.
 NONCE_TTL = 2 * PROOF_SECONDS
-
-
-async def recover_eoa(*, address: str, message: str, signature: str) -> bool:
-    """EIP-191 personal_sign recovery (externally owned accounts), as `SIWxVerifyOptions.
-    evm_verifier`: the SDK's default re-parses the message with the `siwe` package, which
-    costs tens of milliseconds per proof for the same answer."""
-    try:
-        signer = Account.recover_message(encode_defunct(text=message), signature=signature)
-    except (ValueError, TypeError, BadSignature):
-        return False
-    return bool(signer.lower() == address.lower())
 
 
 class Sessions:
@@ -90,7 +78,6 @@ class Sessions:
             for route in settings.routes
             if route.access is not None
         }
-        self._verify = SIWxVerifyOptions(evm_verifier=recover_eoa)
 
     async def extensions(self, route: RouteSettings, resource_url: str) -> dict[str, Any] | None:
         """The 402's `extensions` for `route`: a fresh SIWX challenge, or None."""
@@ -129,24 +116,12 @@ class Sessions:
                 f"{payload.chain_id} is not a network of this route",
                 reason="invalid_siwx_unsupported_chain",
             )
-        if not await self.store.has_paid(route.name, payload.address):
+        payer = signer_of(payload)
+        if not await self.store.has_paid(route.name, payer):
             raise SignInRefused("no payment for this route on record", reason="siwx_not_paid")
-        payer = await self._signer(payload)
         if not await self.store.spend_nonce(payload.nonce, NONCE_TTL):
             raise SignInRefused("this sign-in was already used", reason="siwx_nonce_used")
         return payer
-
-    async def _signer(self, payload: SIWxPayload) -> str:
-        """The proof's signer: the fast path when it applies, else the SDK's own check."""
-        if fast_eoa_check(payload):
-            return payload.address
-        verified = await verify_siwx_signature(payload, self._verify)
-        if not verified.is_valid or not verified.payer:
-            raise SignInRefused(
-                verified.invalid_message or "bad signature",
-                reason=verified.invalid_reason or "invalid_siwx_signature",
-            )
-        return verified.payer
 
     async def paid(self, route: RouteSettings, payer: str) -> None:
         """`payer` paid for `route`: sign-ins are accepted for the route's window."""
@@ -154,15 +129,13 @@ class Sessions:
             await self.store.record_payment(route.name, payer, route.access.seconds)
 
 
-# --- the fast path ----------------------------------------------------------------------
+# --- the signature --------------------------------------------------------------------
 #
-# The SDK formats the EIP-4361 message through the `siwe` package, whose RFC 3986 grammar
-# check of `uri` and `resources` costs about 9 ms of CPU per proof (measured: see the module
-# docstring of bench/sessions.py); a sign-in should cost what a free request costs. So a
-# proof in the plain shape the SDK's client makes (one line per field, alphanumeric nonce,
-# checksummed address) is checked here: the EIP-4361 text built from its fields, and the
-# EIP-191 signer recovered from it. Anything else, or a signature that does not match, goes
-# through the SDK's own check, so this path can only accept what the SDK would, sooner.
+# A proof in the shape EIP-4361 and the SDK's clients give it (one line per field, an
+# alphanumeric nonce, a checksummed address, an `eip155:<n>` chain, a 65-byte signature) is
+# checked here: its EIP-4361 text is built from its fields and the EIP-191 signer recovered
+# from it. Anything else is refused (the `siwe` package refuses those shapes too), so no proof
+# can make the gateway take a slower road.
 
 _NONCE = re.compile(r"[A-Za-z0-9]{8,}")
 _CHAIN = re.compile(r"eip155:([0-9]{1,20})")
@@ -203,6 +176,17 @@ def _plain(payload: SIWxPayload) -> str | None:
     if not is_checksummed(payload.address):
         return None
     return str(int(chain.group(1)))
+
+
+def signer_of(payload: SIWxPayload) -> str:
+    """The proof's address when it signed the proof, else `SignInRefused`."""
+    if _plain(payload) is None or _signature(payload.signature) is None:
+        raise SignInRefused(
+            "not an EIP-4361 proof of an externally owned account", reason="invalid_siwx_message"
+        )
+    if not fast_eoa_check(payload):
+        raise SignInRefused("the signature is not the address's", reason="invalid_siwx_signature")
+    return payload.address
 
 
 def fast_eoa_check(payload: SIWxPayload) -> bool:

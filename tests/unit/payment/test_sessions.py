@@ -16,6 +16,7 @@ from x402.extensions.sign_in_with_x import (
     create_siwx_payload,
     encode_siwx_header,
     format_siwe_message,
+    verify_siwx_signature,
 )
 from x402.mechanisms.evm import EthAccountSigner
 
@@ -167,7 +168,35 @@ async def test_the_fast_message_is_the_sdks_message(
     assert eip4361_message(payload, "84532") == expected
 
 
-async def test_the_fast_path_defers_on_anything_unusual(sessions: Sessions) -> None:
+async def test_the_signature_check_agrees_with_the_sdks(sessions: Sessions) -> None:
+    payer, other = Account.create(), Account.create()
+    good = await signed(sessions, payer)
+    forged = (await signed(sessions, other)).model_copy(update={"address": payer.address})
+    for proof in (good, forged):
+        sdk = await verify_siwx_signature(proof)
+        assert fast_eoa_check(proof) == sdk.is_valid
+
+
+async def test_whether_a_wallet_paid_is_told_only_to_its_owner(sessions: Sessions) -> None:
+    unpaid, other = Account.create(), Account.create()
+    forged = (await signed(sessions, other)).model_copy(update={"address": unpaid.address})
+    with pytest.raises(SignInRefused) as refused:
+        await sessions.sign_in(REPORTS, "/reports/a", encode_siwx_header(forged))
+    assert refused.value.reason == "invalid_siwx_signature"  # not siwx_not_paid
+
+
+async def test_unusual_proofs_are_refused_not_sent_down_a_slower_road(sessions: Sessions) -> None:
+    account = Account.create()
+    await sessions.paid(REPORTS, account.address)
+    lower = (await signed(sessions, account)).model_copy(
+        update={"address": account.address.lower()}
+    )
+    with pytest.raises(SignInRefused) as refused:
+        await sessions.sign_in(REPORTS, "/reports/a", encode_siwx_header(lower))
+    assert refused.value.reason == "invalid_siwx_message"
+
+
+async def test_the_fast_path_refuses_anything_unusual(sessions: Sessions) -> None:
     account = Account.create()
     plain = await signed(sessions, account)
     assert fast_eoa_check(plain)
