@@ -11,10 +11,10 @@ import pytest
 from x402.http import AuthHeaders, FacilitatorConfig, HTTPFacilitatorClient
 from x402.mechanisms.evm.constants import ERR_INSUFFICIENT_BALANCE
 
+from gateway.config.settings import RemoteFacilitatorSettings
 from gateway.demo import chain as chainlib
 from gateway.facilitators.engine import EngineFacilitator, run
 from gateway.facilitators.remote import RemoteFacilitator
-from gateway.settings import RemoteFacilitatorSettings
 from tests.e2e import engine_parts as parts
 from tests.e2e.conftest import Chain
 

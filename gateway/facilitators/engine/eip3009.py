@@ -258,7 +258,7 @@ class Inspection:
     sig: Sig | None
 
 
-def inspect(
+def inspect(  # noqa: PLR0913  the payload, its domain, and the terms keyword-only
     payload: Mapping[str, Any],
     domain: Domain,
     *,

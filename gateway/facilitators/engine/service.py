@@ -27,7 +27,7 @@ from x402.schemas import PaymentPayload, PaymentRequirements
 from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
 from ...errors import FacilitatorUnavailable
-from ...payment_decode import nesting_exceeds
+from ...payment.decode import nesting_exceeds
 from .facilitator import EngineFacilitator
 
 MAX_REQUEST = 64 * 1024  # a verify/settle request is a few KB
@@ -151,7 +151,7 @@ def make_app(engine: EngineFacilitator, *, token: str | None = None) -> web.Appl
     return app
 
 
-async def run(
+async def run(  # noqa: PLR0913  where to listen, then keyword-only options
     engine: EngineFacilitator,
     host: str = "127.0.0.1",
     port: int = 4021,

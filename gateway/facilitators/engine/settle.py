@@ -52,13 +52,14 @@ def refusal_reason(message: str) -> str:
 
 
 class Settler:
-    def __init__(
+    def __init__(  # noqa: PLR0913  the settler's five collaborators, and a clock for tests
         self,
         rpc: RpcClient,
         keys: list[SettlerKey],
         opts: EngineOptions,
         stats: EngineStats,
         watcher: Watcher,
+        *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._rpc = rpc

@@ -155,7 +155,9 @@ def _revert(answer: Any) -> RpcError | None:
     return None
 
 
-def chain_reason(view: ChainView, sig: Sig, value: int) -> tuple[str | None, str | None]:
+def chain_reason(  # noqa: PLR0911  one answer per chain fact, checked in the SDK's order
+    view: ChainView, sig: Sig, value: int
+) -> tuple[str | None, str | None]:
     """(the SDK's reason to refuse, a message), or (None, None): the payment is good."""
     if view.token_has_code is False:
         return ERR_ASSET_NOT_DEPLOYED_CONTRACT, "the asset has no code"
