@@ -24,9 +24,9 @@ import functools
 import itertools
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
-from aiohttp import web
+from aiohttp import ClientResponse, web
 
 from gateway import answers
 from gateway.composition import PAYMENT_HEADERS, Generation, Parts
@@ -56,7 +56,9 @@ from gateway.reload import LiveGateway
 from gateway.serving.admin import FunctionCheck, make_admin_app
 from gateway.serving.state import RELOAD, SERVER_STATE, attach_state
 
-PRIVATE = {"Cache-Control": "private"}
+# A paid answer is for its payer alone: no shared cache (nor a CDN, whose own directives
+# the relay strips) may keep it and hand it to someone who did not pay (issue 12 item 7).
+PRIVATE = {"Cache-Control": "private, no-store"}
 log = get_logger("gateway.sessions")
 
 LIVE = web.AppKey("gateway_live", LiveGateway)  # the current generation: LIVE.current
@@ -68,6 +70,8 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
     resource: answers.PricedResource | None = None  # set once the request is for a price
     try:
         path, query = canonicalize(request.raw_path)
+        if request.method == "OPTIONS" and (allow := gw.routes.priced_allow(path)) is not None:
+            return answers.options_response(request, allow, gw.cors)
         route = record.route = find_route(gw, request.method, path)
         forward = functools.partial(
             gw.upstream.send,
@@ -82,16 +86,11 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
             return await relay(request, upstream)
         url = gw.challenges.resource_url(request, path, query)
         resource = answers.PricedResource(gw.challenges, route, url)
-        payer = await signed_in(gw, route, path, request.headers)
-        if payer is not None:  # paid for this route before, within its access window
-            upstream = await forward(
-                add_headers={gw.settings.payer_header: payer, "X-Request-Id": record.request_id}
-            )
-            return await relay(request, upstream, PRIVATE, expose_x402=True)
         payment = decode_payment(request.headers, gw.settings.limits.payment_header)
-        if payment is None:
-            resource = await with_sign_in(gw, resource)
-            return answers.challenge_response(request, resource, ERROR_PAYMENT_REQUIRED)
+        answered = await without_payment(request, gw, record, resource, forward, path=path)
+        if answered is not None or payment is None:
+            # Signed in (SIWX), or the challenge when there is neither proof nor payment.
+            return answered or await challenge(request, gw, resource)
         matched = match_requirement(route, payment, url)
         async with gw.payments.claimed(matched, route, record.request_id) as claim:
             record.claim = claim
@@ -110,7 +109,9 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
             if upstream.status >= 400 or request.method == "HEAD":
                 # Nothing is charged for an origin failure, nor for a HEAD (it has no body).
                 await gw.payments.abandon(claim, f"origin answered {upstream.status}")
-                return await relay(request, upstream, PRIVATE, expose_x402=True)
+                return await relay(
+                    request, upstream, paid_headers(gw, request, upstream), paid=True
+                )
             if claim.settled is None:
                 try:
                     await gw.payments.settle(claim)
@@ -120,17 +121,15 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
             assert claim.settled is not None
             await remember_payment(gw, route, matched.payer)
             receipt = receipt_headers(claim.settled, matched.version)
+            extra = {**receipt, **timing(gw, claim, started)}
             return await relay(
-                request,
-                upstream,
-                {**receipt, **PRIVATE, **timing(gw, claim, started)},
-                expose_x402=True,
+                request, upstream, {**paid_headers(gw, request, upstream), **extra}, paid=True
             )
     except GatewayError as exc:
         record.error = exc
-        if isinstance(exc, PaymentError) and resource is not None:
+        if resource is not None and isinstance(exc, PaymentError):
             resource = await with_sign_in(gw, resource)
-        return answers.error_response(request, exc, resource, record.request_id)
+        return answers.error_response(request, exc, resource, record.request_id, gw.cors)
 
 
 # --- Sign-In-With-X (`access: {for: ...}`): pay once, then sign in ---------------------
@@ -150,6 +149,34 @@ async def signed_in(
         if any(name in headers for name in PAYMENT_HEADERS):
             return None
         raise
+
+
+async def without_payment(  # noqa: PLR0913  the request's parts, `path` keyword-only
+    request: web.Request,
+    gw: Generation,
+    record: RequestRecord,
+    resource: answers.PricedResource,
+    forward: Callable[..., Awaitable[ClientResponse]],
+    *,
+    path: str,
+) -> web.StreamResponse | None:
+    """The origin's answer for a payer signed in with SIWX (it paid for this route within its
+    access window: `X-Payer` as for a paid call, nothing settled), or None."""
+    payer = await signed_in(gw, resource.route, path, request.headers)
+    if payer is None:
+        return None
+    upstream = await forward(
+        add_headers={gw.settings.payer_header: payer, "X-Request-Id": record.request_id}
+    )
+    return await relay(request, upstream, paid_headers(gw, request, upstream), paid=True)
+
+
+async def challenge(
+    request: web.Request, gw: Generation, resource: answers.PricedResource
+) -> web.Response:
+    """The 402 for a request with neither a payment nor a sign-in."""
+    resource = await with_sign_in(gw, resource)
+    return answers.challenge_response(request, resource, ERROR_PAYMENT_REQUIRED, cors=gw.cors)
 
 
 async def with_sign_in(gw: Generation, resource: answers.PricedResource) -> answers.PricedResource:
@@ -179,6 +206,15 @@ def find_route(gw: Generation, method: str, path: str) -> RouteSettings | None:
             f"{method} is not routed here; use {allow}", headers={"Allow": allow}
         )
     return found.route
+
+
+def paid_headers(gw: Generation, request: web.Request, upstream: ClientResponse) -> dict[str, str]:
+    """What a relayed answer on a priced path gets on top of the origin's: `private,
+    no-store`, and the gateway's CORS headers when the origin sent none (the gateway
+    answered this path's preflight, so a page that paid must be let to read the answer)."""
+    if "Access-Control-Allow-Origin" in upstream.headers:
+        return PRIVATE
+    return {**PRIVATE, **gw.cors.allow_origin(request.headers.get("Origin"))}
 
 
 def timing(gw: Generation, claim: Claim, started: float) -> dict[str, str]:
@@ -221,10 +257,13 @@ async def entry(request: web.Request) -> web.StreamResponse:
         generation=gw.generation,
     )
     started = time.perf_counter()
-    async with request.app[SERVER_STATE].in_flight.track(), gw.users.track():
+    state = request.app[SERVER_STATE]
+    state.request_started(request.transport)
+    async with state.in_flight.track(), gw.users.track():
         try:
             response = await handle(request, gw, record)
             await finish(request, response)
+            state.request_done(request.transport)  # idle until its next request
             record.status, record.sent = response.status, response.body_length
             return response
         finally:
