@@ -29,6 +29,8 @@ from gateway.payment.limits import RateLimiter
 from gateway.payment.price_hook import HttpPriceSource
 from gateway.payment.prices import Prices, PriceSource
 from gateway.payment.retries import Retries
+from gateway.payment.sessions import HEADER as SIWX_HEADER
+from gateway.payment.sessions import Sessions
 from gateway.proxy.cors import CorsPolicy
 from gateway.proxy.routes import RouteTable
 from gateway.proxy.upstream import Upstream
@@ -36,6 +38,7 @@ from gateway.serving.state import InFlight
 from gateway.store import PaymentStore, open_store
 from gateway.store.buckets import TokenBuckets
 from gateway.store.kept import KeptResponses
+from gateway.store.sessions import open_sessions
 from gateway.store.spend import SpendCounters
 
 # The events of building a generation have always been the reload logger's: operators filter
@@ -98,6 +101,7 @@ class Generation:
     prices: Prices
     retries: Retries
     users: InFlight = dataclasses.field(default_factory=InFlight)  # its requests in flight
+    sessions: Sessions | None = None  # SIWX sign-in, when a route has `access`
 
     def shared_parts(self) -> list[tuple[object, Close]]:
         """(part, close) for each part a generation may share with another."""
@@ -138,10 +142,11 @@ async def build(
             upstream=upstream,
             payments=payments,
             metrics=metrics,
-            drop_headers=(*PAYMENT_HEADERS, settings.payer_header),
+            drop_headers=(*PAYMENT_HEADERS, SIWX_HEADER, settings.payer_header),
             cors=CorsPolicy(settings.cors),
             generation=generation,
             refresher=refresher,
+            sessions=_sessions(settings, store, previous),
             limiter=RateLimiter(
                 settings,
                 store if isinstance(store, TokenBuckets) else None,
@@ -154,6 +159,21 @@ async def build(
         )
         undo.pop_all()  # started: from now on whoever retires it closes its parts
     return built
+
+
+def _sessions(
+    settings: Settings, store: PaymentStore, previous: Generation | None
+) -> Sessions | None:
+    """SIWX state lives beside the payment records (the same Redis when they are there). A
+    generation that shares the previous one's store shares its session state too: a reload
+    must not forget who paid, nor which sign-in nonces are spent (a memory store's are only
+    in this object)."""
+    if not any(route.access is not None for route in settings.routes):
+        return None
+    shared = previous.sessions if previous is not None else None
+    if shared is not None and previous is not None and previous.payments.store is store:
+        return Sessions(settings, shared.store)
+    return Sessions(settings, open_sessions(store))
 
 
 @dataclass(frozen=True, slots=True)

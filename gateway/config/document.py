@@ -93,6 +93,7 @@ def compile_document(reader: Reader, root: yaml.Node) -> Settings | None:
     store, workers = _store_and_workers(top)
     facilitators = compile_facilitators(reader, top.get("facilitator"))
     routes = _routes(reader, top, defaults)
+    _access_needs_public_url(top, routes)
     return Settings(
         source=reader.filename,
         listen=listen,
@@ -217,6 +218,21 @@ def _routes(reader: Reader, top: Section, defaults: RouteDefaults) -> tuple[Rout
             "facilitator: {url: https://x402.org/facilitator}",
         )
     return routes
+
+
+def _access_needs_public_url(top: Section, routes: tuple[RouteSettings, ...]) -> None:
+    """A SIWX proof is bound to one origin (its `domain` and `uri`): the gateway's public one,
+    never whatever Host a client sent."""
+    if "public_url" in top:
+        return
+    for route in routes:
+        if route.access is not None:
+            top.error(
+                "public_url",
+                f"routes[{route.index}].access signs payers in to this origin; set "
+                "public_url: https://api.example.com (the URL clients use)",
+            )
+            return
 
 
 # --- timeouts, limits, proxies ----------------------------------------------------------

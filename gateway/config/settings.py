@@ -67,6 +67,14 @@ class Requirement:
 
 
 @dataclass(frozen=True, slots=True)
+class AccessSettings:
+    """`access: {for: 24h}`: a payer who paid for the route signs in (SIWX) instead of paying
+    again, for `seconds` after the payment."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class Rate:
     """A token bucket: `count` requests per `seconds`, up to `count` at once (`10/s`)."""
 
@@ -155,6 +163,7 @@ class RouteSettings:
     settle: SettleMode = "after"
     price_text: str = "free"  # as written, for `check` and logs
     source: Source | None = None
+    access: AccessSettings | None = None  # SIWX sign-in after one payment (issue 14)
     # The route's own request rates (its own buckets), on top of the global `limits`.
     rate_limits: RateLimits = NO_RATE_LIMITS
     discovery: Discovery | None = None  # None: not listed with call details

@@ -269,6 +269,16 @@ class RedisStore:
             for client in self._sentinel.sentinels:
                 await client.aclose()
 
+    # --- for the stores that share this connection (gateway/store/sessions.py) ------------
+
+    @property
+    def client(self) -> Client:
+        return self._redis
+
+    async def call(self, command: Awaitable[T]) -> T:
+        """Run one command on this store's connection, failing closed like its own."""
+        return await self._call(command)
+
     # --- failing closed, with backoff ---------------------------------------------------
 
     async def _call(self, command: Awaitable[T]) -> T:

@@ -35,6 +35,7 @@ SECTIONS: dict[str, frozenset[str]] = {
     "$defs.facilitator.properties.local": facilitators.LOCAL_FACILITATOR_KEYS,
     "$defs.route": config_routes.ROUTE_KEYS,
     "$defs.accept": config_routes.ACCEPT_KEYS,
+    "$defs.route.properties.access": config_routes.ACCESS_KEYS,
     "$defs.routeLimits": rates.ROUTE_LIMIT_KEYS,
     "$defs.discovery": discovery.DISCOVERY_KEYS,
     "$defs.priceHook": dynamic.HOOK_KEYS,
