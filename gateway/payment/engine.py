@@ -45,6 +45,9 @@ from gateway.store.records import Status
 
 log = get_logger("gateway.payments")
 
+# Seconds a copy of a payment in flight is told to wait: about one settlement on a fast chain.
+IN_FLIGHT_RETRY_AFTER = 2
+
 
 class Facilitator(Protocol):
     """What the gateway needs of a facilitator (the SDK's `FacilitatorClient`, plus life)."""
@@ -88,7 +91,8 @@ class StepTimings:
 
 @dataclass(slots=True)
 class Claim:
-    """This request's hold on one payment. Released on every failure before a settlement."""
+    """This request's hold on one payment. Released on every failure before a settlement;
+    once `settlement` has started, only its own outcome decides (never a hang-up)."""
 
     key: str
     matched: MatchedPayment
@@ -97,6 +101,8 @@ class Claim:
     settled: SettleResponse | None = None
     outcome_unknown: bool = False  # settle may have reached the chain: never release
     timings: StepTimings = field(default_factory=StepTimings)
+    # The settlement, as a task of its own: it outlives a request that is cancelled.
+    settlement: asyncio.Task[SettleResponse] | None = None
 
 
 class Payments:
@@ -150,7 +156,7 @@ class Payments:
         """Take the payment's identity in the store, or raise `PaymentConflict`."""
         ttl = claim_ttl(matched, time.time())
         record = PaymentRecord(
-            status="pending",
+            status="claimed",
             request_id=request_id,
             route=route.name,
             payer=matched.payer,
@@ -163,9 +169,11 @@ class Payments:
         if held is None:
             return Claim(matched.identity.key, matched, record, ttl)
         if held.in_flight:
-            raise PaymentConflict(
+            conflict = PaymentConflict(
                 "this payment is being used by a request in flight", reason="payment_in_flight"
             )
+            conflict.retry_after = IN_FLIGHT_RETRY_AFTER
+            raise conflict
         headers: dict[str, str] = {}
         if held.transaction:
             # Answered from the record: the payer sees the settlement it already paid for.
@@ -189,15 +197,24 @@ class Payments:
         self, matched: MatchedPayment, route: RouteSettings, request_id: str
     ) -> AsyncIterator[Claim]:
         """Hold the payment for the block. Whatever ends it early (an error, the client
-        hanging up and the handler being cancelled) releases the claim, or records the
-        refund owed if it was settled up front; shielded, so it runs to its end."""
+        hanging up and the handler being cancelled) first waits for a settlement that has
+        started to end (it may be charging the payer), then releases the claim if nothing
+        was charged, or records the refund owed if the origin failed after a settlement;
+        shielded, so it runs to its end and the request's books see the real outcome."""
         claim = await self.claim(matched, route, request_id)
         try:
             yield claim
         except BaseException as exc:
-            why = exc.reason if isinstance(exc, GatewayError) else type(exc).__name__
-            await asyncio.shield(self.abandon(claim, why))
+            await asyncio.shield(self._end_early(claim, exc))
             raise
+
+    async def _end_early(self, claim: Claim, exc: BaseException) -> None:
+        if claim.settlement is not None:
+            await asyncio.wait([claim.settlement])  # its outcome is recorded by itself
+        if isinstance(exc, asyncio.CancelledError) and claim.settled is not None:
+            return  # settled, and the client left: nothing to undo, the record says settled
+        why = exc.reason if isinstance(exc, GatewayError) else type(exc).__name__
+        await self.abandon(claim, why)
 
     async def abandon(self, claim: Claim, why: str) -> None:
         """The request will not be served as paid for."""
@@ -223,11 +240,15 @@ class Payments:
             raise PaymentError(result.verify.invalid_message or reason, reason=reason)
 
     async def settle(self, claim: Claim) -> SettleResponse:
-        """Settle once and record the outcome; shielded, so a client that goes away cannot
-        cut a settlement (or its record) short."""
-        return await asyncio.shield(self._settle(claim))
+        """Settle once and record the outcome, in a task of its own: a client that goes
+        away cannot cut a settlement (or its record) short, and `claimed()` waits for it."""
+        claim.settlement = asyncio.ensure_future(self._settle(claim))
+        return await asyncio.shield(claim.settlement)
 
     async def _settle(self, claim: Claim) -> SettleResponse:
+        # Written before the facilitator is asked: from here on the payment may be charged,
+        # and the record says so to every copy of it, to a crash, and to the release script.
+        await self._record(claim, "settling")
         started = time.perf_counter()
         try:
             result = await self.server.settle_payment(
@@ -236,6 +257,10 @@ class Payments:
         except SettlementPending as exc:
             claim.outcome_unknown = True
             await self._record(claim, "settlement_pending", reason=exc.detail)
+            raise
+        except FacilitatorUnavailable as exc:
+            # No facilitator was reached (remote and local raise it only then): not charged.
+            await self._record(claim, "failed", reason=exc.reason)
             raise
         finally:
             claim.timings.settle = time.perf_counter() - started

@@ -50,6 +50,9 @@ def payment_outcome(error: GatewayError | None, record_status: str | None) -> tu
         return REFUND_DUE, error.reason if error is not None else "origin_error"
     if record_status == "settled":
         return SETTLED, ""
+    if error is None and record_status in ("settlement_pending", "settling", "pending"):
+        # The client left while the settlement ran and its outcome is not known yet.
+        return SETTLE_PENDING, "client_gone"
     if error is None:
         return NOT_CHARGED, "origin_error"
     for kinds, outcome in _BY_ERROR:

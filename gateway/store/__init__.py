@@ -18,10 +18,11 @@ class PaymentStore(Protocol):
         else the record that holds it."""
 
     async def update(self, key: str, record: PaymentRecord, ttl: float) -> None:
-        """Replace the record of a claim we hold (pending -> settled / failed)."""
+        """Replace the record of a claim we hold (claimed -> settling -> settled / failed)."""
 
     async def release(self, key: str, request_id: str) -> None:
-        """Drop our claim so the payer may retry the same authorization; only if still ours."""
+        """Drop our claim so the payer may retry the same authorization; only if still ours
+        and its status is `claimed` or `failed` (nothing charged): never a `settling` one."""
 
     async def recent(self, limit: int) -> list[PaymentRecord]:
         """The newest payment records first, for the operator's books."""

@@ -9,7 +9,7 @@ from collections import deque
 
 from cachetools import TLRUCache
 
-from .records import PaymentRecord, latest_per_request
+from .records import RELEASABLE, PaymentRecord, latest_per_request
 
 
 def _expires(_key: str, value: tuple[PaymentRecord, float], now: float) -> float:
@@ -39,9 +39,12 @@ class MemoryStore:
 
     async def release(self, key: str, request_id: str) -> None:
         held = self._claims.get(key)
-        if held is not None and held[0].request_id == request_id:
+        # As the Redis script: only our own claim, and only while nothing may be charged.
+        if held is None or held[0].request_id != request_id:
+            return
+        if held[0].status in RELEASABLE:
             del self._claims[key]
-            if held[0].status == "pending":  # a failed settlement keeps `failed` as its last word
+            if held[0].status == "claimed":  # a failed settlement keeps `failed` as its last word
                 self._history.appendleft(held[0].with_status("released"))
 
     async def recent(self, limit: int) -> list[PaymentRecord]:

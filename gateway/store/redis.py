@@ -38,7 +38,7 @@ from .backoff import Backoff
 from .records import PaymentRecord, latest_per_request
 from .redis_url import RedisTarget, parse_redis_url
 
-# Claim: take the key unless held, and log the pending record; else hand back the holder.
+# Claim: take the key unless held, and log the claimed record; else hand back the holder.
 _CLAIM = """
 local held = redis.call('GET', KEYS[1])
 if held then return held end
@@ -46,15 +46,19 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'r', ARGV[1])
 return false
 """
-# Release: delete the claim only if this request still holds it; a claim with no outcome yet
-# is logged as released (one whose settlement failed keeps `failed` as its last word).
+# Release: delete the claim only if this request still holds it and nothing may have been
+# charged (`claimed`, or `failed`: the facilitator refused). A claim with no outcome yet is
+# logged as released (one whose settlement failed keeps `failed` as its last word). A record
+# in `settling` (or anything after it but `failed`) is never deleted here, whatever the
+# caller believes: that is the store's half of "never release while settling".
 _RELEASE = """
 local v = redis.call('GET', KEYS[1])
 if not v then return false end
 local r = cjson.decode(v)
 if r['request_id'] ~= ARGV[1] then return false end
+if r['status'] ~= 'claimed' and r['status'] ~= 'failed' then return false end
 redis.call('DEL', KEYS[1])
-if r['status'] ~= 'pending' then return false end
+if r['status'] ~= 'claimed' then return false end
 r['status'] = 'released'
 local t = redis.call('TIME')
 r['updated_at'] = tonumber(t[1]) + tonumber(t[2]) / 1000000

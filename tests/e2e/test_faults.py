@@ -360,7 +360,7 @@ async def test_sigkill_between_settlement_and_its_record(
     tmp_path: Path,
 ) -> None:
     """Killed after the facilitator settled, before the gateway heard of it: the record
-    says pending, the chain says used, and a retry is refused without a charge."""
+    says settling, the chain says used, and a retry is refused without a charge."""
     victim: list[GatewayProcess] = []
 
     def kill_gateway() -> None:
@@ -385,7 +385,7 @@ async def test_sigkill_between_settlement_and_its_record(
     assert len(relay.settled) == 1 and relay.settled[0]["success"]
     assert chain.authorization_state(payer.address, nonce)
     assert chain.tx_count(chain.facilitator_address) == txs + 1
-    pending = await record_of(redis.url, nonce, "pending", timeout=1)
+    pending = await record_of(redis.url, nonce, "settling", timeout=1)
     assert pending.transaction is None and pending.payer.lower() == payer.address.lower()
 
     direct = {"url": facilitator_url, "timeout": "10s"}
@@ -395,6 +395,6 @@ async def test_sigkill_between_settlement_and_its_record(
         assert again.status_code == 409, again.text
         assert again.json()["reason"] == "payment_in_flight"
         rows = [json.loads(x) for x in payments_cli(replica).splitlines() if nonce in x]
-        assert [row["status"] for row in rows] == ["pending"]
+        assert [row["status"] for row in rows] == ["settling"]
     assert chain.tx_count(chain.facilitator_address) == txs + 1
     assert payer.balance() == FUNDS - PRICE

@@ -212,6 +212,77 @@ async def test_cancelled_request_releases_its_claim() -> None:
     assert await p.claim(m, PRICED, "req-2") is not None  # released, not raised
 
 
+class SlowSettle(FakeFacilitator):
+    """Settles after `gate` is set, so a test can hang up while the settlement runs."""
+
+    def __init__(self, settle: Any = None) -> None:
+        super().__init__(settle=settle)
+        self.gate = asyncio.Event()
+        self.settling = asyncio.Event()
+
+    async def settle(self, payload: Any, requirements: Any) -> SettleResponse:
+        self.settling.set()
+        await self.gate.wait()
+        return await super().settle(payload, requirements)
+
+
+async def hang_up_during_settle(fac: SlowSettle, p: Payments, m: Any) -> asyncio.Task[None]:
+    async def request() -> None:
+        async with p.claimed(m, PRICED, "req-1") as claim:
+            await p.verify(claim)
+            await p.settle(claim)
+
+    task = asyncio.create_task(request())
+    await fac.settling.wait()
+    task.cancel()
+    await asyncio.sleep(0.01)
+    assert not task.done()  # still waiting for the settlement it started
+    return task
+
+
+async def test_hang_up_during_settle_never_releases_and_retry_sees_in_flight() -> None:
+    fac = SlowSettle()
+    p, store = await payments(fac)
+    m = matched()
+    task = await hang_up_during_settle(fac, p, m)
+    with pytest.raises(PaymentConflict) as during:
+        await p.claim(m, PRICED, "req-2")
+    assert during.value.reason == "payment_in_flight" and during.value.retry_after
+    assert (await store.recent(1))[0].status == "settling"
+    fac.gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (await store.recent(1))[0].status == "settled"
+    with pytest.raises(PaymentConflict) as after:
+        await p.claim(m, PRICED, "req-3")
+    assert after.value.reason == "payment_already_used"
+    assert decode_payment_response_header(after.value.headers["PAYMENT-RESPONSE"]).transaction == TX
+
+
+async def test_hang_up_during_a_settle_that_fails_releases_after_it() -> None:
+    refused = SettleResponse(
+        success=False, error_reason="insufficient_funds", transaction="", network="x"
+    )
+    fac = SlowSettle(settle=[refused])
+    p, store = await payments(fac)
+    m = matched()
+    task = await hang_up_during_settle(fac, p, m)
+    fac.gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (await store.recent(1))[0].status == "failed"
+    assert await p.claim(m, PRICED, "req-2") is not None  # released: the payer may retry
+
+
+async def test_settle_without_a_facilitator_records_failed_and_releases() -> None:
+    p, _ = await payments(FakeFacilitator(settle=[FacilitatorUnavailable("down")]))
+    m = matched()
+    with pytest.raises(FacilitatorUnavailable):
+        async with p.claimed(m, PRICED, "req-1") as claim:
+            await p.settle(claim)
+    assert await p.claim(m, PRICED, "req-2") is not None
+
+
 async def test_settled_up_front_then_failure_records_refund_due() -> None:
     p, store = await payments(FakeFacilitator())
     with pytest.raises(RuntimeError):

@@ -30,7 +30,7 @@ needs_redis = pytest.mark.skipif(
 )
 
 
-def record(request_id: str = "r1", status: str = "pending") -> PaymentRecord:
+def record(request_id: str = "r1", status: str = "claimed") -> PaymentRecord:
     return PaymentRecord(
         status=status,  # type: ignore[arg-type]
         request_id=request_id,
@@ -80,6 +80,20 @@ async def test_release_only_by_the_holder(store: PaymentStore) -> None:
     assert await store.claim(k, record("c"), 60) is None
 
 
+@pytest.mark.parametrize("status", ["settling", "pending", "settlement_pending", "settled"])
+async def test_release_never_drops_a_claim_that_may_be_charged(
+    store: PaymentStore, status: str
+) -> None:
+    """`pending` is the previous version's pre-settlement status: read as `settling`."""
+    k = key()
+    await store.claim(k, record("a"), 60)
+    await store.update(k, record("a").with_status(status), 60)  # type: ignore[arg-type]
+    await store.release(k, "a")
+    held = await store.claim(k, record("b"), 60)
+    assert held is not None and held.status == status
+    assert held.in_flight == (status in ("settling", "pending"))
+
+
 async def test_update_keeps_the_claim_and_shows_settlement(store: PaymentStore) -> None:
     k = key()
     rec = record("a")
@@ -95,7 +109,7 @@ async def test_update_keeps_the_claim_and_shows_settlement(store: PaymentStore) 
 async def test_recent_lists_each_request_once_in_its_latest_state(store: PaymentStore) -> None:
     ids = [uuid.uuid4().hex for _ in range(3)]
     settled, crashed, released = ids
-    await store.claim(key(), record(crashed), 60)  # its process died: stays pending
+    await store.claim(key(), record(crashed), 60)  # its process died: stays claimed
     k = key()
     await store.claim(k, record(settled), 60)
     await store.update(k, record(settled).with_status("settled", transaction="0x01"), 60)
@@ -106,7 +120,7 @@ async def test_recent_lists_each_request_once_in_its_latest_state(store: Payment
     assert [(r.request_id, r.status) for r in rows] == [
         (released, "released"),
         (settled, "settled"),
-        (crashed, "pending"),
+        (crashed, "claimed"),
     ]
     assert rows[1].transaction == "0x01"
 
@@ -290,7 +304,7 @@ async def _contract(s: RedisStore) -> None:
     await s.claim(k2, record("gone"), 60)
     await s.release(k2, "gone")
     assert await s.claim(k2, record("again"), 60) is None
-    assert [r.status for r in await s.recent(2)] == ["pending", "released"]
+    assert [r.status for r in await s.recent(2)] == ["claimed", "released"]
 
 
 async def test_sentinel_url_reaches_the_master(redis: RedisServer, tmp_path: Path) -> None:
@@ -340,7 +354,7 @@ async def test_a_failed_settlement_stays_failed_in_the_books_after_release(
     await store.release(k, rid)
     assert await store.claim(k, record("next"), 60) is None  # released: usable again
     rows = await store.recent(2)
-    assert [(r.request_id, r.status) for r in rows] == [("next", "pending"), (rid, "failed")]
+    assert [(r.request_id, r.status) for r in rows] == [("next", "claimed"), (rid, "failed")]
 
 
 async def test_a_burst_beyond_the_connection_pool_queues_instead_of_failing(

@@ -1,0 +1,220 @@
+"""Money at the edges (issue 11), end to end, many times with random timing: a payer that
+hangs up at every step and retries at once, forged signatures, a paid HEAD.
+
+Real parts only: anvil and the test USDC, the SDK's facilitator over HTTP behind a relay that
+holds each call for a random while (it widens the windows; the facilitator is the real one),
+the SDK's paying client, redis-server, a real gateway process and an origin process. What
+must hold every time: a payer who was charged is never told to pay again (no 402 for a payment
+the chain took), one authorization is charged at most once, and the books (access lines,
+`x402_gateway_payments_total`, revenue) match the chain exactly.
+
+`make test` runs a small number of rounds; the `slow` variants soak with many more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from eth_account.signers.local import LocalAccount
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.demo.chain import new_account
+from gateway.demo.payer import make_x402_client, pay_challenge
+from tests.e2e.conftest import Chain
+from tests.e2e.fault_parts import (
+    PRICE,
+    FacilitatorRelay,
+    OriginProcess,
+    gateway_config,
+    running,
+)
+from tests.e2e.gateway_proc import GatewayProcess
+from tests.procs import RedisServer
+
+pytestmark = pytest.mark.e2e
+HANGUP_ROUNDS = 12  # `make test`; the slow soak runs SOAK_ROUNDS
+SOAK_ROUNDS = 80
+
+
+@pytest.fixture
+def origin() -> Iterator[OriginProcess]:
+    o = OriginProcess().start()
+    yield o
+    o.stop()
+
+
+class Signer:
+    """One funded account and the SDK's client: signs a fresh authorization per call."""
+
+    def __init__(self, chain: Chain, account: LocalAccount) -> None:
+        self.chain = chain
+        self.account = account
+        self.client = make_x402_client(account, [(chain.network, chain.token)])
+
+    async def sign(self, gw: GatewayProcess, path: str) -> tuple[dict[str, str], str]:
+        async with httpx.AsyncClient() as http:
+            challenge = await http.get(gw.url + path)
+        assert challenge.status_code == 402, challenge.text
+        headers, payload = await pay_challenge(self.client, challenge.headers, challenge.content)
+        return headers, str(payload.payload["authorization"]["nonce"])
+
+
+async def hang_up(gw: GatewayProcess, target: str, headers: dict[str, str], after: float) -> None:
+    """Send the paid request on a raw socket and drop the connection `after` seconds later
+    (0: as soon as it is sent), whatever the gateway was doing."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    lines = [f"GET {target} HTTP/1.1", f"Host: 127.0.0.1:{gw.port}"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    await writer.drain()
+    with contextlib.suppress(TimeoutError, ConnectionError):
+        async with asyncio.timeout(after):
+            while await reader.read(65536):
+                pass
+    writer.transport.abort()
+
+
+async def retry_until_final(
+    gw: GatewayProcess, target: str, headers: dict[str, str]
+) -> list[tuple[int, str]]:
+    """Retry the same payment at once and on each `payment_in_flight`, until an answer that
+    ends it; every answer on the way, as (status, reason)."""
+    answers: list[tuple[int, str]] = []
+    deadline = time.monotonic() + 60
+    async with httpx.AsyncClient(timeout=30) as http:
+        while time.monotonic() < deadline:
+            r = await http.get(gw.url + target, headers=headers)
+            reason = r.json().get("reason", "") if r.status_code >= 400 else ""
+            answers.append((r.status_code, reason))
+            if reason != "payment_in_flight":
+                return answers
+            assert r.headers.get("Retry-After"), "a payment in flight says when to come back"
+            await asyncio.sleep(0.05)  # an impatient client: far sooner than Retry-After
+    raise TimeoutError(f"still in flight after 60 s: {answers[-3:]}")
+
+
+def scrape(gw: GatewayProcess) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    text = httpx.get(gw.admin_url + "/metrics", timeout=5).text
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def total(
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **want: str
+) -> float:
+    return sum(v for (n, labels), v in samples.items() if n == name and set(want.items()) <= labels)
+
+
+def access_lines(gw: GatewayProcess) -> list[dict[str, Any]]:
+    rows = [json.loads(x) for x in gw.logs().splitlines() if x.startswith("{")]
+    return [r for r in rows if r.get("event") == "request" and "payment" in r]
+
+
+def wait_idle(
+    gw: GatewayProcess, timeout: float = 30
+) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """The metrics once no request is in flight (hung-up ones are booked when they end)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        m = scrape(gw)
+        if total(m, "x402_gateway_in_flight_requests") == 0:
+            return m
+        if time.monotonic() > deadline:
+            raise TimeoutError("requests still in flight")
+        time.sleep(0.05)
+
+
+async def run_hangups(
+    chain: Chain,
+    origin: OriginProcess,
+    facilitator_url: str,
+    redis: RedisServer,
+    make_payer: Callable[..., LocalAccount],
+    tmp_path: Path,
+    rounds: int,
+) -> None:
+    rng = random.Random()
+    seed = rng.randrange(2**32)
+    rng.seed(seed)
+    # Hold each facilitator call a random while: hang-ups land before verify, during verify,
+    # during settle (before and after the chain took it) and during the body.
+    relay = FacilitatorRelay(
+        facilitator_url,
+        after_settle=lambda: time.sleep(rng.uniform(0, 0.4)),
+        before=lambda op: rng.uniform(0, 0.3) if op in ("verify", "settle") else 0.0,
+    ).start()
+    pay_to = str(new_account().address)
+    signer = Signer(chain, make_payer(PRICE * rounds * 2))
+    start_balance = chain.balance_of(pay_to)
+    facilitator = {"url": relay.url, "timeout": "10s"}
+    cfg = gateway_config(chain, origin.url, pay_to, facilitator, redis.url)
+    with running(relay, gw := GatewayProcess(cfg, tmp_path).start()):
+        nonces: list[str] = []
+        answers: Counter[str] = Counter()
+        for i in range(rounds):
+            drip = rng.choice([0.0, 0.0, 0.3])
+            target = f"/paid/h{i}?drip={drip}"
+            headers, nonce = await signer.sign(gw, target)
+            nonces.append(nonce)
+            await hang_up(gw, target, headers, after=rng.uniform(0, 0.8))
+            got = await retry_until_final(gw, target, headers)
+            assert all(status != 402 for status, _ in got), (seed, i, got)
+            final = got[-1]
+            assert final in ((200, ""), (409, "payment_already_used")), (seed, i, got)
+            answers[f"{final[0]} {final[1]}".strip()] += 1
+            answers["in_flight_answers"] += len(got) - 1
+        m = wait_idle(gw)
+        lines = access_lines(gw)
+    charged = [n for n in nonces if chain.authorization_state(str(signer.account.address), n)]
+    # Every payment was charged exactly once: by the hung-up request or by its retry.
+    assert len(charged) == rounds, seed
+    assert chain.balance_of(pay_to) - start_balance == rounds * PRICE, seed
+    settled_lines = [r for r in lines if r["payment"] == "settled"]
+    assert len(settled_lines) == rounds, (seed, Counter(r["payment"] for r in lines))
+    assert len({r["transaction"] for r in settled_lines}) == rounds
+    assert total(m, "x402_gateway_payments_total", outcome="settled") == rounds
+    assert total(m, "x402_gateway_revenue_atomic_units_total") == rounds * PRICE
+    hung = Counter(
+        f"{r['payment']}/{r.get('payment_reason', '')}" for r in lines if r["status"] == 499
+    )
+    print(f"\nhang-ups: seed={seed} rounds={rounds} retries={dict(answers)} hung-up={dict(hung)}")
+
+
+async def test_hang_up_at_any_step_then_retry_never_402_and_books_match_chain(
+    chain: Chain,
+    origin: OriginProcess,
+    facilitator_url: str,
+    redis: RedisServer,
+    make_payer: Callable[..., LocalAccount],
+    tmp_path: Path,
+) -> None:
+    await run_hangups(
+        chain, origin, facilitator_url, redis, make_payer, tmp_path, rounds=HANGUP_ROUNDS
+    )
+
+
+@pytest.mark.slow
+async def test_hang_up_soak(
+    chain: Chain,
+    origin: OriginProcess,
+    facilitator_url: str,
+    redis: RedisServer,
+    make_payer: Callable[..., LocalAccount],
+    tmp_path: Path,
+) -> None:
+    await run_hangups(
+        chain, origin, facilitator_url, redis, make_payer, tmp_path, rounds=SOAK_ROUNDS
+    )
