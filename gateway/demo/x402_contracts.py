@@ -198,7 +198,7 @@ def approve_permit2(rpc_url: str, token: str, payer_key: str, amount: int = MAX_
     return chainlib.send_transaction(w3, payer_key, call.build_transaction({"gas": 100_000}))
 
 
-def new_permit2_payer(
+def new_permit2_payer(  # noqa: PLR0913  what to fund it with, the options keyword-only
     rpc_url: str,
     token: str,
     owner_key: str,

@@ -154,11 +154,12 @@ def build_facilitator(
     return facilitator, signer
 
 
-def build_local_x402(
+def build_local_x402(  # noqa: PLR0913  the chain, its two keys, and keyword-only options
     rpc_url: str,
     network: str,
     facilitator_key: str,
     authorizer_key: str,
+    *,
     batch_receivers: Sequence[str] = (),
     withdraw_delay: int = 900,
 ) -> LocalX402:
@@ -184,7 +185,7 @@ def build_local_x402(
     return LocalX402(facilitator, signer, server, network, batch)
 
 
-def build_requirements(
+def build_requirements(  # noqa: PLR0913  every field of a requirement, keyword-only
     server: x402ResourceServerSync,
     *,
     scheme: str,

@@ -58,7 +58,7 @@ def x402(chain: Chain, receiver: str) -> Iterator[sdk.LocalX402]:
     """The SDK's facilitator (exact+Permit2+sponsoring, upto, batch-settlement) and a resource
     server over it, with a batch-settlement server scheme for `receiver`."""
     yield sdk.build_local_x402(
-        chain.rpc_url, chain.network, FACILITATOR_KEY, AUTHORIZER_KEY, [receiver]
+        chain.rpc_url, chain.network, FACILITATOR_KEY, AUTHORIZER_KEY, batch_receivers=[receiver]
     )
 
 
