@@ -20,6 +20,9 @@ the authorization's own fields are checked in `gateway.payment.terms`):
   32 bytes, a non-decimal amount) is `MalformedPayment` (400); a well-formed one that pays the
   wrong thing is `PaymentError` (402 with a fresh challenge).
 - The echoed `resource` and `extensions` bind no money and are not compared.
+- An EIP-3009 signature is checked locally (`gateway.payment.eip3009`) once the terms match:
+  a 65-byte signature that is not `from`'s is `invalid_exact_evm_payload_signature` (402)
+  before any claim or facilitator call. Other signatures go to the facilitator.
 - Identity: (chain id, asset, payer, nonce), lowercase hex; a Permit2 nonce (a uint256) is
   written as the same 32-byte hex, so both kinds of key look alike.
 """
@@ -38,6 +41,7 @@ from gateway.config.settings import Requirement, RouteSettings
 from gateway.errors import PaymentError
 from gateway.formats import chain_id, is_address
 from gateway.payment.decode import DecodedPayment
+from gateway.payment.eip3009 import domain_of, signature_reason
 from gateway.payment.networks import caip_from_v1
 from gateway.payment.requirements import offered_v1, requirement_v1, requirement_v2, thaw
 from gateway.payment.terms import (
@@ -151,6 +155,8 @@ def _match_v2(route: RouteSettings, payload: PaymentPayload) -> MatchedPayment:
     cid = _chain(req)
     terms = parse_terms(req, payload.payload)
     check_terms(req, terms)
+    if terms.token is None:
+        _check_signature(req, cid, payload.payload)
     return MatchedPayment(
         version=2,
         payload=payload,
@@ -169,6 +175,7 @@ def _match_v1(route: RouteSettings, payload: PaymentPayloadV1, resource_url: str
     cid = _chain(candidates[0][0])
     terms = eip3009_terms(payload.payload)
     req, v1_network = _v1_paid(candidates, terms)
+    _check_signature(req, cid, payload.payload)
     return MatchedPayment(
         version=1,
         payload=payload,
@@ -213,6 +220,12 @@ def _v1_paid(candidates: list[_Offered], terms: Terms) -> _Offered:
         to_ok = [c for c in candidates if c[0].pay_to.lower() == terms.to]
         check_terms((to_ok or candidates)[0][0], terms)
     return fits[0]
+
+
+def _check_signature(req: Requirement, cid: int, payload: dict[str, Any]) -> None:
+    reason = signature_reason(payload, domain_of(req, cid))
+    if reason is not None:
+        raise PaymentError("the signature is not the payer's: refused locally", reason=reason)
 
 
 def match_requirement(

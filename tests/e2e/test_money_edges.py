@@ -14,6 +14,7 @@ the chain took), one authorization is charged at most once, and the books (acces
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import random
@@ -218,3 +219,49 @@ async def test_hang_up_soak(
     await run_hangups(
         chain, origin, facilitator_url, redis, make_payer, tmp_path, rounds=SOAK_ROUNDS
     )
+
+
+# --- forged signatures cost no facilitator call ----------------------------------------
+
+
+def forge(header: str, victim: str) -> str:
+    """The attacker's own signed payment, re-addressed as if `victim` had signed it."""
+    data = json.loads(base64.b64decode(header))
+    data["payload"]["authorization"]["from"] = victim
+    return base64.b64encode(json.dumps(data).encode()).decode()
+
+
+async def test_fifty_forged_signatures_make_no_facilitator_call(
+    chain: Chain,
+    origin: OriginProcess,
+    facilitator_url: str,
+    make_payer: Callable[..., LocalAccount],
+    tmp_path: Path,
+) -> None:
+    relay = FacilitatorRelay(facilitator_url, after_settle=lambda: None).start()
+    pay_to = str(new_account().address)
+    victim = make_payer(PRICE * 10)
+    attacker = Signer(chain, new_account())  # no funds needed: it only signs
+    cfg = gateway_config(chain, origin.url, pay_to, {"url": relay.url}, "memory")
+    with running(relay, gw := GatewayProcess(cfg, tmp_path).start()):
+        forged = []
+        for i in range(50):
+            headers, _ = await attacker.sign(gw, f"/paid/f{i}")
+            forged.append({k: forge(v, str(victim.address)) for k, v in headers.items()})
+        before = [c for c in relay.calls if c != "supported"]
+        async with httpx.AsyncClient(timeout=15) as http:
+            answers = await asyncio.gather(
+                *(http.get(f"{gw.url}/paid/f{i}", headers=h) for i, h in enumerate(forged))
+            )
+        assert {(r.status_code, r.json()["error"]) for r in answers} == {
+            (402, "invalid_exact_evm_payload_signature")
+        }
+        assert [c for c in relay.calls if c != "supported"] == before == []
+        # The same relay does carry a genuine payment: the count above could have moved.
+        headers, nonce = await Signer(chain, victim).sign(gw, "/paid/genuine")
+        async with httpx.AsyncClient(timeout=15) as http:
+            ok = await http.get(gw.url + "/paid/genuine", headers=headers)
+        assert ok.status_code == 200, ok.text
+        assert [c for c in relay.calls if c != "supported"] == ["verify", "settle"]
+    assert chain.authorization_state(str(victim.address), nonce)
+    assert chain.balance_of(str(victim.address)) == PRICE * 9
