@@ -24,7 +24,7 @@ SETTLE_FAILED = "settle_failed"
 SETTLE_PENDING = "settle_pending"
 REPLAYED = "replayed"
 INVALID = "invalid"
-NOT_CHARGED = "not_charged"  # the origin failed, the client left, or a HEAD: nothing charged
+NOT_CHARGED = "not_charged"  # the origin failed or the client left before settling: not charged
 ERROR = "error"  # the facilitator or the store could not answer: fail closed
 VERIFIED = "verified"  # not final: counted when verification passed
 
