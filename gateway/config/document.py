@@ -14,6 +14,7 @@ import yaml
 from gateway import formats
 from gateway.config import values as cv
 from gateway.config.facilitators import compile_facilitators
+from gateway.config.networks import compile_networks
 from gateway.config.pricing import DEFAULT_NETWORK
 from gateway.config.reader import (
     Reader,
@@ -55,6 +56,7 @@ TOP_LEVEL_KEYS = frozenset(
         "log_level",
         "workers",
         "server_timing",
+        "networks",
         "routes",
     }
 )
@@ -104,6 +106,7 @@ def compile_document(reader: Reader, root: yaml.Node) -> Settings | None:
         log_level=top.read("log_level", choice(LOG_LEVELS), "info"),
         workers=workers,
         server_timing=top.read("server_timing", boolean, False),
+        networks=compile_networks(reader, top.get("networks")),
     )
 
 

@@ -38,8 +38,11 @@ from gateway.errors import (
     StoreUnavailable,
 )
 from gateway.observe.logs import get_logger
+from gateway.payment.claims import MAY_BE_CHARGED, Verdict, on_conflict
 from gateway.payment.match import MatchedPayment, claim_ttl
 from gateway.payment.receipts import receipt_headers
+from gateway.payment.reconcile import SETTLE_MARGIN, ChainReader
+from gateway.payment.recovery import reconcile
 from gateway.store import PaymentRecord, PaymentStore
 from gateway.store.records import Status
 
@@ -47,6 +50,8 @@ log = get_logger("gateway.payments")
 
 # Seconds a copy of a payment in flight is told to wait: about one settlement on a fast chain.
 IN_FLIGHT_RETRY_AFTER = 2
+# A request that finds a dead holder's settling claim asks the chain for at most this long.
+INLINE_RECONCILE_TIMEOUT = 3.0
 
 
 class Facilitator(Protocol):
@@ -106,9 +111,18 @@ class Claim:
 
 
 class Payments:
-    def __init__(self, facilitator: Facilitator, store: PaymentStore) -> None:
+    def __init__(
+        self,
+        facilitator: Facilitator,
+        store: PaymentStore,
+        chain: ChainReader | None = None,
+        settle_timeout: float = 30.0,
+    ) -> None:
         self.facilitator = facilitator
         self.store = store
+        self.chain = chain  # None: no RPC, a dead holder's settling claim waits to expire
+        # After this long a settlement its holder started can no longer land.
+        self.settle_window = settle_timeout + SETTLE_MARGIN
         self.server = x402ResourceServer(facilitator)
         register_exact_evm_server(self.server)
         self._ready = False
@@ -164,16 +178,48 @@ class Payments:
             asset=matched.requirement.asset,
             network=matched.requirement.network,
             nonce=matched.identity.nonce,
+            holder=self.store.holder,
         )
-        held = await self.store.claim(matched.identity.key, record, ttl)
+        key = matched.identity.key
+        held = await self.store.claim(key, record, ttl)
         if held is None:
-            return Claim(matched.identity.key, matched, record, ttl)
-        if held.in_flight:
+            return Claim(key, matched, record, ttl)
+        held, verdict = await self._judge(key, held)
+        if verdict is Verdict.TAKE_OVER:
+            # Its holder is gone and nothing was charged: the claim is ours, if still so.
+            gone = () if held.status == "released" else (held.with_status("released"),)
+            if await self.store.replace(key, held, record, ttl, gone):
+                log.info("claim_taken_over", request_id=request_id, previous=held.request_id)
+                return Claim(key, matched, record, ttl)
+            verdict = Verdict.IN_FLIGHT
+        if verdict is not Verdict.ALREADY_USED:
             conflict = PaymentConflict(
                 "this payment is being used by a request in flight", reason="payment_in_flight"
             )
             conflict.retry_after = IN_FLIGHT_RETRY_AFTER
             raise conflict
+        raise self._already_used(held, matched)
+
+    async def _judge(self, key: str, held: PaymentRecord) -> tuple[PaymentRecord, Verdict]:
+        """The verdict on a held claim, reconciling it first if its holder died settling."""
+        alive = await self.store.alive(held.holder) if held.in_flight else True
+        verdict = on_conflict(held.status, holder_alive=alive)
+        if verdict is not Verdict.RECONCILE:
+            return held, verdict
+        held = await reconcile(
+            self.store,
+            self.chain,
+            key,
+            held,
+            window=self.settle_window,
+            timeout=INLINE_RECONCILE_TIMEOUT,
+        )
+        if held.status in MAY_BE_CHARGED:
+            return held, Verdict.IN_FLIGHT  # not known yet: wait (Retry-After)
+        return held, on_conflict(held.status, holder_alive=False)
+
+    @staticmethod
+    def _already_used(held: PaymentRecord, matched: MatchedPayment) -> PaymentConflict:
         headers: dict[str, str] = {}
         if held.transaction:
             # Answered from the record: the payer sees the settlement it already paid for.
@@ -185,7 +231,7 @@ class Payments:
                 error_reason=None if held.status == "settled" else held.status,
             )
             headers = receipt_headers(receipt, matched.version)
-        raise PaymentConflict(
+        return PaymentConflict(
             f"this payment was already used ({held.status}"
             + (f", transaction {held.transaction})" if held.transaction else ")"),
             reason="payment_already_used",

@@ -24,6 +24,7 @@ class MemoryStore:
             maxsize=maxsize, ttu=_expires, timer=time.monotonic
         )
         self._history: deque[PaymentRecord] = deque(maxlen=history)
+        self.holder = "memory"
 
     async def claim(self, key: str, record: PaymentRecord, ttl: float) -> PaymentRecord | None:
         held = self._claims.get(key)
@@ -52,6 +53,28 @@ class MemoryStore:
 
     async def ping(self) -> None:
         return None
+
+    async def alive(self, holder: str | None) -> bool:
+        return holder == self.holder  # this process's memory: its own claims only
+
+    async def replace(
+        self,
+        key: str,
+        expect: PaymentRecord,
+        record: PaymentRecord,
+        ttl: float,
+        history: tuple[PaymentRecord, ...] = (),
+    ) -> bool:
+        held = self._claims.get(key)
+        if held is None or (held[0].request_id, held[0].status) != (
+            expect.request_id,
+            expect.status,
+        ):
+            return False
+        self._claims[key] = (record, ttl if ttl > 0 else held[1])  # 0: keep the expiry
+        for entry in (*history, record):
+            self._history.appendleft(entry)
+        return True
 
     async def close(self) -> None:
         return None

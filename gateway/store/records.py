@@ -54,6 +54,7 @@ class PaymentRecord:
     nonce: str
     transaction: str | None = None
     reason: str | None = None
+    holder: str | None = None  # the process holding the claim (its store's heartbeat id)
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
 

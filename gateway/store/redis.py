@@ -21,7 +21,9 @@ a pooled connection that went stale while Redis restarted needs, and no more.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -68,7 +70,29 @@ if #KEYS == 2 then
 end
 return released
 """
+# Replace: swap the record of a claim whose holder is gone, only if it is still the record the
+# caller judged (same request, same status): a takeover or a reconcile, never a lost update.
+_REPLACE = """
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local r = cjson.decode(v)
+if r['request_id'] ~= ARGV[1] or r['status'] ~= ARGV[2] then return 0 end
+if ARGV[4] == '0' then
+  redis.call('SET', KEYS[1], ARGV[3], 'KEEPTTL')
+else
+  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+end
+if #KEYS == 2 then
+  for i = 6, #ARGV do
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'r', ARGV[i])
+  end
+end
+return 1
+"""
 HISTORY_KEY = "x402:payments"
+ALIVE_PREFIX = "x402:alive:"  # + a holder id: present while that process runs
+ALIVE_TTL = 15.0  # a holder is gone once its heartbeat is this old
+ALIVE_EVERY = 5.0
 HISTORY_LEN = 100_000
 CONNECT_TIMEOUT = 2.0
 COMMAND_TIMEOUT = 2.0
@@ -137,11 +161,18 @@ class RedisStore:
         self._cluster = self._redis if isinstance(self._redis, RedisCluster) else None
         self._claim = self._redis.register_script(_CLAIM)
         self._release = self._redis.register_script(_RELEASE)
+        self._replace = self._redis.register_script(_REPLACE)
         self._backoff = backoff or Backoff()
         self._clock = clock
         self._slots = asyncio.Semaphore(MAX_CONCURRENT)
+        # This process's claims name it; one heartbeat key says it is still running.
+        self.holder = os.urandom(8).hex()
+        self._heartbeat: asyncio.Task[None] | None = None
 
     async def claim(self, key: str, record: PaymentRecord, ttl: float) -> PaymentRecord | None:
+        if self._heartbeat is None:
+            await self._call(self._beat())  # alive before the first claim names us
+            self._heartbeat = asyncio.create_task(self._keep_beating())
         text = record.dumps()
         if self._cluster is None:
             held = await self._call(
@@ -201,7 +232,52 @@ class RedisStore:
     async def ping(self) -> None:
         await self._call(self._redis.ping())
 
+    async def alive(self, holder: str | None) -> bool:
+        if holder is None:
+            return False  # written by a version without heartbeats
+        return bool(await self._call(self._redis.exists(ALIVE_PREFIX + holder)))
+
+    async def replace(
+        self,
+        key: str,
+        expect: PaymentRecord,
+        record: PaymentRecord,
+        ttl: float,
+        history: tuple[PaymentRecord, ...] = (),
+    ) -> bool:
+        entries = [r.dumps() for r in (*history, record)]
+        keep = 0 if ttl <= 0 else _ms(ttl)  # 0: keep the claim's expiry
+        args: list[str | int] = [
+            expect.request_id,
+            expect.status,
+            record.dumps(),
+            keep,
+            HISTORY_LEN,
+        ]
+        if self._cluster is None:
+            done = await self._call(self._replace(keys=[key, HISTORY_KEY], args=[*args, *entries]))
+            return bool(done)
+        done = await self._call(self._replace(keys=[key], args=args))
+        for text in entries if done else ():
+            await self._call(self._history(self._cluster, text))
+        return bool(done)
+
+    async def _beat(self) -> None:
+        await self._redis.set(ALIVE_PREFIX + self.holder, "1", px=_ms(ALIVE_TTL))
+
+    async def _keep_beating(self) -> None:
+        while True:
+            await asyncio.sleep(ALIVE_EVERY)
+            try:
+                await self._call(self._beat())
+            except StoreUnavailable:
+                continue  # the claims fail closed meanwhile; the next beat may get through
+
     async def close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
         await self._redis.aclose()
         if self._sentinel is not None:
             for client in self._sentinel.sentinels:

@@ -169,6 +169,7 @@ class FacilitatorRelay(ThreadedApp):
     async def _relay(self, request: web.Request) -> web.StreamResponse:
         op = request.match_info["op"]
         self.calls.append(op)
+        body = await request.read()  # sent whole: a caller that dies now has still asked
         if self.before is not None:
             await asyncio.sleep(self.before(op))
         async with (
@@ -176,7 +177,7 @@ class FacilitatorRelay(ThreadedApp):
             http.request(
                 request.method,
                 f"{self.target}/{op}",
-                data=await request.read(),
+                data=body,
                 headers={"Content-Type": "application/json"},
             ) as resp,
         ):

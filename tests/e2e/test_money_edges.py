@@ -28,6 +28,7 @@ import httpx
 import pytest
 from eth_account.signers.local import LocalAccount
 from prometheus_client.parser import text_string_to_metric_families
+from x402.http.utils import decode_payment_response_header
 
 from gateway.demo.chain import new_account
 from gateway.demo.payer import make_x402_client, pay_challenge
@@ -265,3 +266,117 @@ async def test_fifty_forged_signatures_make_no_facilitator_call(
         assert [c for c in relay.calls if c != "supported"] == ["verify", "settle"]
     assert chain.authorization_state(str(victim.address), nonce)
     assert chain.balance_of(str(victim.address)) == PRICE * 9
+
+
+# --- a gateway SIGKILLed mid-payment, then restarted ----------------------------------
+
+
+KILL_ROUNDS, KILL_PAYMENTS = 2, 8  # `make test`; the slow soak runs 6 x 12
+RECONCILE_BOUND = 30.0  # heartbeat expiry (15 s) + the inline chain read + a restart's slack
+
+
+async def run_kills(
+    chain: Chain,
+    origin: OriginProcess,
+    facilitator_url: str,
+    redis: RedisServer,
+    make_payer: Callable[..., LocalAccount],
+    tmp_path: Path,
+    rounds: int,
+    payments: int,
+) -> Counter[str]:
+    rng = random.Random()
+    seed = rng.randrange(2**32)
+    rng.seed(seed)
+    relay = FacilitatorRelay(
+        facilitator_url,
+        after_settle=lambda: time.sleep(rng.uniform(0, 0.3)),
+        before=lambda op: rng.uniform(0, 0.5) if op in ("verify", "settle") else 0.0,
+    ).start()
+    pay_to = str(new_account().address)
+    signer = Signer(chain, make_payer(PRICE * rounds * payments * 2))
+    payer = str(signer.account.address)
+    facilitator = {"url": relay.url, "timeout": "10s"}
+    networks = {chain.network: {"rpc_url": chain.rpc_url}}  # the chain reads of reconcile
+    cfg = gateway_config(chain, origin.url, pay_to, facilitator, redis.url, networks=networks)
+    seen: Counter[str] = Counter()
+    with running(relay):
+        for r in range(rounds):
+            with running(gw := GatewayProcess(cfg, tmp_path).start()):
+                signed = [await signer.sign(gw, f"/paid/k{r}-{i}") for i in range(payments)]
+
+                async def send(target: str, headers: dict[str, str]) -> None:
+                    await asyncio.sleep(rng.uniform(0, 1.0))
+                    await hang_up(gw, target, headers, after=30)
+
+                sends = [
+                    asyncio.ensure_future(send(f"/paid/k{r}-{i}", h))
+                    for i, (h, _) in enumerate(signed)
+                ]
+                await asyncio.sleep(rng.uniform(0.5, 2.0))
+                assert gw.proc is not None
+                gw.proc.kill()
+                gw.proc.wait(10)
+                await asyncio.gather(*sends, return_exceptions=True)
+            await asyncio.sleep(2)  # what the relay still carried reaches the chain
+            charged = {n: chain.authorization_state(payer, n) for _, n in signed}
+            transactions = {s.get("transaction") for s in relay.settled}
+            with running(again := GatewayProcess(cfg, tmp_path).start()):
+                started = time.monotonic()
+                for i, (headers, nonce) in enumerate(signed):
+                    got = await retry_until_final(again, f"/paid/k{r}-{i}", headers)
+                    assert time.monotonic() - started < RECONCILE_BOUND, (seed, got)
+                    assert all(status != 402 for status, _ in got), (seed, nonce, got)
+                    final = got[-1]
+                    if charged[nonce]:
+                        assert final == (409, "payment_already_used"), (seed, nonce, got)
+                        seen["charged_409_with_tx"] += 1
+                    else:
+                        assert final == (200, ""), (seed, nonce, got)
+                        seen["uncharged_proceeded"] += 1
+                    seen["in_flight_answers"] += len(got) - 1
+                replies = await asyncio.gather(
+                    *(
+                        get_receipt(again, f"/paid/k{r}-{i}", h)
+                        for i, (h, n) in enumerate(signed)
+                        if charged[n]
+                    )
+                )
+                assert all(tx in transactions for tx in replies), (seed, replies)
+            # Each authorization charged exactly once, whatever the kill point.
+            assert all(chain.authorization_state(payer, n) for _, n in signed), seed
+    print(f"\nkills: seed={seed} rounds={rounds} payments={payments} {dict(seen)}")
+    return seen
+
+
+async def get_receipt(gw: GatewayProcess, target: str, headers: dict[str, str]) -> str:
+    """The transaction the gateway's 409 names for an already-used payment."""
+    async with httpx.AsyncClient(timeout=15) as http:
+        r = await http.get(gw.url + target, headers=headers)
+    assert r.status_code == 409, r.text
+    return str(decode_payment_response_header(r.headers["PAYMENT-RESPONSE"]).transaction)
+
+
+async def test_sigkill_at_random_points_then_restart_answers_every_retry_right(
+    chain: Chain,
+    origin: OriginProcess,
+    facilitator_url: str,
+    redis: RedisServer,
+    make_payer: Callable[..., LocalAccount],
+    tmp_path: Path,
+) -> None:
+    await run_kills(
+        chain, origin, facilitator_url, redis, make_payer, tmp_path, KILL_ROUNDS, KILL_PAYMENTS
+    )
+
+
+@pytest.mark.slow
+async def test_sigkill_soak(
+    chain: Chain,
+    origin: OriginProcess,
+    facilitator_url: str,
+    redis: RedisServer,
+    make_payer: Callable[..., LocalAccount],
+    tmp_path: Path,
+) -> None:
+    await run_kills(chain, origin, facilitator_url, redis, make_payer, tmp_path, 6, 12)

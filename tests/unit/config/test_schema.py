@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from gateway import config
-from gateway.config import document, facilitators
+from gateway.config import document, facilitators, networks
 from gateway.config import routes as config_routes
 from gateway.errors import ConfigError
 
@@ -33,6 +33,7 @@ SECTIONS: dict[str, frozenset[str]] = {
     "$defs.facilitator.properties.local": facilitators.LOCAL_FACILITATOR_KEYS,
     "$defs.route": config_routes.ROUTE_KEYS,
     "$defs.accept": config_routes.ACCEPT_KEYS,
+    "$defs.network_rpc": networks.NETWORK_KEYS,
 }
 
 
