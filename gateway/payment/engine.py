@@ -42,7 +42,7 @@ from gateway.payment.claims import MAY_BE_CHARGED, Verdict, on_conflict
 from gateway.payment.match import MatchedPayment, claim_ttl
 from gateway.payment.receipts import receipt_headers
 from gateway.payment.reconcile import SETTLE_MARGIN, ChainReader
-from gateway.payment.recovery import reconcile
+from gateway.payment.recovery import Reconciler
 from gateway.store import PaymentRecord, PaymentStore
 from gateway.store.records import Status
 
@@ -121,8 +121,9 @@ class Payments:
         self.facilitator = facilitator
         self.store = store
         self.chain = chain  # None: no RPC, a dead holder's settling claim waits to expire
-        # After this long a settlement its holder started can no longer land.
-        self.settle_window = settle_timeout + SETTLE_MARGIN
+        # After the settle window a settlement whose holder died can no longer land.
+        window = settle_timeout + SETTLE_MARGIN
+        self.reconciler = Reconciler(store, chain, window, INLINE_RECONCILE_TIMEOUT)
         self.server = x402ResourceServer(facilitator)
         register_exact_evm_server(self.server)
         self._ready = False
@@ -206,14 +207,7 @@ class Payments:
         verdict = on_conflict(held.status, holder_alive=alive)
         if verdict is not Verdict.RECONCILE:
             return held, verdict
-        held = await reconcile(
-            self.store,
-            self.chain,
-            key,
-            held,
-            window=self.settle_window,
-            timeout=INLINE_RECONCILE_TIMEOUT,
-        )
+        held = await self.reconciler.run(key, held)
         if held.status in MAY_BE_CHARGED:
             return held, Verdict.IN_FLIGHT  # not known yet: wait (Retry-After)
         return held, on_conflict(held.status, holder_alive=False)

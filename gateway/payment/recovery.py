@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 
 from gateway.errors import ChainUnavailable
 from gateway.observe.logs import get_logger
@@ -18,53 +19,50 @@ log = get_logger("gateway.payments")
 RECONCILABLE = MAY_BE_CHARGED | {"settlement_pending"}
 
 
-async def chain_state(
-    chain: ChainReader | None, record: PaymentRecord, timeout: float
-) -> ChainState | None:
-    """What the chain says of the record's authorization; None when it cannot be asked."""
-    if chain is None or not chain.covers(record.network):
-        return None
-    try:
-        async with asyncio.timeout(timeout):
-            return await chain.authorization(
-                record.network, record.asset, record.payer, record.nonce
-            )
-    except (TimeoutError, ChainUnavailable) as exc:
-        log.warning("reconcile_chain_unavailable", network=record.network, error=str(exc))
-        return None
+@dataclass(frozen=True, slots=True)
+class Reconciler:
+    store: PaymentStore
+    chain: ChainReader | None  # None: no RPC, nothing can be reconciled
+    window: float  # seconds after `settling` before "not used" is believed
+    bound: float  # seconds one chain read may take
 
+    async def chain_state(self, record: PaymentRecord) -> ChainState | None:
+        """What the chain says of the record's authorization; None when it cannot be asked."""
+        chain = self.chain
+        if chain is None or not chain.covers(record.network):
+            return None
+        try:
+            async with asyncio.timeout(self.bound):
+                return await chain.authorization(
+                    record.network, record.asset, record.payer, record.nonce
+                )
+        except (TimeoutError, ChainUnavailable) as exc:
+            log.warning("reconcile_chain_unavailable", network=record.network, error=str(exc))
+            return None
 
-async def reconcile(
-    store: PaymentStore,
-    chain: ChainReader | None,
-    key: str,
-    held: PaymentRecord,
-    *,
-    window: float,
-    timeout: float,
-) -> PaymentRecord:
-    """The claim's record after asking the chain: `settled` (with the transaction found),
-    `released` (unused, and the settle window is over) or `held` unchanged. A record that
-    changed meanwhile (its holder came back, another replica reconciled it) is left alone."""
-    if held.status not in RECONCILABLE:
-        return held
-    state = await chain_state(chain, held, timeout)
-    action = decide(state, settling_since=held.updated_at, now=time.time(), window=window)
-    if action is Action.WAIT:
-        return held
-    if action is Action.SETTLED:
-        assert state is not None
-        new = held.with_status("settled", transaction=state.transaction, reason="reconciled")
-    else:
-        new = held.with_status("released", reason="reconciled_unused")
-    if not await store.replace(key, held, new, 0):
-        return held
-    log.info(
-        "payment_reconciled",
-        request_id=held.request_id,
-        status=new.status,
-        previous=held.status,
-        transaction=new.transaction,
-        payer=held.payer,
-    )
-    return new
+    async def run(self, key: str, held: PaymentRecord) -> PaymentRecord:
+        """The claim's record after asking the chain: `settled` (with the transaction found),
+        `released` (unused, and the settle window is over) or `held` unchanged. A record that
+        changed meanwhile (another replica reconciled it) is left alone."""
+        if held.status not in RECONCILABLE:
+            return held
+        state = await self.chain_state(held)
+        action = decide(state, settling_since=held.updated_at, now=time.time(), window=self.window)
+        if action is Action.WAIT:
+            return held
+        if action is Action.SETTLED:
+            assert state is not None
+            new = held.with_status("settled", transaction=state.transaction, reason="reconciled")
+        else:
+            new = held.with_status("released", reason="reconciled_unused")
+        if not await self.store.replace(key, held, new, 0):
+            return held
+        log.info(
+            "payment_reconciled",
+            request_id=held.request_id,
+            status=new.status,
+            previous=held.status,
+            transaction=new.transaction,
+            payer=held.payer,
+        )
+        return new

@@ -4,6 +4,7 @@ facilitator: every outcome a facilitator can give, and what becomes of the claim
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -20,6 +21,8 @@ from gateway.errors import (
 )
 from gateway.payment import decode_payment, match_requirement
 from gateway.payment.engine import Payments
+from gateway.payment.reconcile import ChainState
+from gateway.store import PaymentRecord
 from gateway.store.memory import MemoryStore
 from tests.unit.wire_helpers import URL, headers, new_account, route, sdk_v2_payment
 
@@ -281,6 +284,91 @@ async def test_settle_without_a_facilitator_records_failed_and_releases() -> Non
         async with p.claimed(m, PRICED, "req-1") as claim:
             await p.settle(claim)
     assert await p.claim(m, PRICED, "req-2") is not None
+
+
+class FakeChain:
+    """Answers authorizationState as scripted (unit tests only; e2e reads anvil)."""
+
+    def __init__(self, state: ChainState | None) -> None:
+        self.state = state
+        self.asked = 0
+
+    def covers(self, network: str) -> bool:
+        return self.state is not None
+
+    async def authorization(
+        self, network: str, token: str, authorizer: str, nonce: str
+    ) -> ChainState:
+        self.asked += 1
+        assert self.state is not None
+        return self.state
+
+    async def close(self) -> None:
+        return None
+
+
+async def dead_holders_claim(store: MemoryStore, m: Any, status: str, age: float = 0) -> None:
+    """A claim left by a process that died (its holder is not this one's)."""
+    record = PaymentRecord(
+        status="claimed",
+        request_id="dead-1",
+        route="/paid/*",
+        payer=m.payer,
+        amount="1000",
+        asset=m.requirement.asset,
+        network=m.requirement.network,
+        nonce=m.identity.nonce,
+        holder="a-process-that-died",
+    )
+    await store.claim(m.identity.key, record, 600)
+    changed = replace(record.with_status(status), updated_at=time.time() - age)  # type: ignore[arg-type]
+    await store.update(m.identity.key, changed, 600)
+
+
+async def test_a_dead_holders_unsettled_claim_is_taken_over() -> None:
+    fac = FakeFacilitator()
+    p, store = await payments(fac)
+    m = matched()
+    await dead_holders_claim(store, m, "claimed")
+    claim = await p.claim(m, PRICED, "req-2")
+    assert claim.record.request_id == "req-2"
+    rows = {r.request_id: r.status for r in await store.recent(10)}
+    assert rows == {"dead-1": "released", "req-2": "claimed"}
+
+
+async def test_a_dead_holders_settling_claim_used_on_chain_is_a_409_with_its_transaction() -> None:
+    p, store = await payments(FakeFacilitator())
+    p.reconciler = replace(p.reconciler, chain=FakeChain(ChainState(used=True, transaction=TX)))
+    m = matched()
+    await dead_holders_claim(store, m, "settling")
+    with pytest.raises(PaymentConflict) as err:
+        await p.claim(m, PRICED, "req-2")
+    assert err.value.reason == "payment_already_used"
+    assert decode_payment_response_header(err.value.headers["PAYMENT-RESPONSE"]).transaction == TX
+    assert (await store.recent(1))[0].status == "settled"
+
+
+async def test_a_dead_holders_settling_claim_unused_waits_for_the_settle_window() -> None:
+    p, store = await payments(FakeFacilitator())
+    chain = FakeChain(ChainState(used=False))
+    p.reconciler = replace(p.reconciler, chain=chain, window=90.0)
+    m = matched()
+    await dead_holders_claim(store, m, "settling", age=10)
+    with pytest.raises(PaymentConflict) as err:
+        await p.claim(m, PRICED, "req-2")
+    assert err.value.reason == "payment_in_flight" and chain.asked == 1
+    await dead_holders_claim(store, m, "settling", age=100)  # the window is over
+    claim = await p.claim(m, PRICED, "req-3")
+    assert claim.record.request_id == "req-3"
+
+
+async def test_without_a_chain_a_dead_holders_settling_claim_stays_in_flight() -> None:
+    p, store = await payments(FakeFacilitator())
+    m = matched()
+    await dead_holders_claim(store, m, "pending", age=10_000)
+    with pytest.raises(PaymentConflict) as err:
+        await p.claim(m, PRICED, "req-2")
+    assert err.value.reason == "payment_in_flight"
 
 
 async def test_settled_up_front_then_failure_records_refund_due() -> None:

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from redis.asyncio import Redis
 
 from gateway.errors import StoreUnavailable
 from gateway.store import PaymentRecord, PaymentStore
 from gateway.store.backoff import Backoff
 from gateway.store.memory import MemoryStore
-from gateway.store.redis import RedisStore
+from gateway.store.redis import ALIVE_PREFIX, ALIVE_TTL, RedisStore
 from gateway.store.redis_url import parse_redis_url
 from tests.procs import RedisServer, free_port, stop, wait_port
 
@@ -423,3 +424,42 @@ async def test_sentinel_failover_is_followed_and_keeps_the_claims(tmp_path: Path
     finally:
         for proc in reversed(procs):
             stop(proc)
+
+
+async def test_replace_swaps_only_the_record_that_was_judged(store: PaymentStore) -> None:
+    k = key()
+    old = record("dead")
+    await store.claim(k, old, 60)
+    settling = old.with_status("settling")
+    await store.update(k, settling, 60)
+    assert not await store.replace(k, old, record("new"), 60)  # it moved on: not ours to take
+    settled = settling.with_status("settled", transaction="0x01")
+    assert await store.replace(k, settling, settled, 0)
+    held = await store.claim(k, record("late"), 60)
+    assert held is not None and (held.status, held.transaction) == ("settled", "0x01")
+    assert (await store.recent(1))[0].status == "settled"
+
+
+async def test_a_holder_is_alive_while_its_store_beats(store: PaymentStore) -> None:
+    await store.claim(key(), record("a"), 60)  # the first claim starts the heartbeat
+    assert await store.alive(store.holder)
+    assert not await store.alive("a-process-that-died")
+    assert not await store.alive(None)  # a record from before heartbeats
+
+
+@needs_redis
+async def test_a_closed_stores_holder_is_gone_once_its_heartbeat_expires(
+    redis: RedisServer,
+) -> None:
+    s = RedisStore(redis.url)
+    await s.claim(key(), record("a"), 60)
+    other = RedisStore(redis.url)
+    try:
+        assert await other.alive(s.holder)
+        await s.close()
+        raw = aioredis.from_url(redis.url)  # the heartbeat key's expiry, read directly
+        ttl = await raw.pttl(ALIVE_PREFIX + s.holder)
+        await raw.aclose()
+        assert 0 < ttl <= ALIVE_TTL * 1000  # no longer renewed: gone within ALIVE_TTL
+    finally:
+        await other.close()
