@@ -9,8 +9,10 @@ import time
 from dataclasses import dataclass
 
 from gateway.errors import ChainUnavailable
+from gateway.formats import chain_id
 from gateway.observe.logs import get_logger
-from gateway.payment.claims import MAY_BE_CHARGED
+from gateway.payment.claims import MAY_BE_CHARGED, Verdict, on_conflict
+from gateway.payment.match import PaymentIdentity
 from gateway.payment.reconcile import Action, ChainReader, ChainState, decide
 from gateway.store import PaymentRecord, PaymentStore
 
@@ -66,3 +68,34 @@ class Reconciler:
             payer=held.payer,
         )
         return new
+
+
+def claim_key(record: PaymentRecord) -> str:
+    """The store key of the claim a record belongs to (as `match` names it)."""
+    cid = chain_id(record.network)
+    identity = PaymentIdentity(cid or 0, record.asset.lower(), record.payer.lower(), record.nonce)
+    return identity.key
+
+
+async def reconcile_recent(
+    reconciler: Reconciler, limit: int
+) -> list[tuple[PaymentRecord, PaymentRecord]]:
+    """Reconcile every recent record left in flight by a holder that is gone: those that may
+    be charged against the chain, those that cannot be simply released. (old, new) for each
+    record changed; a record whose claim moved on meanwhile is left alone."""
+    store = reconciler.store
+    changed: list[tuple[PaymentRecord, PaymentRecord]] = []
+    for held in await store.recent(limit):
+        if held.in_flight and await store.alive(held.holder):
+            continue
+        verdict = on_conflict(held.status, holder_alive=False)
+        key = claim_key(held)
+        if verdict is Verdict.TAKE_OVER and held.status != "released":
+            new = held.with_status("released", reason="holder_gone")
+            if await store.replace(key, held, new, 0):
+                changed.append((held, new))
+        elif held.status in RECONCILABLE:
+            new = await reconciler.run(key, held)
+            if new is not held:
+                changed.append((held, new))
+    return changed

@@ -18,6 +18,8 @@ import base64
 import contextlib
 import json
 import random
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -32,6 +34,7 @@ from x402.http.utils import decode_payment_response_header
 
 from gateway.demo.chain import new_account
 from gateway.demo.payer import make_x402_client, pay_challenge
+from gateway.store.redis import ALIVE_TTL
 from tests.e2e.conftest import Chain
 from tests.e2e.fault_parts import (
     PRICE,
@@ -319,8 +322,18 @@ async def run_kills(
                 gw.proc.wait(10)
                 await asyncio.gather(*sends, return_exceptions=True)
             await asyncio.sleep(2)  # what the relay still carried reaches the chain
+            killed = time.monotonic()
             charged = {n: chain.authorization_state(payer, n) for _, n in signed}
             transactions = {s.get("transaction") for s in relay.settled}
+            if r == 0:  # the operator's way first: `payments --reconcile`, once it is dead
+                await asyncio.sleep(max(0.0, ALIVE_TTL + 1 - (time.monotonic() - killed)))
+                for row in reconcile_cli(gw):
+                    assert row["nonce"] in charged, row
+                    if row["now"] == "settled":
+                        assert charged[row["nonce"]] and row["tx"] in transactions, (seed, row)
+                    else:
+                        assert row["now"] == "released" and not charged[row["nonce"]], row
+                    seen[f"cli_{row['was']}_to_{row['now']}"] += 1
             with running(again := GatewayProcess(cfg, tmp_path).start()):
                 started = time.monotonic()
                 for i, (headers, nonce) in enumerate(signed):
@@ -347,6 +360,15 @@ async def run_kills(
             assert all(chain.authorization_state(payer, n) for _, n in signed), seed
     print(f"\nkills: seed={seed} rounds={rounds} payments={payments} {dict(seen)}")
     return seen
+
+
+def reconcile_cli(gw: GatewayProcess) -> list[dict[str, Any]]:
+    exe = str(Path(sys.executable).with_name("x402-gateway"))
+    argv = [exe, "payments", "--reconcile", "--config", str(gw.config_path)]
+    out = subprocess.run(argv, check=False, capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr.decode()
+    rows = [json.loads(line) for line in out.stdout.decode().splitlines()]
+    return [row for row in rows if "now" in row]  # (a warning would be a log line)
 
 
 async def get_receipt(gw: GatewayProcess, target: str, headers: dict[str, str]) -> str:
