@@ -179,7 +179,7 @@ class _Builder:
             problems = await payments.start()
         for problem in problems:
             log.warning("facilitator_unavailable", problem=problem, generation=self.generation)
-        refresher = asyncio.create_task(payments.keep_refreshing())
+        refresher = asyncio.create_task(payments.background())  # refresh, reconcile
         self.undo.push_async_callback(canceller(refresher))
         return payments, refresher
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ from gateway.payment.claims import MAY_BE_CHARGED, Verdict, on_conflict
 from gateway.payment.match import MatchedPayment, claim_ttl
 from gateway.payment.receipts import receipt_headers
 from gateway.payment.reconcile import SETTLE_MARGIN, ChainReader
-from gateway.payment.recovery import Reconciler
+from gateway.payment.recovery import Reconciler, reconcile_recent
 from gateway.store import PaymentRecord, PaymentStore
 from gateway.store.records import Status
 
@@ -52,6 +53,9 @@ log = get_logger("gateway.payments")
 IN_FLIGHT_RETRY_AFTER = 2
 # A request that finds a dead holder's settling claim asks the chain for at most this long.
 INLINE_RECONCILE_TIMEOUT = 3.0
+# The background reconciler: every ~30 s (jittered: replicas out of step), the newest records.
+RECONCILE_EVERY = 30.0
+RECONCILE_RECENT = 1000
 
 
 class Facilitator(Protocol):
@@ -143,6 +147,25 @@ class Payments:
             self.server.initialize()
             self._ready = True
         return errors
+
+    async def background(self) -> None:
+        """The generation's background work: /supported until known, and reconciling."""
+        await asyncio.gather(self.keep_refreshing(), self.keep_reconciling())
+
+    async def keep_reconciling(
+        self, interval: float = RECONCILE_EVERY, limit: int = RECONCILE_RECENT
+    ) -> None:
+        """Resolve what dead holders left in flight among the newest records, without
+        waiting for a retry. Bounded reads of the history stream, never a SCAN; an older
+        stale claim is still resolved by the first request that meets it."""
+        if self.chain is None:
+            return  # nothing to reconcile with (`check` warns)
+        while True:
+            await asyncio.sleep(interval * (0.5 + random.random()))  # noqa: S311  jitter
+            try:
+                await reconcile_recent(self.reconciler, limit)
+            except StoreUnavailable as exc:
+                log.warning("reconcile_store_unavailable", error=exc.detail)
 
     async def keep_refreshing(self, interval: float = 5.0) -> None:
         """Until /supported has been read once, retry in the background."""

@@ -93,6 +93,7 @@ async def reconcile_recent(
         if verdict is Verdict.TAKE_OVER and held.status != "released":
             new = held.with_status("released", reason="holder_gone")
             if await store.replace(key, held, new, 0):
+                log.info("claim_released", request_id=held.request_id, reason="holder_gone")
                 changed.append((held, new))
         elif held.status in RECONCILABLE:
             new = await reconciler.run(key, held)

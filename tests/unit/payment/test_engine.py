@@ -311,7 +311,7 @@ async def dead_holders_claim(store: MemoryStore, m: Any, status: str, age: float
     """A claim left by a process that died (its holder is not this one's)."""
     record = PaymentRecord(
         status="claimed",
-        request_id="dead-1",
+        request_id=f"dead-{m.identity.nonce[2:10]}",
         route="/paid/*",
         payer=m.payer,
         amount="1000",
@@ -333,7 +333,7 @@ async def test_a_dead_holders_unsettled_claim_is_taken_over() -> None:
     claim = await p.claim(m, PRICED, "req-2")
     assert claim.record.request_id == "req-2"
     rows = {r.request_id: r.status for r in await store.recent(10)}
-    assert rows == {"dead-1": "released", "req-2": "claimed"}
+    assert sorted(rows.values()) == ["claimed", "released"] and rows["req-2"] == "claimed"
 
 
 async def test_a_dead_holders_settling_claim_used_on_chain_is_a_409_with_its_transaction() -> None:
@@ -369,6 +369,29 @@ async def test_without_a_chain_a_dead_holders_settling_claim_stays_in_flight() -
     with pytest.raises(PaymentConflict) as err:
         await p.claim(m, PRICED, "req-2")
     assert err.value.reason == "payment_in_flight"
+
+
+async def test_the_background_reconciler_resolves_dead_holders_claims_unasked() -> None:
+    p, store = await payments(FakeFacilitator())
+    p.reconciler = replace(p.reconciler, chain=FakeChain(ChainState(used=True, transaction=TX)))
+    p.chain = p.reconciler.chain
+    settling, claimed = matched(), matched()
+    await dead_holders_claim(store, settling, "settling")
+    await dead_holders_claim(store, claimed, "claimed")
+    ours = await p.claim(matched(), PRICED, "alive-1")  # this process's: left alone
+    task = asyncio.create_task(p.keep_reconciling(interval=0.01))
+    try:
+        for _ in range(200):
+            statuses = {r.nonce: r.status for r in await store.recent(10)}
+            if statuses[settling.identity.nonce] == "settled":
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+    assert statuses[settling.identity.nonce] == "settled"
+    assert statuses[claimed.identity.nonce] == "released"
+    assert statuses[ours.matched.identity.nonce] == "claimed"
+    assert await p.claim(claimed, PRICED, "req-2") is not None  # free again
 
 
 async def test_settled_up_front_then_failure_records_refund_due() -> None:
