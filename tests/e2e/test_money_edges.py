@@ -192,10 +192,18 @@ async def run_hangups(
     assert len({r["transaction"] for r in settled_lines}) == rounds
     assert total(m, "x402_gateway_payments_total", outcome="settled") == rounds
     assert total(m, "x402_gateway_revenue_atomic_units_total") == rounds * PRICE
-    hung = Counter(
-        f"{r['payment']}/{r.get('payment_reason', '')}" for r in lines if r["status"] == 499
-    )
+    hung = Counter(f"{step(r)}:{r['payment']}" for r in lines if r["status"] == 499)
     print(f"\nhang-ups: seed={seed} rounds={rounds} retries={dict(answers)} hung-up={dict(hung)}")
+
+
+def step(line: dict[str, Any]) -> str:
+    """Where a hung-up request was when its client left, from its access line's step times
+    (verify, then the origin's head, then settle and the body: the last two look alike)."""
+    if "settle_ms" in line:
+        return "settle_or_body"
+    if "verify_ms" in line:
+        return "verify_or_origin"
+    return "before_verify"
 
 
 async def test_hang_up_at_any_step_then_retry_never_402_and_books_match_chain(
@@ -327,8 +335,8 @@ async def run_kills(
             transactions = {s.get("transaction") for s in relay.settled}
             if r == 0:  # the operator's way first: `payments --reconcile`, once it is dead
                 await asyncio.sleep(max(0.0, ALIVE_TTL + 1 - (time.monotonic() - killed)))
-                for row in reconcile_cli(gw):
-                    assert row["nonce"] in charged, row
+                # The store is shared with other tests: their dead gateways' records too.
+                for row in (x for x in reconcile_cli(gw) if x["nonce"] in charged):
                     if row["now"] == "settled":
                         assert charged[row["nonce"]] and row["tx"] in transactions, (seed, row)
                     else:
