@@ -13,6 +13,7 @@ import yaml
 
 from gateway import formats
 from gateway.config import values as cv
+from gateway.config.cors import compile_cors
 from gateway.config.facilitators import compile_facilitators
 from gateway.config.networks import compile_networks
 from gateway.config.pricing import DEFAULT_NETWORK
@@ -57,6 +58,7 @@ TOP_LEVEL_KEYS = frozenset(
         "workers",
         "server_timing",
         "networks",
+        "cors",
         "routes",
     }
 )
@@ -102,11 +104,12 @@ def compile_document(reader: Reader, root: yaml.Node) -> Settings | None:
         limits=_limits(reader, top.get("limits")),
         trusted_proxies=_trusted_proxies(reader, top.get("trusted_proxies")),
         public_url=top.read("public_url", using(cv.parse_http_url), None),
-        case_insensitive_paths=top.read("case_insensitive_paths", boolean, False),
+        case_insensitive_paths=top.read("case_insensitive_paths", boolean, True),
         log_level=top.read("log_level", choice(LOG_LEVELS), "info"),
         workers=workers,
         server_timing=top.read("server_timing", boolean, False),
         networks=compile_networks(reader, top.get("networks")),
+        cors=compile_cors(reader, top.get("cors")),
     )
 
 

@@ -1114,3 +1114,8 @@ def test_networks_name_an_rpc_per_network_and_a_local_facilitators_counts() -> N
     found = errors(text_with(networks="{solana:x: {rpc_url: http://a}, eip155:1: {}}"))
     assert any("networks.solana:x" in e for e in found), found
     assert any("networks.eip155:1" in e and "rpc_url" in e for e in found), found
+
+
+def test_paths_match_without_case_by_default_issue_12() -> None:
+    assert loads(text_with()).case_insensitive_paths is True
+    assert loads(text_with(case_insensitive_paths="false")).case_insensitive_paths is False
