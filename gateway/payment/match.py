@@ -33,7 +33,11 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from eth_utils.address import to_checksum_address
-from x402.mechanisms.evm.constants import ERR_UNSUPPORTED_SCHEME, SCHEME_EXACT
+from x402.mechanisms.evm.constants import (
+    ERR_INVALID_SIGNATURE,
+    ERR_UNSUPPORTED_SCHEME,
+    SCHEME_EXACT,
+)
 from x402.schemas import PaymentPayload, PaymentRequirements
 from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
@@ -41,7 +45,7 @@ from gateway.config.settings import Requirement, RouteSettings
 from gateway.errors import PaymentError
 from gateway.formats import chain_id, is_address
 from gateway.payment.decode import DecodedPayment
-from gateway.payment.eip3009 import domain_of, signature_reason
+from gateway.payment.eip3009 import Domain, Malformed, Sig, check_signature, parse
 from gateway.payment.networks import caip_from_v1
 from gateway.payment.requirements import offered_v1, requirement_v1, requirement_v2, thaw
 from gateway.payment.terms import (
@@ -222,8 +226,30 @@ def _v1_paid(candidates: list[_Offered], terms: Terms) -> _Offered:
     return fits[0]
 
 
+def domain_of(req: Requirement, cid: int) -> Domain | None:
+    """The EIP-712 domain a requirement's payer signs under, or None if `extra` names none."""
+    name, version = req.extra.get("name"), req.extra.get("version")
+    if not isinstance(name, str) or not isinstance(version, str):
+        return None
+    return Domain(name, version, cid, req.asset.lower())
+
+
+def local_signature_reason(req: Requirement, cid: int, payload: dict[str, Any]) -> str | None:
+    """`invalid_exact_evm_payload_signature` when the payload carries a plain ECDSA signature
+    that is not `from`'s under the route's domain; None when it is, or when only the chain
+    can judge it (a smart wallet's signature, ERC-6492, or no domain in `extra`)."""
+    domain = domain_of(req, cid)
+    if domain is None:
+        return None
+    try:
+        auth = parse(payload)
+    except Malformed:
+        return None  # `terms` has read it already; anything odd is the facilitator's to judge
+    return ERR_INVALID_SIGNATURE if check_signature(auth, domain) is Sig.MISMATCH else None
+
+
 def _check_signature(req: Requirement, cid: int, payload: dict[str, Any]) -> None:
-    reason = signature_reason(payload, domain_of(req, cid))
+    reason = local_signature_reason(req, cid, payload)
     if reason is not None:
         raise PaymentError("the signature is not the payer's: refused locally", reason=reason)
 

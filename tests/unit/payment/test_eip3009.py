@@ -1,153 +1,314 @@
-"""The local EIP-3009 signature check, against signatures the SDK's own client makes."""
+"""The pure EIP-3009 checks against signatures made by the SDK's client and by eth-account."""
 
 from __future__ import annotations
 
-import copy
+import json
+import os
+import time
 from typing import Any
 
 import pytest
+from eth_abi.abi import encode
 from eth_account.messages import encode_typed_data
-from eth_utils.crypto import keccak
-from x402.http.utils import encode_payment_signature_header
-from x402.mechanisms.evm.constants import ERR_INVALID_SIGNATURE
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from x402.mechanisms.evm.constants import (
+    ERC6492_MAGIC_VALUE,
+    ERR_AUTHORIZATION_VALUE_MISMATCH,
+    ERR_FACTORY_NOT_ALLOWED,
+    ERR_INVALID_SIGNATURE,
+    ERR_RECIPIENT_MISMATCH,
+    ERR_UNDEPLOYED_SMART_WALLET,
+    ERR_VALID_AFTER_FUTURE,
+    ERR_VALID_BEFORE_EXPIRED,
+)
+from x402.mechanisms.evm.eip712 import hash_eip3009_authorization
+from x402.mechanisms.evm.types import ExactEIP3009Authorization
 
-from gateway.errors import PaymentError
-from gateway.payment import decode_payment, match_requirement
-from gateway.payment.eip3009 import Domain, digest, domain_of, recover, signature_reason
-from tests.unit.wire_helpers import (
-    ASSET,
-    URL,
-    headers,
-    new_account,
-    requirement,
-    route,
-    sdk_v1_payment,
-    sdk_v2_payment,
+from gateway.payment import eip3009
+from gateway.payment.eip3009 import Domain, Malformed, Sig
+from tests.unit.facilitators.engine.helpers import (
+    DOMAIN,
+    PAY_TO,
+    TOKEN,
+    TYPES,
+    account,
+    eth_account_signed,
+    requirements,
+    sdk_signed,
+    sdk_signed_v1,
 )
 
-PRICED = route()
-CHAIN = 84532
-DOMAIN = domain_of(requirement(), CHAIN)
-N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+addresses = st.binary(min_size=20, max_size=20).map(lambda b: "0x" + b.hex())
+uints = st.integers(min_value=0, max_value=2**256 - 1)
 
 
-def signed() -> dict[str, Any]:
-    payload, _ = sdk_v2_payment(PRICED, new_account())
-    return copy.deepcopy(payload.payload)
+@settings(max_examples=60, deadline=None)
+@given(
+    addresses,
+    addresses,
+    uints,
+    uints,
+    uints,
+    st.binary(min_size=32, max_size=32),
+    st.text(max_size=20),
+    st.text(max_size=5),
+    st.integers(1, 2**64),
+    addresses,
+)
+def test_digest_is_eth_accounts_and_the_sdks(
+    payer: str,
+    to: str,
+    value: int,
+    after: int,
+    before: int,
+    nonce: bytes,
+    name: str,
+    version: str,
+    chain_id: int,
+    token: str,
+) -> None:
+    domain = Domain(name, version, chain_id, token)
+    auth = eip3009.Authorization(payer, to, value, after, before, nonce, b"")
+    message = {
+        "from": payer,
+        "to": to,
+        "value": value,
+        "validAfter": after,
+        "validBefore": before,
+        "nonce": nonce,
+    }
+    full = {
+        "types": {
+            "EIP712Domain": [
+                {"name": "name", "type": "string"},
+                {"name": "version", "type": "string"},
+                {"name": "chainId", "type": "uint256"},
+                {"name": "verifyingContract", "type": "address"},
+            ],
+            **TYPES,
+        },
+        "primaryType": "TransferWithAuthorization",
+        "domain": {
+            "name": name,
+            "version": version,
+            "chainId": chain_id,
+            "verifyingContract": token,
+        },
+        "message": message,
+    }
+    signable = encode_typed_data(full_message=full)
+    from eth_utils.crypto import keccak
 
-
-def with_signature(payload: dict[str, Any], signature: bytes) -> dict[str, Any]:
-    return {**payload, "signature": "0x" + signature.hex()}
-
-
-def test_the_sdks_signature_is_the_payers() -> None:
-    assert signature_reason(signed(), DOMAIN) is None
-
-
-def test_digest_is_eip712_as_eth_account_computes_it() -> None:
-    auth = signed()["authorization"]
-    typed = encode_typed_data(
-        full_message={
-            "types": {
-                "EIP712Domain": [
-                    {"name": "name", "type": "string"},
-                    {"name": "version", "type": "string"},
-                    {"name": "chainId", "type": "uint256"},
-                    {"name": "verifyingContract", "type": "address"},
-                ],
-                "TransferWithAuthorization": [
-                    {"name": "from", "type": "address"},
-                    {"name": "to", "type": "address"},
-                    {"name": "value", "type": "uint256"},
-                    {"name": "validAfter", "type": "uint256"},
-                    {"name": "validBefore", "type": "uint256"},
-                    {"name": "nonce", "type": "bytes32"},
-                ],
-            },
-            "primaryType": "TransferWithAuthorization",
-            "domain": {
-                "name": "USDC",
-                "version": "2",
-                "chainId": CHAIN,
-                "verifyingContract": ASSET,
-            },
-            "message": {
-                **auth,
-                "value": int(auth["value"]),
-                "validAfter": int(auth["validAfter"]),
-                "validBefore": int(auth["validBefore"]),
-                "nonce": bytes.fromhex(auth["nonce"][2:]),
-            },
-        }
+    by_eth_account = keccak(b"\x19" + signable.version + signable.header + signable.body)
+    sdk_auth = ExactEIP3009Authorization(
+        payer, to, str(value), str(after), str(before), "0x" + nonce.hex()
     )
-    assert DOMAIN is not None
-    assert digest(auth, DOMAIN) == keccak(b"\x19" + typed.version + typed.header + typed.body)
+    by_sdk = hash_eip3009_authorization(sdk_auth, chain_id, token, name, version)
+    assert eip3009.digest(auth, domain) == by_eth_account == by_sdk
 
 
-@pytest.mark.parametrize(
-    ("field", "value"),
-    [
-        ("from", "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"),
-        ("to", "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"),
-        ("value", "999"),
-        ("validAfter", "1"),
-        ("validBefore", "1"),
-        ("nonce", "0x" + "77" * 32),
-    ],
-)
-def test_any_signed_field_changed_is_refused(field: str, value: str) -> None:
-    payload = signed()
-    payload["authorization"][field] = value
-    assert signature_reason(payload, DOMAIN) == ERR_INVALID_SIGNATURE
+def test_struct_hash_is_the_abi_encoding_of_the_fields() -> None:
+    auth = eip3009.Authorization("0x" + "11" * 20, "0x" + "22" * 20, 5, 6, 7, b"\x09" * 32, b"")
+    from eth_utils.crypto import keccak
+
+    expected = keccak(
+        eip3009.TRANSFER_TYPEHASH
+        + encode(
+            ["address", "address", "uint256", "uint256", "uint256", "bytes32"],
+            ["0x" + "11" * 20, "0x" + "22" * 20, 5, 6, 7, b"\x09" * 32],
+        )
+    )
+    assert eip3009.struct_hash(auth) == expected
 
 
-@pytest.mark.parametrize(
-    "domain",
-    [
-        Domain("USD Coin", "2", CHAIN, ASSET.lower()),
-        Domain("USDC", "1", CHAIN, ASSET.lower()),
-        Domain("USDC", "2", 8453, ASSET.lower()),
-        Domain("USDC", "2", CHAIN, "0x5fbdb2315678afecb367f032d93f642f64180aa3"),
-    ],
-)
-def test_a_signature_under_another_domain_is_refused(domain: Domain) -> None:
-    assert signature_reason(signed(), domain) == ERR_INVALID_SIGNATURE
+def test_sdk_client_payments_v2_and_v1_recover_to_their_payer() -> None:
+    payer = account()
+    for payment in (sdk_signed(payer), sdk_signed_v1(payer)):
+        auth = eip3009.parse(payment.payload)
+        assert auth.payer == payer.address.lower()
+        assert eip3009.check_signature(auth, DOMAIN) is Sig.MATCH
+        verdict = eip3009.inspect(
+            payment.payload, DOMAIN, pay_to=PAY_TO, amount=1000, now=int(time.time())
+        )
+        assert (verdict.reason, verdict.sig) == (None, Sig.MATCH)
 
 
-def test_v_as_0_or_1_is_accepted_and_high_s_is_refused() -> None:
-    payload = signed()
-    sig = bytes.fromhex(payload["signature"][2:])
-    low_v = sig[:64] + bytes([sig[64] - 27])
-    assert signature_reason(with_signature(payload, low_v), DOMAIN) is None
+def test_eth_account_signatures_match_with_v_27_28_or_0_1() -> None:
+    payer = account()
+    payload = eth_account_signed(payer)
+    auth = eip3009.parse(payload)
+    assert eip3009.check_signature(auth, DOMAIN) is Sig.MATCH
+    raw = bytearray(auth.signature)
+    raw[64] -= 27  # yParity form, as some wallets send it
+    zero_one = eip3009.Authorization(**{**_fields(auth), "signature": bytes(raw)})
+    assert eip3009.check_signature(zero_one, DOMAIN) is Sig.MATCH
+
+
+def _fields(auth: eip3009.Authorization) -> dict[str, Any]:
+    return {k: getattr(auth, k) for k in auth.__slots__}  # type: ignore[attr-defined]
+
+
+def test_forgeries_do_not_match() -> None:
+    payer, thief = account(), account()
+    # Signed by someone else, claiming to be from the payer.
+    forged = eip3009.parse(eth_account_signed(thief, claimed_from=payer.address))
+    assert eip3009.check_signature(forged, DOMAIN) is Sig.MISMATCH
+    assert eip3009.signature_reason(Sig.MISMATCH, None) == ERR_INVALID_SIGNATURE
+    genuine = eip3009.parse(eth_account_signed(payer))
+    # Any signed field changed after signing.
+    for change in (
+        {"value": genuine.value + 1},
+        {"to": "0x" + "33" * 20},
+        {"valid_before": genuine.valid_before + 1},
+        {"nonce": os.urandom(32)},
+    ):
+        tampered = eip3009.Authorization(**{**_fields(genuine), **change})
+        assert eip3009.check_signature(tampered, DOMAIN) is Sig.MISMATCH
+    # The same authorization under another token, chain, name or version.
+    for other in (
+        Domain("USD Coin", "2", 84532, "0x" + "44" * 20),
+        Domain("USD Coin", "2", 8453, DOMAIN.token),
+        Domain("USDC", "2", 84532, DOMAIN.token),
+        Domain("USD Coin", "1", 84532, DOMAIN.token),
+    ):
+        assert eip3009.check_signature(genuine, other) is Sig.MISMATCH
+
+
+def test_malleated_high_s_twin_is_refused_as_the_chain_would() -> None:
+    genuine = eip3009.parse(eth_account_signed(account()))
+    sig = genuine.signature
     s = int.from_bytes(sig[32:64], "big")
-    flipped = sig[:32] + (N - s).to_bytes(32, "big") + bytes([55 - sig[64]])
-    # The same point: ecrecover would accept it, the token (low-s rule) would not.
-    assert signature_reason(with_signature(payload, flipped), DOMAIN) == ERR_INVALID_SIGNATURE
-    assert recover(b"\x00" * 32, bytes(65)) is None
+    v = 28 if sig[64] == 27 else 27
+    twin = sig[:32] + (_N - s).to_bytes(32, "big") + bytes([v])
+    # Mathematically the same signer, but FiatToken/OpenZeppelin refuse a high s.
+    assert eip3009.recover(eip3009.digest(genuine, DOMAIN), twin) is None
+    malleated = eip3009.Authorization(**{**_fields(genuine), "signature": twin})
+    assert eip3009.check_signature(malleated, DOMAIN) is Sig.MISMATCH
 
 
-def test_what_only_the_chain_can_judge_is_passed_on() -> None:
-    payload = signed()
-    smart_wallet = with_signature(payload, b"\x11" * 66)  # ERC-1271 / ERC-6492 shapes
-    assert signature_reason(smart_wallet, DOMAIN) is None
-    assert signature_reason(payload, None) is None
-    assert domain_of(requirement(extra={}), CHAIN) is None
+@pytest.mark.parametrize("sig", [b"\x00" * 65, b"\x01" * 64 + b"\x1d", b"\xff" * 65])
+def test_garbage_65_bytes_never_match(sig: bytes) -> None:
+    auth = eip3009.parse(eth_account_signed(account()))
+    assert (
+        eip3009.check_signature(
+            eip3009.Authorization(**{**_fields(auth), "signature": sig}), DOMAIN
+        )
+        is Sig.MISMATCH
+    )
 
 
-@pytest.mark.parametrize("sdk", [sdk_v2_payment, sdk_v1_payment])
-def test_match_refuses_a_forged_signature_before_any_claim(sdk: Any) -> None:
-    payload, _ = sdk(PRICED, new_account())
-    good = payload.model_dump(by_alias=True)
-    forged = copy.deepcopy(good)
-    forged["payload"]["signature"] = signed()["signature"]  # another payer's signature
-    for data, ok in ((good, True), (forged, False)):
-        model = type(payload).model_validate(data)
-        name = "PAYMENT-SIGNATURE" if sdk is sdk_v2_payment else "X-PAYMENT"
-        decoded = decode_payment(headers((name, encode_payment_signature_header(model))), 16384)
-        assert decoded is not None
-        if ok:
-            assert match_requirement(PRICED, decoded, URL).payer
-        else:
-            with pytest.raises(PaymentError) as err:
-                match_requirement(PRICED, decoded, URL)
-            assert err.value.reason == ERR_INVALID_SIGNATURE
+def test_contract_wallet_signatures_are_left_to_the_chain() -> None:
+    auth = eip3009.parse(eth_account_signed(account()))
+    long_sig = eip3009.Authorization(**{**_fields(auth), "signature": b"\x01" * 130})
+    assert eip3009.check_signature(long_sig, DOMAIN) is Sig.CONTRACT
+    # Counterfactual (ERC-6492 with a factory to call): the engine deploys no wallets.
+    wrapper = encode(["address", "bytes", "bytes"], ["0x" + "55" * 20, b"\x01\x02", auth.signature])
+    wrapped = eip3009.Authorization(**{**_fields(auth), "signature": wrapper + ERC6492_MAGIC_VALUE})
+    assert eip3009.check_signature(wrapped, DOMAIN) is Sig.COUNTERFACTUAL
+    assert eip3009.signature_reason(Sig.COUNTERFACTUAL, False) == ERR_FACTORY_NOT_ALLOWED
+    assert eip3009.signature_reason(Sig.CONTRACT, False) == ERR_UNDEPLOYED_SMART_WALLET
+    # A payer with code is judged by EIP-1271 on chain, whatever the signature looks like.
+    for sig in Sig:
+        assert eip3009.signature_reason(sig, True) is None
+    # A broken ERC-6492 wrapper is a bad signature, not an exception.
+    broken = eip3009.Authorization(**{**_fields(auth), "signature": b"\x07" + ERC6492_MAGIC_VALUE})
+    assert eip3009.check_signature(broken, DOMAIN) is Sig.MISMATCH
+
+
+def test_terms() -> None:
+    now = 1_800_000_000
+    auth = eip3009.parse(eth_account_signed(account(), valid_after=now - 10, valid_before=now + 60))
+    ok: dict[str, Any] = {"pay_to": PAY_TO.lower(), "amount": 1000, "now": now}
+    assert eip3009.terms_reason(auth, **ok) is None
+    assert (
+        eip3009.terms_reason(auth, **{**ok, "pay_to": PAY_TO.upper().replace("0X", "0x")}) is None
+    )
+    assert eip3009.terms_reason(auth, **{**ok, "pay_to": TOKEN}) == ERR_RECIPIENT_MISMATCH
+    assert eip3009.terms_reason(auth, **{**ok, "amount": 999}) == ERR_AUTHORIZATION_VALUE_MISMATCH
+    assert eip3009.terms_reason(auth, **{**ok, "amount": 1001}) == ERR_AUTHORIZATION_VALUE_MISMATCH
+    # The SDK's margins: validBefore at least 6 s ahead, validAfter not in the future.
+    assert eip3009.terms_reason(auth, **{**ok, "now": now + 54}) is None
+    assert eip3009.terms_reason(auth, **{**ok, "now": now + 55}) == ERR_VALID_BEFORE_EXPIRED
+    assert eip3009.terms_reason(auth, **{**ok, "now": now - 11}) == ERR_VALID_AFTER_FUTURE
+
+
+GOOD = {
+    "from": "0x" + "11" * 20,
+    "to": "0x" + "22" * 20,
+    "value": "1000",
+    "validAfter": "0",
+    "validBefore": "1900000000",
+    "nonce": "0x" + "ab" * 32,
+}
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        None,
+        [],
+        "x",
+        {},
+        {"signature": "0x00"},
+        {"authorization": "x", "signature": "0x00"},
+        {"authorization": GOOD},
+        {"authorization": GOOD, "signature": "0x"},
+        {"authorization": GOOD, "signature": "0x123"},
+        {"authorization": GOOD, "signature": "00" * 65},
+        {"authorization": GOOD, "signature": "0x" + "00" * (eip3009.MAX_SIGNATURE + 1)},
+        {"authorization": {**GOOD, "nonce": "0x" + "ab" * 31}, "signature": "0x00"},
+        {"authorization": {**GOOD, "nonce": 5}, "signature": "0x00"},
+        {"authorization": {**GOOD, "value": "-1"}, "signature": "0x00"},
+        {"authorization": {**GOOD, "value": "1e3"}, "signature": "0x00"},
+        {"authorization": {**GOOD, "value": True}, "signature": "0x00"},
+        {"authorization": {**GOOD, "value": 1.5}, "signature": "0x00"},
+        {"authorization": {**GOOD, "value": str(2**256)}, "signature": "0x00"},
+        {"authorization": {**GOOD, "value": -1}, "signature": "0x00"},
+        {"authorization": {**GOOD, "from": "0x1234"}, "signature": "0x00"},
+        {"authorization": {**GOOD, "to": None}, "signature": "0x00"},
+        {
+            "authorization": {k: v for k, v in GOOD.items() if k != "validAfter"},
+            "signature": "0x00",
+        },
+    ],
+)
+def test_malformed_payloads_raise_malformed_only(payload: Any) -> None:
+    with pytest.raises(Malformed):
+        eip3009.parse(payload)
+    verdict = eip3009.inspect(payload, DOMAIN, pay_to=PAY_TO, amount=1000, now=0)
+    assert (verdict.auth, verdict.reason) == (None, eip3009.ERR_INVALID_PAYLOAD)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=70),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=6)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from(["authorization", "signature", "x"]), json_values)
+    | st.builds(
+        lambda auth, sig: {"authorization": auth, "signature": sig},
+        st.fixed_dictionaries({}, optional={k: json_values | st.just(v) for k, v in GOOD.items()}),
+        json_values | st.just("0x" + "11" * 65),
+    )
+)
+def test_any_json_is_a_clean_verdict(payload: Any) -> None:
+    json.dumps(payload)  # only what a wire could carry
+    verdict = eip3009.inspect(payload, DOMAIN, pay_to=PAY_TO, amount=1000, now=int(time.time()))
+    assert verdict.reason is not None or verdict.sig is Sig.MATCH
+
+
+def test_local_verdict_on_an_sdk_payment_with_other_terms() -> None:
+    payer = account()
+    payment = sdk_signed(payer, requirements(amount=999))
+    verdict = eip3009.inspect(
+        payment.payload, DOMAIN, pay_to=PAY_TO, amount=1000, now=int(time.time())
+    )
+    assert verdict.reason == ERR_AUTHORIZATION_VALUE_MISMATCH
