@@ -18,6 +18,7 @@ from gateway.errors import (
     PaymentError,
     SettlementFailed,
     SettlementPending,
+    StoreUnavailable,
 )
 from gateway.payment import decode_payment, match_requirement
 from gateway.payment.engine import Payments
@@ -392,6 +393,26 @@ async def test_the_background_reconciler_resolves_dead_holders_claims_unasked() 
     assert statuses[claimed.identity.nonce] == "released"
     assert statuses[ours.matched.identity.nonce] == "claimed"
     assert await p.claim(claimed, PRICED, "req-2") is not None  # free again
+
+
+class StoreLostAfterSettling(MemoryStore):
+    """Redis dies between the `settling` record and the `settled` one."""
+
+    async def update(self, key: str, record: PaymentRecord, ttl: float) -> None:
+        if record.status == "settled":
+            raise StoreUnavailable("redis: gone")
+        await super().update(key, record, ttl)
+
+
+async def test_charged_when_the_store_dies_before_the_settled_record_serves_the_payer() -> None:
+    store = StoreLostAfterSettling()
+    p = Payments(FakeFacilitator(), store)
+    assert await p.start() == []
+    async with p.claimed(matched(), PRICED, "req-1") as claim:
+        await p.verify(claim)
+        settled = await p.settle(claim)
+    assert settled.success and claim.settled is settled  # charged: the payer gets its answer
+    assert (await store.recent(1))[0].status == "settling"  # in flight: never released
 
 
 async def test_settled_up_front_then_failure_records_refund_due() -> None:
