@@ -106,8 +106,9 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
                 }
             )
             claim.timings.origin = time.perf_counter() - sent
-            if upstream.status >= 400 or request.method == "HEAD":
-                # Nothing is charged for an origin failure, nor for a HEAD (it has no body).
+            if upstream.status >= 400:
+                # Nothing is charged for an origin failure. A paid HEAD is charged as a GET:
+                # the origin ran its GET handler for it (Express does), so it bought a response.
                 await gw.payments.abandon(claim, f"origin answered {upstream.status}")
                 return await relay(
                     request, upstream, paid_headers(gw, request, upstream), paid=True

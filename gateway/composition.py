@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from gateway.config.settings import Settings
 from gateway.facilitators import open_facilitator
+from gateway.facilitators.chain import open_chain, settle_timeout
 from gateway.observe.logs import get_logger
 from gateway.observe.metrics import Metrics
 from gateway.payment.challenge import PreparedChallenges
@@ -28,6 +29,7 @@ from gateway.payment.engine import Facilitator, Payments
 from gateway.payment.limits import RateLimiter
 from gateway.payment.price_hook import HttpPriceSource
 from gateway.payment.prices import Prices, PriceSource
+from gateway.payment.reconcile import ChainReader
 from gateway.payment.retries import Retries
 from gateway.payment.sessions import HEADER as SIWX_HEADER
 from gateway.payment.sessions import Sessions
@@ -65,6 +67,7 @@ class Parts:
     store: Callable[[Settings], PaymentStore] = default_store
     facilitator: Callable[[Settings, Metrics], Facilitator] = default_facilitator
     upstream: Callable[[Settings], Upstream] = Upstream
+    chain: Callable[[Settings], ChainReader | None] = open_chain  # None: no RPC configured
     prices: Callable[[], PriceSource] = HttpPriceSource
 
 
@@ -110,6 +113,7 @@ class Generation:
             (self.upstream, self.upstream.close),
             (self.payments.facilitator, self.payments.close),
             (self.payments.store, self.payments.store.close),
+            *([(chain, chain.close)] if (chain := self.payments.chain) is not None else []),
             (self.prices, self.prices.close),
         ]
 
@@ -205,16 +209,21 @@ class _Builder:
         previous = self.previous
         if previous is not None and not (self.todo.facilitator or self.todo.store):
             return previous.payments, previous.refresher
+        chain = self.parts.chain(self.settings)
+        if chain is not None:
+            self.undo.push_async_callback(chain.close)
+        window = settle_timeout(self.settings)
         if (previous := self._reuses("facilitator")) is not None:
-            payments = Payments(previous.payments.facilitator, store)
+            payments = Payments(previous.payments.facilitator, store, chain, window)
             problems = await payments.refresh()
         else:
-            payments = Payments(self.parts.facilitator(self.settings, self.metrics), store)
+            facilitator = self.parts.facilitator(self.settings, self.metrics)
+            payments = Payments(facilitator, store, chain, window)
             self.undo.push_async_callback(payments.close)
             problems = await payments.start()
         for problem in problems:
             log.warning("facilitator_unavailable", problem=problem, generation=self.generation)
-        refresher = asyncio.create_task(payments.keep_refreshing())
+        refresher = asyncio.create_task(payments.background())  # refresh, reconcile
         self.undo.push_async_callback(canceller(refresher))
         return payments, refresher
 

@@ -150,6 +150,15 @@ class FacilitatorUnavailable(GatewayError):
     retry_after = 5
 
 
+class ChainUnavailable(GatewayError):
+    """An RPC node could not answer a chain read (reconciliation): nothing is decided."""
+
+    status = 503
+    title = "Chain unavailable"
+    reason = "chain_unavailable"
+    retry_after = 5
+
+
 class StoreUnavailable(GatewayError):
     status = 503
     title = "Payment store unavailable"

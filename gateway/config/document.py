@@ -15,6 +15,7 @@ from gateway import formats
 from gateway.config import values as cv
 from gateway.config.cors import compile_cors
 from gateway.config.facilitators import compile_facilitators
+from gateway.config.networks import compile_networks
 from gateway.config.pricing import DEFAULT_NETWORK
 from gateway.config.rates import read_rates
 from gateway.config.reader import (
@@ -58,6 +59,7 @@ TOP_LEVEL_KEYS = frozenset(
         "log_level",
         "workers",
         "server_timing",
+        "networks",
         "cors",
         "routes",
     }
@@ -114,6 +116,7 @@ def compile_document(reader: Reader, root: yaml.Node) -> Settings | None:
         log_level=top.read("log_level", choice(LOG_LEVELS), "info"),
         workers=workers,
         server_timing=top.read("server_timing", boolean, False),
+        networks=compile_networks(reader, top.get("networks")),
         idempotency=_idempotency(reader, top.get("idempotency")),
         cors=compile_cors(reader, top.get("cors")),
     )

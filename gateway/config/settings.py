@@ -207,6 +207,13 @@ FacilitatorSettings = RemoteFacilitatorSettings | LocalFacilitatorSettings
 
 
 @dataclass(frozen=True, slots=True)
+class NetworkSettings:
+    """How the gateway reads one network's chain (reconciling crashed settlements)."""
+
+    rpc_url: str = field(repr=False)  # RPC URLs often carry an API key
+
+
+@dataclass(frozen=True, slots=True)
 class Timeouts:
     connect: float = 5.0  # to the origin
     read: float = 60.0  # idle time between bytes from the origin
@@ -271,5 +278,6 @@ class Settings:
     log_level: str = "info"
     workers: int = 1
     server_timing: bool = False  # opt-in `Server-Timing` header on paid responses
+    networks: Mapping[str, NetworkSettings] = field(default_factory=lambda: EMPTY)  # by CAIP-2
     idempotency: Idempotency | None = None  # None: the extension is not offered
     cors: Cors = Cors()
