@@ -20,8 +20,18 @@ from gateway.config.mcp import compile_mcp
 from gateway.config.metered import is_upto, metered_price, stream_usage
 from gateway.config.pricing import DEFAULT_MAX_TIMEOUT_SECONDS, Asset, Offer
 from gateway.config.rates import route_rates
-from gateway.config.reader import Reader, Scalar, Section, choice, positive_int, text, using
+from gateway.config.reader import (
+    Reader,
+    Scalar,
+    Section,
+    choice,
+    duration,
+    positive_int,
+    text,
+    using,
+)
 from gateway.config.settings import (
+    AccessSettings,
     AssetSpec,
     Metered,
     Requirement,
@@ -36,8 +46,10 @@ ROUTE_KEYS = frozenset(
     | {"discovery"}
     | {"price_by"}
     | {"mcp"}
+    | {"access"}
     | {"asset", "stream_usage"}
 )
+ACCESS_KEYS = frozenset({"for"})
 ACCEPT_KEYS = frozenset(
     {"scheme", "network", "asset", "amount", "pay_to", "max_timeout_seconds", "extra"}
 )
@@ -122,6 +134,7 @@ def _route(
         price_text=price_text or "free",
         source=Source(reader.filename, node.start_mark.line + 1),
         metered=metered,
+        access=_access(reader, entry, bool(accepts)),
         rate_limits=route_rates(
             reader, entry.get("limits"), entry.where("limits"), free=price_text == "free"
         ),
@@ -135,6 +148,24 @@ def _route(
         ),
     )
     return route if path is not None else None
+
+
+def _access(reader: Reader, entry: Section, priced: bool) -> AccessSettings | None:
+    """`access: {for: 24h}`: sign in with the wallet that paid, for that long (SIWX)."""
+    node = entry.get("access")
+    if node is None:
+        return None
+    section = reader.section(node, entry.where("access"), ACCESS_KEYS)
+    if section is None:
+        return None
+    section.require(("for",), "required: how long one payment gives access, e.g. 24h")
+    seconds = section.read("for", duration, None, on_null="error")
+    if seconds is None:
+        return None
+    if not priced:
+        entry.error("access", "only a priced route can grant access after a payment")
+        return None
+    return AccessSettings(seconds)
 
 
 def _pricing(

@@ -238,10 +238,19 @@ class PreparedChallenges:
         return [completed(req, supported) for req in prepared]
 
     def payment_required(
-        self, route: RouteSettings, resource_url: str, error: str
+        self,
+        route: RouteSettings,
+        resource_url: str,
+        error: str,
+        extensions: dict[str, Any] | None = None,
     ) -> tuple[dict[str, str], bytes]:
-        """As `payment_required()`, cached; the headers are a fresh dict the caller may extend."""
+        """As `payment_required()`, cached; the headers are a fresh dict the caller may extend.
+        With `extensions` (fresh per answer, e.g. a SIWX nonce) it is encoded anew, beside the
+        route's own extensions."""
         reqs = self._requirements(route)
+        if extensions:
+            merged = {**(self._extensions.get(route.index) or {}), **extensions}
+            return _encode(route, reqs, resource_url, error, merged)
         # A metered route's terms name the facilitator, which /supported may change.
         settler = str(reqs[0].extra.get("facilitatorAddress", "")) if route.metered else ""
         amounts = tuple(r.amount for r in route.accepts)
@@ -266,9 +275,13 @@ class PreparedChallenges:
         return paywall_for(route, payment)
 
     def paywall(
-        self, route: RouteSettings, resource_url: str, error: str
+        self,
+        route: RouteSettings,
+        resource_url: str,
+        error: str,
+        extensions: dict[str, Any] | None = None,
     ) -> tuple[dict[str, str], bytes]:
         """The browser's 402: the paywall page, still carrying the v2 challenge header."""
-        headers, _ = self.payment_required(route, resource_url, error)
+        headers, _ = self.payment_required(route, resource_url, error, extensions)
         headers["Content-Type"] = HTML_TYPE
         return headers, self.paywall_html(route, resource_url, error).encode()
