@@ -4,6 +4,7 @@ chain (no node touched to learn it), with the SDK as delegate only under its own
 from __future__ import annotations
 
 from gateway import config
+from gateway.config.settings import Settings
 from gateway.facilitators import chain_id, open_facilitator
 from gateway.facilitators.engine import EngineFacilitator
 from gateway.facilitators.remote import RemoteFacilitator
@@ -11,7 +12,7 @@ from gateway.facilitators.remote import RemoteFacilitator
 KEY, KEY2, DELEGATE = ("0x" + c * 64 for c in "abc")
 
 
-def settings(facilitator: str, network: str = "eip155:84532") -> config.Settings:
+def settings(facilitator: str, network: str = "eip155:84532") -> Settings:
     text = (
         "upstream: http://127.0.0.1:9\n"
         f"network: {network}\n"
