@@ -78,7 +78,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _facilitator(args: argparse.Namespace) -> int:
-    from gateway.facilitators import command
+    from gateway import facilitator_cli as command
 
     settings = _load(args.config) if args.config else None
     if args.config and settings is None:
@@ -111,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
         if name == "payments":
             cmd.add_argument("--limit", type=int, default=100)
             cmd.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
-    from gateway.facilitators.command import add_parser
+    from gateway.facilitator_cli import add_parser
 
     add_parser(sub)
     demo = sub.add_parser("demo", help="the offline demo: local chain, token, a paid request")

@@ -72,6 +72,7 @@ async def test_gateway_settles_concurrent_payments_in_batches_over_several_keys(
         )
         async with httpx.AsyncClient() as http:
             free = await http.get(gw.url + "/free/ok")
+            metrics = (await http.get(gw.admin_url + "/metrics")).text
         logs = gw.logs()
     assert free.status_code == 200
     transfers = engine_parts.transfers_to(chain.local, pay_to)
@@ -92,5 +93,35 @@ async def test_gateway_settles_concurrent_payments_in_batches_over_several_keys(
     # fewer transactions than payments: the batch window grouped some
     assert len({t.tx for t in transfers}) < PAYERS
     assert all(key[2:] not in logs for key in (*keys, delegate))
+    # the engine's metrics: one batch-size sample per transaction, each key's gas balance
+    sent = len({t.tx for t in transfers})
+    assert f"x402_gateway_engine_batch_size_count {float(sent)}" in metrics
+    assert f"x402_gateway_engine_batch_size_sum {float(PAYERS)}" in metrics
+    assert f"x402_gateway_engine_receipt_seconds_count {float(sent)}" in metrics
+    for key in keys:
+        assert (
+            f'x402_gateway_settler_gas_balance_wei{{address="{engine_parts.address_of(key)}"}}'
+            in metrics
+        )
+    assert 'x402_gateway_engine_events_total{event="settled"} 12.0' in metrics
+    assert "x402_gateway_engine_pending_transactions 0.0" in metrics
     # each paid path reached the origin exactly once (the replays were refused before it)
     assert all(len(origin.log.for_path(f"/paid/engine-{i}")) == 1 for i in range(PAYERS))
+
+
+async def test_readiness_fails_while_a_settler_is_below_its_gas_floor(
+    chain: Chain, origin: Origin, tmp_path: Path
+) -> None:
+    (key,) = engine_parts.settler_keys(chain.rpc_url, 1)  # holds 1 ETH
+    pay_to = str(chainlib.new_account().address)
+    local = {"rpc_url": chain.rpc_url, "private_key": "${SETTLER}", "min_gas_balance": "2 eth"}
+    cfg = config(chain, origin, pay_to, local)
+    with gateway(cfg, tmp_path, env={"SETTLER": key}, ready=False) as gw:
+        async with httpx.AsyncClient() as http:
+            ready = await http.get(gw.admin_url + "/readyz")
+            challenge = await http.get(gw.url + "/paid/x")
+            free = await http.get(gw.url + "/free/x")
+        logs = gw.logs()
+    assert ready.status_code == 503 and "settler gas below" in ready.text
+    assert challenge.status_code == 402 and free.status_code == 200
+    assert key[2:] not in logs

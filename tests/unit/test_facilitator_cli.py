@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from gateway import config
+from gateway import facilitator_cli as command
 from gateway.cli import main
-from gateway.facilitators import command
 
 KEY, KEY2 = "0x" + "ab" * 32, "0x" + "cd" * 32
 LOCAL = f"{{local: {{rpc_url: http://127.0.0.1:8545, private_key: {KEY}, batch_window: 20ms}}}}"
