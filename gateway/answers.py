@@ -1,6 +1,8 @@
 """Every answer the gateway makes up itself (not the origin's), in one place: the 402
 challenge, and each `GatewayError` as HTTP: x402 failures as 402 with a reason and a fresh
-challenge, the rest as RFC 9457 `application/problem+json`."""
+challenge, the rest as RFC 9457 `application/problem+json`; and OPTIONS on a priced path
+(`Allow`, or a CORS preflight). Each carries the `cors:` policy's headers
+(gateway/proxy/cors.py), so a page on another site can read it and pay."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from aiohttp import web
 from gateway.config.settings import RouteSettings
 from gateway.errors import GatewayError, PaymentError
 from gateway.payment.challenge import EXPOSE_HEADERS_VALUE, PreparedChallenges
+from gateway.proxy.cors import CorsPolicy, is_preflight
 
 _EXPOSE = EXPOSE_HEADERS_VALUE
 
@@ -26,13 +29,14 @@ class PricedResource:
     url: str
 
 
-def challenge_response(
+def challenge_response(  # noqa: PLR0913  keyword-only extras, named at call sites
     request: web.Request,
     resource: PricedResource,
     error: str,
     *,
     headers: dict[str, str] | None = None,
     status: int = 402,
+    cors: CorsPolicy | None = None,
 ) -> web.Response:
     """402 with the v2 `PAYMENT-REQUIRED` header and the v1 JSON body (or the paywall page
     for a browser). Built from config alone: works while the facilitator is down."""
@@ -42,10 +46,23 @@ def challenge_response(
     else:
         head, body = challenges.payment_required(route, url, error)
     head = {**head, "Access-Control-Expose-Headers": _EXPOSE, **(headers or {})}
+    if cors is not None:
+        head.update(cors.answer(request.headers.get("Origin")))
     return web.Response(status=status, body=body, headers=head)
 
 
-def problem(exc: GatewayError, instance: str = "") -> web.Response:
+def options_response(request: web.Request, allow: frozenset[str], cors: CorsPolicy) -> web.Response:
+    """OPTIONS on a priced path: answered here, never forwarded (issue 12 item 1). A CORS
+    preflight gets the policy's answer; a plain OPTIONS gets `Allow` from the route table."""
+    methods = ", ".join(sorted(allow))
+    if is_preflight(request.headers):
+        return web.Response(status=204, headers=cors.preflight(request.headers, methods))
+    return web.Response(status=204, headers={"Allow": methods})
+
+
+def problem(
+    exc: GatewayError, instance: str = "", cors_headers: dict[str, str] | None = None
+) -> web.Response:
     body = {
         "type": f"https://x402-gateway.dev/problems/{exc.reason}",
         "title": exc.title,
@@ -63,6 +80,8 @@ def problem(exc: GatewayError, instance: str = "") -> web.Response:
     }
     if exc.retry_after is not None:
         headers["Retry-After"] = str(exc.retry_after)
+    if cors_headers:
+        headers.update(cors_headers)
     return web.Response(status=exc.status, body=json.dumps(body).encode(), headers=headers)
 
 
@@ -71,6 +90,7 @@ def error_response(
     exc: GatewayError,
     resource: PricedResource | None,
     request_id: str,
+    cors: CorsPolicy | None = None,
 ) -> web.Response:
     """The one mapping from the exception tree to HTTP. `resource`: the priced resource the
     request was for (None for a free or unrouted one)."""
@@ -78,6 +98,7 @@ def error_response(
         # A wrong or refused payment gets a fresh challenge naming what was wrong, so the
         # client can pay again correctly; a malformed header keeps its 400.
         return challenge_response(
-            request, resource, exc.reason, headers=exc.headers, status=exc.status
+            request, resource, exc.reason, headers=exc.headers, status=exc.status, cors=cors
         )
-    return problem(exc, request_id)
+    origin = request.headers.get("Origin")
+    return problem(exc, request_id, cors.answer(origin) if cors is not None else None)

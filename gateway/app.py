@@ -25,7 +25,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 
-from aiohttp import web
+from aiohttp import ClientResponse, web
 
 from gateway import answers
 from gateway.composition import Generation, Parts
@@ -47,7 +47,9 @@ from gateway.reload import LiveGateway
 from gateway.serving.admin import FunctionCheck, make_admin_app
 from gateway.serving.state import RELOAD, SERVER_STATE, attach_state
 
-PRIVATE = {"Cache-Control": "private"}
+# A paid answer is for its payer alone: no shared cache (nor a CDN, whose own directives
+# the relay strips) may keep it and hand it to someone who did not pay (issue 12 item 7).
+PRIVATE = {"Cache-Control": "private, no-store"}
 
 LIVE = web.AppKey("gateway_live", LiveGateway)  # the current generation: LIVE.current
 METRICS = web.AppKey("metrics", Metrics)
@@ -58,6 +60,8 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
     resource: answers.PricedResource | None = None  # set once the request is for a price
     try:
         path, query = canonicalize(request.raw_path)
+        if request.method == "OPTIONS" and (allow := gw.routes.priced_allow(path)) is not None:
+            return answers.options_response(request, allow, gw.cors)
         route = record.route = find_route(gw, request.method, path)
         forward = functools.partial(
             gw.upstream.send,
@@ -74,7 +78,9 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
         resource = answers.PricedResource(gw.challenges, route, url)
         payment = decode_payment(request.headers, gw.settings.limits.payment_header)
         if payment is None:
-            return answers.challenge_response(request, resource, ERROR_PAYMENT_REQUIRED)
+            return answers.challenge_response(
+                request, resource, ERROR_PAYMENT_REQUIRED, cors=gw.cors
+            )
         matched = match_requirement(route, payment, url)
         async with gw.payments.claimed(matched, route, record.request_id) as claim:
             record.claim = claim
@@ -93,7 +99,9 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
             if upstream.status >= 400 or request.method == "HEAD":
                 # Nothing is charged for an origin failure, nor for a HEAD (it has no body).
                 await gw.payments.abandon(claim, f"origin answered {upstream.status}")
-                return await relay(request, upstream, PRIVATE, expose_x402=True)
+                return await relay(
+                    request, upstream, paid_headers(gw, request, upstream), paid=True
+                )
             if claim.settled is None:
                 try:
                     await gw.payments.settle(claim)
@@ -102,15 +110,13 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
                     raise
             assert claim.settled is not None
             receipt = receipt_headers(claim.settled, matched.version)
+            extra = {**receipt, **timing(gw, claim, started)}
             return await relay(
-                request,
-                upstream,
-                {**receipt, **PRIVATE, **timing(gw, claim, started)},
-                expose_x402=True,
+                request, upstream, {**paid_headers(gw, request, upstream), **extra}, paid=True
             )
     except GatewayError as exc:
         record.error = exc
-        return answers.error_response(request, exc, resource, record.request_id)
+        return answers.error_response(request, exc, resource, record.request_id, gw.cors)
 
 
 def find_route(gw: Generation, method: str, path: str) -> RouteSettings | None:
@@ -121,6 +127,15 @@ def find_route(gw: Generation, method: str, path: str) -> RouteSettings | None:
             f"{method} is not routed here; use {allow}", headers={"Allow": allow}
         )
     return found.route
+
+
+def paid_headers(gw: Generation, request: web.Request, upstream: ClientResponse) -> dict[str, str]:
+    """What a relayed answer on a priced path gets on top of the origin's: `private,
+    no-store`, and the gateway's CORS headers when the origin sent none (the gateway
+    answered this path's preflight, so a page that paid must be let to read the answer)."""
+    if "Access-Control-Allow-Origin" in upstream.headers:
+        return PRIVATE
+    return {**PRIVATE, **gw.cors.allow_origin(request.headers.get("Origin"))}
 
 
 def timing(gw: Generation, claim: Claim, started: float) -> dict[str, str]:
@@ -163,10 +178,13 @@ async def entry(request: web.Request) -> web.StreamResponse:
         generation=gw.generation,
     )
     started = time.perf_counter()
-    async with request.app[SERVER_STATE].in_flight.track(), gw.users.track():
+    state = request.app[SERVER_STATE]
+    state.request_started(request.transport)
+    async with state.in_flight.track(), gw.users.track():
         try:
             response = await handle(request, gw, record)
             await finish(request, response)
+            state.request_done(request.transport)  # idle until its next request
             record.status, record.sent = response.status, response.body_length
             return response
         finally:

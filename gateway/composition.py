@@ -26,6 +26,7 @@ from gateway.observe.logs import get_logger
 from gateway.observe.metrics import Metrics
 from gateway.payment.challenge import PreparedChallenges
 from gateway.payment.engine import Facilitator, Payments
+from gateway.proxy.cors import CorsPolicy
 from gateway.proxy.routes import RouteTable
 from gateway.proxy.upstream import Upstream
 from gateway.serving.state import InFlight
@@ -86,6 +87,7 @@ class Generation:
     payments: Payments
     metrics: Metrics
     drop_headers: tuple[str, ...]
+    cors: CorsPolicy  # the `cors:` policy of the gateway's own answers
     generation: int
     refresher: asyncio.Task[None]
     users: InFlight = dataclasses.field(default_factory=InFlight)  # its requests in flight
@@ -129,6 +131,7 @@ async def build(
             payments=payments,
             metrics=metrics,
             drop_headers=(*PAYMENT_HEADERS, settings.payer_header),
+            cors=CorsPolicy(settings.cors),
             generation=generation,
             refresher=refresher,
         )

@@ -13,6 +13,7 @@ import yaml
 
 from gateway import formats
 from gateway.config import values as cv
+from gateway.config.cors import compile_cors
 from gateway.config.facilitators import compile_facilitators
 from gateway.config.pricing import DEFAULT_NETWORK
 from gateway.config.reader import (
@@ -55,6 +56,7 @@ TOP_LEVEL_KEYS = frozenset(
         "log_level",
         "workers",
         "server_timing",
+        "cors",
         "routes",
     }
 )
@@ -100,10 +102,11 @@ def compile_document(reader: Reader, root: yaml.Node) -> Settings | None:
         limits=_limits(reader, top.get("limits")),
         trusted_proxies=_trusted_proxies(reader, top.get("trusted_proxies")),
         public_url=top.read("public_url", using(cv.parse_http_url), None),
-        case_insensitive_paths=top.read("case_insensitive_paths", boolean, False),
+        case_insensitive_paths=top.read("case_insensitive_paths", boolean, True),
         log_level=top.read("log_level", choice(LOG_LEVELS), "info"),
         workers=workers,
         server_timing=top.read("server_timing", boolean, False),
+        cors=compile_cors(reader, top.get("cors")),
     )
 
 

@@ -146,6 +146,21 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class Cors:
+    """The CORS policy of the answers the gateway writes itself (402, problem+json, preflights
+    on priced paths). `origins`: allowed page origins, `("*",)` for any; `credentials`: let a
+    page send cookies (only with explicit origins); `max_age`: how long a preflight is cached."""
+
+    origins: tuple[str, ...] = ("*",)
+    credentials: bool = False
+    max_age: float = 600.0
+
+    @property
+    def any_origin(self) -> bool:
+        return "*" in self.origins
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     source: str  # the config file's path
     listen: Address
@@ -162,7 +177,8 @@ class Settings:
     limits: Limits = Limits()
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     public_url: str | None = None
-    case_insensitive_paths: bool = False
+    case_insensitive_paths: bool = True  # `false` only for origins that really tell case apart
     log_level: str = "info"
     workers: int = 1
     server_timing: bool = False  # opt-in `Server-Timing` header on paid responses
+    cors: Cors = Cors()

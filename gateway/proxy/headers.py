@@ -6,7 +6,14 @@ What crosses the gateway and what does not (RFC 9110 7.6.1, RFC 7239):
   `X-Forwarded-Host` and `Forwarded: host=`);
 - a client's `X-Forwarded-*` / `Forwarded` are believed (appended to) only when the direct
   peer is a trusted proxy, else they are replaced, so nobody can spoof an address to the origin;
-- `Upgrade` never crosses: a `Connection: upgrade` request reaches the origin as a plain one.
+- `Upgrade` never crosses: a `Connection: upgrade` request reaches the origin as a plain one;
+- names are compared after folding `_` to `-` (and case): CGI-style servers (PHP, many WSGI
+  and Rack setups) read `X_Payer` as `X-Payer`, so a spelling must not smuggle a payer,
+  payment or hop-by-hop header past the gateway (issue 12 item 6);
+- path-override headers (`X-Original-URL`, `X-Rewrite-URL`...) never cross: IIS URL Rewrite
+  and older Symfony/Zend origins serve the path they name instead of the one priced;
+- a paid answer loses its CDN cache directives (`Surrogate-Control`, `CDN-Cache-Control` and
+  vendor variants): they override `Cache-Control: private` at the CDN (issue 12 item 7).
 """
 
 from __future__ import annotations
@@ -40,6 +47,28 @@ HOP_BY_HOP = frozenset(
 
 FORWARDING = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded"})
 
+# Headers that make some origin serve another path than the request line's (IIS URL Rewrite,
+# Symfony/Zend before their fixes, Spring's ForwardedHeaderFilter, proxies' auth hooks).
+PATH_OVERRIDE = frozenset(
+    {
+        "x-original-url",
+        "x-rewrite-url",
+        "x-override-url",
+        "x-original-uri",
+        "x-forwarded-path",
+        "x-forwarded-prefix",
+        "x-forwarded-uri",
+    }
+)
+
+# CDN cache directives that a CDN obeys over `Cache-Control` (and then strips): Fastly,
+# Varnish, Akamai (Edge-Control), nginx caches (X-Accel-Expires), RFC 9213's
+# CDN-Cache-Control and its vendor-targeted forms (`<vendor>-CDN-Cache-Control`).
+CDN_DIRECTIVES = frozenset(
+    {"surrogate-control", "cdn-cache-control", "edge-control", "x-accel-expires"}
+)
+_TARGETED_CDN_SUFFIX = "-cdn-cache-control"
+
 # Never forwarded upstream: `Host` is the origin's own, and the gateway's server already
 # answered `Expect: 100-continue` itself, so the origin must not be asked to do it again.
 _REQUEST_ONLY = frozenset({"host", "expect"})
@@ -56,13 +85,19 @@ EXPOSE = "Access-Control-Expose-Headers"
 _PLAIN_CONNECTION = frozenset({"keep-alive", "close"})
 
 # Everything a request loses on its way upstream, before the caller's own drops.
-_REQUEST_STRIP = HOP_BY_HOP | _REQUEST_ONLY | FORWARDING
+_REQUEST_STRIP = HOP_BY_HOP | _REQUEST_ONLY | FORWARDING | PATH_OVERRIDE
 
 Headers = CIMultiDict[str] | CIMultiDictProxy[str]
 
 
+def fold(name: str) -> str:
+    """A header name as a CGI-style server reads it: case and `_` / `-` are one."""
+    low = name.lower()
+    return low.replace("_", "-") if "_" in low else low
+
+
 def lower_names(names: Iterable[str]) -> frozenset[str]:
-    return frozenset(name.lower() for name in names)
+    return frozenset(fold(name) for name in names)
 
 
 def connection_tokens(headers: Headers) -> frozenset[str]:
@@ -72,7 +107,7 @@ def connection_tokens(headers: Headers) -> frozenset[str]:
     if not values or (len(values) == 1 and values[0].lower() in _PLAIN_CONNECTION):
         return frozenset()
     return frozenset(
-        token.strip().lower() for value in values for token in value.split(",") if token.strip()
+        fold(token.strip()) for value in values for token in value.split(",") if token.strip()
     )
 
 
@@ -126,6 +161,29 @@ def forwarded_element(peer: str | None, proto: str, host: str | None) -> str:
     return ";".join(parts)
 
 
+def _kept_client_headers(
+    incoming: Headers, drop: frozenset[str], add: Mapping[str, str] | None
+) -> CIMultiDict[str]:
+    """The client's headers minus every one whose folded name is stripped or dropped."""
+    named = connection_tokens(incoming)
+    out: CIMultiDict[str] = CIMultiDict()
+    spelled: list[str] = []  # names kept that fold to another spelling (`X_Request_Id`)
+    for name, value in incoming.items():
+        low = name.lower()
+        if "_" in low:
+            low = low.replace("_", "-")
+            spelled.append(name)
+        if low not in _REQUEST_STRIP and low not in drop and low not in named:
+            out.add(name, value)
+    if spelled and add:
+        # What the gateway sets must not have a rival spelling a CGI-style origin would read.
+        added = lower_names(add)
+        for name in spelled:
+            if fold(name) in added:
+                out.popall(name, None)
+    return out
+
+
 def request_headers(  # noqa: PLR0913  every input of the rewrite, keyword-only at call sites
     incoming: Headers,
     *,
@@ -139,14 +197,10 @@ def request_headers(  # noqa: PLR0913  every input of the rewrite, keyword-only 
 
     `peer` is the direct peer's IP, `scheme` the scheme the client used to reach the
     gateway, `trusted` whether that peer is a trusted proxy; `drop` (lowercased names) are
-    removed always, and `add` replaces any header of the same name the client sent.
+    removed always, and `add` replaces any header of the same name the client sent (or one
+    that folds to it: `X_Request_Id`).
     """
-    named = connection_tokens(incoming)
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in incoming.items():
-        low = name.lower()
-        if low not in _REQUEST_STRIP and low not in drop and low not in named:
-            out.add(name, value)
+    out = _kept_client_headers(incoming, drop, add)
     host = incoming.get("Host")
     client_ip = peer or "unknown"
     element = forwarded_element(peer, scheme, host)
@@ -189,3 +243,19 @@ def expose_x402_headers(headers: CIMultiDict[str]) -> None:
             seen.add(name.lower())
             listed.append(name)
     headers[EXPOSE] = ", ".join(listed)
+
+
+def strip_cdn_directives(headers: CIMultiDict[str]) -> None:
+    """Remove every CDN cache directive (a paid answer must not be cached for others)."""
+    for name in {
+        n for n in headers if fold(n) in CDN_DIRECTIVES or fold(n).endswith(_TARGETED_CDN_SUFFIX)
+    }:
+        headers.popall(name, None)
+
+
+def add_vary(headers: CIMultiDict[str], name: str) -> None:
+    """List `name` in `Vary` (merged with what is there, once)."""
+    listed = [t.strip() for v in headers.popall("Vary", ()) for t in v.split(",") if t.strip()]
+    if "*" not in listed and name.lower() not in {t.lower() for t in listed}:
+        listed.append(name)
+    headers["Vary"] = ", ".join(listed)

@@ -23,6 +23,13 @@ tricks) can reach a different origin path than the one the price was chosen for.
   Segments that some origin could still read as a dot segment (`..;x`, `.%3Bx`, `...`,
   `..%20`) are refused too.
 * Repeated slashes are merged; a trailing slash is kept as sent.
+* Windows/IIS equivalences are refused (AmbiguousPath, 400), because an IIS-style origin
+  serves `/paid./x` as `/paid/x` (issue 12 item 3): a segment ending in `.` or a space
+  (`%20`), before any `;` parameters; an NTFS stream suffix (`:$`, as in `::$DATA` or
+  `:$i30:$INDEX_ALLOCATION`); and a segment shaped like an 8.3 short name (1-6 characters,
+  `~`, a digit, then up to 3 characters of extension: `PAID-A~1`, `report~2.txt`), which
+  Windows resolves to some long name in the same directory, so no route table could know
+  which. `~` elsewhere (`/~user`, `/a~b`) is fine.
 
 The query string is passed through byte for byte (only checked to be printable ASCII).
 `canonicalize` is idempotent: its output canonicalises to itself.
@@ -57,6 +64,10 @@ _HIGH_ESCAPES = re.compile(r"(?:%[89A-F][0-9A-F])+")
 _PARAMS = re.compile(r";|%3B")
 _DOTLIKE = re.compile(r"(?:%20)*\.(?:\.|%20)*")
 _REPEATED_SLASH = re.compile(r"/{2,}")
+# A segment that ends in `.` or a space (before its parameters), or an NTFS stream suffix.
+_WINDOWS_TAIL = re.compile(r"(?:\.|%20)(?:(?:;|%3B)[^/]*)?(?:/|$)|:\$")
+# An 8.3 short name: up to 6 characters, `~`, digits, an optional extension of up to 3.
+_SHORT_NAME = re.compile(r"(?:^|/)[^/~.;%]{1,6}~[0-9]+(?:\.[^/.;%]{0,3})?(?:[;/]|%3B|$)")
 
 
 def canonicalize(raw_target: str) -> tuple[str, str]:
@@ -72,8 +83,26 @@ def canonicalize(raw_target: str) -> tuple[str, str]:
     if not path.startswith("/"):
         raise AmbiguousPath("the request target must be a path starting with '/'")
     if _FAST_PATH.fullmatch(path) and "//" not in path and "/." not in path:
+        # Without escapes, _WINDOWS_TAIL comes down to these substring tests (cheaper).
+        if "./" in path or ".;" in path or path[-1] == "." or ":$" in path:
+            raise AmbiguousPath(_WINDOWS_WHY)
+        if "~" in path and _SHORT_NAME.search(path):
+            raise AmbiguousPath(_SHORT_NAME_WHY)
         return path, query
-    return _resolve_dots(_normalize_escapes(path)), query
+    return _check_windows(_resolve_dots(_normalize_escapes(path))), query
+
+
+_WINDOWS_WHY = "a segment ends in '.' or a space, or names an NTFS stream (':$')"
+_SHORT_NAME_WHY = "a segment shaped like a Windows 8.3 short name ('NAME~1')"
+
+
+def _check_windows(path: str) -> str:
+    """Refuse what an IIS-style origin would read as another path (see the module docstring)."""
+    if _WINDOWS_TAIL.search(path):
+        raise AmbiguousPath(_WINDOWS_WHY)
+    if "~" in path and _SHORT_NAME.search(path):
+        raise AmbiguousPath(_SHORT_NAME_WHY)
+    return path
 
 
 def match_key(path: str, case_insensitive: bool) -> str:

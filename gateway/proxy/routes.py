@@ -9,8 +9,10 @@ What `RouteTable.match(method, path)` answers, and what the gateway does with it
 
 * `Match(route, None)`: that route prices (or frees) the request.
 * `Match(None, None)`: no pattern matches the path at all. Unpriced paths pass through free.
-  Also returned for an `OPTIONS` (CORS preflight) that no matching route lists, so a preflight
-  is forwarded free and never answered 402.
+  Also returned for an `OPTIONS` that no matching route lists; but where a price applies to
+  some method of the path, `RouteTable.priced_allow(path)` says so first and the gateway
+  answers the OPTIONS itself (`Allow`, or a CORS preflight), never forwarding it and never
+  answering 402 (issue 12 item 1).
 * `Match(None, allowed)`: some pattern matches the path but no such route accepts the method;
   answer 405 with `Allow: <allowed>`. A method a priced route does not list is therefore never
   a free way around its price.
@@ -45,6 +47,8 @@ class Match:
 
 
 NO_ROUTE = Match(None, None)
+# `Allow` where some route takes every method.
+ALL_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +57,8 @@ class _Entry:
 
     by_method: dict[str, Match]  # every method some route lists, plus OPTIONS
     default: Match  # any other method
+    # `Allow` when some method is priced on these paths, else None (issue 12 item 1).
+    priced_allow: frozenset[str] | None = None
 
 
 class _Node:
@@ -133,6 +139,20 @@ class RouteTable:
                 raise AmbiguousPath("path parameters (';') change which route prices this path")
         return found
 
+    def priced_allow(self, path: str) -> frozenset[str] | None:
+        """The methods routed at the canonical `path` when a price applies to at least one of
+        them, else None. An OPTIONS there is answered by the gateway (`Allow`, or a CORS
+        preflight), never forwarded: a method-agnostic origin would serve it the paid content.
+        """
+        key = match_key(path, self._case_insensitive)
+        entry = self._find(key)
+        allow = entry.priced_allow if entry is not None else None
+        if ";" in key:
+            other = self._find(strip_params(key))
+            if allow != (other.priced_allow if other is not None else None):
+                raise AmbiguousPath("path parameters (';') change which route prices this path")
+        return allow
+
     def shadowed(self) -> list[tuple[RouteSettings, RouteSettings]]:
         """(route, earlier route) pairs where the earlier one wins every request of the later.
 
@@ -157,6 +177,12 @@ class RouteTable:
         return found
 
     def _lookup(self, method: str, key: str) -> Match:
+        entry = self._find(key)
+        if entry is None:
+            return NO_ROUTE
+        return entry.by_method.get(method, entry.default)
+
+    def _find(self, key: str) -> _Entry | None:
         entry = self._exact.get(key)
         if entry is None:
             # The deepest wildcard on the path wins: its entry already merges its ancestors.
@@ -169,9 +195,7 @@ class RouteTable:
                 node = child
                 if node.entry is not None:
                     entry = node.entry
-            if entry is None:
-                return NO_ROUTE
-        return entry.by_method.get(method, entry.default)
+        return entry
 
     def _pattern_key(self, route: RouteSettings) -> tuple[bool, str]:
         wildcard = route.path.endswith("/*")
@@ -216,7 +240,17 @@ class RouteTable:
             else:
                 by_method[method] = make(None, allowed)
         default = make(any_method, None) if any_method else make(None, allowed)
-        return _Entry(by_method, default)
+        return _Entry(by_method, default, _priced_allow(allowed, by_method, default))
+
+
+def _priced_allow(
+    allowed: frozenset[str], by_method: dict[str, Match], default: Match
+) -> frozenset[str] | None:
+    winners = [*(m.route for m in by_method.values()), default.route]
+    if not any(route is not None and not route.free for route in winners):
+        return None
+    every = default.route is not None  # some route takes any method
+    return ALL_METHODS if every else allowed | {"OPTIONS"}
 
 
 def route_rows(settings: Settings) -> list[dict[str, str]]:

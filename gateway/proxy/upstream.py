@@ -248,20 +248,23 @@ async def relay(
     extra_headers: Mapping[str, str] | None = None,
     *,
     expose_x402: bool = False,
+    paid: bool = False,
 ) -> web.StreamResponse:
     """Send the origin's response to the client: status, headers, then the body as it comes.
 
     `extra_headers` replace origin headers of the same name; `expose_x402` lists the x402
-    headers in Access-Control-Expose-Headers. The returned response is complete, or the
-    client's connection is closed (client gone, or the origin failed mid-body: a truncated
-    body must not look complete). The upstream response is released on every path.
+    headers in Access-Control-Expose-Headers; `paid` (an answer on a priced route) does that,
+    strips CDN cache directives, and adds `Vary: Origin` to an origin-specific CORS answer.
+    The returned response is complete, or the client's connection is closed (client gone, or
+    the origin failed mid-body: a truncated body must not look complete). The upstream
+    response is released on every path.
     """
     complete = False
     try:
         out = web.StreamResponse(
             status=resp.status,
             reason=resp.reason,
-            headers=_client_headers(resp, extra_headers, expose_x402=expose_x402),
+            headers=_client_headers(resp, extra_headers, expose_x402=expose_x402, paid=paid),
         )
         try:
             await out.prepare(request)
@@ -280,12 +283,20 @@ async def relay(
 
 
 def _client_headers(
-    resp: aiohttp.ClientResponse, extra_headers: Mapping[str, str] | None, *, expose_x402: bool
+    resp: aiohttp.ClientResponse,
+    extra_headers: Mapping[str, str] | None,
+    *,
+    expose_x402: bool,
+    paid: bool,
 ) -> CIMultiDict[str]:
     headers = hh.response_headers(resp.headers)
     for name, value in (extra_headers or {}).items():
         headers[name] = value
-    if expose_x402:
+    if paid:
+        hh.strip_cdn_directives(headers)
+        if headers.get("Access-Control-Allow-Origin", "*") != "*":
+            hh.add_vary(headers, "Origin")
+    if expose_x402 or paid:
         hh.expose_x402_headers(headers)
     return headers
 

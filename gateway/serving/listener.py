@@ -6,13 +6,20 @@ gateway owns its listening sockets and its accept loop, and hands each accepted 
 aiohttp through public asyncio API (`loop.connect_accepted_socket`), wrapped in a small
 protocol that:
 
-- counts connections: at `limit` live connections the accept loop stops reading the
+- counts connections: at `limit` live connections it closes the longest-idle one (a
+  connection between requests, or accepted and not yet sending: nginx's "reusable"
+  connections) to take the new one, so idle keep-alive connections can never lock fresh
+  clients out (issue 12 item 5); when none is idle, the accept loop stops reading the
   listening sockets, so further clients wait in the kernel backlog (what nginx and HAProxy
   do at `worker_connections` / `maxconn`) instead of being served badly or refused;
-- closes a connection that has not completed its first request head within
-  `header_timeout` seconds (slowloris). Later heads on a keep-alive connection are bounded
-  by aiohttp's own keep-alive timer, which runs from the end of each response until the
-  next complete head.
+- closes a connection that has not completed a request head within `header_timeout`
+  seconds (slowloris): the first head from the connection's start, every later one from
+  its first byte (the time in between is keep-alive, bounded by aiohttp's keep-alive timer).
+
+A connection is between requests from the app's `request_done(transport)` (after its
+response is complete) to the first byte or `request_started(transport)` of the next one: the
+app says so (gateway/app.py, through gateway/serving/state.py), since only it knows when a
+response has been sent in full.
 
 Everything else (parsing, flow control, keep-alive) stays aiohttp's: the wrapper forwards
 every `asyncio.Protocol` callback to aiohttp's `RequestHandler` unchanged.
@@ -24,10 +31,10 @@ import asyncio
 import errno
 import socket
 from collections.abc import Callable, Sequence
-from typing import cast
 
 from gateway.config.settings import Address
 from gateway.observe.logs import get_logger
+from gateway.serving.connection import Guard
 
 log = get_logger("gateway.listener")
 
@@ -36,100 +43,6 @@ log = get_logger("gateway.listener")
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _ACCEPT_RETRY_DELAY = 1.0
 _LIMIT_WARNING_INTERVAL = 10.0
-
-_TIMEOUT_408 = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-
-
-class HeadWatcher:
-    """Decides, from the raw bytes, when the first request head is complete.
-
-    A head ends at the first empty line after a non-empty one. Leading empty lines are
-    skipped, as RFC 9112 section 2.2 lets servers do. Bare-LF line ends count too, so a
-    head the parser accepts is never mistaken for an incomplete one (a false "complete"
-    only stops this timer early; aiohttp's keep-alive timer still bounds the connection).
-    """
-
-    __slots__ = ("_started", "_tail", "received")
-
-    def __init__(self) -> None:
-        self._tail = b""
-        self._started = False
-        self.received = 0
-
-    def feed(self, data: bytes) -> bool:
-        self.received += len(data)
-        buf = self._tail + data
-        if not self._started:
-            buf = buf.lstrip(b"\r\n")
-            if not buf:
-                self._tail = b""
-                return False
-            self._started = True
-        if b"\n\r\n" in buf or b"\n\n" in buf:
-            return True
-        self._tail = buf[-2:]
-        return False
-
-
-class _Guard(asyncio.Protocol):
-    """Wraps aiohttp's protocol for one connection: the head timer and the release of a slot."""
-
-    __slots__ = ("_inner", "_listener", "_timer", "_transport", "_watcher")
-
-    def __init__(self, inner: asyncio.Protocol, listener: Listener) -> None:
-        self._inner = inner
-        self._listener = listener
-        self._watcher: HeadWatcher | None = HeadWatcher()
-        self._timer: asyncio.TimerHandle | None = None
-        self._transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # A stream transport: uvloop's does not subclass asyncio.Transport, so no isinstance.
-        self._transport = cast(asyncio.Transport, transport)
-        timeout = self._listener.header_timeout
-        if timeout > 0:
-            self._timer = self._listener.loop.call_later(timeout, self._head_timed_out)
-        self._inner.connection_made(transport)
-
-    def data_received(self, data: bytes) -> None:
-        watcher = self._watcher
-        if watcher is not None and watcher.feed(data):
-            self._watcher = None
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-        self._inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
-
-    def pause_writing(self) -> None:
-        self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._inner.resume_writing()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._listener.release()
-        self._inner.connection_lost(exc)
-
-    def _head_timed_out(self) -> None:
-        self._timer = None
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            return
-        watcher = self._watcher
-        received = watcher.received if watcher is not None else 0
-        # A client that sent nothing (a browser's preconnect) just gets the close; one that
-        # sent part of a head is told why. Nothing has been written on this connection yet.
-        if received:
-            transport.write(_TIMEOUT_408)
-        peer = transport.get_extra_info("peername")
-        log.info("request_head_timeout", peer=str(peer), received=received)
-        transport.close()
 
 
 def bind(address: Address, *, backlog: int, reuse_port: bool) -> list[socket.socket]:
@@ -182,9 +95,15 @@ class Listener:
         self._batch = max(1, backlog)
         self._active = 0
         self._reading = False
+        self._full = False  # paused at the cap (not for a resource error)
         self._closed = False
         self._pending: set[asyncio.Task[None]] = set()
         self._warned_at = -_LIMIT_WARNING_INTERVAL
+        # Idle connections, longest-idle first (a dict keeps insertion order).
+        self._idle: dict[Guard, None] = {}
+        self._guards: dict[object, Guard] = {}  # by transport, for the app's calls
+        self.evicted = 0  # idle connections closed for new ones, since start
+        self._evict_logged_at = -_LIMIT_WARNING_INTERVAL
 
     @property
     def active(self) -> int:
@@ -212,7 +131,55 @@ class Listener:
         if not self._reading and self._active < self._limit:
             self._resume()
 
+    # --- the connections' states (called by Guard and, through state.py, by the app) ---
+
+    def opened(self, guard: Guard, transport: object) -> None:
+        self._guards[transport] = guard
+        self.make_idle(guard)  # accepted, nothing received yet: reusable, as in nginx
+
+    def lost(self, guard: Guard, transport: object) -> None:
+        self._guards.pop(transport, None)
+        self._idle.pop(guard, None)
+        if not guard.released:
+            guard.released = True
+            self.release()
+
+    def make_idle(self, guard: Guard) -> None:
+        self._idle.pop(guard, None)  # to the end: idle from now
+        self._idle[guard] = None
+        guard.idle = True
+        if self._full:
+            self._resume()  # at the cap with none idle until now: one can be evicted
+
+    def busy(self, guard: Guard) -> None:
+        guard.idle = False
+        self._idle.pop(guard, None)
+
+    def request_started(self, transport: object) -> None:
+        guard = self._guards.get(transport)
+        if guard is not None:
+            guard.request_started()
+
+    def request_done(self, transport: object) -> None:
+        guard = self._guards.get(transport)
+        if guard is not None:
+            guard.request_done()
+
+    def _evict_idle(self) -> None:
+        """Close the longest-idle connection and free its slot."""
+        guard = next(iter(self._idle))
+        self.busy(guard)
+        guard.released = True
+        self._active -= 1
+        self.evicted += 1
+        guard.evict()
+        now = self.loop.time()
+        if now - self._evict_logged_at >= _LIMIT_WARNING_INTERVAL:  # not once per eviction
+            self._evict_logged_at = now
+            log.warning("idle_connections_evicted", limit=self._limit, evicted=self.evicted)
+
     def _resume(self) -> None:
+        self._full = False
         if self._closed or self._reading:
             return
         self._reading = True
@@ -230,12 +197,8 @@ class Listener:
     def _accept(self, sock: socket.socket) -> None:
         # Like asyncio's loop: accept a batch per readiness event, not one connection.
         for _ in range(self._batch):
-            if self._active >= self._limit:
-                now = self.loop.time()
-                if now - self._warned_at >= _LIMIT_WARNING_INTERVAL:  # not once per accept
-                    self._warned_at = now
-                    log.warning("connection_limit_reached", limit=self._limit)
-                self._pause()
+            if self._active >= self._limit and not self._idle:
+                self._stop_at_the_cap()
                 return
             try:
                 conn, _ = sock.accept()
@@ -250,16 +213,28 @@ class Listener:
                 self._pause()
                 self.loop.call_later(_ACCEPT_RETRY_DELAY, self._resume)
                 return
+            if self._active >= self._limit:
+                self._evict_idle()  # only now: a client is really waiting for the slot
             self._active += 1
             task = self.loop.create_task(self._connect(conn))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
 
+    def _stop_at_the_cap(self) -> None:
+        """Every slot is taken by a connection with a request in progress: new clients wait
+        in the kernel backlog until one is released or goes idle."""
+        now = self.loop.time()
+        if now - self._warned_at >= _LIMIT_WARNING_INTERVAL:  # not once per accept
+            self._warned_at = now
+            log.warning("connection_limit_reached", limit=self._limit)
+        self._pause()
+        self._full = True
+
     async def _connect(self, conn: socket.socket) -> None:
         try:
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            await self.loop.connect_accepted_socket(lambda: _Guard(self._factory(), self), conn)
+            await self.loop.connect_accepted_socket(lambda: Guard(self._factory(), self), conn)
         except OSError as exc:
             # The client left before the transport was set up: no protocol saw it.
             log.debug("connection_setup_failed", error=str(exc))

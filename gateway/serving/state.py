@@ -69,6 +69,17 @@ class ServerState:
         """The listener whose open connections `connections` reports."""
         self._listener = listener
 
+    def request_started(self, transport: object) -> None:
+        """A request on this connection is being handled: it is not idle."""
+        if self._listener is not None:
+            self._listener.request_started(transport)
+
+    def request_done(self, transport: object) -> None:
+        """Its response is sent in full: the connection is idle (evictable at the cap) and
+        its next request head is timed from its first byte."""
+        if self._listener is not None:
+            self._listener.request_done(transport)
+
     @property
     def connections(self) -> int:
         """Open client connections (0 before the listener starts)."""

@@ -6,15 +6,18 @@ from the npm packages, bundled by esbuild; Debian's chromium runs it headless (p
 drives it). Behind the gateway is the lenient origin, which has its own permissive CORS setup
 (it reflects the Origin and every requested header), as a real API for browsers would.
 
-Today the gateway's own 402 carries no `Access-Control-Allow-Origin`, so the browser hides it
-and the page never sees the challenge: the direct test is xfail(strict). The same page through
-a proxy that adds only that header pays and settles: that test passes now and checks the
-harness (and that the missing header is the whole reason).
+Before issue 12 item 4 the gateway's own 402 carried no `Access-Control-Allow-Origin`, so the
+browser hid it and the page never saw the challenge. Now the gateway's `cors:` policy (default:
+any page) puts it on every answer it writes, and answers the paid retry's preflight itself: the
+direct test pays and settles. The same page through a proxy that adds only that header pays
+too, with nothing left for the proxy to add; with it stripped off the 402, the page cannot pay
+(so the header is the whole reason).
 """
 
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,7 @@ from eth_account.signers.local import LocalAccount
 from gateway.demo import chain as chainlib
 from tests.e2e.browser_parts import AllowOriginProxy, PageServer, bundle, drive, missing_tools
 from tests.e2e.conftest import Chain
-from tests.e2e.gateway_proc import GatewayProcess, gateway
+from tests.e2e.gateway_proc import GatewayProcess, Origin, gateway
 from tests.e2e.lenient_parts import SECRET, LenientOrigin, edge_config
 
 pytestmark = pytest.mark.e2e
@@ -101,11 +104,6 @@ def assert_paid_and_settled_on_chain(
     assert chain.balance_of(pay_to) == before[1] + PRICE
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 item 4: the gateway's 402 has no Access-Control-Allow-Origin, so the page "
-    "never sees the challenge",
-)
 def test_a_page_on_another_site_pays_through_the_gateway(
     browser_gw: GatewayProcess,
     pay_in_browser: Callable[[str, LocalAccount], dict[str, Any]],
@@ -134,9 +132,9 @@ def test_the_same_page_pays_through_a_proxy_adding_only_allow_origin(
         before = (chain.balance_of(payer.address), chain.balance_of(pay_to))
         seen = pay_in_browser(proxy.url + "/paid/via-proxy", payer)
         assert_paid_and_settled_on_chain(seen, payer, chain, before, pay_to)
-        # Today it had to add the header to the gateway's 402 and nowhere else (the preflight
-        # and the paid 200 came with the origin's own); once item 4 is fixed, to nothing.
-        assert set(proxy.changed) <= {"GET /paid/via-proxy 402"}, proxy.changed
+        # Before item 4 it had to add the header to the gateway's 402 (the preflight and the
+        # paid 200 came with the origin's own); now the gateway's answers all carry it.
+        assert proxy.changed == [], proxy.changed
     finally:
         proxy.stop()
 
@@ -147,9 +145,9 @@ def test_without_allow_origin_on_the_402_the_page_cannot_pay(
     make_payer: Callable[..., LocalAccount],
     chain: Chain,
 ) -> None:
-    """The other half of the proof: with the header taken off the 402 (today it is never
-    there), the browser hides the challenge from the page, whose fetch fails, and nothing is
-    paid. What the direct test shows today, and must keep showing after item 4's fix."""
+    """The other half of the proof: with the header taken off the 402 (the gateway now sends
+    it), the browser hides the challenge from the page, whose fetch fails, and nothing is
+    paid: what the direct test showed before item 4's fix."""
     proxy = AllowOriginProxy(browser_gw.url, strip=True).start()
     try:
         payer = make_payer()
@@ -178,19 +176,7 @@ def gateway_answers(gw: GatewayProcess) -> dict[str, httpx.Response]:
         }
 
 
-@pytest.mark.parametrize(
-    "status",
-    [
-        pytest.param(
-            status,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="issue 12 item 4: no Access-Control-Allow-Origin on the gateway's answers",
-            ),
-        )
-        for status in ("402", "400", "405")
-    ],
-)
+@pytest.mark.parametrize("status", ["402", "400", "405"])
 def test_the_gateways_own_answers_allow_a_page_on_another_site(
     status: str, browser_gw: GatewayProcess
 ) -> None:
@@ -200,3 +186,30 @@ def test_the_gateways_own_answers_allow_a_page_on_another_site(
     assert "PAYMENT-REQUIRED" in r.headers["Access-Control-Expose-Headers"]
     if r.headers.get("Access-Control-Allow-Origin") == PAGE_ORIGIN:
         assert "Origin" in r.headers.get("Vary", "")
+
+
+def test_a_page_pays_through_the_gateway_in_front_of_an_origin_without_cors(
+    chain: Chain,
+    origin: Origin,
+    pay_to: str,
+    facilitator_url: str,
+    tmp_path: Path,
+    pay_in_browser: Callable[[str, LocalAccount], dict[str, Any]],
+    make_payer: Callable[..., LocalAccount],
+) -> None:
+    """A legacy API with no CORS setup at all: the gateway answers the paid retry's preflight
+    and puts its own Allow-Origin on the paid 200, so the page that paid can read the answer
+    and its receipt (else it would be charged for an answer the browser hides from it)."""
+    cfg = edge_config(chain, origin.url, pay_to, facilitator_url)
+    (tmp_path / "plain-gw").mkdir()
+    with gateway(cfg, tmp_path / "plain-gw") as gw:
+        payer = make_payer()
+        before = (chain.balance_of(payer.address), chain.balance_of(pay_to))
+        seen = pay_in_browser(gw.url + "/paid/plain", payer)
+    result = seen["result"]
+    assert result["ok"] and result["status"] == 200, seen
+    assert json.loads(result["body"])["payer"].lower() == payer.address.lower()
+    assert result["settlement"] is not None and result["settlement"]["success"], seen
+    assert chain.balance_of(payer.address) == before[0] - PRICE
+    assert chain.balance_of(pay_to) == before[1] + PRICE
+    assert [c["method"] for c in origin.log.for_path("/paid/plain")] == ["GET"]  # no OPTIONS

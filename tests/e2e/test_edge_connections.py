@@ -26,7 +26,7 @@ FRESH_CLIENTS = 5
 FRESH_TIMEOUT = 1.0  # the issue's bound for "fresh clients are still answered"
 FLOOD_REQUEST_TIMEOUT = 5.0  # for each flood connection's one request (a loaded CI machine)
 # The slow-head gateway gets request_header 2s instead of the shipped 10s, only to keep the
-# test short; keepalive stays at its shipped 75s, which is what bounds a second head today.
+# test short; keepalive stays at its shipped 75s (it bounded a second head before the fix).
 REQUEST_HEADER = 2.0
 CUT_OFF_BOUND = REQUEST_HEADER + 4.0
 
@@ -74,11 +74,6 @@ def one_request(port: int, timeout: float, keep: bool = True) -> tuple[socket.so
         raise
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 item 5: at limits.connections the listener stops accepting and no idle "
-    "keep-alive connection is evicted",
-)
 def test_two_thousand_idle_keepalive_connections_do_not_lock_out_fresh_clients(
     lenient: LenientOrigin, tmp_path: Path
 ) -> None:
@@ -142,11 +137,6 @@ def test_a_slow_first_request_head_is_cut_off(head_gw: GatewayProcess) -> None:
     assert got.startswith(b"HTTP/1.1 408")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 item 5: a second request head on a kept-alive connection is bounded only "
-    "by keepalive (75 s), not timeouts.request_header",
-)
 def test_a_slow_second_request_head_on_a_kept_alive_connection_is_cut_off(
     head_gw: GatewayProcess,
 ) -> None:

@@ -7,8 +7,8 @@ Every probe of tests/e2e/edge_probes.py is sent raw, once through the gateway an
 to the origin (where each one must get something it should not: that is what makes it a
 probe). Through the gateway none may get paid content without a settled payment, make the
 origin believe a payer the gateway did not put there, or get a payment or hop-by-hop header
-through under another spelling. Probes that get through today are xfail(strict) with the
-issue 12 item whose fix stops them.
+through under another spelling. None does since issue 12's fixes; a probe added later that
+does may be marked xfail(strict) in edge_probes.py until its fix lands.
 """
 
 from __future__ import annotations
@@ -239,7 +239,6 @@ def test_the_harness_sees_the_gateway_serve_refuse_and_charge(
 # --- item 6: one request with every underscore variant -------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 item 6: underscore variants are forwarded")
 def test_underscore_variants_of_payer_payment_and_hop_by_hop_headers_are_dropped(
     edge_gw: GatewayProcess, lenient: LenientOrigin
 ) -> None:
@@ -294,10 +293,6 @@ def paid_get(
     return get
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 item 7: Surrogate-Control / CDN-Cache-Control survive on a paid 200",
-)
 def test_a_paid_200_carries_no_cdn_directive_and_is_private_no_store(
     paid_get: Callable[[str], httpx.Response],
 ) -> None:

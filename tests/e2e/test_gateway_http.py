@@ -92,14 +92,18 @@ def test_path_tricks_are_priced_or_refused(target: str, gw: GatewayProcess, orig
         assert forwarded == []
 
 
-def test_upper_case_path_is_not_priced_unless_configured(
+def test_upper_case_path_is_priced_unless_opted_out(
     gw: GatewayProcess, origin: Origin, tmp_path: Path
 ) -> None:
-    # Case-sensitive by default: /PAID is a different (unrouted, free) path.
-    assert raw_request(gw.port, "/PAID/x")[0] == 200
-    cfg = {**base_config(origin.url), "case_insensitive_paths": True}
-    with gateway(cfg, tmp_path, ready=False) as ci:
-        assert raw_request(ci.port, "/PAID/x")[0] == 402
+    """Issue 12 item 2: case-insensitive matching by default (a case-insensitive origin would
+    serve /PAID/x as /paid/x); the path goes to the origin as sent. `false` opts out."""
+    before = len(origin.log.calls)
+    assert raw_request(gw.port, "/PAID/x")[0] == 402
+    assert raw_request(gw.port, "/Free/x")[0] == 200
+    assert [c["raw_path"] for c in origin.log.calls[before:]] == ["/Free/x"]  # not folded
+    cfg = {**base_config(origin.url), "case_insensitive_paths": False}
+    with gateway(cfg, tmp_path, ready=False) as cs:
+        assert raw_request(cs.port, "/PAID/x")[0] == 200  # a different, unrouted path
 
 
 def test_every_method_on_a_free_route(gw: GatewayProcess, origin: Origin) -> None:
@@ -128,16 +132,38 @@ def test_unlisted_method_on_a_priced_route_is_405_not_free(
     assert len(origin.log.calls) == before
 
 
-def test_cors_preflight_on_a_priced_route_is_forwarded_never_402(
+def test_cors_preflight_on_a_priced_route_is_answered_by_the_gateway_never_402(
     gw: GatewayProcess, origin: Origin
 ) -> None:
+    """Issue 12 item 1: OPTIONS on a priced path never reaches the origin (a method-agnostic
+    one would serve it the paid content): a preflight gets the `cors:` policy's answer, a
+    plain OPTIONS `Allow` from the route table. On a free path it is still forwarded."""
+    before = len(origin.log.calls)
+    preflight = {
+        "Origin": "https://app.example",
+        "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "payment-signature, x-custom",
+    }
     with httpx.Client() as http:
-        r = http.options(
-            gw.url + "/paid/x",
-            headers={"Origin": "https://app.example", "Access-Control-Request-Method": "GET"},
-        )
-    assert r.status_code == 200
-    assert origin.log.calls[-1]["method"] == "OPTIONS"
+        r = http.options(gw.url + "/paid/x", headers=preflight)
+        plain = http.options(gw.url + "/PAID/x")
+        free = http.options(gw.url + "/free/x", headers=preflight)
+    assert r.status_code == 204 and r.content == b""
+    assert r.headers["Access-Control-Allow-Origin"] == "*"
+    assert set(r.headers["Access-Control-Allow-Methods"].split(", ")) == {
+        "GET",
+        "HEAD",
+        "POST",
+        "OPTIONS",
+    }
+    allowed = {h.strip().lower() for h in r.headers["Access-Control-Allow-Headers"].split(",")}
+    assert {"payment-signature", "x-payment", "x-custom"} <= allowed
+    assert r.headers["Access-Control-Max-Age"] == "600"
+    assert "Origin" in r.headers["Vary"]
+    assert plain.status_code == 204
+    assert set(plain.headers["Allow"].split(", ")) == {"GET", "HEAD", "POST", "OPTIONS"}
+    assert free.status_code == 200
+    assert [c["method"] for c in origin.log.calls[before:]] == ["OPTIONS"]  # the free one
 
 
 def test_client_x_payer_is_stripped_on_free_routes(gw: GatewayProcess, origin: Origin) -> None:

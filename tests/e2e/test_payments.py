@@ -127,7 +127,7 @@ async def test_v2_paid_get_settles_once_and_moves_exactly_the_price(
     assert (
         receipt.success and receipt.transaction.startswith("0x") and len(receipt.transaction) == 66
     )
-    assert r.headers["Cache-Control"] == "private"
+    assert r.headers["Cache-Control"] == "private, no-store"  # issue 12 item 7
     assert "verify" in r.headers["Server-Timing"] and "settle" in r.headers["Server-Timing"]
     assert r.json()["payer"].lower() == payer.address.lower()
     assert chain.balance_of(payer.address) == before[0] - PRICE

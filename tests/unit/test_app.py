@@ -40,7 +40,21 @@ class Origin:
 
     async def handler(self, request: web.Request) -> web.Response:
         self.calls += 1
-        return web.json_response({"secret": "paid content"}, status=self.status)
+        headers = CDN_HEADERS if "cdn" in request.path else {}
+        return web.json_response({"secret": "paid content"}, status=self.status, headers=headers)
+
+
+# An origin that means its answers for a CDN (issue 12 item 7), and has no CORS setup.
+CDN_HEADERS = {
+    "Cache-Control": "public, max-age=3600",
+    "Surrogate-Control": "max-age=3600",
+    "CDN-Cache-Control": "max-age=3600",
+    "Cloudflare-CDN-Cache-Control": "max-age=3600",
+    "Netlify-CDN-Cache-Control": "max-age=3600",
+    "Edge-Control": "cache-maxage=3600s",
+    "X-Accel-Expires": "3600",
+    "Vary": "Accept-Encoding",
+}
 
 
 @pytest.fixture
@@ -136,3 +150,84 @@ async def test_origin_error_is_passed_on_and_not_settled(rig: Any) -> None:
     assert r.status == 503
     assert "PAYMENT-RESPONSE" not in r.headers
     assert fac.calls == ["verify"]
+
+
+# --- issue 12: CORS on the gateway's own answers, OPTIONS, CDN directives -----------------
+
+
+async def test_paid_answer_is_private_no_store_and_loses_cdn_directives(rig: Any) -> None:
+    client, _ = await rig(FakeFacilitator())
+    r = await client.get("/paid/cdn", headers={**payment(), "Origin": "https://shop.example"})
+    assert r.status == 200 and (await r.json())["secret"]
+    assert r.headers["Cache-Control"] == "private, no-store"
+    cdn = [name for name in CDN_HEADERS if name not in ("Cache-Control", "Vary")]
+    assert [name for name in cdn if name in r.headers] == []
+    # The origin has no CORS setup: the gateway answered this path's preflight, so the paid
+    # answer gets its policy's Allow-Origin (else the page paid and cannot read it).
+    assert r.headers["Access-Control-Allow-Origin"] == "*"
+    assert "PAYMENT-RESPONSE" in r.headers["Access-Control-Expose-Headers"]
+    assert r.headers["Vary"] == "Accept-Encoding"
+
+
+async def test_the_402_and_problem_answers_carry_cors(rig: Any) -> None:
+    client, origin = await rig(FakeFacilitator(verify=FacilitatorUnavailable("refused")))
+    page = {"Origin": "https://shop.example"}
+    challenge = await client.get("/paid/x", headers=page)
+    unavailable = await client.get("/paid/x", headers={**payment(), **page})
+    for r, status in ((challenge, 402), (unavailable, 503)):
+        assert r.status == status
+        assert r.headers["Access-Control-Allow-Origin"] == "*"
+        assert "PAYMENT-REQUIRED" in r.headers["Access-Control-Expose-Headers"]
+        assert r.headers["Vary"] == "Origin"
+    assert origin.calls == 0
+
+
+async def test_options_on_a_priced_path_never_reaches_the_origin(rig: Any) -> None:
+    client, origin = await rig(FakeFacilitator())
+    plain = await client.options("/PAID/x")
+    preflight = await client.options(
+        "/paid/x",
+        headers={
+            "Origin": "https://shop.example",
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "PAYMENT-SIGNATURE, Access-Control-Expose-Headers",
+        },
+    )
+    free = await client.options("/free/x")
+    assert plain.status == 204 and plain.headers["Allow"] == (
+        "DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT"  # the route takes every method
+    )
+    assert "Access-Control-Allow-Origin" not in plain.headers
+    assert preflight.status == 204
+    assert preflight.headers["Access-Control-Allow-Origin"] == "*"
+    allowed = preflight.headers["Access-Control-Allow-Headers"].lower()
+    assert "payment-signature" in allowed and "access-control-expose-headers" in allowed
+    assert free.status == 200
+    assert origin.calls == 1  # only the free path's OPTIONS
+
+
+async def test_explicit_cors_origins_are_echoed_with_vary_and_others_get_none() -> None:
+    settings = loads(
+        CONFIG.format(origin="http://127.0.0.1:9")
+        + 'cors: {origins: ["https://shop.example"], credentials: true, max_age: 1m}\n'
+    )
+    client: TestClient[Any, Any] = TestClient(
+        TestServer(create_app(settings, parts=Parts(facilitator=lambda _s, _m: FakeFacilitator())))
+    )
+    await client.start_server()
+    try:
+        shop = await client.get("/paid/x", headers={"Origin": "https://shop.example"})
+        other = await client.get("/paid/x", headers={"Origin": "https://evil.example"})
+        preflight = await client.options(
+            "/paid/x",
+            headers={"Origin": "https://shop.example", "Access-Control-Request-Method": "GET"},
+        )
+    finally:
+        await client.close()
+    assert shop.headers["Access-Control-Allow-Origin"] == "https://shop.example"
+    assert shop.headers["Access-Control-Allow-Credentials"] == "true"
+    assert shop.headers["Vary"] == "Origin"
+    assert "Access-Control-Allow-Origin" not in other.headers
+    assert other.headers["Vary"] == "Origin"
+    assert preflight.headers["Access-Control-Allow-Origin"] == "https://shop.example"
+    assert preflight.headers["Access-Control-Max-Age"] == "60"

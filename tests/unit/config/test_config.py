@@ -1136,3 +1136,8 @@ def test_load_missing_or_binary_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         config.load(binary)
     assert caught.value.errors == [f"{binary}: the config file is not UTF-8 text"]
+
+
+def test_paths_match_without_case_by_default_issue_12() -> None:
+    assert loads(text_with()).case_insensitive_paths is True
+    assert loads(text_with(case_insensitive_paths="false")).case_insensitive_paths is False

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from gateway import config
-from gateway.config import document, facilitators
+from gateway.config import cors, document, facilitators
 from gateway.config import routes as config_routes
 from gateway.errors import ConfigError
 
@@ -28,6 +28,7 @@ SECTIONS: dict[str, frozenset[str]] = {
     "": document.TOP_LEVEL_KEYS,
     "properties.timeouts": document.TIMEOUT_KEYS,
     "properties.limits": document.LIMIT_KEYS,
+    "properties.cors": cors.CORS_KEYS,
     "$defs.asset": document.ASSET_KEYS,
     "$defs.facilitator": facilitators.FACILITATOR_KEYS,
     "$defs.facilitator.properties.local": facilitators.LOCAL_FACILITATOR_KEYS,

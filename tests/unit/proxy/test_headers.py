@@ -210,3 +210,100 @@ def test_expose_x402_headers_when_absent() -> None:
     assert headers["Access-Control-Expose-Headers"] == (
         "PAYMENT-REQUIRED, PAYMENT-RESPONSE, X-PAYMENT-RESPONSE"
     )
+
+
+# --- issue 12 items 3, 6, 7 ---------------------------------------------------------------
+
+
+def test_request_drops_underscore_spellings_of_payer_payment_hop_by_hop_and_forwarding() -> None:
+    """CGI-style origins read `X_Payer` as `X-Payer`: every spelling that folds (`_` as `-`,
+    any case) into a dropped name is dropped too."""
+    incoming = hdrs(
+        ("X_Payer", "0xforged"),
+        ("x_PAYER", "0xforged"),
+        ("Payment_Signature", "e30="),
+        ("X_Payment", "e30="),
+        ("Transfer_Encoding", "chunked"),
+        ("Proxy_Connection", "keep-alive"),
+        ("Keep_Alive", "timeout=600"),
+        ("Proxy_Authorization", "Basic dTpw"),
+        ("X_Forwarded_For", "10.9.9.9"),
+        ("Connection", "X_Secret"),
+        ("X-Secret", "s"),
+        ("X_Kept_Header", "k"),
+    )
+    out = hh.request_headers(
+        incoming,
+        peer="127.0.0.1",
+        scheme="http",
+        trusted=False,
+        drop=hh.lower_names(("PAYMENT-SIGNATURE", "X-PAYMENT", "X-Payer")),
+    )
+    assert [n for n in out if n not in ("X-Forwarded-For", "X-Forwarded-Proto", "Forwarded")] == [
+        "X_Kept_Header"
+    ]
+    assert out["X-Forwarded-For"] == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "X-Original-URL",
+        "x-rewrite-url",
+        "X_Original_URL",
+        "X-Override-URL",
+        "X-Original-URI",
+        "X-Forwarded-Path",
+        "X-Forwarded-Prefix",
+        "X-Forwarded-Uri",
+    ],
+)
+def test_request_drops_path_override_headers(name: str) -> None:
+    out = hh.request_headers(hdrs((name, "/paid/x")), peer=None, scheme="http", trusted=True)
+    assert name not in out
+
+
+def test_strip_cdn_directives_keeps_everything_else() -> None:
+    headers = CIMultiDict(
+        [
+            ("Cache-Control", "public"),
+            ("Surrogate-Control", "max-age=1"),
+            ("cdn-cache-control", "max-age=1"),
+            ("Cloudflare-CDN-Cache-Control", "max-age=1"),
+            ("Vercel-CDN-Cache-Control", "max-age=1"),
+            ("Netlify-CDN-Cache-Control", "max-age=1"),
+            ("Edge-Control", "cache-maxage=1s"),
+            ("X-Accel-Expires", "1"),
+            ("Surrogate-Key", "a b"),
+            ("ETag", '"x"'),
+        ]
+    )
+    hh.strip_cdn_directives(headers)
+    assert list(headers) == ["Cache-Control", "Surrogate-Key", "ETag"]
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ([], "Origin"),
+        (["Accept-Encoding"], "Accept-Encoding, Origin"),
+        (["accept-encoding, origin"], "accept-encoding, origin"),
+        (["*"], "*"),
+    ],
+)
+def test_add_vary_merges_once(before: list[str], after: str) -> None:
+    headers = CIMultiDict([("Vary", v) for v in before])
+    hh.add_vary(headers, "Origin")
+    assert headers.getall("Vary") == [after]
+
+
+def test_request_drops_client_spellings_of_what_the_gateway_adds() -> None:
+    out = hh.request_headers(
+        hdrs(("X_Request_Id", "forged"), ("x_request_id", "forged"), ("X_Other", "kept")),
+        peer="127.0.0.1",
+        scheme="http",
+        trusted=False,
+        add={"X-Request-Id": "real"},
+    )
+    assert out.getall("X-Request-Id") == ["real"]
+    assert "X_Request_Id" not in out and out["X_Other"] == "kept"

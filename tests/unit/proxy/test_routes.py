@@ -345,3 +345,38 @@ def test_shadowed_agrees_with_brute_force(specs: list[tuple[str, frozenset[str] 
     routes = [RouteSettings(i, p, m, PRICE) for i, (p, m) in enumerate(specs)]
     found = [(a.index, b.index) for a, b in RouteTable(routes).shadowed()]
     assert found == _reference_shadowed(routes)
+
+
+# --- issue 12 item 1: OPTIONS on priced paths ---------------------------------------------
+
+
+def test_priced_allow_lists_the_paths_methods_when_a_price_applies() -> None:
+    free = RouteSettings(3, "/free/*", None, ())
+    table = RouteTable([*_routes(("/paid/*", ["GET", "POST"]), ("/all/*", None)), free])
+    assert table.priced_allow("/paid/x") == {"GET", "HEAD", "POST", "OPTIONS"}
+    assert table.priced_allow("/paid") == {"GET", "HEAD", "POST", "OPTIONS"}
+    assert table.priced_allow("/all/x") == {
+        "GET",
+        "HEAD",
+        "POST",
+        "PUT",
+        "PATCH",
+        "DELETE",
+        "OPTIONS",
+    }
+    assert table.priced_allow("/free/x") is None
+    assert table.priced_allow("/elsewhere") is None
+
+
+def test_priced_allow_follows_the_winner_and_case() -> None:
+    free_first = RouteSettings(0, "/api/public/*", None, ())
+    priced = RouteSettings(1, "/api/*", frozenset({"GET"}), PRICE)
+    table = RouteTable([free_first, priced], case_insensitive=True)
+    assert table.priced_allow("/api/public/x") is None  # every method is free there
+    assert table.priced_allow("/API/x") == {"GET", "HEAD", "OPTIONS"}
+
+
+def test_priced_allow_refuses_what_path_parameters_would_change() -> None:
+    table = RouteTable(_routes(("/paid/*", ["GET"])))
+    with pytest.raises(AmbiguousPath):
+        table.priced_allow("/paid;x/y")

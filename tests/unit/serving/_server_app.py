@@ -13,19 +13,33 @@ import sys
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from gateway.config.settings import Address, Limits, Settings, Timeouts
 from gateway.observe.logs import get_logger
 from gateway.serving.admin import FunctionCheck, make_admin_app
 from gateway.serving.runner import run
-from gateway.serving.state import attach_state
+from gateway.serving.state import ServerState, attach_state
 
 log = get_logger("tests.app")
 
 
 def make_app(settings: Settings, startup_delay: float = 0.0) -> web.Application:
-    app = web.Application()
+    state_box: list[ServerState] = []
+
+    @web.middleware
+    async def connection_states(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # What gateway/app.py's entry() does: busy while handled, idle once sent in full.
+        state_box[0].request_started(request.transport)
+        response = await handler(request)
+        await response.prepare(request)
+        await response.write_eof()
+        state_box[0].request_done(request.transport)
+        return response
+
+    app = web.Application(middlewares=[connection_states])
     state = attach_state(app)
+    state_box.append(state)
 
     async def ok(request: web.Request) -> web.Response:
         return web.Response(text=f"ok {os.getpid()}")

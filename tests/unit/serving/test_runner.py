@@ -16,7 +16,7 @@ from aiohttp import http_parser, web_protocol
 
 from gateway.serving import runner as server
 from gateway.serving import state
-from gateway.serving.listener import HeadWatcher
+from gateway.serving.connection import HeadWatcher
 from tests.procs import free_port
 from tests.unit.serving._server_proc import (
     Served,
@@ -150,13 +150,14 @@ def test_signal_during_a_stuck_startup_stops_the_process(serve: Serve) -> None:
 # --- connection cap and slow clients -------------------------------------------------------
 
 
-def test_connections_beyond_the_cap_wait_in_the_backlog(serve: Serve) -> None:
+def test_connections_beyond_the_cap_wait_in_the_backlog(
+    serve: Serve, pool: ThreadPoolExecutor
+) -> None:
+    """At the cap with no idle connection to evict, a new client waits in the backlog."""
     srv = serve({"connections": 2, "header": 30})
     port = srv.port
-    first, second = connect(port), connect(port)
-    for sock in (first, second):
-        sock.sendall(request_bytes("/ok", close=False))
-        assert read_response(sock)[0] == 200
+    busy = [pool.submit(get, port, "/sleep?s=2") for _ in range(2)]
+    srv.wait_event("handler_started", count=2)
 
     third = connect(port, timeout=0.8)  # the kernel completes the handshake...
     third.sendall(request_bytes("/ok"))
@@ -164,10 +165,68 @@ def test_connections_beyond_the_cap_wait_in_the_backlog(serve: Serve) -> None:
         third.recv(1)
     srv.wait_event("connection_limit_reached")
 
-    first.close()
+    assert [f.result(timeout=10) for f in busy] == [(200, b"slept")] * 2
     third.settimeout(5)
     assert read_response(third)[0] == 200
-    for sock in (second, third):
+    third.close()
+
+
+def test_at_the_cap_the_longest_idle_keepalive_connection_is_evicted(serve: Serve) -> None:
+    """Issue 12 item 5: idle keep-alive connections never lock a new client out (nginx's
+    reuse of its "reusable" connections): the longest-idle one is closed for it."""
+    srv = serve({"connections": 2, "header": 30})
+    port = srv.port
+    first, second = connect(port), connect(port)
+    for sock in (first, second):
+        sock.sendall(request_bytes("/ok", close=False))
+        assert read_response(sock)[0] == 200
+
+    third = connect(port, timeout=2)
+    third.sendall(request_bytes("/ok", close=False))
+    assert read_response(third)[0] == 200  # taken at once, not left in the backlog
+    assert first.recv(1) == b""  # the longest idle was closed for it
+    second.sendall(request_bytes("/ok", close=False))
+    assert read_response(second)[0] == 200  # the other one was left alone
+    for sock in (first, second, third):
+        sock.close()
+
+
+def test_a_connection_handling_a_request_is_never_evicted(
+    serve: Serve, pool: ThreadPoolExecutor
+) -> None:
+    srv = serve({"connections": 2, "header": 30})
+    port = srv.port
+    slow = pool.submit(get, port, "/sleep?s=1.5")
+    srv.wait_event("handler_started")
+    idle = connect(port)
+    idle.sendall(request_bytes("/ok", close=False))
+    assert read_response(idle)[0] == 200
+    assert get(port, "/ok", timeout=5)[0] == 200  # the idle one made room
+    assert slow.result(timeout=10) == (200, b"slept")
+    assert idle.recv(1) == b""
+    idle.close()
+
+
+def test_a_slow_later_request_head_is_cut_off_but_an_idle_connection_is_kept(
+    serve: Serve,
+) -> None:
+    """Every head is bounded by the head timeout, from its first byte; the time between
+    requests is keep-alive, not a head."""
+    srv = serve({"header": 1, "keepalive": 30})
+    port = srv.port
+    quiet, slow = connect(port), connect(port)
+    for sock in (quiet, slow):
+        sock.sendall(request_bytes("/ok", close=False))
+        assert read_response(sock)[0] == 200
+    time.sleep(1.5)  # longer than the head timeout, with no byte sent: keep-alive
+    started = time.monotonic()
+    slow.sendall(b"GET /ok HTTP/1.1\r\nHost: x\r\n")
+    slow.settimeout(5)
+    assert read_all(slow).startswith(b"HTTP/1.1 408 ")
+    assert 0.8 < time.monotonic() - started < 4
+    quiet.sendall(request_bytes("/ok", close=False))
+    assert read_response(quiet)[0] == 200
+    for sock in (quiet, slow):
         sock.close()
 
 
