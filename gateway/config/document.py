@@ -37,6 +37,9 @@ from gateway.config.settings import (
     Timeouts,
 )
 
+# `verify: local` checks a payment in process, without the facilitator's /verify round trip.
+VERIFY_MODES = ("facilitator", "local")
+
 TOP_LEVEL_KEYS = frozenset(
     {
         "listen",
@@ -56,6 +59,7 @@ TOP_LEVEL_KEYS = frozenset(
         "log_level",
         "workers",
         "server_timing",
+        "verify",
         "cors",
         "routes",
     }
@@ -107,6 +111,7 @@ def compile_document(reader: Reader, root: yaml.Node) -> Settings | None:
         workers=workers,
         server_timing=top.read("server_timing", boolean, False),
         cors=compile_cors(reader, top.get("cors")),
+        verify=top.read("verify", choice(VERIFY_MODES), "facilitator"),
     )
 
 

@@ -182,3 +182,6 @@ class Settings:
     workers: int = 1
     server_timing: bool = False  # opt-in `Server-Timing` header on paid responses
     cors: Cors = Cors()
+    verify: str = (
+        "facilitator"  # "local": checked in process (gateway/facilitators/local_verify.py)
+    )

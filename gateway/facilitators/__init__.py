@@ -21,10 +21,14 @@ def open_facilitator(
     failed call to a remote endpoint (for metrics); `observer` of the engine's events."""
     local = [f for f in settings.facilitators if isinstance(f, LocalFacilitatorSettings)]
     if local:
-        return open_engine(settings, local[0], observer)
+        return open_engine(settings, local[0], observer)  # verifies in process already
     from gateway.facilitators.remote import RemoteFacilitator
 
     remote = [f for f in settings.facilitators if isinstance(f, RemoteFacilitatorSettings)]
+    if settings.verify == "local":
+        from gateway.facilitators.local_verify import LocalVerify
+
+        return LocalVerify(RemoteFacilitator(remote, on_failure))
     return RemoteFacilitator(remote, on_failure)
 
 
