@@ -41,6 +41,7 @@ def add_parser(sub: Any) -> None:
     cmd.add_argument("--token-env", metavar="NAME", help="environment variable: bearer token")
     cmd.add_argument("--batch-window", help="e.g. 20ms; 0: off")
     cmd.add_argument("--max-batch", type=int)
+    cmd.add_argument("--poll-interval", help="how often the chain head is read (default 250ms)")
     cmd.add_argument(
         "--min-gas-balance", help="readiness floor per settler: wei, 50 gwei, 0.01 eth"
     )
@@ -57,6 +58,8 @@ def main(args: argparse.Namespace, settings: Settings | None) -> int:
         changes: dict[str, Any] = {}
         if args.batch_window is not None:
             changes["batch_window"] = formats.parse_duration(args.batch_window, allow_zero=True)
+        if args.poll_interval is not None:
+            changes["poll_interval"] = formats.parse_duration(args.poll_interval)
         if args.max_batch is not None:
             changes["max_batch"] = args.max_batch
         if args.min_gas_balance is not None:
