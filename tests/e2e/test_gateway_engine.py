@@ -17,6 +17,7 @@ from gateway.demo.payer import make_x402_client, pay_challenge
 from tests.e2e import engine_parts
 from tests.e2e.conftest import Chain
 from tests.e2e.gateway_proc import GatewayProcess, Origin, gateway
+from tests.procs import wait_port
 
 pytestmark = pytest.mark.e2e
 PRICE = 1000  # $0.001 in 6-decimal USDC
@@ -117,6 +118,7 @@ async def test_readiness_fails_while_a_settler_is_below_its_gas_floor(
     local = {"rpc_url": chain.rpc_url, "private_key": "${SETTLER}", "min_gas_balance": "2 eth"}
     cfg = config(chain, origin, pay_to, local)
     with gateway(cfg, tmp_path, env={"SETTLER": key}, ready=False) as gw:
+        await asyncio.to_thread(wait_port, gw.admin_port, 20.0, gw.proc)  # never ready
         async with httpx.AsyncClient() as http:
             ready = await http.get(gw.admin_url + "/readyz")
             challenge = await http.get(gw.url + "/paid/x")
