@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import ClientResponse, web
 
-from gateway import answers
+from gateway import answers, mcp_tools, wellknown
 from gateway.composition import Generation, Parts
 from gateway.config.settings import RouteSettings, Settings
 from gateway.errors import GatewayError, MethodNotAllowed
@@ -37,8 +37,10 @@ from gateway.observe.record import RequestRecord
 from gateway.payment.challenge import ERROR_PAYMENT_REQUIRED
 from gateway.payment.decode import decode_payment
 from gateway.payment.engine import Claim
-from gateway.payment.match import match_requirement
+from gateway.payment.limits import client_ip
+from gateway.payment.match import MatchedPayment, match_requirement
 from gateway.payment.receipts import receipt_headers
+from gateway.payment.retries import Ticket
 from gateway.proxy.headers import is_trusted
 from gateway.proxy.paths import canonicalize
 from gateway.proxy.routes import route_rows
@@ -62,7 +64,8 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
         path, query = canonicalize(request.raw_path)
         if request.method == "OPTIONS" and (allow := gw.routes.priced_allow(path)) is not None:
             return answers.options_response(request, allow, gw.cors)
-        route = record.route = find_route(gw, request.method, path)
+        ip = client_ip(request.remote, request.headers.getall("X-Forwarded-For", []), gw.settings)
+        route = await route_at_price(request, gw, record, (path, query), ip)
         forward = functools.partial(
             gw.upstream.send,
             request,
@@ -71,17 +74,14 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
             query=query,
             drop_headers=gw.drop_headers,
         )
-        if route is None or route.free:
-            upstream = await forward(add_headers={"X-Request-Id": record.request_id})
-            return await relay(request, upstream)
+        if route is None or route.free:  # an MCP endpoint too: priced per tool, if at all
+            return await not_priced(request, gw, route, forward, record.request_id)
         url = gw.challenges.resource_url(request, path, query)
         resource = answers.PricedResource(gw.challenges, route, url)
-        payment = decode_payment(request.headers, gw.settings.limits.payment_header)
-        if payment is None:
-            return answers.challenge_response(
-                request, resource, ERROR_PAYMENT_REQUIRED, cors=gw.cors
-            )
-        matched = match_requirement(route, payment, url)
+        step = await payment_step(request, gw, resource, ip)
+        if isinstance(step, web.StreamResponse):
+            return step  # a challenge, or a named payment's kept response
+        matched, ticket = step
         async with gw.payments.claimed(matched, route, record.request_id) as claim:
             record.claim = claim
             await gw.payments.verify(claim)
@@ -109,14 +109,61 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
                     await gw.upstream.discard(upstream)  # settlement failed: serve nothing
                     raise
             assert claim.settled is not None
+            await gw.limiter.count_spend(matched.payer, matched.requirement, time.time())
             receipt = receipt_headers(claim.settled, matched.version)
-            extra = {**receipt, **timing(gw, claim, started)}
-            return await relay(
-                request, upstream, {**paid_headers(gw, request, upstream), **extra}, paid=True
-            )
+            extra = {**paid_headers(gw, request, upstream), **receipt, **timing(gw, claim, started)}
+            return await gw.retries.relay(ticket, request, upstream, extra, receipt)
     except GatewayError as exc:
         record.error = exc
         return answers.error_response(request, exc, resource, record.request_id, gw.cors)
+
+
+async def payment_step(
+    request: web.Request, gw: Generation, resource: answers.PricedResource, ip: str
+) -> tuple[MatchedPayment, Ticket | None] | web.StreamResponse:
+    """The payment, matched against the route's own terms and let past the limits (before
+    the claim: a flood, or a payer over its daily cap, costs no facilitator call); or the
+    answer without one: a challenge, or the kept response of a payment already served."""
+    route = resource.route
+    payment = decode_payment(request.headers, gw.settings.limits.payment_header)
+    if payment is None:
+        await gw.limiter.check(route, ip)
+        return answers.challenge_response(request, resource, ERROR_PAYMENT_REQUIRED, cors=gw.cors)
+    matched = match_requirement(route, payment, resource.url)
+    ticket = await gw.retries.start(matched)
+    if isinstance(ticket, web.Response):
+        return ticket
+    await gw.limiter.check(route, ip, matched.payer, matched.requirement)
+    return matched, ticket
+
+
+async def not_priced(
+    request: web.Request,
+    gw: Generation,
+    route: RouteSettings | None,
+    forward: mcp_tools.Forward,
+    request_id: str,
+) -> web.StreamResponse:
+    """A free route, or an MCP endpoint (whose priced tool calls are in the JSON-RPC)."""
+    if route is not None and route.mcp is not None:
+        return await mcp_tools.handle(request, gw, route, forward, request_id)
+    return await relay(request, await forward(add_headers={"X-Request-Id": request_id}))
+
+
+async def route_at_price(
+    request: web.Request, gw: Generation, record: RequestRecord, target: tuple[str, str], ip: str
+) -> RouteSettings | None:
+    """The request's route at this request's price (a dynamic one resolved first: the hook
+    or the rules), a free one counted against its own rates."""
+    path, query = target
+    route = record.route = find_route(gw, request.method, path)
+    if route is not None and route.dynamic:
+        route = record.route = await gw.prices.resolve(
+            route, request.method, path, query, request.headers
+        )
+    if route is not None and route.free:
+        await gw.limiter.check(route, ip)
+    return route
 
 
 def find_route(gw: Generation, method: str, path: str) -> RouteSettings | None:
@@ -182,7 +229,12 @@ async def entry(request: web.Request) -> web.StreamResponse:
     state.request_started(request.transport)
     async with state.in_flight.track(), gw.users.track():
         try:
-            response = await handle(request, gw, record)
+            if wellknown.serves(gw.settings, request.method, request.rel_url.raw_path):
+                response: web.StreamResponse = wellknown.response(
+                    request, gw.settings, gw.challenges
+                )
+            else:
+                response = await handle(request, gw, record)
             await finish(request, response)
             state.request_done(request.transport)  # idle until its next request
             record.status, record.sent = response.status, response.body_length

@@ -26,11 +26,18 @@ from gateway.observe.logs import get_logger
 from gateway.observe.metrics import Metrics
 from gateway.payment.challenge import PreparedChallenges
 from gateway.payment.engine import Facilitator, Payments
+from gateway.payment.limits import RateLimiter
+from gateway.payment.price_hook import HttpPriceSource
+from gateway.payment.prices import Prices, PriceSource
+from gateway.payment.retries import Retries
 from gateway.proxy.cors import CorsPolicy
 from gateway.proxy.routes import RouteTable
 from gateway.proxy.upstream import Upstream
 from gateway.serving.state import InFlight
 from gateway.store import PaymentStore, open_store
+from gateway.store.buckets import TokenBuckets
+from gateway.store.kept import KeptResponses
+from gateway.store.spend import SpendCounters
 
 # The events of building a generation have always been the reload logger's: operators filter
 # on logger names, so they stay.
@@ -59,6 +66,7 @@ class Parts:
     store: Callable[[Settings], PaymentStore] = default_store
     facilitator: Callable[[Settings, Metrics], Facilitator] = default_facilitator
     upstream: Callable[[Settings], Upstream] = Upstream
+    prices: Callable[[], PriceSource] = HttpPriceSource
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +98,9 @@ class Generation:
     cors: CorsPolicy  # the `cors:` policy of the gateway's own answers
     generation: int
     refresher: asyncio.Task[None]
+    limiter: RateLimiter
+    prices: Prices
+    retries: Retries
     users: InFlight = dataclasses.field(default_factory=InFlight)  # its requests in flight
 
     def shared_parts(self) -> list[tuple[object, Close]]:
@@ -99,6 +110,7 @@ class Generation:
             (self.upstream, self.upstream.close),
             (self.payments.facilitator, self.payments.close),
             (self.payments.store, self.payments.store.close),
+            (self.prices, self.prices.close),
         ]
 
 
@@ -134,6 +146,15 @@ async def build(
             cors=CorsPolicy(settings.cors),
             generation=generation,
             refresher=refresher,
+            limiter=RateLimiter(
+                settings,
+                store if isinstance(store, TokenBuckets) else None,
+                store if isinstance(store, SpendCounters) else None,
+            ),
+            prices=Prices(parts.prices()),
+            retries=Retries(
+                settings.idempotency, store if isinstance(store, KeptResponses) else None
+            ),
         )
         undo.pop_all()  # started: from now on whoever retires it closes its parts
     return built

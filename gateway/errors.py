@@ -147,3 +147,29 @@ class StoreUnavailable(GatewayError):
     title = "Payment store unavailable"
     reason = "store_unavailable"
     retry_after = 5
+
+
+# --- too many requests ------------------------------------------------------------------
+
+
+class TooManyRequests(GatewayError):
+    """A payer or client IP is over its configured rate: refused before anything is verified,
+    so a flood costs no facilitator call."""
+
+    status = 429
+    title = "Too many requests"
+    reason = "rate_limited"
+
+    def __init__(self, detail: str, retry_after: int, *, reason: str | None = None) -> None:
+        super().__init__(detail, reason=reason)
+        self.retry_after = retry_after
+
+
+class PriceUnavailable(GatewayError):
+    """A dynamically priced route's price could not be had (the hook is down, slow or said
+    something that is not a price): fail closed, nothing is forwarded."""
+
+    status = 503
+    title = "Price unavailable"
+    reason = "price_unavailable"
+    retry_after = 5

@@ -16,6 +16,7 @@ from gateway.config import values as cv
 from gateway.config.cors import compile_cors
 from gateway.config.facilitators import compile_facilitators
 from gateway.config.pricing import DEFAULT_NETWORK
+from gateway.config.rates import read_rates
 from gateway.config.reader import (
     Reader,
     Scalar,
@@ -31,6 +32,7 @@ from gateway.config.routes import RouteDefaults, compile_routes
 from gateway.config.settings import (
     Address,
     AssetSpec,
+    Idempotency,
     Limits,
     RouteSettings,
     Settings,
@@ -63,12 +65,17 @@ TOP_LEVEL_KEYS = frozenset(
         "cors",
         "routes",
     }
+    | {"idempotency"}
 )
+IDEMPOTENCY_KEYS = frozenset({"keep_body", "keep_for", "required"})
 ASSET_KEYS = frozenset({"address", "name", "version", "decimals", "symbol"})
 TIMEOUT_KEYS = frozenset(
     {"connect", "read", "request_header", "request_body", "shutdown_grace", "keepalive"}
 )
-LIMIT_KEYS = frozenset({"request_body", "header_size", "connections", "payment_header"})
+LIMIT_KEYS = frozenset(
+    {"request_body", "header_size", "connections", "payment_header", "per_payer", "per_ip"}
+    | {"daily_spend"}
+)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_LISTEN = Address("0.0.0.0", 8402)
 DEFAULT_ADMIN = Address("127.0.0.1", 9402)
@@ -110,6 +117,7 @@ def compile_document(reader: Reader, root: yaml.Node) -> Settings | None:
         log_level=top.read("log_level", choice(LOG_LEVELS), "info"),
         workers=workers,
         server_timing=top.read("server_timing", boolean, False),
+        idempotency=_idempotency(reader, top.get("idempotency")),
         cors=compile_cors(reader, top.get("cors")),
         verify=top.read("verify", choice(VERIFY_MODES), "facilitator"),
     )
@@ -254,6 +262,21 @@ def _limits(reader: Reader, node: yaml.Node | None) -> Limits:
         header_size=section.read("header_size", size, default.header_size),
         connections=section.read("connections", positive_int, default.connections),
         payment_header=section.read("payment_header", size, default.payment_header),
+        rates=read_rates(section),
+    )
+
+
+def _idempotency(reader: Reader, node: yaml.Node | None) -> Idempotency | None:
+    if node is None:
+        return None
+    section = reader.section(node, "idempotency", IDEMPOTENCY_KEYS)
+    if section is None:
+        return None
+    default = Idempotency()
+    return Idempotency(
+        keep_body=section.read("keep_body", using(cv.parse_size), default.keep_body),
+        keep_for=section.read("keep_for", duration, default.keep_for),
+        required=section.read("required", boolean, default.required),
     )
 
 

@@ -13,12 +13,20 @@ import yaml
 from gateway import formats
 from gateway.config import pricing
 from gateway.config import values as cv
+from gateway.config.discovery import compile_discovery
+from gateway.config.dynamic import hook_price, price_rules
+from gateway.config.mcp import compile_mcp
 from gateway.config.pricing import DEFAULT_MAX_TIMEOUT_SECONDS, Asset, Offer
+from gateway.config.rates import route_rates
 from gateway.config.reader import Reader, Scalar, Section, choice, positive_int, text, using
 from gateway.config.settings import AssetSpec, Requirement, RouteSettings, SettleMode, Source
 
 ROUTE_KEYS = frozenset(
     {"path", "methods", "price", "accepts", "description", "mime_type", "upstream", "settle"}
+    | {"limits"}
+    | {"discovery"}
+    | {"price_by"}
+    | {"mcp"}
 )
 ACCEPT_KEYS = frozenset(
     {"scheme", "network", "asset", "amount", "pay_to", "max_timeout_seconds", "extra"}
@@ -97,6 +105,17 @@ def _route(
         settle=entry.read("settle", _settle, "after"),
         price_text=price_text or "free",
         source=Source(reader.filename, node.start_mark.line + 1),
+        rate_limits=route_rates(
+            reader, entry.get("limits"), entry.where("limits"), free=price_text == "free"
+        ),
+        discovery=compile_discovery(reader, entry.get("discovery"), entry.where("discovery")),
+        **_dynamic(reader, entry, defaults, accepts),
+        mcp=compile_mcp(
+            reader,
+            entry.get("mcp"),
+            entry.where("mcp"),
+            lambda node, where: _price(reader, node, where, defaults),
+        ),
     )
     return route if path is not None else None
 
@@ -109,13 +128,37 @@ def _pricing(
     if price is not None and accepts is not None:
         entry.error("accepts", "give price or accepts, not both")
         return "", ()
+    if "mcp" in entry and (price is not None or accepts is not None):
+        entry.error("mcp", "an MCP endpoint is priced per tool; leave price and accepts out")
+        return "", ()
+    if isinstance(price, yaml.MappingNode):
+        offer = (defaults.network, defaults.pay_to, defaults.asset)
+        price_text, req, _ = hook_price(reader, price, entry.where("price"), offer)
+        return price_text, (req,) if req is not None else ()
     if price is not None:
         price_text, req = _price(reader, price, entry.where("price"), defaults)
         return price_text, (req,) if req is not None else ()
     if accepts is not None:
         return _accepts(reader, accepts, entry.where("accepts"), defaults)
-    entry.error("price", 'required: a price ("$0.001"), free, or accepts: [...]')
+    if "mcp" not in entry:  # an MCP endpoint is priced per tool instead
+        entry.error("price", 'required: a price ("$0.001"), free, or accepts: [...]')
     return "", ()
+
+
+def _dynamic(
+    reader: Reader, entry: Section, defaults: RouteDefaults, accepts: tuple[Requirement, ...]
+) -> dict[str, Any]:
+    """`price_hook` and `price_by` of a route (gateway/config/dynamic.py)."""
+    price, rules = entry.get("price"), entry.get("price_by")
+    if isinstance(price, yaml.MappingNode):
+        if rules is not None:
+            entry.error("price_by", "give a price hook or price_by rules, not both")
+        offer = (defaults.network, defaults.pay_to, defaults.asset)
+        quiet = Reader(reader.filename, reader.env)  # its errors were reported by _pricing
+        _, _, hook = hook_price(quiet, price, entry.where("price"), offer)
+        return {"price_hook": hook}
+    priced = accepts[0] if price is not None and len(accepts) == 1 else None
+    return {"price_by": price_rules(reader, rules, entry.where("price_by"), priced)}
 
 
 def _mime(value: str) -> str:

@@ -67,6 +67,81 @@ class Requirement:
 
 
 @dataclass(frozen=True, slots=True)
+class Rate:
+    """A token bucket: `count` requests per `seconds`, up to `count` at once (`10/s`)."""
+
+    count: int
+    seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.count / self.seconds
+
+    def __str__(self) -> str:
+        return f"{self.count}/{self.seconds:g}s"
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimits:
+    """Request rates, per payer (the address in the payment) and per client IP."""
+
+    per_payer: Rate | None = None
+    per_ip: Rate | None = None
+    # Most a payer may spend per UTC day, in millionths of a dollar (top level only).
+    daily_spend: int | None = None
+
+    @property
+    def any(self) -> bool:
+        return self.per_payer is not None or self.per_ip is not None or bool(self.daily_spend)
+
+
+NO_RATE_LIMITS = RateLimits()
+
+
+@dataclass(frozen=True, slots=True)
+class Discovery:
+    """How to call a route, for catalogues (the `bazaar` extension, `/.well-known/x402`):
+    its input (query parameters, or a body) as JSON Schema properties, and its output."""
+
+    input_in: Literal["query", "body"] = "query"
+    properties: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
+    required: tuple[str, ...] = ()
+    example: Mapping[str, Any] | None = None  # example input values
+    body_type: Literal["json", "form-data", "text"] = "json"
+    output_example: Any = None
+    output_schema: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PriceHook:
+    """`price: {hook: URL, cache: 30s}`: the price of each request, asked of the owner's
+    service (POST {method, path, query, headers}; answer {"price": "$0.003"} or "free")."""
+
+    url: str
+    cache: float = 30.0  # seconds a price is kept per (method, path, query, headers)
+    timeout: float = 2.0  # slower than this: 503, nothing forwarded
+    headers: tuple[str, ...] = ()  # request headers sent to the hook (and part of the key)
+
+
+@dataclass(frozen=True, slots=True)
+class PriceRule:
+    """One `price_by:` entry: the value of a query parameter or header picks the price."""
+
+    source: Literal["query", "header"]
+    name: str
+    cases: Mapping[str, int | None]  # value -> atomic amount; None: free
+
+
+@dataclass(frozen=True, slots=True)
+class McpPricing:
+    """`mcp: {tools: {search: "$0.01"}, default: free}` on an MCP streamable-HTTP endpoint:
+    `tools/call` priced by tool name; every other JSON-RPC method is free."""
+
+    tools: Mapping[str, Requirement | None]  # None: that tool is free
+    default: Requirement | None = None  # tools not named; None: free
+
+
+@dataclass(frozen=True, slots=True)
 class RouteSettings:
     """One entry of `routes:`, in file order (`index` is its position)."""
 
@@ -80,6 +155,17 @@ class RouteSettings:
     settle: SettleMode = "after"
     price_text: str = "free"  # as written, for `check` and logs
     source: Source | None = None
+    # The route's own request rates (its own buckets), on top of the global `limits`.
+    rate_limits: RateLimits = NO_RATE_LIMITS
+    discovery: Discovery | None = None  # None: not listed with call details
+    # Dynamic prices: `accepts` then holds one template whose amount each request sets.
+    price_hook: PriceHook | None = None
+    price_by: tuple[PriceRule, ...] = ()
+    mcp: McpPricing | None = None  # an MCP endpoint: priced per tool, the route itself is free
+
+    @property
+    def dynamic(self) -> bool:
+        return self.price_hook is not None or bool(self.price_by)
 
     @property
     def free(self) -> bool:
@@ -143,6 +229,17 @@ class Limits:
     header_size: int = 8190  # bytes of one request header line
     connections: int = 1024  # concurrent client connections
     payment_header: int = 16384  # bytes of PAYMENT-SIGNATURE / X-PAYMENT
+    # Request rates on every priced route (one bucket per payer / IP across all of them).
+    rates: RateLimits = NO_RATE_LIMITS
+
+
+@dataclass(frozen=True, slots=True)
+class Idempotency:
+    """The payment-identifier extension: a paid response kept for a retry with the same id."""
+
+    keep_body: int = 1 << 20  # bytes; a larger response is streamed, not kept (retry: 409)
+    keep_for: float = 86400.0  # seconds a kept response answers retries
+    required: bool = False  # True: a payment without an identifier is refused (400)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +278,7 @@ class Settings:
     log_level: str = "info"
     workers: int = 1
     server_timing: bool = False  # opt-in `Server-Timing` header on paid responses
+    idempotency: Idempotency | None = None  # None: the extension is not offered
     cors: Cors = Cors()
     verify: str = (
         "facilitator"  # "local": checked in process (gateway/facilitators/local_verify.py)

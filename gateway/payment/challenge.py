@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from cachetools import LRUCache
 from x402.http.constants import PAYMENT_REQUIRED_HEADER
@@ -21,6 +21,7 @@ from x402.schemas import PaymentRequired, PaymentRequirements, ResourceInfo
 from x402.schemas.v1 import PaymentRequiredV1
 
 from gateway.config.settings import Requirement, RouteSettings, Settings
+from gateway.payment.discovery import bazaar_extension, declaration
 from gateway.payment.networks import is_testnet
 from gateway.payment.requirements import requirements_v1, requirements_v2
 from gateway.proxy.headers import X402_EXPOSED, is_trusted
@@ -70,10 +71,19 @@ def _resource(route: RouteSettings, resource_url: str) -> ResourceInfo:
 
 
 def _encode(
-    route: RouteSettings, v2: list[PaymentRequirements], resource_url: str, error: str
+    route: RouteSettings,
+    v2: list[PaymentRequirements],
+    resource_url: str,
+    error: str,
+    extensions: dict[str, Any] | None = None,
 ) -> tuple[dict[str, str], bytes]:
     header = encode_payment_required_header(
-        PaymentRequired(error=error, resource=_resource(route, resource_url), accepts=v2)
+        PaymentRequired(
+            error=error,
+            resource=_resource(route, resource_url),
+            accepts=v2,
+            extensions=extensions,
+        )
     )
     body = PaymentRequiredV1(error=error, accepts=requirements_v1(route, resource_url))
     headers = {
@@ -88,7 +98,7 @@ def payment_required(
     route: RouteSettings, resource_url: str, error: str
 ) -> tuple[dict[str, str], bytes]:
     """The 402's headers (v2 challenge in `PAYMENT-REQUIRED`) and its v1 JSON body."""
-    return _encode(route, requirements_v2(route), resource_url, error)
+    return _encode(route, requirements_v2(route), resource_url, error, bazaar_extension(route))
 
 
 def wants_html(accept: str, user_agent: str) -> bool:
@@ -158,9 +168,17 @@ class PreparedChallenges:
         self.public_url = settings.public_url.rstrip("/") if settings.public_url else None
         self.trusted_proxies = settings.trusted_proxies
         self._v2 = {r.index: requirements_v2(r) for r in settings.routes if not r.free}
-        self._cache: LRUCache[tuple[int, str, str], tuple[dict[str, str], bytes]] = LRUCache(
-            maxsize=cache_size
-        )
+        # A dynamically priced route is resolved per request into a copy with its own
+        # `accepts`: what was prepared from the configured one is used only for that one.
+        self._accepts = {r.index: r.accepts for r in settings.routes if not r.free}
+        declared = declaration(settings.idempotency)
+        self._extensions = {
+            r.index: {**(bazaar_extension(r) or {}), **declared} or None
+            for r in settings.routes
+            if not r.free or r.dynamic
+        }
+        self._cache: LRUCache[tuple[int, str, str, tuple[int, ...]], tuple[dict[str, str], bytes]]
+        self._cache = LRUCache(maxsize=cache_size)
 
     def resource_url(self, request: Addressed, path: str, query: str) -> str:
         """The URL a challenge names for the canonical `path` and raw `query`: under
@@ -185,16 +203,19 @@ class PreparedChallenges:
 
     def _requirements(self, route: RouteSettings) -> list[PaymentRequirements]:
         prepared = self._v2.get(route.index)
-        return prepared if prepared is not None else requirements_v2(route)
+        if prepared is None or self._accepts.get(route.index) is not route.accepts:
+            return requirements_v2(route)
+        return prepared
 
     def payment_required(
         self, route: RouteSettings, resource_url: str, error: str
     ) -> tuple[dict[str, str], bytes]:
         """As `payment_required()`, cached; the headers are a fresh dict the caller may extend."""
-        key = (route.index, resource_url, error)
+        key = (route.index, resource_url, error, tuple(r.amount for r in route.accepts))
         hit = self._cache.get(key)
         if hit is None:
-            hit = _encode(route, self._requirements(route), resource_url, error)
+            extensions = self._extensions.get(route.index)
+            hit = _encode(route, self._requirements(route), resource_url, error, extensions)
             self._cache[key] = hit
         headers, body = hit
         return dict(headers), body

@@ -130,6 +130,7 @@ class Upstream:
         query: str = "",
         add_headers: Mapping[str, str] | None = None,
         drop_headers: Iterable[str] = (),
+        body: bytes | None = None,
     ) -> aiohttp.ClientResponse:
         """Forward `request` to `base_url` + `path` (+ `?query`, raw) and await the response head.
 
@@ -151,6 +152,10 @@ class Upstream:
             drop=self._drop_set(drop_headers),
             add=add_headers,
         )
+        if body is not None:  # read (and maybe rewritten) by the gateway: sent as given
+            headers.popall("Content-Length", None)
+            headers.popall("Transfer-Encoding", None)
+            return await self._given_body(session, request.method, url, headers, origin, body=body)
         if not request.body_exists:
             return await self._without_body(session, request.method, url, headers, origin)
         return await self._with_body(session, request, url, headers, origin)
@@ -171,6 +176,23 @@ class Upstream:
         # No data: aiohttp sends no body at all (a GET must not get a chunked empty one).
         try:
             return await session.request(method, url, headers=headers, allow_redirects=False)
+        except aiohttp.ClientError as exc:
+            raise upstream_failure(exc, origin.authority, self._timeouts) from None
+
+    async def _given_body(  # noqa: PLR0913  one request's parts
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        url: URL,
+        headers: CIMultiDict[str],
+        origin: _Origin,
+        *,
+        body: bytes,
+    ) -> aiohttp.ClientResponse:
+        try:
+            return await session.request(
+                method, url, headers=headers, data=body, allow_redirects=False
+            )
         except aiohttp.ClientError as exc:
             raise upstream_failure(exc, origin.authority, self._timeouts) from None
 

@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Sequence
 
 from cachetools import TLRUCache
 
+from .buckets import Bucket, MemoryBuckets
+from .kept import MemoryKept
 from .records import PaymentRecord, latest_per_request
+from .spend import MemorySpend
 
 
 def _expires(_key: str, value: tuple[PaymentRecord, float], now: float) -> float:
@@ -24,6 +28,9 @@ class MemoryStore:
             maxsize=maxsize, ttu=_expires, timer=time.monotonic
         )
         self._history: deque[PaymentRecord] = deque(maxlen=history)
+        self._buckets = MemoryBuckets()
+        self._kept = MemoryKept()
+        self._spend = MemorySpend()
 
     async def claim(self, key: str, record: PaymentRecord, ttl: float) -> PaymentRecord | None:
         held = self._claims.get(key)
@@ -49,6 +56,24 @@ class MemoryStore:
 
     async def ping(self) -> None:
         return None
+
+    async def take_tokens(self, buckets: Sequence[Bucket]) -> float:
+        return await self._buckets.take_tokens(buckets)
+
+    async def reserve(self, key: str, value: bytes, ttl: float) -> bytes | None:
+        return await self._kept.reserve(key, value, ttl)
+
+    async def keep(self, key: str, value: bytes, ttl: float) -> None:
+        await self._kept.keep(key, value, ttl)
+
+    async def forget(self, key: str) -> None:
+        await self._kept.forget(key)
+
+    async def spent(self, key: str) -> int:
+        return await self._spend.spent(key)
+
+    async def add_spent(self, key: str, amount: int, ttl: float) -> None:
+        await self._spend.add_spent(key, amount, ttl)
 
     async def close(self) -> None:
         return None

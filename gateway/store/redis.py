@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import redis.asyncio as aioredis
@@ -35,6 +35,7 @@ from redis.exceptions import RedisError
 
 from ..errors import StoreUnavailable
 from .backoff import Backoff
+from .buckets import Bucket
 from .records import PaymentRecord, latest_per_request
 from .redis_url import RedisTarget, parse_redis_url
 
@@ -63,6 +64,41 @@ if #KEYS == 2 then
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'r', released)
 end
 return released
+"""
+# Token buckets (gateway/store/buckets.py), all or nothing: ARGV holds (rate per ms, burst)
+# per key. Redis's own clock, so replicas agree; state is forgotten once a bucket is full.
+_TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local levels, wait = {}, 0
+for i, key in ipairs(KEYS) do
+  local rate, burst = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+  local b = redis.call('HMGET', key, 'n', 'at')
+  local n, at = tonumber(b[1]) or burst, tonumber(b[2]) or now
+  n = math.min(burst, n + math.max(0, now - at) * rate)
+  levels[i] = n
+  if n < 1 then wait = math.max(wait, (1 - n) / rate) end
+end
+if wait > 0 then return math.ceil(wait) end
+for i, key in ipairs(KEYS) do
+  local rate, burst = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+  redis.call('HSET', key, 'n', tostring(levels[i] - 1), 'at', tostring(now))
+  redis.call('PEXPIRE', key, math.ceil(burst / rate) + 1000)
+end
+return 0
+"""
+# Reserve a kept response's key (gateway/store/kept.py): set unless held; hand back the holder.
+_RESERVE = """
+local held = redis.call('GET', KEYS[1])
+if held then return held end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+"""
+# Add to a payer's daily spend; the first addition starts the counter's lifetime.
+_ADD_SPENT = """
+local v = redis.call('INCRBY', KEYS[1], ARGV[1])
+if v == tonumber(ARGV[1]) then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return v
 """
 HISTORY_KEY = "x402:payments"
 HISTORY_LEN = 100_000
@@ -133,6 +169,9 @@ class RedisStore:
         self._cluster = self._redis if isinstance(self._redis, RedisCluster) else None
         self._claim = self._redis.register_script(_CLAIM)
         self._release = self._redis.register_script(_RELEASE)
+        self._take = self._redis.register_script(_TAKE)
+        self._reserve = self._redis.register_script(_RESERVE)
+        self._add_spent = self._redis.register_script(_ADD_SPENT)
         self._backoff = backoff or Backoff()
         self._clock = clock
         self._slots = asyncio.Semaphore(MAX_CONCURRENT)
@@ -196,6 +235,33 @@ class RedisStore:
 
     async def ping(self) -> None:
         await self._call(self._redis.ping())
+
+    async def reserve(self, key: str, value: bytes, ttl: float) -> bytes | None:
+        held = await self._call(self._reserve(keys=[key], args=[value, _ms(ttl)]))
+        return None if held is None else bytes(held)
+
+    async def keep(self, key: str, value: bytes, ttl: float) -> None:
+        await self._call(self._redis.set(key, value, px=_ms(ttl)))
+
+    async def forget(self, key: str) -> None:
+        await self._call(self._redis.delete(key))
+
+    async def spent(self, key: str) -> int:
+        return int(await self._call(self._redis.get(key)) or 0)
+
+    async def add_spent(self, key: str, amount: int, ttl: float) -> None:
+        await self._call(self._add_spent(keys=[key], args=[amount, max(1, int(ttl))]))
+
+    async def take_tokens(self, buckets: Sequence[Bucket]) -> float:
+        """One round trip for all of them; a cluster keeps each key in its own slot, so
+        there each bucket is its own call (a refusal may then leave an earlier one used)."""
+        groups = [buckets] if self._cluster is None else [[b] for b in buckets]
+        for group in groups:
+            args = [x for b in group for x in (repr(b.rate / 1000), b.burst)]
+            waited = await self._call(self._take(keys=[b.key for b in group], args=args))
+            if int(waited) > 0:
+                return int(waited) / 1000
+        return 0.0
 
     async def close(self) -> None:
         await self._redis.aclose()

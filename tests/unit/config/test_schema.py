@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from gateway import config
-from gateway.config import cors, document, facilitators
+from gateway.config import cors, discovery, document, dynamic, facilitators, mcp, rates
 from gateway.config import routes as config_routes
 from gateway.errors import ConfigError
 
@@ -28,12 +28,19 @@ SECTIONS: dict[str, frozenset[str]] = {
     "": document.TOP_LEVEL_KEYS,
     "properties.timeouts": document.TIMEOUT_KEYS,
     "properties.limits": document.LIMIT_KEYS,
+    "properties.idempotency": document.IDEMPOTENCY_KEYS,
     "properties.cors": cors.CORS_KEYS,
     "$defs.asset": document.ASSET_KEYS,
     "$defs.facilitator": facilitators.FACILITATOR_KEYS,
     "$defs.facilitator.properties.local": facilitators.LOCAL_FACILITATOR_KEYS,
     "$defs.route": config_routes.ROUTE_KEYS,
     "$defs.accept": config_routes.ACCEPT_KEYS,
+    "$defs.routeLimits": rates.ROUTE_LIMIT_KEYS,
+    "$defs.discovery": discovery.DISCOVERY_KEYS,
+    "$defs.priceHook": dynamic.HOOK_KEYS,
+    "$defs.mcp": mcp.MCP_KEYS,
+    "$defs.discoveryInput": discovery.DISCOVERY_INPUT_KEYS,
+    "$defs.discoveryOutput": discovery.DISCOVERY_OUTPUT_KEYS,
 }
 
 
@@ -149,6 +156,10 @@ MINIMAL = {
         {"facilitator": {"local": {"rpc_url": "http://n", "private_key": "0x" + "a" * 64, "x": 1}}},
         {"asset": {"address": "0x" + "1" * 40, "name": "T", "version": "1"}},
         {"limits": {"request_body": "lots"}},
+        {"limits": {"per_payer": "ten a second"}},
+        {"routes": [{"path": "/a", "price": {"hook": "http://h/", "cahce": "1s"}}]},
+        {"routes": [{"path": "/a", "price": "free", "discovery": {"input": {"query": {"q": 1}}}}]},
+        {"routes": [{"path": "/a", "price": "free", "limits": {"per_ip": "1/s", "x": 1}}]},
         {"log_level": "verbose"},
         {"routes": [{"path": "/a", "price": "free", "settle": "later"}]},
         {"routes": []},
