@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 ONCE ?=
 QUICK ?=
 
-.PHONY: setup setup-test demo test lint typecheck unit e2e bench clean
+.PHONY: setup setup-test demo test lint typecheck unit e2e soak bench clean
 
 setup:
 	@scripts/setup.sh
@@ -39,6 +39,9 @@ test: setup-test
 	$(VENV)/bin/hadolint Dockerfile
 	$(VENV)/bin/mypy gateway
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+soak: setup-test
+	X402_SLOW=1 $(PY) -m pytest -q -s -m slow tests/e2e
 
 bench:
 	@scripts/setup.sh --test --bench

@@ -4,6 +4,7 @@ A. free route: CPU/request, req/s, p50/p99 (origin, floor proxy, nginx proxy, ga
 B. paid route: paid req/s and the Server-Timing latency split (local chain + facilitator)
 C. memory: RSS growth while a large body passes (fast and slow readers)
 D. route table: match cost at 10 and 10,000 routes
+E. repeat calls: a SIWX sign-in beside a free and an exact paid request (local chain)
 
 Writes bench/results/latest.json and latest.md. Everything runs on 127.0.0.1; every
 process it starts is stopped by pid when it ends, whatever happens.
@@ -47,6 +48,7 @@ class Profile:
     block_time_payers: int  # each settlement waits for a block: fewer payments there
     block_time_sequential: int
     route_repeats: int
+    repeat_requests: int = 200  # section E: requests of each kind
 
 
 QUICK = Profile(
@@ -76,6 +78,7 @@ FULL = Profile(
     block_time_payers=30,
     block_time_sequential=5,
     route_repeats=3,
+    repeat_requests=300,
 )
 
 GW_WARNING = "gateway (log_level warning)"
@@ -197,6 +200,16 @@ class Harness:
         )
         return result
 
+    def section_e(self) -> dict[str, Any]:
+        if self.gateway_missing:
+            return {"status": "not yet runnable", "reason": self.gateway_missing}
+        sessions = importlib.import_module("bench.sessions")
+        params = sessions.RepeatParams(requests=self.profile.repeat_requests)
+        result: dict[str, Any] = sessions.run_section(
+            self.group, self.workdir, self.upstream, params, self.log
+        )
+        return result
+
     def section_d(self) -> dict[str, Any]:
         try:
             route_match = importlib.import_module("bench.route_match")
@@ -257,15 +270,17 @@ def _git_head() -> str:
 
 
 def _sections(harness: Harness, only: str, sections: dict[str, Any]) -> None:
+    if "E" in only:
+        sections["E"] = _guarded("E", harness, harness.section_e)
     if "D" in only:
         sections["D"] = _guarded("D", harness, harness.section_d)
     if "A" in only:
         sections["A"] = _guarded("A", harness, harness.section_a)
     if "C" in only:
         sections["C"] = _guarded("C", harness, harness.section_c)
-    if "E" in only:
+    if "F" in only:
         quick = harness.profile.name == "quick"
-        sections["E"] = _guarded("E", harness, lambda: paid_engine.section(quick, harness.log))
+        sections["F"] = _guarded("F", harness, lambda: paid_engine.section(quick, harness.log))
     if "B" in only:
         paid_memory: dict[str, Any] = {}
 
@@ -311,7 +326,7 @@ def run(profile: Profile, only: str, command: str, keep: bool = False) -> dict[s
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests, 256 MiB body")
-    parser.add_argument("--only", default="ABCDE", help="sections to run, e.g. AD")
+    parser.add_argument("--only", default="ABCDEF", help="sections to run, e.g. AD")
     parser.add_argument(
         "--keep", action="store_true", help="keep the work dir (configs, process logs)"
     )

@@ -55,6 +55,8 @@ def start_gateway(
 ) -> tuple[Proc, int]:
     """Write config (listen/admin filled in with free ports) and start the gateway on it."""
     port, admin = free_port(), free_port()
+    if "listen" in config:  # a config that must know its own address (public_url)
+        port = int(str(config["listen"]).rsplit(":", 1)[1])
     full = {"listen": f"127.0.0.1:{port}", "admin": f"127.0.0.1:{admin}", **config}
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(full, sort_keys=False))

@@ -1,4 +1,4 @@
-"""`python -m bench.paid_engine [--quick]` (section E of `make bench`): paid requests/s
+"""`python -m bench.paid_engine [--quick]` (section F of `make bench`): paid requests/s
 through a real gateway, settled three ways, interleaved in one run on one anvil:
 
 - `sdk-http`:      the gateway with the SDK's facilitator over HTTP (today's default);
@@ -365,7 +365,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def section(quick: bool, log: Any) -> dict[str, Any]:
-    """Section E of `make bench`."""
+    """Section F of `make bench`."""
     return asyncio.run(run(QUICK if quick else FULL, log))
 
 

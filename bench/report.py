@@ -269,10 +269,43 @@ def _routes(d: dict[str, Any]) -> list[str]:
     return out
 
 
+def _repeat(e: dict[str, Any]) -> list[str]:
+    if not e:
+        return []
+    out = ["## E. Repeat calls (SIWX window)", "", *_status(e)]
+    kinds = e.get("kinds", {})
+    if not kinds:
+        return out
+    out.append(
+        "One gateway, one client, one request at a time; µs as p50 / p99; gateway CPU per "
+        "request from /proc; facilitator transactions counted on chain during each batch."
+    )
+    out.append("")
+    header = ["kind", "ok/requests", "latency", "gateway CPU µs/req", "txs"]
+    rows = [
+        [
+            kind,
+            f"{k['ok']}/{k['requests']}",
+            _dist(k["latency_us"]),
+            _fmt(k["gateway_cpu_us_per_request"]),
+            _fmt(k["facilitator_txs"]),
+        ]
+        for kind, k in kinds.items()
+    ]
+    out += _table(header, rows)
+    out += [
+        "",
+        f"SIWX sign-in minus free at p50: {_fmt(e.get('siwx_minus_free_p50_us'))} µs "
+        f"(target ≤ {_fmt(e.get('target_us'))} µs: {'met' if e.get('met') else 'not met'})",
+        "",
+    ]
+    return out
+
+
 def _engine(e: dict[str, Any]) -> list[str]:
     from bench.paid_engine import table_lines
 
-    out = ["## E. Paid throughput: SDK facilitator vs settlement engine", "", *_status(e)]
+    out = ["## F. Paid throughput: SDK facilitator vs settlement engine", "", *_status(e)]
     if e.get("cells"):
         out += [*table_lines(e), ""]
     out += [
@@ -303,7 +336,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines += _paid(sections.get("B", {}))
     lines += _memory(sections.get("C", {}))
     lines += _routes(sections.get("D", {}))
-    lines += _engine(sections.get("E", {}))
+    lines += _repeat(sections.get("E", {}))
+    lines += _engine(sections.get("F", {}))
     return "\n".join(lines) + "\n"
 
 

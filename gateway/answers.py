@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -27,6 +28,7 @@ class PricedResource:
     challenges: PreparedChallenges
     route: RouteSettings
     url: str
+    extensions: dict[str, Any] | None = None  # fresh per answer (a SIWX challenge)
 
 
 def challenge_response(  # noqa: PLR0913  keyword-only extras, named at call sites
@@ -41,10 +43,11 @@ def challenge_response(  # noqa: PLR0913  keyword-only extras, named at call sit
     """402 with the v2 `PAYMENT-REQUIRED` header and the v1 JSON body (or the paywall page
     for a browser). Built from config alone: works while the facilitator is down."""
     challenges, route, url = resource.challenges, resource.route, resource.url
+    extensions = resource.extensions
     if status == 402 and challenges.wants_html(request.headers):
-        head, body = challenges.paywall(route, url, error)
+        head, body = challenges.paywall(route, url, error, extensions)
     else:
-        head, body = challenges.payment_required(route, url, error)
+        head, body = challenges.payment_required(route, url, error, extensions)
     head = {**head, "Access-Control-Expose-Headers": _EXPOSE, **(headers or {})}
     if cors is not None:
         head.update(cors.answer(request.headers.get("Origin")))

@@ -19,19 +19,27 @@ The map of the package, in the order a request meets it:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 from aiohttp import ClientResponse, web
 
 from gateway import answers, mcp_tools, wellknown
-from gateway.composition import Generation, Parts
+from gateway.composition import PAYMENT_HEADERS, Generation, Parts
 from gateway.config.settings import RouteSettings, Settings
-from gateway.errors import GatewayError, MethodNotAllowed
+from gateway.errors import (
+    GatewayError,
+    MethodNotAllowed,
+    PaymentError,
+    SignInRefused,
+    StoreUnavailable,
+)
 from gateway.observe import access
+from gateway.observe.logs import get_logger
 from gateway.observe.metrics import Metrics
 from gateway.observe.record import RequestRecord
 from gateway.payment.challenge import ERROR_PAYMENT_REQUIRED
@@ -41,6 +49,7 @@ from gateway.payment.limits import client_ip
 from gateway.payment.match import MatchedPayment, match_requirement
 from gateway.payment.receipts import receipt_headers
 from gateway.payment.retries import Ticket
+from gateway.payment.sessions import HEADER as SIWX_HEADER
 from gateway.proxy.headers import is_trusted
 from gateway.proxy.paths import canonicalize
 from gateway.proxy.routes import route_rows
@@ -52,6 +61,7 @@ from gateway.serving.state import RELOAD, SERVER_STATE, attach_state
 # A paid answer is for its payer alone: no shared cache (nor a CDN, whose own directives
 # the relay strips) may keep it and hand it to someone who did not pay (issue 12 item 7).
 PRIVATE = {"Cache-Control": "private, no-store"}
+log = get_logger("gateway.sessions")
 
 LIVE = web.AppKey("gateway_live", LiveGateway)  # the current generation: LIVE.current
 METRICS = web.AppKey("metrics", Metrics)
@@ -78,9 +88,9 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
             return await not_priced(request, gw, route, forward, record.request_id)
         url = gw.challenges.resource_url(request, path, query)
         resource = answers.PricedResource(gw.challenges, route, url)
-        step = await payment_step(request, gw, resource, ip)
+        step = await sign_in_or_pay(request, gw, record, resource, forward, path=path, ip=ip)
         if isinstance(step, web.StreamResponse):
-            return step  # a challenge, or a named payment's kept response
+            return step  # signed in (SIWX), a challenge, or a named payment's kept response
         matched, ticket = step
         async with gw.payments.claimed(matched, route, record.request_id) as claim:
             record.claim = claim
@@ -96,8 +106,9 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
                 }
             )
             claim.timings.origin = time.perf_counter() - sent
-            if upstream.status >= 400 or request.method == "HEAD":
-                # Nothing is charged for an origin failure, nor for a HEAD (it has no body).
+            if upstream.status >= 400:
+                # Nothing is charged for an origin failure. A paid HEAD is charged as a GET:
+                # the origin ran its GET handler for it (Express does), so it bought a response.
                 await gw.payments.abandon(claim, f"origin answered {upstream.status}")
                 return await relay(
                     request, upstream, paid_headers(gw, request, upstream), paid=True
@@ -110,11 +121,14 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
                     raise
             assert claim.settled is not None
             await gw.limiter.count_spend(matched.payer, matched.requirement, time.time())
+            await remember_payment(gw, route, matched.payer)
             receipt = receipt_headers(claim.settled, matched.version)
             extra = {**paid_headers(gw, request, upstream), **receipt, **timing(gw, claim, started)}
             return await gw.retries.relay(ticket, request, upstream, extra, receipt)
     except GatewayError as exc:
         record.error = exc
+        if resource is not None and isinstance(exc, PaymentError):
+            resource = await with_sign_in(gw, resource)
         return answers.error_response(request, exc, resource, record.request_id, gw.cors)
 
 
@@ -128,6 +142,7 @@ async def payment_step(
     payment = decode_payment(request.headers, gw.settings.limits.payment_header)
     if payment is None:
         await gw.limiter.check(route, ip)
+        resource = await with_sign_in(gw, resource)  # a route with `access` offers SIWX too
         return answers.challenge_response(request, resource, ERROR_PAYMENT_REQUIRED, cors=gw.cors)
     matched = match_requirement(route, payment, resource.url)
     ticket = await gw.retries.start(matched)
@@ -164,6 +179,65 @@ async def route_at_price(
     if route is not None and route.free:
         await gw.limiter.check(route, ip)
     return route
+
+
+# --- Sign-In-With-X (`access: {for: ...}`): pay once, then sign in ---------------------
+
+
+async def signed_in(
+    gw: Generation, route: RouteSettings, path: str, headers: Mapping[str, str]
+) -> str | None:
+    """The payer a SIWX proof signs in to this route, or None to go on to payment. A refused
+    proof is the answer (402, with why) unless the request also carries a payment."""
+    proof = headers.get(SIWX_HEADER)
+    if proof is None or gw.sessions is None or route.access is None:
+        return None
+    try:
+        return await gw.sessions.sign_in(route, path, proof)
+    except SignInRefused:
+        if any(name in headers for name in PAYMENT_HEADERS):
+            return None
+        raise
+
+
+async def sign_in_or_pay(  # noqa: PLR0913  the request's parts; `path`, `ip` keyword-only
+    request: web.Request,
+    gw: Generation,
+    record: RequestRecord,
+    resource: answers.PricedResource,
+    forward: Callable[..., Awaitable[ClientResponse]],
+    *,
+    path: str,
+    ip: str,
+) -> tuple[MatchedPayment, Ticket | None] | web.StreamResponse:
+    """The origin's answer for a payer signed in with SIWX (it paid for this route within its
+    access window: `X-Payer` as for a paid call, nothing settled); else `payment_step()`."""
+    payer = await signed_in(gw, resource.route, path, request.headers)
+    if payer is None:
+        return await payment_step(request, gw, resource, ip)
+    upstream = await forward(
+        add_headers={gw.settings.payer_header: payer, "X-Request-Id": record.request_id}
+    )
+    return await relay(request, upstream, paid_headers(gw, request, upstream), paid=True)
+
+
+async def with_sign_in(gw: Generation, resource: answers.PricedResource) -> answers.PricedResource:
+    """The resource with a fresh SIWX challenge in its 402, for a route with `access`."""
+    if gw.sessions is None:
+        return resource
+    extensions = await gw.sessions.extensions(resource.route, resource.url)
+    return dataclasses.replace(resource, extensions=extensions)
+
+
+async def remember_payment(gw: Generation, route: RouteSettings, payer: str) -> None:
+    """Settled: the payer may sign in to `route` for its access window. The payer is served
+    whatever happens here; without the record it pays again next time, never the reverse."""
+    if gw.sessions is None or route.access is None:
+        return
+    try:
+        await gw.sessions.paid(route, payer)
+    except StoreUnavailable as exc:
+        log.error("access_record_failed", route=route.name, payer=payer, error=exc.detail)
 
 
 def find_route(gw: Generation, method: str, path: str) -> RouteSettings | None:

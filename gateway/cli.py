@@ -64,6 +64,8 @@ def _routes(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def _list_payments(settings: Settings, args: argparse.Namespace) -> int:
+    if args.reconcile:
+        return asyncio.run(reconcile_payments(settings, args.limit))
     return asyncio.run(_payments(settings, args.limit, args.format))
 
 
@@ -111,6 +113,12 @@ def _parser() -> argparse.ArgumentParser:
         if name == "payments":
             cmd.add_argument("--limit", type=int, default=100)
             cmd.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+            cmd.add_argument(
+                "--reconcile",
+                action="store_true",
+                help="resolve records a dead gateway left in flight against the chain; "
+                "print each change",
+            )
     from gateway.facilitator_cli import add_parser
 
     add_parser(sub)
@@ -185,6 +193,8 @@ def check(settings: Settings, *, online: bool) -> int:
             f"{shadowed.path} is shadowed by routes[{by.index}] {by.path} and never matches",
             file=sys.stderr,
         )
+    for line in reconcile_gaps(settings):
+        print(f"warning: {line}", file=sys.stderr)
     if online:
         problems = asyncio.run(_check_online(settings))
         for line in problems:
@@ -206,6 +216,54 @@ async def _check_online(settings: Settings) -> list[str]:
         return errors + payments.unsupported(settings.routes)
     finally:
         await payments.close()
+
+
+def reconcile_gaps(settings: Settings) -> list[str]:
+    """Priced networks without an RPC URL: a crash mid-settlement cannot be reconciled there."""
+    from gateway.facilitators.chain import rpc_urls
+
+    priced = {req.network for r in settings.routes if not r.free for req in r.accepts}
+    return [
+        f"no RPC URL for {network} (networks: {{{network}: {{rpc_url: ...}}}}): a payment a "
+        "crashed gateway left settling stays in flight until its claim expires"
+        for network in sorted(priced - set(rpc_urls(settings)))
+    ]
+
+
+async def reconcile_payments(settings: Settings, limit: int) -> int:
+    """`payments --reconcile`: one JSON line per record changed, a count on stderr."""
+    import json
+
+    from gateway.facilitators.chain import open_chain, settle_timeout
+    from gateway.observe.logs import configure_logging
+    from gateway.payment.reconcile import SETTLE_MARGIN
+    from gateway.payment.recovery import Reconciler, reconcile_recent
+    from gateway.store import open_store
+
+    if settings.store == "memory":
+        print("error: store: memory keeps records inside the gateway process", file=sys.stderr)
+        return 1
+    chain = open_chain(settings)
+    if chain is None:
+        for line in reconcile_gaps(settings):
+            print(f"error: {line}", file=sys.stderr)
+        return 1
+    configure_logging("warning")  # JSON lines; the changes themselves are printed below
+    store = open_store(settings.store)
+    window = settle_timeout(settings) + SETTLE_MARGIN
+    try:
+        changed = await reconcile_recent(Reconciler(store, chain, window, 10.0), limit)
+    except StoreUnavailable as exc:
+        print(f"error: {exc.detail}", file=sys.stderr)
+        return 1
+    finally:
+        await store.close()
+        await chain.close()
+    for old, new in changed:
+        row = {"request_id": old.request_id, "payer": old.payer, "nonce": old.nonce}
+        print(json.dumps({**row, "was": old.status, "now": new.status, "tx": new.transaction}))
+    print(f"{len(changed)} record(s) changed", file=sys.stderr)
+    return 0
 
 
 async def _payments(settings: Settings, limit: int, fmt: str) -> int:

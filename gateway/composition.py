@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from gateway.config.settings import Settings
 from gateway.facilitators import open_facilitator
+from gateway.facilitators.chain import open_chain, settle_timeout
 from gateway.facilitators.engine import EngineFacilitator
 from gateway.observe.logs import get_logger
 from gateway.observe.metrics import Metrics
@@ -29,7 +30,10 @@ from gateway.payment.engine import Facilitator, Payments
 from gateway.payment.limits import RateLimiter
 from gateway.payment.price_hook import HttpPriceSource
 from gateway.payment.prices import Prices, PriceSource
+from gateway.payment.reconcile import ChainReader
 from gateway.payment.retries import Retries
+from gateway.payment.sessions import HEADER as SIWX_HEADER
+from gateway.payment.sessions import Sessions
 from gateway.proxy.cors import CorsPolicy
 from gateway.proxy.routes import RouteTable
 from gateway.proxy.upstream import Upstream
@@ -37,6 +41,7 @@ from gateway.serving.state import InFlight
 from gateway.store import PaymentStore, open_store
 from gateway.store.buckets import TokenBuckets
 from gateway.store.kept import KeptResponses
+from gateway.store.sessions import open_sessions
 from gateway.store.spend import SpendCounters
 
 # The events of building a generation have always been the reload logger's: operators filter
@@ -66,6 +71,7 @@ class Parts:
     store: Callable[[Settings], PaymentStore] = default_store
     facilitator: Callable[[Settings, Metrics], Facilitator] = default_facilitator
     upstream: Callable[[Settings], Upstream] = Upstream
+    chain: Callable[[Settings], ChainReader | None] = open_chain  # None: no RPC configured
     prices: Callable[[], PriceSource] = HttpPriceSource
 
 
@@ -102,6 +108,7 @@ class Generation:
     prices: Prices
     retries: Retries
     users: InFlight = dataclasses.field(default_factory=InFlight)  # its requests in flight
+    sessions: Sessions | None = None  # SIWX sign-in, when a route has `access`
 
     def shared_parts(self) -> list[tuple[object, Close]]:
         """(part, close) for each part a generation may share with another."""
@@ -110,6 +117,7 @@ class Generation:
             (self.upstream, self.upstream.close),
             (self.payments.facilitator, self.payments.close),
             (self.payments.store, self.payments.store.close),
+            *([(chain, chain.close)] if (chain := self.payments.chain) is not None else []),
             (self.prices, self.prices.close),
         ]
 
@@ -142,10 +150,11 @@ async def build(
             upstream=upstream,
             payments=payments,
             metrics=metrics,
-            drop_headers=(*PAYMENT_HEADERS, settings.payer_header),
+            drop_headers=(*PAYMENT_HEADERS, SIWX_HEADER, settings.payer_header),
             cors=CorsPolicy(settings.cors),
             generation=generation,
             refresher=refresher,
+            sessions=_sessions(settings, store, previous),
             limiter=RateLimiter(
                 settings,
                 store if isinstance(store, TokenBuckets) else None,
@@ -158,6 +167,21 @@ async def build(
         )
         undo.pop_all()  # started: from now on whoever retires it closes its parts
     return built
+
+
+def _sessions(
+    settings: Settings, store: PaymentStore, previous: Generation | None
+) -> Sessions | None:
+    """SIWX state lives beside the payment records (the same Redis when they are there). A
+    generation that shares the previous one's store shares its session state too: a reload
+    must not forget who paid, nor which sign-in nonces are spent (a memory store's are only
+    in this object)."""
+    if not any(route.access is not None for route in settings.routes):
+        return None
+    shared = previous.sessions if previous is not None else None
+    if shared is not None and previous is not None and previous.payments.store is store:
+        return Sessions(settings, shared.store)
+    return Sessions(settings, open_sessions(store))
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,16 +213,21 @@ class _Builder:
         previous = self.previous
         if previous is not None and not (self.todo.facilitator or self.todo.store):
             return previous.payments, previous.refresher
+        chain = self.parts.chain(self.settings)
+        if chain is not None:
+            self.undo.push_async_callback(chain.close)
+        window = settle_timeout(self.settings)
         if (previous := self._reuses("facilitator")) is not None:
-            payments = Payments(previous.payments.facilitator, store)
+            payments = Payments(previous.payments.facilitator, store, chain, window)
             problems = await payments.refresh()
         else:
-            payments = Payments(self.parts.facilitator(self.settings, self.metrics), store)
+            facilitator = self.parts.facilitator(self.settings, self.metrics)
+            payments = Payments(facilitator, store, chain, window)
             self.undo.push_async_callback(payments.close)
             problems = await payments.start()
         for problem in problems:
             log.warning("facilitator_unavailable", problem=problem, generation=self.generation)
-        refresher = asyncio.create_task(payments.keep_refreshing())
+        refresher = asyncio.create_task(payments.background())  # refresh, reconcile
         self.undo.push_async_callback(canceller(refresher))
         return payments, refresher
 

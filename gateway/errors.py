@@ -96,6 +96,14 @@ class MalformedPayment(PaymentError):
     reason = "invalid_payload"
 
 
+class SignInRefused(PaymentError):
+    """A Sign-In-With-X proof was not accepted (bad, replayed, or its wallet has not paid for
+    the route): 402 with a fresh challenge, so the client can pay or sign again."""
+
+    title = "Sign-in refused"
+    reason = "siwx_refused"
+
+
 class PaymentConflict(GatewayError):
     """This payment is being used by a request in flight, or has already bought a response."""
 
@@ -139,6 +147,15 @@ class FacilitatorUnavailable(GatewayError):
     status = 503
     title = "Payment facilitator unavailable"
     reason = "facilitator_unavailable"
+    retry_after = 5
+
+
+class ChainUnavailable(GatewayError):
+    """An RPC node could not answer a chain read (reconciliation): nothing is decided."""
+
+    status = 503
+    title = "Chain unavailable"
+    reason = "chain_unavailable"
     retry_after = 5
 
 

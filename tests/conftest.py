@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 
@@ -20,3 +21,13 @@ def redis() -> Iterator[RedisServer]:
         pytest.skip("redis-server is not installed (make test installs it)")
     with redis_server() as server:
         yield server
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`slow` soaks run only when asked (X402_SLOW=1, `make soak`): `make test` stays short."""
+    if os.environ.get("X402_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="a soak: X402_SLOW=1 (make soak) runs it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -15,6 +15,7 @@ from gateway import formats
 from gateway.config import values as cv
 from gateway.config.cors import compile_cors
 from gateway.config.facilitators import compile_facilitators
+from gateway.config.networks import compile_networks
 from gateway.config.pricing import DEFAULT_NETWORK
 from gateway.config.rates import read_rates
 from gateway.config.reader import (
@@ -62,6 +63,7 @@ TOP_LEVEL_KEYS = frozenset(
         "workers",
         "server_timing",
         "verify",
+        "networks",
         "cors",
         "routes",
     }
@@ -97,6 +99,7 @@ def compile_document(reader: Reader, root: yaml.Node) -> Settings | None:
     store, workers = _store_and_workers(top)
     facilitators = compile_facilitators(reader, top.get("facilitator"))
     routes = _routes(reader, top, defaults)
+    _access_needs_public_url(top, routes)
     return Settings(
         source=reader.filename,
         listen=listen,
@@ -117,6 +120,7 @@ def compile_document(reader: Reader, root: yaml.Node) -> Settings | None:
         log_level=top.read("log_level", choice(LOG_LEVELS), "info"),
         workers=workers,
         server_timing=top.read("server_timing", boolean, False),
+        networks=compile_networks(reader, top.get("networks")),
         idempotency=_idempotency(reader, top.get("idempotency")),
         cors=compile_cors(reader, top.get("cors")),
         verify=top.read("verify", choice(VERIFY_MODES), "facilitator"),
@@ -222,6 +226,21 @@ def _routes(reader: Reader, top: Section, defaults: RouteDefaults) -> tuple[Rout
             "facilitator: {url: https://x402.org/facilitator}",
         )
     return routes
+
+
+def _access_needs_public_url(top: Section, routes: tuple[RouteSettings, ...]) -> None:
+    """A SIWX proof is bound to one origin (its `domain` and `uri`): the gateway's public one,
+    never whatever Host a client sent."""
+    if "public_url" in top:
+        return
+    for route in routes:
+        if route.access is not None:
+            top.error(
+                "public_url",
+                f"routes[{route.index}].access signs payers in to this origin; set "
+                "public_url: https://api.example.com (the URL clients use)",
+            )
+            return
 
 
 # --- timeouts, limits, proxies ----------------------------------------------------------

@@ -18,8 +18,24 @@ from gateway.config.dynamic import hook_price, price_rules
 from gateway.config.mcp import compile_mcp
 from gateway.config.pricing import DEFAULT_MAX_TIMEOUT_SECONDS, Asset, Offer
 from gateway.config.rates import route_rates
-from gateway.config.reader import Reader, Scalar, Section, choice, positive_int, text, using
-from gateway.config.settings import AssetSpec, Requirement, RouteSettings, SettleMode, Source
+from gateway.config.reader import (
+    Reader,
+    Scalar,
+    Section,
+    choice,
+    duration,
+    positive_int,
+    text,
+    using,
+)
+from gateway.config.settings import (
+    AccessSettings,
+    AssetSpec,
+    Requirement,
+    RouteSettings,
+    SettleMode,
+    Source,
+)
 
 ROUTE_KEYS = frozenset(
     {"path", "methods", "price", "accepts", "description", "mime_type", "upstream", "settle"}
@@ -27,7 +43,9 @@ ROUTE_KEYS = frozenset(
     | {"discovery"}
     | {"price_by"}
     | {"mcp"}
+    | {"access"}
 )
+ACCESS_KEYS = frozenset({"for"})
 ACCEPT_KEYS = frozenset(
     {"scheme", "network", "asset", "amount", "pay_to", "max_timeout_seconds", "extra"}
 )
@@ -105,6 +123,7 @@ def _route(
         settle=entry.read("settle", _settle, "after"),
         price_text=price_text or "free",
         source=Source(reader.filename, node.start_mark.line + 1),
+        access=_access(reader, entry, bool(accepts)),
         rate_limits=route_rates(
             reader, entry.get("limits"), entry.where("limits"), free=price_text == "free"
         ),
@@ -118,6 +137,24 @@ def _route(
         ),
     )
     return route if path is not None else None
+
+
+def _access(reader: Reader, entry: Section, priced: bool) -> AccessSettings | None:
+    """`access: {for: 24h}`: sign in with the wallet that paid, for that long (SIWX)."""
+    node = entry.get("access")
+    if node is None:
+        return None
+    section = reader.section(node, entry.where("access"), ACCESS_KEYS)
+    if section is None:
+        return None
+    section.require(("for",), "required: how long one payment gives access, e.g. 24h")
+    seconds = section.read("for", duration, None, on_null="error")
+    if seconds is None:
+        return None
+    if not priced:
+        entry.error("access", "only a priced route can grant access after a payment")
+        return None
+    return AccessSettings(seconds)
 
 
 def _pricing(

@@ -67,6 +67,14 @@ class Requirement:
 
 
 @dataclass(frozen=True, slots=True)
+class AccessSettings:
+    """`access: {for: 24h}`: a payer who paid for the route signs in (SIWX) instead of paying
+    again, for `seconds` after the payment."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class Rate:
     """A token bucket: `count` requests per `seconds`, up to `count` at once (`10/s`)."""
 
@@ -155,6 +163,7 @@ class RouteSettings:
     settle: SettleMode = "after"
     price_text: str = "free"  # as written, for `check` and logs
     source: Source | None = None
+    access: AccessSettings | None = None  # SIWX sign-in after one payment (issue 14)
     # The route's own request rates (its own buckets), on top of the global `limits`.
     rate_limits: RateLimits = NO_RATE_LIMITS
     discovery: Discovery | None = None  # None: not listed with call details
@@ -211,6 +220,13 @@ class LocalFacilitatorSettings:
 
 
 FacilitatorSettings = RemoteFacilitatorSettings | LocalFacilitatorSettings
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkSettings:
+    """How the gateway reads one network's chain (reconciling crashed settlements)."""
+
+    rpc_url: str = field(repr=False)  # RPC URLs often carry an API key
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +294,7 @@ class Settings:
     log_level: str = "info"
     workers: int = 1
     server_timing: bool = False  # opt-in `Server-Timing` header on paid responses
+    networks: Mapping[str, NetworkSettings] = field(default_factory=lambda: EMPTY)  # by CAIP-2
     idempotency: Idempotency | None = None  # None: the extension is not offered
     cors: Cors = Cors()
     verify: str = (

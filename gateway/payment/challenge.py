@@ -208,9 +208,18 @@ class PreparedChallenges:
         return prepared
 
     def payment_required(
-        self, route: RouteSettings, resource_url: str, error: str
+        self,
+        route: RouteSettings,
+        resource_url: str,
+        error: str,
+        extensions: dict[str, Any] | None = None,
     ) -> tuple[dict[str, str], bytes]:
-        """As `payment_required()`, cached; the headers are a fresh dict the caller may extend."""
+        """As `payment_required()`, cached; the headers are a fresh dict the caller may extend.
+        With `extensions` (fresh per answer, e.g. a SIWX nonce) it is encoded anew, beside the
+        route's own extensions."""
+        if extensions:
+            merged = {**(self._extensions.get(route.index) or {}), **extensions}
+            return _encode(route, self._requirements(route), resource_url, error, merged)
         key = (route.index, resource_url, error, tuple(r.amount for r in route.accepts))
         hit = self._cache.get(key)
         if hit is None:
@@ -229,9 +238,13 @@ class PreparedChallenges:
         return paywall_for(route, payment)
 
     def paywall(
-        self, route: RouteSettings, resource_url: str, error: str
+        self,
+        route: RouteSettings,
+        resource_url: str,
+        error: str,
+        extensions: dict[str, Any] | None = None,
     ) -> tuple[dict[str, str], bytes]:
         """The browser's 402: the paywall page, still carrying the v2 challenge header."""
-        headers, _ = self.payment_required(route, resource_url, error)
+        headers, _ = self.payment_required(route, resource_url, error, extensions)
         headers["Content-Type"] = HTML_TYPE
         return headers, self.paywall_html(route, resource_url, error).encode()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -38,12 +39,23 @@ from gateway.errors import (
     StoreUnavailable,
 )
 from gateway.observe.logs import get_logger
+from gateway.payment.claims import MAY_BE_CHARGED, Verdict, on_conflict
 from gateway.payment.match import MatchedPayment, claim_ttl
 from gateway.payment.receipts import receipt_headers
+from gateway.payment.reconcile import SETTLE_MARGIN, ChainReader
+from gateway.payment.recovery import Reconciler, reconcile_recent
 from gateway.store import PaymentRecord, PaymentStore
 from gateway.store.records import Status
 
 log = get_logger("gateway.payments")
+
+# Seconds a copy of a payment in flight is told to wait: about one settlement on a fast chain.
+IN_FLIGHT_RETRY_AFTER = 2
+# A request that finds a dead holder's settling claim asks the chain for at most this long.
+INLINE_RECONCILE_TIMEOUT = 3.0
+# The background reconciler: every ~30 s (jittered: replicas out of step), the newest records.
+RECONCILE_EVERY = 30.0
+RECONCILE_RECENT = 1000
 
 
 class Facilitator(Protocol):
@@ -88,7 +100,8 @@ class StepTimings:
 
 @dataclass(slots=True)
 class Claim:
-    """This request's hold on one payment. Released on every failure before a settlement."""
+    """This request's hold on one payment. Released on every failure before a settlement;
+    once `settlement` has started, only its own outcome decides (never a hang-up)."""
 
     key: str
     matched: MatchedPayment
@@ -97,12 +110,24 @@ class Claim:
     settled: SettleResponse | None = None
     outcome_unknown: bool = False  # settle may have reached the chain: never release
     timings: StepTimings = field(default_factory=StepTimings)
+    # The settlement, as a task of its own: it outlives a request that is cancelled.
+    settlement: asyncio.Task[SettleResponse] | None = None
 
 
 class Payments:
-    def __init__(self, facilitator: Facilitator, store: PaymentStore) -> None:
+    def __init__(
+        self,
+        facilitator: Facilitator,
+        store: PaymentStore,
+        chain: ChainReader | None = None,
+        settle_timeout: float = 30.0,
+    ) -> None:
         self.facilitator = facilitator
         self.store = store
+        self.chain = chain  # None: no RPC, a dead holder's settling claim waits to expire
+        # After the settle window a settlement whose holder died can no longer land.
+        window = settle_timeout + SETTLE_MARGIN
+        self.reconciler = Reconciler(store, chain, window, INLINE_RECONCILE_TIMEOUT)
         self.server = x402ResourceServer(facilitator)
         register_exact_evm_server(self.server)
         self._ready = False
@@ -122,6 +147,25 @@ class Payments:
             self.server.initialize()
             self._ready = True
         return errors
+
+    async def background(self) -> None:
+        """The generation's background work: /supported until known, and reconciling."""
+        await asyncio.gather(self.keep_refreshing(), self.keep_reconciling())
+
+    async def keep_reconciling(
+        self, interval: float = RECONCILE_EVERY, limit: int = RECONCILE_RECENT
+    ) -> None:
+        """Resolve what dead holders left in flight among the newest records, without
+        waiting for a retry. Bounded reads of the history stream, never a SCAN; an older
+        stale claim is still resolved by the first request that meets it."""
+        if self.chain is None:
+            return  # nothing to reconcile with (`check` warns)
+        while True:
+            await asyncio.sleep(interval * (0.5 + random.random()))  # noqa: S311  jitter
+            try:
+                await reconcile_recent(self.reconciler, limit)
+            except StoreUnavailable as exc:
+                log.warning("reconcile_store_unavailable", error=exc.detail)
 
     async def keep_refreshing(self, interval: float = 5.0) -> None:
         """Until /supported has been read once, retry in the background."""
@@ -150,7 +194,7 @@ class Payments:
         """Take the payment's identity in the store, or raise `PaymentConflict`."""
         ttl = claim_ttl(matched, time.time())
         record = PaymentRecord(
-            status="pending",
+            status="claimed",
             request_id=request_id,
             route=route.name,
             payer=matched.payer,
@@ -158,14 +202,41 @@ class Payments:
             asset=matched.requirement.asset,
             network=matched.requirement.network,
             nonce=matched.identity.nonce,
+            holder=self.store.holder,
         )
-        held = await self.store.claim(matched.identity.key, record, ttl)
+        key = matched.identity.key
+        held = await self.store.claim(key, record, ttl)
         if held is None:
-            return Claim(matched.identity.key, matched, record, ttl)
-        if held.in_flight:
-            raise PaymentConflict(
+            return Claim(key, matched, record, ttl)
+        held, verdict = await self._judge(key, held)
+        if verdict is Verdict.TAKE_OVER:
+            # Its holder is gone and nothing was charged: the claim is ours, if still so.
+            gone = () if held.status == "released" else (held.with_status("released"),)
+            if await self.store.replace(key, held, record, ttl, gone):
+                log.info("claim_taken_over", request_id=request_id, previous=held.request_id)
+                return Claim(key, matched, record, ttl)
+            verdict = Verdict.IN_FLIGHT
+        if verdict is not Verdict.ALREADY_USED:
+            conflict = PaymentConflict(
                 "this payment is being used by a request in flight", reason="payment_in_flight"
             )
+            conflict.retry_after = IN_FLIGHT_RETRY_AFTER
+            raise conflict
+        raise self._already_used(held, matched)
+
+    async def _judge(self, key: str, held: PaymentRecord) -> tuple[PaymentRecord, Verdict]:
+        """The verdict on a held claim, reconciling it first if its holder died settling."""
+        alive = await self.store.alive(held.holder) if held.in_flight else True
+        verdict = on_conflict(held.status, holder_alive=alive)
+        if verdict is not Verdict.RECONCILE:
+            return held, verdict
+        held = await self.reconciler.run(key, held)
+        if held.status in MAY_BE_CHARGED:
+            return held, Verdict.IN_FLIGHT  # not known yet: wait (Retry-After)
+        return held, on_conflict(held.status, holder_alive=False)
+
+    @staticmethod
+    def _already_used(held: PaymentRecord, matched: MatchedPayment) -> PaymentConflict:
         headers: dict[str, str] = {}
         if held.transaction:
             # Answered from the record: the payer sees the settlement it already paid for.
@@ -177,7 +248,7 @@ class Payments:
                 error_reason=None if held.status == "settled" else held.status,
             )
             headers = receipt_headers(receipt, matched.version)
-        raise PaymentConflict(
+        return PaymentConflict(
             f"this payment was already used ({held.status}"
             + (f", transaction {held.transaction})" if held.transaction else ")"),
             reason="payment_already_used",
@@ -189,15 +260,24 @@ class Payments:
         self, matched: MatchedPayment, route: RouteSettings, request_id: str
     ) -> AsyncIterator[Claim]:
         """Hold the payment for the block. Whatever ends it early (an error, the client
-        hanging up and the handler being cancelled) releases the claim, or records the
-        refund owed if it was settled up front; shielded, so it runs to its end."""
+        hanging up and the handler being cancelled) first waits for a settlement that has
+        started to end (it may be charging the payer), then releases the claim if nothing
+        was charged, or records the refund owed if the origin failed after a settlement;
+        shielded, so it runs to its end and the request's books see the real outcome."""
         claim = await self.claim(matched, route, request_id)
         try:
             yield claim
         except BaseException as exc:
-            why = exc.reason if isinstance(exc, GatewayError) else type(exc).__name__
-            await asyncio.shield(self.abandon(claim, why))
+            await asyncio.shield(self._end_early(claim, exc))
             raise
+
+    async def _end_early(self, claim: Claim, exc: BaseException) -> None:
+        if claim.settlement is not None:
+            await asyncio.wait([claim.settlement])  # its outcome is recorded by itself
+        if isinstance(exc, asyncio.CancelledError) and claim.settled is not None:
+            return  # settled, and the client left: nothing to undo, the record says settled
+        why = exc.reason if isinstance(exc, GatewayError) else type(exc).__name__
+        await self.abandon(claim, why)
 
     async def abandon(self, claim: Claim, why: str) -> None:
         """The request will not be served as paid for."""
@@ -223,11 +303,15 @@ class Payments:
             raise PaymentError(result.verify.invalid_message or reason, reason=reason)
 
     async def settle(self, claim: Claim) -> SettleResponse:
-        """Settle once and record the outcome; shielded, so a client that goes away cannot
-        cut a settlement (or its record) short."""
-        return await asyncio.shield(self._settle(claim))
+        """Settle once and record the outcome, in a task of its own: a client that goes
+        away cannot cut a settlement (or its record) short, and `claimed()` waits for it."""
+        claim.settlement = asyncio.ensure_future(self._settle(claim))
+        return await asyncio.shield(claim.settlement)
 
     async def _settle(self, claim: Claim) -> SettleResponse:
+        # Written before the facilitator is asked: from here on the payment may be charged,
+        # and the record says so to every copy of it, to a crash, and to the release script.
+        await self._record(claim, "settling")
         started = time.perf_counter()
         try:
             result = await self.server.settle_payment(
@@ -236,6 +320,10 @@ class Payments:
         except SettlementPending as exc:
             claim.outcome_unknown = True
             await self._record(claim, "settlement_pending", reason=exc.detail)
+            raise
+        except FacilitatorUnavailable as exc:
+            # No facilitator was reached (remote and local raise it only then): not charged.
+            await self._record(claim, "failed", reason=exc.reason)
             raise
         finally:
             claim.timings.settle = time.perf_counter() - started

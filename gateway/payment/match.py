@@ -20,17 +20,25 @@ the authorization's own fields are checked in `gateway.payment.terms`):
   32 bytes, a non-decimal amount) is `MalformedPayment` (400); a well-formed one that pays the
   wrong thing is `PaymentError` (402 with a fresh challenge).
 - The echoed `resource` and `extensions` bind no money and are not compared.
+- An EIP-3009 signature is checked locally (`gateway.payment.eip3009`) once the terms match:
+  a 65-byte signature that is not `from`'s is `invalid_exact_evm_payload_signature` (402)
+  before any claim or facilitator call. Other signatures go to the facilitator.
 - Identity: (chain id, asset, payer, nonce), lowercase hex; a Permit2 nonce (a uint256) is
   written as the same 32-byte hex, so both kinds of key look alike.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from eth_utils.address import to_checksum_address
-from x402.mechanisms.evm.constants import ERR_UNSUPPORTED_SCHEME, SCHEME_EXACT
+from x402.mechanisms.evm.constants import (
+    ERR_INVALID_SIGNATURE,
+    ERR_UNSUPPORTED_SCHEME,
+    SCHEME_EXACT,
+)
 from x402.schemas import PaymentPayload, PaymentRequirements
 from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
@@ -38,6 +46,7 @@ from gateway.config.settings import Requirement, RouteSettings
 from gateway.errors import PaymentError
 from gateway.formats import chain_id, is_address
 from gateway.payment.decode import DecodedPayment
+from gateway.payment.eip3009 import Domain, Malformed, Sig, check_signature, parse
 from gateway.payment.networks import caip_from_v1
 from gateway.payment.requirements import offered_v1, requirement_v1, requirement_v2, thaw
 from gateway.payment.terms import (
@@ -151,6 +160,8 @@ def _match_v2(route: RouteSettings, payload: PaymentPayload) -> MatchedPayment:
     cid = _chain(req)
     terms = parse_terms(req, payload.payload)
     check_terms(req, terms)
+    if terms.token is None:
+        _check_signature(req, cid, payload.payload)
     return MatchedPayment(
         version=2,
         payload=payload,
@@ -169,6 +180,7 @@ def _match_v1(route: RouteSettings, payload: PaymentPayloadV1, resource_url: str
     cid = _chain(candidates[0][0])
     terms = eip3009_terms(payload.payload)
     req, v1_network = _v1_paid(candidates, terms)
+    _check_signature(req, cid, payload.payload)
     return MatchedPayment(
         version=1,
         payload=payload,
@@ -213,6 +225,41 @@ def _v1_paid(candidates: list[_Offered], terms: Terms) -> _Offered:
         to_ok = [c for c in candidates if c[0].pay_to.lower() == terms.to]
         check_terms((to_ok or candidates)[0][0], terms)
     return fits[0]
+
+
+def domain_of(req: Requirement, cid: int) -> Domain | None:
+    """The EIP-712 domain a requirement's payer signs under, or None if `extra` names none."""
+    name, version = req.extra.get("name"), req.extra.get("version")
+    if not isinstance(name, str) or not isinstance(version, str):
+        return None
+    return _domain(name, version, cid, req.asset.lower())
+
+
+@functools.lru_cache(maxsize=1024)
+def _domain(name: str, version: str, cid: int, token: str) -> Domain:
+    # One Domain per route's terms: its separator (four keccaks) is computed once, not per
+    # payment. Bounded; the terms come from the config, never from a client.
+    return Domain(name, version, cid, token)
+
+
+def local_signature_reason(req: Requirement, cid: int, payload: dict[str, Any]) -> str | None:
+    """`invalid_exact_evm_payload_signature` when the payload carries a plain ECDSA signature
+    that is not `from`'s under the route's domain; None when it is, or when only the chain
+    can judge it (a smart wallet's signature, ERC-6492, or no domain in `extra`)."""
+    domain = domain_of(req, cid)
+    if domain is None:
+        return None
+    try:
+        auth = parse(payload)
+    except Malformed:
+        return None  # `terms` has read it already; anything odd is the facilitator's to judge
+    return ERR_INVALID_SIGNATURE if check_signature(auth, domain) is Sig.MISMATCH else None
+
+
+def _check_signature(req: Requirement, cid: int, payload: dict[str, Any]) -> None:
+    reason = local_signature_reason(req, cid, payload)
+    if reason is not None:
+        raise PaymentError("the signature is not the payer's: refused locally", reason=reason)
 
 
 def match_requirement(

@@ -24,7 +24,7 @@ SETTLE_FAILED = "settle_failed"
 SETTLE_PENDING = "settle_pending"
 REPLAYED = "replayed"
 INVALID = "invalid"
-NOT_CHARGED = "not_charged"  # the origin failed, the client left, or a HEAD: nothing charged
+NOT_CHARGED = "not_charged"  # the origin failed or the client left before settling: not charged
 ERROR = "error"  # the facilitator or the store could not answer: fail closed
 VERIFIED = "verified"  # not final: counted when verification passed
 
@@ -50,6 +50,9 @@ def payment_outcome(error: GatewayError | None, record_status: str | None) -> tu
         return REFUND_DUE, error.reason if error is not None else "origin_error"
     if record_status == "settled":
         return SETTLED, ""
+    if error is None and record_status in ("settlement_pending", "settling", "pending"):
+        # The client left while the settlement ran and its outcome is not known yet.
+        return SETTLE_PENDING, "client_gone"
     if error is None:
         return NOT_CHARGED, "origin_error"
     for kinds, outcome in _BY_ERROR:

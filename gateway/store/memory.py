@@ -12,7 +12,7 @@ from cachetools import TLRUCache
 
 from .buckets import Bucket, MemoryBuckets
 from .kept import MemoryKept
-from .records import PaymentRecord, latest_per_request
+from .records import RELEASABLE, PaymentRecord, latest_per_request
 from .spend import MemorySpend
 
 
@@ -28,6 +28,7 @@ class MemoryStore:
             maxsize=maxsize, ttu=_expires, timer=time.monotonic
         )
         self._history: deque[PaymentRecord] = deque(maxlen=history)
+        self.holder = "memory"
         self._buckets = MemoryBuckets()
         self._kept = MemoryKept()
         self._spend = MemorySpend()
@@ -46,9 +47,12 @@ class MemoryStore:
 
     async def release(self, key: str, request_id: str) -> None:
         held = self._claims.get(key)
-        if held is not None and held[0].request_id == request_id:
+        # As the Redis script: only our own claim, and only while nothing may be charged.
+        if held is None or held[0].request_id != request_id:
+            return
+        if held[0].status in RELEASABLE:
             del self._claims[key]
-            if held[0].status == "pending":  # a failed settlement keeps `failed` as its last word
+            if held[0].status == "claimed":  # a failed settlement keeps `failed` as its last word
                 self._history.appendleft(held[0].with_status("released"))
 
     async def recent(self, limit: int) -> list[PaymentRecord]:
@@ -56,6 +60,28 @@ class MemoryStore:
 
     async def ping(self) -> None:
         return None
+
+    async def alive(self, holder: str | None) -> bool:
+        return holder == self.holder  # this process's memory: its own claims only
+
+    async def replace(
+        self,
+        key: str,
+        expect: PaymentRecord,
+        record: PaymentRecord,
+        ttl: float,
+        history: tuple[PaymentRecord, ...] = (),
+    ) -> bool:
+        held = self._claims.get(key)
+        if held is None or (held[0].request_id, held[0].status) != (
+            expect.request_id,
+            expect.status,
+        ):
+            return False
+        self._claims[key] = (record, ttl if ttl > 0 else held[1])  # 0: keep the expiry
+        for entry in (*history, record):
+            self._history.appendleft(entry)
+        return True
 
     async def take_tokens(self, buckets: Sequence[Bucket]) -> float:
         return await self._buckets.take_tokens(buckets)

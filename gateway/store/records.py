@@ -1,13 +1,19 @@
 """What the gateway remembers about a payment: enough for the operator's books and to answer
 a retried payment from the record instead of charging it twice.
 
-A record's life: `pending` (claimed, written before anything is verified or settled), then
-`settled` (with the transaction), `failed` (with the reason), `settlement_pending` (sent,
-outcome unknown), `refund_due` (settled up front, then the origin failed) or `released`
-(nothing was charged and nothing settled: the claim is gone and the payer may use the
-authorization again; a `failed` claim is released too, and stays `failed` in the books).
-A `pending` record that stays pending belongs to a request that is in flight, or to a
-process that died mid-request: the operator reconciles it against the chain.
+A record's life: `claimed` (written before anything is verified), `settling` (written
+BEFORE the facilitator's /settle is called: from here on the payment may have been charged,
+so the claim is never released on a hang-up), then `settled` (with the transaction),
+`failed` (the facilitator refused: nothing charged, the claim is released and the record
+stays `failed` in the books), `settlement_pending` (sent, outcome unknown), `refund_due`
+(settled up front, then the origin failed) or `released` (nothing was charged: the claim is
+gone and the payer may use the authorization again).
+
+`verified` is not written to the store: it would cost a round trip per paid request and
+tells recovery nothing that `claimed` does not (both mean "nothing charged"). `pending` is
+what the previous version wrote before it settled: read as `settling` (it may be charged).
+A record left `claimed` or `settling` belongs to a request in flight, or to a process that
+died mid-request.
 """
 
 from __future__ import annotations
@@ -18,7 +24,22 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
-Status = Literal["pending", "settled", "failed", "settlement_pending", "refund_due", "released"]
+Status = Literal[
+    "claimed",
+    "settling",
+    "pending",  # written by the previous version before settling: read as `settling`
+    "settled",
+    "failed",
+    "settlement_pending",
+    "refund_due",
+    "released",
+]
+# Held by a request that has not finished: a copy of the payment must wait (409 in flight).
+IN_FLIGHT: frozenset[str] = frozenset({"claimed", "settling", "pending"})
+# The facilitator may have been asked to settle and its answer is not recorded: never release.
+MAY_BE_CHARGED: frozenset[str] = frozenset({"settling", "pending"})
+# What a claim's holder may delete: nothing was charged (the stores refuse anything else).
+RELEASABLE: frozenset[str] = frozenset({"claimed", "failed"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +54,7 @@ class PaymentRecord:
     nonce: str
     transaction: str | None = None
     reason: str | None = None
+    holder: str | None = None  # the process holding the claim (its store's heartbeat id)
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
 
@@ -49,7 +71,7 @@ class PaymentRecord:
 
     @property
     def in_flight(self) -> bool:
-        return self.status == "pending"
+        return self.status in IN_FLIGHT
 
 
 def latest_per_request(history: Iterable[PaymentRecord], limit: int) -> list[PaymentRecord]:

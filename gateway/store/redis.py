@@ -21,7 +21,9 @@ a pooled connection that went stale while Redis restarted needs, and no more.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
@@ -39,7 +41,7 @@ from .buckets import Bucket
 from .records import PaymentRecord, latest_per_request
 from .redis_url import RedisTarget, parse_redis_url
 
-# Claim: take the key unless held, and log the pending record; else hand back the holder.
+# Claim: take the key unless held, and log the claimed record; else hand back the holder.
 _CLAIM = """
 local held = redis.call('GET', KEYS[1])
 if held then return held end
@@ -47,15 +49,19 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'r', ARGV[1])
 return false
 """
-# Release: delete the claim only if this request still holds it; a claim with no outcome yet
-# is logged as released (one whose settlement failed keeps `failed` as its last word).
+# Release: delete the claim only if this request still holds it and nothing may have been
+# charged (`claimed`, or `failed`: the facilitator refused). A claim with no outcome yet is
+# logged as released (one whose settlement failed keeps `failed` as its last word). A record
+# in `settling` (or anything after it but `failed`) is never deleted here, whatever the
+# caller believes: that is the store's half of "never release while settling".
 _RELEASE = """
 local v = redis.call('GET', KEYS[1])
 if not v then return false end
 local r = cjson.decode(v)
 if r['request_id'] ~= ARGV[1] then return false end
+if r['status'] ~= 'claimed' and r['status'] ~= 'failed' then return false end
 redis.call('DEL', KEYS[1])
-if r['status'] ~= 'pending' then return false end
+if r['status'] ~= 'claimed' then return false end
 r['status'] = 'released'
 local t = redis.call('TIME')
 r['updated_at'] = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -64,6 +70,25 @@ if #KEYS == 2 then
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'r', released)
 end
 return released
+"""
+# Replace: swap the record of a claim whose holder is gone, only if it is still the record the
+# caller judged (same request, same status): a takeover or a reconcile, never a lost update.
+_REPLACE = """
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local r = cjson.decode(v)
+if r['request_id'] ~= ARGV[1] or r['status'] ~= ARGV[2] then return 0 end
+if ARGV[4] == '0' then
+  redis.call('SET', KEYS[1], ARGV[3], 'KEEPTTL')
+else
+  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+end
+if #KEYS == 2 then
+  for i = 6, #ARGV do
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'r', ARGV[i])
+  end
+end
+return 1
 """
 # Token buckets (gateway/store/buckets.py), all or nothing: ARGV holds (rate per ms, burst)
 # per key. Redis's own clock, so replicas agree; state is forgotten once a bucket is full.
@@ -101,6 +126,9 @@ if v == tonumber(ARGV[1]) then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 return v
 """
 HISTORY_KEY = "x402:payments"
+ALIVE_PREFIX = "x402:alive:"  # + a holder id: present while that process runs
+ALIVE_TTL = 15.0  # a holder is gone once its heartbeat is this old
+ALIVE_EVERY = 5.0
 HISTORY_LEN = 100_000
 CONNECT_TIMEOUT = 2.0
 COMMAND_TIMEOUT = 2.0
@@ -169,14 +197,21 @@ class RedisStore:
         self._cluster = self._redis if isinstance(self._redis, RedisCluster) else None
         self._claim = self._redis.register_script(_CLAIM)
         self._release = self._redis.register_script(_RELEASE)
+        self._replace = self._redis.register_script(_REPLACE)
         self._take = self._redis.register_script(_TAKE)
         self._reserve = self._redis.register_script(_RESERVE)
         self._add_spent = self._redis.register_script(_ADD_SPENT)
         self._backoff = backoff or Backoff()
         self._clock = clock
         self._slots = asyncio.Semaphore(MAX_CONCURRENT)
+        # This process's claims name it; one heartbeat key says it is still running.
+        self.holder = os.urandom(8).hex()
+        self._heartbeat: asyncio.Task[None] | None = None
 
     async def claim(self, key: str, record: PaymentRecord, ttl: float) -> PaymentRecord | None:
+        if self._heartbeat is None:
+            await self._call(self._beat())  # alive before the first claim names us
+            self._heartbeat = asyncio.create_task(self._keep_beating())
         text = record.dumps()
         if self._cluster is None:
             held = await self._call(
@@ -236,6 +271,47 @@ class RedisStore:
     async def ping(self) -> None:
         await self._call(self._redis.ping())
 
+    async def alive(self, holder: str | None) -> bool:
+        if holder is None:
+            return False  # written by a version without heartbeats
+        return bool(await self._call(self._redis.exists(ALIVE_PREFIX + holder)))
+
+    async def replace(
+        self,
+        key: str,
+        expect: PaymentRecord,
+        record: PaymentRecord,
+        ttl: float,
+        history: tuple[PaymentRecord, ...] = (),
+    ) -> bool:
+        entries = [r.dumps() for r in (*history, record)]
+        keep = 0 if ttl <= 0 else _ms(ttl)  # 0: keep the claim's expiry
+        args: list[str | int] = [
+            expect.request_id,
+            expect.status,
+            record.dumps(),
+            keep,
+            HISTORY_LEN,
+        ]
+        if self._cluster is None:
+            done = await self._call(self._replace(keys=[key, HISTORY_KEY], args=[*args, *entries]))
+            return bool(done)
+        done = await self._call(self._replace(keys=[key], args=args))
+        for text in entries if done else ():
+            await self._call(self._history(self._cluster, text))
+        return bool(done)
+
+    async def _beat(self) -> None:
+        await self._redis.set(ALIVE_PREFIX + self.holder, "1", px=_ms(ALIVE_TTL))
+
+    async def _keep_beating(self) -> None:
+        while True:
+            await asyncio.sleep(ALIVE_EVERY)
+            try:
+                await self._call(self._beat())
+            except StoreUnavailable:
+                continue  # the claims fail closed meanwhile; the next beat may get through
+
     async def reserve(self, key: str, value: bytes, ttl: float) -> bytes | None:
         held = await self._call(self._reserve(keys=[key], args=[value, _ms(ttl)]))
         return None if held is None else bytes(held)
@@ -264,10 +340,24 @@ class RedisStore:
         return 0.0
 
     async def close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
         await self._redis.aclose()
         if self._sentinel is not None:
             for client in self._sentinel.sentinels:
                 await client.aclose()
+
+    # --- for the stores that share this connection (gateway/store/sessions.py) ------------
+
+    @property
+    def client(self) -> Client:
+        return self._redis
+
+    async def call(self, command: Awaitable[T]) -> T:
+        """Run one command on this store's connection, failing closed like its own."""
+        return await self._call(command)
 
     # --- failing closed, with backoff ---------------------------------------------------
 

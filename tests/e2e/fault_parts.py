@@ -148,11 +148,18 @@ class FacilitatorRelay(ThreadedApp):
     has answered, and before that answer is relayed, it calls `after_settle` (the test
     SIGKILLs the gateway there): the settlement is on chain, the gateway never hears of it."""
 
-    def __init__(self, target: str, after_settle: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        target: str,
+        after_settle: Callable[[], None],
+        before: Callable[[str], float] | None = None,
+    ) -> None:
         super().__init__()
         self.target = target.rstrip("/")
         self.after_settle = after_settle
+        self.before = before  # seconds to hold each call (by op) before relaying it
         self.settled: list[dict[str, Any]] = []
+        self.calls: list[str] = []  # every op relayed, in order
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -161,12 +168,16 @@ class FacilitatorRelay(ThreadedApp):
 
     async def _relay(self, request: web.Request) -> web.StreamResponse:
         op = request.match_info["op"]
+        self.calls.append(op)
+        body = await request.read()  # sent whole: a caller that dies now has still asked
+        if self.before is not None:
+            await asyncio.sleep(self.before(op))
         async with (
             aiohttp.ClientSession() as http,
             http.request(
                 request.method,
                 f"{self.target}/{op}",
-                data=await request.read(),
+                data=body,
                 headers={"Content-Type": "application/json"},
             ) as resp,
         ):

@@ -164,9 +164,8 @@ def violations(probe: Probe, outcome: Outcome, payer: str | None) -> list[str]:
     """What got through that must not have (empty: the probe was stopped)."""
     found: list[str] = []
     reply = outcome.reply
-    # A HEAD with a valid payment is forwarded uncharged by design: it has no body.
-    head_with_payment = probe.pays and probe.method.upper() == "HEAD"
-    if reply.paid_content and not outcome.settled and not head_with_payment:
+    # A paid HEAD is charged as a GET (issue 11): no exception for it here.
+    if reply.paid_content and not outcome.settled:
         found.append(
             f"paid content without a settled payment: {reply.status}, origin served "
             f"{reply.served!r}"
@@ -221,17 +220,17 @@ def test_the_harness_sees_the_gateway_serve_refuse_and_charge(
 ) -> None:
     """The probes' verdicts mean something: through the same gateway, free content is served,
     an unpaid GET is challenged, and a paid GET gets the paid content and is charged once on
-    chain (the HEAD with a payment is forwarded and charges nothing)."""
+    chain (the HEAD with a payment is charged as a GET, issue 11: forwarded once, charged once)."""
     out = through_gateway.outcomes
     assert (out["x-payer-free"].reply.status, out["x-payer-free"].reply.served) == (200, "free")
     assert out["get-unpaid"].reply.status == 402 and out["get-unpaid"].calls == []
     paid = out["x-payer-underscore-paid"]
     assert paid.reply.status == 200 and paid.reply.paid_content and paid.settled
     head = out["head-paid"]
-    assert head.reply.status == 200 and not head.settled and len(head.calls) == 1
+    assert head.reply.status == 200 and head.settled and len(head.calls) == 1
     assert head.calls[0]["payers"] == [through_gateway.payer.address]
     charged = sum(o.settled for o in out.values())
-    assert charged == 1
+    assert charged == 2
     spent = through_gateway.balance_before - chain.balance_of(through_gateway.payer.address)
     assert spent == PRICE * charged
 

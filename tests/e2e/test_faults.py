@@ -138,17 +138,17 @@ async def test_redis_killed_mid_run_fails_closed_then_recovers(
         headers, _ = await payer.sign(gw, "/paid/before")
         assert (await get(gw.url + "/paid/before", headers)).status_code == 200
 
-        # A request claimed while Redis was up, then Redis dies before its outcome is
-        # written: the payment settles and the payer gets what it paid for.
+        # A request claimed while Redis was up, then Redis dies before `settling` could be
+        # written: no settlement is started that no record could vouch for (issue 11), the
+        # payer is told to come back (503), and nothing is charged.
         inflight_headers, _ = await payer.sign(gw, "/paid/inflight")
         inflight = asyncio.ensure_future(get(gw.url + "/paid/inflight?s=1", inflight_headers))
         await asyncio.to_thread(origin.wait_hit, "/paid/inflight")
         redis.stop(signal.SIGKILL)
         served = await inflight
-        assert served.status_code == 200, served.text
-        assert receipt(served).success
-        assert payer.balance() == FUNDS - 2 * PRICE
-        assert "payment_record_failed" in gw.logs()
+        assert served.status_code == 503, served.text
+        assert served.json()["reason"] == "store_unavailable"
+        assert payer.balance() == FUNDS - PRICE
 
         # While Redis is down: paid routes fail closed, free routes serve, /readyz says why.
         headers, _ = await payer.sign(gw, "/paid/down")
@@ -169,11 +169,13 @@ async def test_redis_killed_mid_run_fails_closed_then_recovers(
             wait_ready_state(gw, 200, timeout=10)
             again = await get(gw.url + "/paid/down", headers)
             assert again.status_code == 200, again.text
-            assert payer.balance() == FUNDS - 3 * PRICE
-            # The payment settled while Redis was down has no claim left, yet it is not
-            # charged twice: the facilitator finds the authorization used on chain.
+            assert payer.balance() == FUNDS - 2 * PRICE
+            # The payment refused while Redis died was never charged: it pays now, once.
             replay = await get(gw.url + "/paid/inflight", inflight_headers)
-            assert replay.status_code == 402, replay.text
+            assert replay.status_code == 200, replay.text
+            assert payer.balance() == FUNDS - 3 * PRICE
+            twice = await get(gw.url + "/paid/inflight", inflight_headers)
+            assert twice.status_code == 409, twice.text
             assert payer.balance() == FUNDS - 3 * PRICE
 
 
@@ -360,7 +362,7 @@ async def test_sigkill_between_settlement_and_its_record(
     tmp_path: Path,
 ) -> None:
     """Killed after the facilitator settled, before the gateway heard of it: the record
-    says pending, the chain says used, and a retry is refused without a charge."""
+    says settling, the chain says used, and a retry is refused without a charge."""
     victim: list[GatewayProcess] = []
 
     def kill_gateway() -> None:
@@ -385,7 +387,7 @@ async def test_sigkill_between_settlement_and_its_record(
     assert len(relay.settled) == 1 and relay.settled[0]["success"]
     assert chain.authorization_state(payer.address, nonce)
     assert chain.tx_count(chain.facilitator_address) == txs + 1
-    pending = await record_of(redis.url, nonce, "pending", timeout=1)
+    pending = await record_of(redis.url, nonce, "settling", timeout=1)
     assert pending.transaction is None and pending.payer.lower() == payer.address.lower()
 
     direct = {"url": facilitator_url, "timeout": "10s"}
@@ -395,6 +397,6 @@ async def test_sigkill_between_settlement_and_its_record(
         assert again.status_code == 409, again.text
         assert again.json()["reason"] == "payment_in_flight"
         rows = [json.loads(x) for x in payments_cli(replica).splitlines() if nonce in x]
-        assert [row["status"] for row in rows] == ["pending"]
+        assert [row["status"] for row in rows] == ["settling"]
     assert chain.tx_count(chain.facilitator_address) == txs + 1
     assert payer.balance() == FUNDS - PRICE

@@ -386,16 +386,25 @@ async def test_origin_failure_charges_nothing_and_releases_the_claim(
     assert chain.balance_of(payer.address) == 10_000_000 - PRICE
 
 
-async def test_head_is_never_settled(
-    gw: GatewayProcess, chain: Chain, make_payer: Any, client_for: Any
+async def test_a_paid_head_is_charged_as_a_get_and_buys_one_response(
+    gw: GatewayProcess, origin: Origin, chain: Chain, make_payer: Any, client_for: Any
 ) -> None:
+    """The origin runs its GET handler for a HEAD: a paid HEAD is a paid response (issue 11).
+    Without a payment, a HEAD gets the 402 and never reaches the origin."""
     payer = make_payer()
+    async with httpx.AsyncClient() as http:
+        unpaid = await http.head(gw.url + "/paid/head")
+    assert unpaid.status_code == 402 and "PAYMENT-REQUIRED" in unpaid.headers
     headers, _ = await pay(gw, client_for(payer), "/paid/head")
     txs = chain.tx_count(chain.facilitator_address)
     async with httpx.AsyncClient() as http:
         r = await http.head(gw.url + "/paid/head", headers=headers)
-    assert r.status_code == 200
-    assert chain.tx_count(chain.facilitator_address) == txs
+        again = await http.head(gw.url + "/paid/head", headers=headers)
+    assert r.status_code == 200 and settlement(r).success
+    assert (again.status_code, "PAYMENT-RESPONSE" in again.headers) == (409, True)
+    assert chain.tx_count(chain.facilitator_address) == txs + 1
+    assert chain.balance_of(payer.address) == 10_000_000 - PRICE
+    assert [c["method"] for c in origin.log.for_path("/paid/head")] == ["HEAD"]
 
 
 async def test_settle_before_route_settles_then_forwards(

@@ -113,3 +113,17 @@ def test_check_refuses_a_chain_id_the_request_path_could_not_read(
     err = capsys.readouterr().err
     assert f'{path}:{line} {key}: "{network}": a chain id has at most 18 digits' in err
     assert "nothing was started" in err
+
+
+def test_check_warns_when_a_priced_network_has_no_rpc_to_reconcile_with(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check", "--config", write(tmp_path, GOOD)]) == 0
+    _, err = capsys.readouterr()
+    assert "warning: no RPC URL for eip155:84532" in err and "stays in flight" in err
+    with_rpc = GOOD.replace("routes:", 'networks: {eip155:84532: {rpc_url: "http://a:1"}}\nroutes:')
+    assert main(["check", "--config", write(tmp_path, with_rpc)]) == 0
+    _, err = capsys.readouterr()
+    assert "no RPC URL" not in err
+    assert main(["payments", "--reconcile", "--config", write(tmp_path, GOOD)]) == 1
+    assert "store: memory" in capsys.readouterr().err

@@ -78,7 +78,7 @@ async def test_a_generation_is_made_of_the_parts_the_seam_makes() -> None:
         assert made.log == ["store", "facilitator", "upstream"]
         assert isinstance(gen.payments.facilitator, FakeFacilitator)
         assert gen.routes.match("GET", "/paid/x").route is not None
-        assert gen.drop_headers == ("PAYMENT-SIGNATURE", "X-PAYMENT", "X-Payer")
+        assert gen.drop_headers == ("PAYMENT-SIGNATURE", "X-PAYMENT", "sign-in-with-x", "X-Payer")
     finally:
         await close(gen)
 

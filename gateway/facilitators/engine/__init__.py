@@ -15,7 +15,8 @@ Public face:
 
 from __future__ import annotations
 
-from . import eip3009
+from gateway.payment import eip3009
+
 from .delegate import Delegate, ThreadDelegate
 from .facilitator import EngineFacilitator
 from .options import EngineOptions

@@ -19,7 +19,7 @@ from eth_abi.exceptions import DecodingError
 from eth_utils.crypto import keccak
 from x402.mechanisms.evm.exact.eip3009_utils import ERC20_TRANSFER_EVENT_TOPIC
 
-from .eip3009 import Authorization
+from gateway.payment.eip3009 import Authorization
 
 
 def _selector(signature: str) -> bytes:

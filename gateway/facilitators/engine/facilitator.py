@@ -20,11 +20,12 @@ from x402.mechanisms.evm.constants import ERR_NONCE_ALREADY_USED, ERR_SETTLEMENT
 from x402.mechanisms.evm.v1.constants import V1_NETWORK_CHAIN_IDS
 from x402.schemas import SettleResponse, SupportedKind, SupportedResponse, VerifyResponse
 
+from gateway.payment import eip3009
+from gateway.payment.eip3009 import Authorization, Malformed
+
 from ...errors import FacilitatorUnavailable
-from . import eip3009
 from .calls import transfer_call
 from .delegate import Delegate, Payload, Requirements, unsupported_settle, unsupported_verify
-from .eip3009 import Authorization, Malformed
 from .options import EngineOptions
 from .rpc import Call, RpcClient, RpcError, RpcUnavailable, quantity
 from .settle import Settler, wait

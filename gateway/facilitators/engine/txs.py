@@ -17,8 +17,9 @@ from typing import Any
 
 from x402.mechanisms.evm.constants import ERR_TRANSACTION_FAILED, ERR_TRANSFER_EVENT_MISMATCH
 
+from gateway.payment.eip3009 import Authorization
+
 from .calls import ContractCall, authorization_used
-from .eip3009 import Authorization
 from .signer import SettlerKey, SignedTx
 
 

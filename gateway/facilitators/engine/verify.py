@@ -22,9 +22,10 @@ from x402.mechanisms.evm.constants import (
 from x402.schemas import PaymentPayload, PaymentRequirements
 from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
-from . import eip3009
+from gateway.payment import eip3009
+from gateway.payment.eip3009 import Authorization, Domain, Sig
+
 from .calls import authorization_state, balance_of, decode_uint, revert_text, transfer_call
-from .eip3009 import Authorization, Domain, Sig
 from .rpc import Call, RpcClient, RpcError, hex_data
 from .settle import refusal_reason
 

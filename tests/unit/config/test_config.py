@@ -1138,6 +1138,22 @@ def test_load_missing_or_binary_file(tmp_path: Path) -> None:
     assert caught.value.errors == [f"{binary}: the config file is not UTF-8 text"]
 
 
+def test_networks_name_an_rpc_per_network_and_a_local_facilitators_counts() -> None:
+    from gateway.facilitators.chain import rpc_urls
+
+    s = loads(text_with(networks='{base-sepolia: {rpc_url: "https://rpc.test/KEY123"}}'))
+    assert rpc_urls(s) == {"eip155:84532": "https://rpc.test/KEY123"}
+    assert "KEY123" not in repr(s)
+    local = "{local: {rpc_url: http://127.0.0.1:8545, private_key: " + SECRET_KEY + "}}"
+    assert rpc_urls(loads(text_with(facilitator=local))) == {
+        "eip155:84532": "http://127.0.0.1:8545"
+    }
+    assert rpc_urls(loads(text_with())) == {}
+    found = errors(text_with(networks="{solana:x: {rpc_url: http://a}, eip155:1: {}}"))
+    assert any("networks.solana:x" in e for e in found), found
+    assert any("networks.eip155:1" in e and "rpc_url" in e for e in found), found
+
+
 def test_paths_match_without_case_by_default_issue_12() -> None:
     assert loads(text_with()).case_insensitive_paths is True
     assert loads(text_with(case_insensitive_paths="false")).case_insensitive_paths is False

@@ -93,19 +93,21 @@ SIG = "invalid_exact_evm_payload_signature"
     ("error", "status", "expected"),
     [
         (None, "settled", ("settled", "")),
-        (None, "pending", ("not_charged", "origin_error")),
+        (None, "claimed", ("not_charged", "origin_error")),
+        (None, "settling", ("settle_pending", "client_gone")),
+        (None, "pending", ("settle_pending", "client_gone")),
         (None, "refund_due", ("refund_due", "origin_error")),
         (UpstreamTimeout("slow"), "refund_due", ("refund_due", "upstream_timeout")),
         (PaymentConflict("again"), None, ("replayed", "payment_already_used")),
         (PaymentConflict(reason="payment_in_flight"), None, ("replayed", "payment_in_flight")),
         (SettlementFailed(reason="no_funds"), "failed", ("settle_failed", "no_funds")),
         (SettlementPending(), "settlement_pending", ("settle_pending", "settlement_pending")),
-        (PaymentError(reason=SIG), "pending", ("invalid", SIG)),
+        (PaymentError(reason=SIG), "claimed", ("invalid", SIG)),
         (MalformedPayment(reason="invalid_base64"), None, ("invalid", "invalid_base64")),
-        (FacilitatorUnavailable("down"), "pending", ("error", "facilitator_unavailable")),
+        (FacilitatorUnavailable("down"), "claimed", ("error", "facilitator_unavailable")),
         (StoreUnavailable("down"), None, ("error", "store_unavailable")),
-        (UpstreamError("reset"), "pending", ("not_charged", "upstream_unreachable")),
-        (PayloadTooLarge("big"), "pending", ("not_charged", "body_too_large")),
+        (UpstreamError("reset"), "claimed", ("not_charged", "upstream_unreachable")),
+        (PayloadTooLarge("big"), "claimed", ("not_charged", "body_too_large")),
     ],
 )
 def test_payment_outcome_maps_every_ending(
@@ -166,7 +168,7 @@ def make_claim(amount: int = 1500) -> Claim:
     assert decoded is not None
     matched = match_requirement(priced, decoded, URL)
     record = PaymentRecord(
-        status="pending",
+        status="claimed",
         request_id="r1",
         route=priced.name,
         payer=matched.payer,

@@ -278,7 +278,7 @@ def test_identity_is_case_insensitive() -> None:
 
 
 def test_identity_ignores_the_signature() -> None:
-    one = v2_dict({**eip3009(), "signature": "0x" + "22" * 65})
+    one = v2_dict({**eip3009(), "signature": "0x" + "22" * 66})
     two = v2_dict({**eip3009(), "signature": "0x" + "33" * 97})
     assert (
         match_requirement(route(), v2(one), URL).identity

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from redis.asyncio import Redis
 
 from gateway.errors import StoreUnavailable
 from gateway.store import PaymentRecord, PaymentStore
 from gateway.store.backoff import Backoff
 from gateway.store.memory import MemoryStore
-from gateway.store.redis import RedisStore
+from gateway.store.redis import ALIVE_PREFIX, ALIVE_TTL, RedisStore
 from gateway.store.redis_url import parse_redis_url
 from tests.procs import RedisServer, free_port, stop, wait_port
 
@@ -30,7 +31,7 @@ needs_redis = pytest.mark.skipif(
 )
 
 
-def record(request_id: str = "r1", status: str = "pending") -> PaymentRecord:
+def record(request_id: str = "r1", status: str = "claimed") -> PaymentRecord:
     return PaymentRecord(
         status=status,  # type: ignore[arg-type]
         request_id=request_id,
@@ -80,6 +81,20 @@ async def test_release_only_by_the_holder(store: PaymentStore) -> None:
     assert await store.claim(k, record("c"), 60) is None
 
 
+@pytest.mark.parametrize("status", ["settling", "pending", "settlement_pending", "settled"])
+async def test_release_never_drops_a_claim_that_may_be_charged(
+    store: PaymentStore, status: str
+) -> None:
+    """`pending` is the previous version's pre-settlement status: read as `settling`."""
+    k = key()
+    await store.claim(k, record("a"), 60)
+    await store.update(k, record("a").with_status(status), 60)  # type: ignore[arg-type]
+    await store.release(k, "a")
+    held = await store.claim(k, record("b"), 60)
+    assert held is not None and held.status == status
+    assert held.in_flight == (status in ("settling", "pending"))
+
+
 async def test_update_keeps_the_claim_and_shows_settlement(store: PaymentStore) -> None:
     k = key()
     rec = record("a")
@@ -95,7 +110,7 @@ async def test_update_keeps_the_claim_and_shows_settlement(store: PaymentStore) 
 async def test_recent_lists_each_request_once_in_its_latest_state(store: PaymentStore) -> None:
     ids = [uuid.uuid4().hex for _ in range(3)]
     settled, crashed, released = ids
-    await store.claim(key(), record(crashed), 60)  # its process died: stays pending
+    await store.claim(key(), record(crashed), 60)  # its process died: stays claimed
     k = key()
     await store.claim(k, record(settled), 60)
     await store.update(k, record(settled).with_status("settled", transaction="0x01"), 60)
@@ -106,7 +121,7 @@ async def test_recent_lists_each_request_once_in_its_latest_state(store: Payment
     assert [(r.request_id, r.status) for r in rows] == [
         (released, "released"),
         (settled, "settled"),
-        (crashed, "pending"),
+        (crashed, "claimed"),
     ]
     assert rows[1].transaction == "0x01"
 
@@ -290,7 +305,7 @@ async def _contract(s: RedisStore) -> None:
     await s.claim(k2, record("gone"), 60)
     await s.release(k2, "gone")
     assert await s.claim(k2, record("again"), 60) is None
-    assert [r.status for r in await s.recent(2)] == ["pending", "released"]
+    assert [r.status for r in await s.recent(2)] == ["claimed", "released"]
 
 
 async def test_sentinel_url_reaches_the_master(redis: RedisServer, tmp_path: Path) -> None:
@@ -340,7 +355,7 @@ async def test_a_failed_settlement_stays_failed_in_the_books_after_release(
     await store.release(k, rid)
     assert await store.claim(k, record("next"), 60) is None  # released: usable again
     rows = await store.recent(2)
-    assert [(r.request_id, r.status) for r in rows] == [("next", "pending"), (rid, "failed")]
+    assert [(r.request_id, r.status) for r in rows] == [("next", "claimed"), (rid, "failed")]
 
 
 async def test_a_burst_beyond_the_connection_pool_queues_instead_of_failing(
@@ -409,3 +424,42 @@ async def test_sentinel_failover_is_followed_and_keeps_the_claims(tmp_path: Path
     finally:
         for proc in reversed(procs):
             stop(proc)
+
+
+async def test_replace_swaps_only_the_record_that_was_judged(store: PaymentStore) -> None:
+    k = key()
+    old = record("dead")
+    await store.claim(k, old, 60)
+    settling = old.with_status("settling")
+    await store.update(k, settling, 60)
+    assert not await store.replace(k, old, record("new"), 60)  # it moved on: not ours to take
+    settled = settling.with_status("settled", transaction="0x01")
+    assert await store.replace(k, settling, settled, 0)
+    held = await store.claim(k, record("late"), 60)
+    assert held is not None and (held.status, held.transaction) == ("settled", "0x01")
+    assert (await store.recent(1))[0].status == "settled"
+
+
+async def test_a_holder_is_alive_while_its_store_beats(store: PaymentStore) -> None:
+    await store.claim(key(), record("a"), 60)  # the first claim starts the heartbeat
+    assert await store.alive(store.holder)
+    assert not await store.alive("a-process-that-died")
+    assert not await store.alive(None)  # a record from before heartbeats
+
+
+@needs_redis
+async def test_a_closed_stores_holder_is_gone_once_its_heartbeat_expires(
+    redis: RedisServer,
+) -> None:
+    s = RedisStore(redis.url)
+    await s.claim(key(), record("a"), 60)
+    other = RedisStore(redis.url)
+    try:
+        assert await other.alive(s.holder)
+        await s.close()
+        raw = aioredis.from_url(redis.url)  # the heartbeat key's expiry, read directly
+        ttl = await raw.pttl(ALIVE_PREFIX + s.holder)
+        await raw.aclose()
+        assert 0 < ttl <= ALIVE_TTL * 1000  # no longer renewed: gone within ALIVE_TTL
+    finally:
+        await other.close()

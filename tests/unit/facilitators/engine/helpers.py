@@ -18,7 +18,7 @@ from x402.mechanisms.evm.signers import EthAccountSigner
 from x402.schemas import PaymentPayload, PaymentRequired, PaymentRequirements, ResourceInfo
 from x402.schemas.v1 import PaymentPayloadV1, PaymentRequiredV1, PaymentRequirementsV1
 
-from gateway.facilitators.engine.eip3009 import Domain
+from gateway.payment.eip3009 import Domain
 
 CHAIN_ID = 84532
 NETWORK = "eip155:84532"

@@ -10,7 +10,7 @@ from eth_abi.abi import decode, encode
 from x402.mechanisms.evm.constants import ERR_TRANSACTION_FAILED, ERR_TRANSFER_EVENT_MISMATCH
 from x402.mechanisms.evm.exact.eip3009_utils import ERC20_TRANSFER_EVENT_TOPIC
 
-from gateway.facilitators.engine import calls, eip3009
+from gateway.facilitators.engine import calls
 from gateway.facilitators.engine.batch import Collector, chunks, transaction_for
 from gateway.facilitators.engine.fees import Fees
 from gateway.facilitators.engine.options import MULTICALL3_ADDRESS
@@ -29,6 +29,7 @@ from gateway.facilitators.engine.txs import (
     recheck,
     reorged,
 )
+from gateway.payment import eip3009
 from tests.unit.facilitators.engine.helpers import TOKEN, account, eth_account_signed
 
 TOKEN_L = TOKEN.lower()

@@ -30,7 +30,6 @@ from x402.schemas import (
 from gateway.demo.chain import free_port
 from gateway.errors import FacilitatorUnavailable
 from gateway.facilitators.engine import EngineFacilitator, EngineOptions
-from gateway.facilitators.engine.eip3009 import ERR_INVALID_PAYLOAD, Sig
 from gateway.facilitators.engine.rpc import RpcError
 from gateway.facilitators.engine.verify import (
     ERR_INVALID_REQUIREMENTS,
@@ -39,6 +38,7 @@ from gateway.facilitators.engine.verify import (
     is_native,
     route,
 )
+from gateway.payment.eip3009 import ERR_INVALID_PAYLOAD, Sig
 from tests.unit.facilitators.engine.helpers import (
     CHAIN_ID,
     NETWORK,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from gateway.facilitators.engine import calls, eip3009
+from gateway.facilitators.engine import calls
 from gateway.facilitators.engine.fees import Fees
 from gateway.facilitators.engine.options import GWEI, EngineOptions
 from gateway.facilitators.engine.rpc import Call
@@ -14,6 +14,7 @@ from gateway.facilitators.engine.signer import SettlerKey, SignedTx
 from gateway.facilitators.engine.stats import EngineStats
 from gateway.facilitators.engine.txs import Kind, Outcome, Payment, Tracked
 from gateway.facilitators.engine.watcher import Watcher
+from gateway.payment import eip3009
 from tests.unit.facilitators.engine.helpers import TOKEN, account, eth_account_signed
 from tests.unit.facilitators.engine.test_batch_txs import logs_for
 

@@ -25,8 +25,8 @@ from x402.mechanisms.evm.constants import (
 from x402.mechanisms.evm.eip712 import hash_eip3009_authorization
 from x402.mechanisms.evm.types import ExactEIP3009Authorization
 
-from gateway.facilitators.engine import eip3009
-from gateway.facilitators.engine.eip3009 import Domain, Malformed, Sig
+from gateway.payment import eip3009
+from gateway.payment.eip3009 import Domain, Malformed, Sig
 from tests.unit.facilitators.engine.helpers import (
     DOMAIN,
     PAY_TO,

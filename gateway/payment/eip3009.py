@@ -1,7 +1,8 @@
 """EIP-3009 `TransferWithAuthorization`, pure: parse, EIP-712 digest, recover, terms. No I/O.
 
-Used by the engine's verify and settle, and meant for the gateway itself to refuse a forged
-or mismatched payment before any facilitator call (so: no chain access, microseconds).
+Used by the engine's verify and settle, and by the gateway itself (`gateway.payment.match`)
+to refuse a forged payment before any claim or facilitator call (no chain access, ~100 us).
+One implementation for both: it lives here, in the pure payment layer, below the engine.
 
 The digest is EIP-712 over a fixed struct: every field is one 32-byte ABI word, so it is
 packed here directly (tests prove it equal to eth-account's `encode_typed_data` and to the

@@ -1,0 +1,160 @@
+"""Section E: repeat calls inside a Sign-In-With-X window, beside a free request and an
+`exact` paid request, through one gateway, read by one client, in the same run.
+
+anvil + the test USDC + the facilitator HTTP server (section B's environment), one gateway
+with three routes on the same origin body: free, `exact` paid, and paid with
+`access: {for: 1h}`. One payer pays for the SIWX route once (the SDK's client); then, before
+the clock, that payer signs one SIWX proof per request (the SDK's `create_siwx_payload`,
+for a fresh 402 challenge each: nonces are single-use) and other payers sign one `exact`
+payment each. Measured at concurrency 1: latency at the client (p50 / p99) and the gateway's
+CPU per request for each kind, in interleaved rounds; the facilitator's transactions during
+each kind's batches (counted on chain: zero for the sign-ins).
+
+Target: a sign-in costs at most a free request + 0.2 ms at p50.
+
+Why the gateway checks the signature itself (gateway/payment/sessions.py): the SDK's own
+`verify_siwx_signature` costs about 9 ms of CPU per proof in `siwe`'s URI grammar check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from eth_account.signers.local import LocalAccount
+from x402.extensions.sign_in_with_x import (
+    SIGN_IN_WITH_X,
+    create_siwx_payload,
+    encode_siwx_header,
+)
+from x402.http.utils import decode_payment_required_header
+from x402.mechanisms.evm import EthAccountSigner
+
+from bench import nginx, paid_route
+from bench.gateway_proc import start_gateway
+from bench.paid_client import dist, send_all
+from bench.procs import ProcGroup, cpu_seconds_fine, free_port
+from bench.stats import rounded
+from gateway.demo import chain as demo_chain
+
+TARGET_OVER_FREE_US = 200.0
+ROUNDS = 4  # each kind's requests are sent in this many interleaved batches
+
+
+@dataclass(frozen=True)
+class RepeatParams:
+    requests: int  # of each kind (free, SIWX sign-in, exact paid)
+
+
+def session_config(env: paid_route.PaidEnv, upstream: str, port: int) -> dict[str, Any]:
+    config = paid_route.paid_config(env, upstream, local_facilitator=False)
+    return {
+        **config,
+        "listen": f"127.0.0.1:{port}",
+        "public_url": f"http://127.0.0.1:{port}",  # SIWX proofs are bound to it
+        "routes": [
+            {"path": nginx.PAID_SMALL_PATH, "price": paid_route.PRICE},
+            {"path": nginx.REPORT_PATH, "price": paid_route.PRICE, "access": {"for": "1h"}},
+            {"path": "/*", "price": "free"},
+        ],
+    }
+
+
+async def siwx_proof(session: aiohttp.ClientSession, url: str, account: LocalAccount) -> str:
+    """A SIGN-IN-WITH-X header for a fresh challenge of `url`, made by the SDK."""
+    async with session.get(url) as resp:
+        await resp.read()
+        challenge = decode_payment_required_header(resp.headers["PAYMENT-REQUIRED"])
+    siwx = (challenge.extensions or {})[SIGN_IN_WITH_X]
+    chain = siwx["supportedChains"][0]
+    info = {**siwx["info"], "chainId": chain["chainId"], "type": chain["type"]}
+    return encode_siwx_header(await create_siwx_payload(info, EthAccountSigner(account), url))
+
+
+async def _measure(
+    url: str, pid: int, env: paid_route.PaidEnv, params: RepeatParams, log: Callable[[str], None]
+) -> dict[str, Any]:
+    n = params.requests
+    report_url, paid_url, free_url = (
+        url + nginx.REPORT_PATH,
+        url + nginx.PAID_SMALL_PATH,
+        url + nginx.SMALL_PATH,
+    )
+    member = env.payers[-1]
+    (pay_once,) = await paid_route.sign_payments(report_url, env, [member])
+    paid, _ = await send_all(report_url, [pay_once], 1)
+    if not (paid and paid[0]["status"] == 200 and paid[0]["settled"]):
+        raise RuntimeError(f"the one payment for the SIWX route failed: {paid}")
+    async with aiohttp.ClientSession() as session:
+        proofs = [{SIGN_IN_WITH_X: await siwx_proof(session, report_url, member)} for _ in range(n)]
+    exact = await paid_route.sign_payments(paid_url, env, env.payers[:n])
+    log(f"E signed {n} SIWX proofs and {n} exact payments (before the clock)")
+
+    batches = {
+        "free": (free_url, [{}] * n),
+        "SIWX sign-in": (report_url, proofs),
+        "exact paid": (paid_url, exact),
+    }
+    seen: dict[str, dict[str, Any]] = {
+        kind: {"latency": [], "cpu": 0.0, "requests": 0, "txs": 0} for kind in batches
+    }
+    # Interleaved rounds: a neighbour's burst of CPU lands on every kind alike.
+    for round_ in range(ROUNDS):
+        for kind, (target, headers) in batches.items():
+            chunk = headers[round_::ROUNDS]
+            txs = demo_chain.tx_count(env.chain.rpc_url, env.chain.facilitator_address)
+            cpu = cpu_seconds_fine(pid)
+            records, _ = await send_all(target, chunk, 1)
+            got = seen[kind]
+            got["cpu"] += cpu_seconds_fine(pid) - cpu
+            got["txs"] += (
+                demo_chain.tx_count(env.chain.rpc_url, env.chain.facilitator_address) - txs
+            )
+            got["requests"] += len(records)
+            got["latency"] += [r["total_us"] for r in records if r["status"] == 200]
+    out = {
+        kind: {
+            "requests": got["requests"],
+            "ok": len(got["latency"]),
+            "latency_us": dist(got["latency"]),
+            "gateway_cpu_us_per_request": rounded(got["cpu"] / max(1, got["requests"]) * 1e6),
+            "facilitator_txs": got["txs"],
+        }
+        for kind, got in seen.items()
+    }
+    free_p50 = out["free"]["latency_us"]["p50"]
+    siwx_p50 = out["SIWX sign-in"]["latency_us"]["p50"]
+    over = rounded(siwx_p50 - free_p50) if siwx_p50 is not None and free_p50 else None
+    return {
+        "params": params.__dict__,
+        "kinds": out,
+        "siwx_minus_free_p50_us": over,
+        "target_us": TARGET_OVER_FREE_US,
+        "met": over is not None and over <= TARGET_OVER_FREE_US,
+    }
+
+
+def run_section(
+    group: ProcGroup,
+    workdir: Path,
+    upstream: str,
+    params: RepeatParams,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    env = paid_route.start_env(group, params.requests + 1, log)
+    try:
+        port = free_port()
+        proc, _ = start_gateway(
+            group, workdir, "gateway-sessions", session_config(env, upstream, port)
+        )
+        try:
+            log("E repeat calls: free, SIWX sign-in, exact paid")
+            return asyncio.run(_measure(f"http://127.0.0.1:{port}", proc.pid, env, params, log))
+        finally:
+            group.stop(proc)
+    finally:
+        paid_route.stop_env(env)

@@ -1,0 +1,102 @@
+"""Reconciling one stale claim against the chain and writing what it says: the I/O around
+`gateway.payment.reconcile.decide`. Used inline by a request that finds a claim whose holder
+died mid-settlement, and by `x402-gateway payments --reconcile`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from gateway.errors import ChainUnavailable
+from gateway.formats import chain_id
+from gateway.observe.logs import get_logger
+from gateway.payment.claims import MAY_BE_CHARGED, Verdict, on_conflict
+from gateway.payment.match import PaymentIdentity
+from gateway.payment.reconcile import Action, ChainReader, ChainState, decide
+from gateway.store import PaymentRecord, PaymentStore
+
+log = get_logger("gateway.payments")
+
+RECONCILABLE = MAY_BE_CHARGED | {"settlement_pending"}
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciler:
+    store: PaymentStore
+    chain: ChainReader | None  # None: no RPC, nothing can be reconciled
+    window: float  # seconds after `settling` before "not used" is believed
+    bound: float  # seconds one chain read may take
+
+    async def chain_state(self, record: PaymentRecord) -> ChainState | None:
+        """What the chain says of the record's authorization; None when it cannot be asked."""
+        chain = self.chain
+        if chain is None or not chain.covers(record.network):
+            return None
+        try:
+            async with asyncio.timeout(self.bound):
+                return await chain.authorization(
+                    record.network, record.asset, record.payer, record.nonce
+                )
+        except (TimeoutError, ChainUnavailable) as exc:
+            log.warning("reconcile_chain_unavailable", network=record.network, error=str(exc))
+            return None
+
+    async def run(self, key: str, held: PaymentRecord) -> PaymentRecord:
+        """The claim's record after asking the chain: `settled` (with the transaction found),
+        `released` (unused, and the settle window is over) or `held` unchanged. A record that
+        changed meanwhile (another replica reconciled it) is left alone."""
+        if held.status not in RECONCILABLE:
+            return held
+        state = await self.chain_state(held)
+        action = decide(state, settling_since=held.updated_at, now=time.time(), window=self.window)
+        if action is Action.WAIT:
+            return held
+        if action is Action.SETTLED:
+            assert state is not None
+            new = held.with_status("settled", transaction=state.transaction, reason="reconciled")
+        else:
+            new = held.with_status("released", reason="reconciled_unused")
+        if not await self.store.replace(key, held, new, 0):
+            return held
+        log.info(
+            "payment_reconciled",
+            request_id=held.request_id,
+            status=new.status,
+            previous=held.status,
+            transaction=new.transaction,
+            payer=held.payer,
+        )
+        return new
+
+
+def claim_key(record: PaymentRecord) -> str:
+    """The store key of the claim a record belongs to (as `match` names it)."""
+    cid = chain_id(record.network)
+    identity = PaymentIdentity(cid or 0, record.asset.lower(), record.payer.lower(), record.nonce)
+    return identity.key
+
+
+async def reconcile_recent(
+    reconciler: Reconciler, limit: int
+) -> list[tuple[PaymentRecord, PaymentRecord]]:
+    """Reconcile every recent record left in flight by a holder that is gone: those that may
+    be charged against the chain, those that cannot be simply released. (old, new) for each
+    record changed; a record whose claim moved on meanwhile is left alone."""
+    store = reconciler.store
+    changed: list[tuple[PaymentRecord, PaymentRecord]] = []
+    for held in await store.recent(limit):
+        if held.in_flight and await store.alive(held.holder):
+            continue
+        verdict = on_conflict(held.status, holder_alive=False)
+        key = claim_key(held)
+        if verdict is Verdict.TAKE_OVER and held.status != "released":
+            new = held.with_status("released", reason="holder_gone")
+            if await store.replace(key, held, new, 0):
+                log.info("claim_released", request_id=held.request_id, reason="holder_gone")
+                changed.append((held, new))
+        elif held.status in RECONCILABLE:
+            new = await reconciler.run(key, held)
+            if new is not held:
+                changed.append((held, new))
+    return changed

@@ -1,0 +1,135 @@
+"""Batch-settlement channel state (issue 14, channels: the storage slice), shared by every
+replica: the SDK's `ChannelStorage` protocol (x402.mechanisms.evm.batch_settlement.server.
+storage) kept in Redis.
+
+The SDK changes a channel through `update_channel(id, update)`, where `update` is a Python
+function from the current channel to the next one (a voucher accepted, a reservation taken
+or released, a claim recorded). A Lua script cannot run that function, so the change is a
+Redis transaction instead: WATCH the channel's key, read it, compute the next state, and
+MULTI/EXEC the write; EXEC fails when another replica wrote the key in between, and the
+update runs again on the new state. Two replicas handed the same voucher therefore accept
+it once: the second sees the first's state. `update` must be a pure function of the state
+it is given (the SDK's are), because it may run more than once.
+
+The SDK's storage calls are synchronous (its scheme hooks are), so this is redis-py's sync
+client: whoever drives the SDK's batch-settlement scheme must do so off the event loop (a
+thread pool), as with the SDK's other blocking parts.
+
+One Redis server (or a Sentinel-managed master: not yet) holds the channels; a Redis
+Cluster would need every channel key and the index in one hash slot: not supported yet.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import TypeVar
+
+import redis
+from redis.exceptions import RedisError, WatchError
+from x402.mechanisms.evm.batch_settlement.server.storage import (
+    Channel,
+    ChannelStorage,
+    ChannelUpdate,
+    ChannelUpdateResult,
+    InMemoryChannelStorage,
+)
+from x402.mechanisms.evm.batch_settlement.utils import normalize_channel_id
+
+from ..errors import StoreUnavailable
+from .redis_url import parse_redis_url
+
+CHANNEL_PREFIX = "x402:channel:"
+INDEX_KEY = "x402:channels"  # every channel id, for listing and the claim schedule
+MAX_ATTEMPTS = 50  # optimistic retries of one update under contention
+TIMEOUT = 2.0
+
+T = TypeVar("T")
+
+
+class RedisChannelStorage:
+    """`ChannelStorage` in Redis: atomic per channel across processes and replicas."""
+
+    def __init__(self, url: str) -> None:
+        target = parse_redis_url(url)
+        if target.kind != "single":
+            raise ValueError("channel state needs a single Redis server (redis:// or rediss://)")
+        self._redis = redis.Redis.from_url(
+            target.url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT
+        )
+
+    def get(self, channel_id: str) -> Channel | None:
+        raw = self._call(lambda: self._redis.get(_key(channel_id)))
+        return _load(raw)
+
+    def list(self) -> list[Channel]:
+        ids = sorted(_text(i) for i in self._call(lambda: self._redis.smembers(INDEX_KEY)))
+        if not ids:
+            return []
+        raws = self._call(lambda: self._redis.mget([CHANNEL_PREFIX + i for i in ids]))
+        return [c for c in (_load(raw) for raw in raws) if c is not None]
+
+    def update_channel(self, channel_id: str, update: ChannelUpdate) -> ChannelUpdateResult:
+        key = _key(channel_id)
+        for _ in range(MAX_ATTEMPTS):
+            try:
+                return self._call(lambda: self._attempt(key, update))
+            except WatchError:
+                continue  # another process changed the channel first: run update again
+        raise StoreUnavailable(f"channel {channel_id[:18]}…: {MAX_ATTEMPTS} conflicting writers")
+
+    def _attempt(self, key: str, update: ChannelUpdate) -> ChannelUpdateResult:
+        with self._redis.pipeline() as pipe:
+            pipe.watch(key)  # type: ignore[no-untyped-call]
+            current = _load(pipe.get(key))
+            given = current.copy() if current is not None else None
+            following = update(given)
+            if following is given:
+                pipe.unwatch()
+                return ChannelUpdateResult(channel=current, status="unchanged")
+            channel_id = key.removeprefix(CHANNEL_PREFIX)
+            pipe.multi()
+            if following is None:
+                pipe.delete(key)
+                pipe.srem(INDEX_KEY, channel_id)
+            else:
+                pipe.set(key, json.dumps(following.to_dict(), separators=(",", ":")))
+                pipe.sadd(INDEX_KEY, channel_id)
+            pipe.execute()  # WatchError when the key moved since WATCH
+        if following is None:
+            if current is None:
+                return ChannelUpdateResult(channel=None, status="unchanged")
+            return ChannelUpdateResult(channel=None, status="deleted")
+        return ChannelUpdateResult(channel=following.copy(), status="updated")
+
+    def close(self) -> None:
+        self._redis.close()
+
+    @staticmethod
+    def _call(command: Callable[[], T]) -> T:
+        try:
+            return command()
+        except WatchError:
+            raise
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis (channels): {type(exc).__name__}: {exc}") from exc
+
+
+def open_channel_storage(store_url: str) -> ChannelStorage:
+    """Channels beside the payment records: in Redis when they are, else in this process
+    (the SDK's own thread-safe in-memory storage)."""
+    if store_url == "memory":
+        return InMemoryChannelStorage()
+    return RedisChannelStorage(store_url)
+
+
+def _key(channel_id: str) -> str:
+    return CHANNEL_PREFIX + normalize_channel_id(channel_id)
+
+
+def _load(raw: bytes | str | None) -> Channel | None:
+    return Channel.from_dict(json.loads(raw)) if raw else None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
