@@ -40,6 +40,9 @@ from gateway.config.settings import (
     Timeouts,
 )
 
+# `verify: local` checks a payment in process, without the facilitator's /verify round trip.
+VERIFY_MODES = ("facilitator", "local")
+
 TOP_LEVEL_KEYS = frozenset(
     {
         "listen",
@@ -59,6 +62,7 @@ TOP_LEVEL_KEYS = frozenset(
         "log_level",
         "workers",
         "server_timing",
+        "verify",
         "networks",
         "cors",
         "routes",
@@ -119,6 +123,7 @@ def compile_document(reader: Reader, root: yaml.Node) -> Settings | None:
         networks=compile_networks(reader, top.get("networks")),
         idempotency=_idempotency(reader, top.get("idempotency")),
         cors=compile_cors(reader, top.get("cors")),
+        verify=top.read("verify", choice(VERIFY_MODES), "facilitator"),
     )
 
 
