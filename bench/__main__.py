@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import free_route, memory, nginx, report
+from bench import free_route, memory, nginx, paid_engine, report
 from bench.gateway_proc import free_config, gateway_available, start_gateway
 from bench.procs import ProcGroup, free_port
 from bench.stats import ratio, rounded
@@ -278,6 +278,9 @@ def _sections(harness: Harness, only: str, sections: dict[str, Any]) -> None:
         sections["A"] = _guarded("A", harness, harness.section_a)
     if "C" in only:
         sections["C"] = _guarded("C", harness, harness.section_c)
+    if "F" in only:
+        quick = harness.profile.name == "quick"
+        sections["F"] = _guarded("F", harness, lambda: paid_engine.section(quick, harness.log))
     if "B" in only:
         paid_memory: dict[str, Any] = {}
 
@@ -323,7 +326,7 @@ def run(profile: Profile, only: str, command: str, keep: bool = False) -> dict[s
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests, 256 MiB body")
-    parser.add_argument("--only", default="ABCDE", help="sections to run, e.g. AD")
+    parser.add_argument("--only", default="ABCDEF", help="sections to run, e.g. AD")
     parser.add_argument(
         "--keep", action="store_true", help="keep the work dir (configs, process logs)"
     )

@@ -302,6 +302,20 @@ def _repeat(e: dict[str, Any]) -> list[str]:
     return out
 
 
+def _engine(e: dict[str, Any]) -> list[str]:
+    from bench.paid_engine import table_lines
+
+    out = ["## F. Paid throughput: SDK facilitator vs settlement engine", "", *_status(e)]
+    if e.get("cells"):
+        out += [*table_lines(e), ""]
+    out += [
+        "Targets: engine >= 10x sdk-http at c=32 on automine; p50 about one block with 1 s "
+        "blocks; zero double charges and zero unpaid 200s.",
+        "",
+    ]
+    return out
+
+
 def markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
     sections = results["sections"]
@@ -323,6 +337,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines += _memory(sections.get("C", {}))
     lines += _routes(sections.get("D", {}))
     lines += _repeat(sections.get("E", {}))
+    lines += _engine(sections.get("F", {}))
     return "\n".join(lines) + "\n"
 
 

@@ -1,4 +1,4 @@
-"""`x402-gateway`: serve | check | routes | payments | demo."""
+"""`x402-gateway`: serve | check | routes | payments | facilitator | demo."""
 
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gateway.demo.walkthrough import run_demo
 
         return run_demo(once=args.once)
+    if args.command == "facilitator":
+        return _facilitator(args)
     settings = _load(_config_path(args, parser))
     if settings is None:
         return 1
@@ -77,6 +79,15 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     return run(settings, make_app, create_admin_app if settings.admin else None)
 
 
+def _facilitator(args: argparse.Namespace) -> int:
+    from gateway import facilitator_cli as command
+
+    settings = _load(args.config) if args.config else None
+    if args.config and settings is None:
+        return 1
+    return command.main(args, settings)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="x402-gateway", description=__doc__)
     p.add_argument("--version", action="version", version=f"x402-gateway {__version__}")
@@ -108,6 +119,9 @@ def _parser() -> argparse.ArgumentParser:
                 help="resolve records a dead gateway left in flight against the chain; "
                 "print each change",
             )
+    from gateway.facilitator_cli import add_parser
+
+    add_parser(sub)
     demo = sub.add_parser("demo", help="the offline demo: local chain, token, a paid request")
     demo.add_argument("--once", action="store_true", help="run the walkthrough once and exit")
     return p

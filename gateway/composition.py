@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from gateway.config.settings import Settings
 from gateway.facilitators import open_facilitator
 from gateway.facilitators.chain import open_chain, settle_timeout
+from gateway.facilitators.engine import EngineFacilitator
 from gateway.observe.logs import get_logger
 from gateway.observe.metrics import Metrics
 from gateway.payment.challenge import PreparedChallenges
@@ -57,7 +58,10 @@ def default_store(settings: Settings) -> PaymentStore:
 
 
 def default_facilitator(settings: Settings, metrics: Metrics) -> Facilitator:
-    return open_facilitator(settings, metrics.facilitator_failed)
+    facilitator = open_facilitator(settings, metrics.facilitator_failed, metrics.engine.observe)
+    if isinstance(facilitator, EngineFacilitator):
+        metrics.engine.attach(facilitator, facilitator.stats.snapshot)
+    return facilitator
 
 
 @dataclass(frozen=True, slots=True)

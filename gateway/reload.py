@@ -79,7 +79,7 @@ def facilitator_key(settings: Settings) -> tuple[object, ...]:
     if any(isinstance(f, LocalFacilitatorSettings) for f in settings.facilitators):
         networks = sorted({req.network for r in settings.routes for req in r.accepts})
         return (settings.facilitators, tuple(networks), settings.network)
-    return (settings.facilitators,)
+    return (settings.facilitators, settings.verify)  # verify: local wraps the remote client
 
 
 def upstream_key(settings: Settings) -> tuple[object, ...]:

@@ -43,6 +43,9 @@ from gateway.config.settings import (
     Transfer,
 )
 
+# `verify: local` checks a payment in process, without the facilitator's /verify round trip.
+VERIFY_MODES = ("facilitator", "local")
+
 TOP_LEVEL_KEYS = frozenset(
     {
         "listen",
@@ -63,6 +66,7 @@ TOP_LEVEL_KEYS = frozenset(
         "log_level",
         "workers",
         "server_timing",
+        "verify",
         "networks",
         "cors",
         "routes",
@@ -125,6 +129,7 @@ def compile_document(reader: Reader, root: yaml.Node) -> Settings | None:
         networks=compile_networks(reader, top.get("networks")),
         idempotency=_idempotency(reader, top.get("idempotency")),
         cors=compile_cors(reader, top.get("cors")),
+        verify=top.read("verify", choice(VERIFY_MODES), "facilitator"),
     )
 
 

@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
+from typing import Any
 
 import yaml
 
 from gateway import formats
 from gateway.config import values as cv
-from gateway.config.reader import Reader, Section, duration, using
+from gateway.config.reader import Reader, Section, duration, positive_int, using
 from gateway.config.settings import (
     FacilitatorSettings,
     LocalFacilitatorSettings,
@@ -17,7 +19,23 @@ from gateway.config.settings import (
 )
 
 FACILITATOR_KEYS = frozenset({"url", "headers", "timeout", "local"})
-LOCAL_FACILITATOR_KEYS = frozenset({"rpc_url", "private_key"})
+LOCAL_FACILITATOR_KEYS = frozenset(
+    {
+        "rpc_url",
+        "private_key",
+        "keys",
+        "delegate_key",
+        "batch_window",
+        "max_batch",
+        "confirmation_timeout",
+        "poll_interval",
+        "min_gas_balance",
+        "max_fee_per_gas",
+        "reorg_depth",
+        "stuck_blocks",
+        "stuck_seconds",
+    }
+)
 
 
 def compile_facilitators(reader: Reader, node: yaml.Node | None) -> tuple[FacilitatorSettings, ...]:
@@ -78,11 +96,74 @@ def _local_facilitator(reader: Reader, entry: Section) -> LocalFacilitatorSettin
     local = reader.section(entry.entries["local"], entry.where("local"), LOCAL_FACILITATOR_KEYS)
     if local is None:
         return None
-    local.require(("rpc_url", "private_key"))
+    local.require(("rpc_url",))
     # An RPC URL often embeds an API key: it is never echoed.
     rpc_url = using(lambda text: cv.parse_url(text, allow_path=True, what="RPC URL", echo=False))
     rpc = local.read("rpc_url", rpc_url, None, on_null="error")
-    secret = local.read("private_key", using(cv.parse_private_key), None, on_null="error")
-    if rpc is None or secret is None:
+    keys = _settler_keys(reader, local)
+    delegate = local.read("delegate_key", using(cv.parse_private_key), None, on_null="error")
+    if delegate is not None and delegate in keys:
+        local.error(
+            "delegate_key", "must differ from the settler keys (each key has one nonce manager)"
+        )
+    if rpc is None or not keys:
         return None
-    return LocalFacilitatorSettings(rpc_url=rpc, private_key=secret, timeout=timeout)
+    return LocalFacilitatorSettings(
+        rpc_url=rpc,
+        private_key=keys[0],
+        timeout=local.read("confirmation_timeout", duration, timeout),
+        more_keys=keys[1:],
+        delegate_key=delegate,
+        **_engine_knobs(local),
+    )
+
+
+def _settler_keys(reader: Reader, local: Section) -> tuple[str, ...]:
+    """`private_key` and `keys`, in that order; each given once."""
+    if "private_key" not in local and "keys" not in local:
+        local.error("private_key", "required (or keys: a list of settler keys)")
+    found: list[str] = []
+    first = local.read("private_key", using(cv.parse_private_key), None, on_null="error")
+    if first is not None:
+        found.append(first)
+    node = local.get("keys")
+    for index, item in enumerate(reader.sequence(node, local.where("keys")) or [] if node else []):
+        where = f"{local.where('keys')}[{index}]"
+        key = reader.value(item, where, using(cv.parse_private_key), None, on_null="error")
+        if key is not None and key in found:
+            reader.error(item, where, "the same key twice would race on its own nonces")
+        elif key is not None:
+            found.append(key)
+    return tuple(found)
+
+
+def _engine_knobs(local: Section) -> dict[str, Any]:
+    zero_ok = using(lambda text: formats.parse_duration(text, allow_zero=True))
+    return {
+        "batch_window": local.read("batch_window", zero_ok, 0.0),
+        "max_batch": local.read("max_batch", positive_int, 50),
+        "poll_interval": local.read("poll_interval", duration, 0.25),
+        "min_gas_balance": local.read("min_gas_balance", using(parse_wei), 0),
+        "max_fee_per_gas": local.read("max_fee_per_gas", using(parse_wei), 500 * 10**9),
+        "reorg_depth": local.read("reorg_depth", positive_int, 6),
+        "stuck_blocks": local.read("stuck_blocks", positive_int, 3),
+        "stuck_seconds": local.read("stuck_seconds", duration, 30.0),
+    }
+
+
+_WEI_UNITS = {"wei": 1, "gwei": 10**9, "eth": 10**18}
+
+
+def parse_wei(text: str) -> int:
+    """`1000000`, `50 gwei`, `0.01 eth`: an amount of the chain's native token, in wei."""
+    number, _, unit = text.strip().lower().partition(" ")
+    scale = _WEI_UNITS.get(unit.strip() or "wei")
+    try:
+        amount = Decimal(number) * scale if scale is not None else None
+    except InvalidOperation:
+        amount = None
+    if amount is None or amount < 0 or amount != amount.to_integral_value():
+        raise ValueError(
+            f"{formats.quote(text)} is not an amount of wei (write e.g. 1000000, 50 gwei, 0.01 eth)"
+        )
+    return int(amount)

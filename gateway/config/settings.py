@@ -214,7 +214,23 @@ class LocalFacilitatorSettings:
 
     rpc_url: str = field(repr=False)  # RPC URLs often carry an API key
     private_key: str = field(repr=False)
-    timeout: float = 30.0
+    timeout: float = 30.0  # how long a settle waits for its receipt
+    # The settlement engine's knobs (issue 13; gateway/facilitators/engine/options.py).
+    more_keys: tuple[str, ...] = field(default=(), repr=False)  # settle in parallel
+    delegate_key: str | None = field(default=None, repr=False)  # the SDK's, for other schemes
+    batch_window: float = 0.0  # 0: every payment its own transaction
+    max_batch: int = 50
+    poll_interval: float = 0.25
+    min_gas_balance: int = 0  # wei; readiness fails below it
+    max_fee_per_gas: int = 500 * 10**9  # wei
+    reorg_depth: int = 6
+    stuck_blocks: int = 3
+    stuck_seconds: float = 30.0
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Every settler key, `private_key` first."""
+        return (self.private_key, *self.more_keys)
 
 
 FacilitatorSettings = RemoteFacilitatorSettings | LocalFacilitatorSettings
@@ -297,3 +313,6 @@ class Settings:
     networks: Mapping[str, NetworkSettings] = field(default_factory=lambda: EMPTY)  # by CAIP-2
     idempotency: Idempotency | None = None  # None: the extension is not offered
     cors: Cors = Cors()
+    verify: str = (
+        "facilitator"  # "local": checked in process (gateway/facilitators/local_verify.py)
+    )

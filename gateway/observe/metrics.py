@@ -12,6 +12,8 @@ it. These classes count; they build no log fields (the access line reads the sam
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from prometheus_client import (
@@ -22,6 +24,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from gateway.errors import (
     FacilitatorUnavailable,
@@ -129,6 +133,7 @@ class Metrics:
             "x402_gateway_config_reload_failures", "Config reloads rejected", registry=r
         )
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self.engine = EngineMetrics(r)
 
     def observe_request(
         self, route: str, method: str, status: int, seconds: float, error: GatewayError | None
@@ -187,3 +192,107 @@ class Metrics:
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+# --- the settlement engine (issue 13) ---------------------------------------------------
+
+
+class SettlerKey(Protocol):
+    """One settler key as the engine reports it (gateway.facilitators.engine.KeyState)."""
+
+    @property
+    def address(self) -> str: ...
+    @property
+    def balance(self) -> int | None: ...
+    @property
+    def in_flight(self) -> int: ...
+
+
+class EngineView(Protocol):
+    """What the exporter reads of a running engine at scrape time."""
+
+    def key_states(self) -> Sequence[SettlerKey]: ...
+
+
+_BATCH = (1, 2, 5, 10, 20, 50, 100, 200, 500)
+# Engine counters exported as x402_gateway_engine_events_total{event=...}.
+_ENGINE_EVENTS = (
+    "settled",
+    "failed",
+    "refused",
+    "answered_pending",
+    "transactions",
+    "replaced",
+    "rebroadcast",
+    "reorged",
+    "reorg_lost",
+    "gap_fills",
+    "requeued",
+)
+
+
+class EngineMetrics(Collector):
+    """The in-process engine's batch sizes and receipt latency (told as they happen, through
+    `observe`, the engine's Observer) and its keys' gas, in-flight and event counts (read
+    from the engine attached last, at scrape time: a reload's new engine replaces it)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.batch_size = Histogram(
+            "x402_gateway_engine_batch_size",
+            "Payments per settlement transaction sent",
+            buckets=_BATCH,
+            registry=registry,
+        )
+        self.receipt_seconds = Histogram(
+            "x402_gateway_engine_receipt_seconds",
+            "From a settlement's first broadcast to its receipt",
+            buckets=_SLOW,
+            registry=registry,
+        )
+        self._view: EngineView | None = None
+        self._stats: Callable[[], Mapping[str, float]] | None = None
+        registry.register(self)
+
+    def attach(self, view: EngineView, stats: Callable[[], Mapping[str, float]]) -> None:
+        self._view, self._stats = view, stats
+
+    def observe(self, name: str, value: float) -> None:
+        if name == "batch_size":
+            self.batch_size.observe(value)
+        elif name == "receipt_latency":
+            self.receipt_seconds.observe(value)
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # the families exist only once an engine is attached
+
+    def collect(self) -> Iterator[Metric]:
+        if self._view is None or self._stats is None:
+            return
+        balance = GaugeMetricFamily(
+            "x402_gateway_settler_gas_balance_wei",
+            "Native gas token each settler key holds, as last read",
+            labels=["address"],
+        )
+        in_flight = GaugeMetricFamily(
+            "x402_gateway_settler_in_flight_transactions",
+            "Transactions sent by each settler key and not yet final",
+            labels=["address"],
+        )
+        for key in self._view.key_states():
+            if key.balance is not None:
+                balance.add_metric([key.address], float(key.balance))
+            in_flight.add_metric([key.address], float(key.in_flight))
+        stats = self._stats()
+        pending = GaugeMetricFamily(
+            "x402_gateway_engine_pending_transactions",
+            "Settlement transactions sent and not yet mined",
+            value=stats.get("pending_transactions", 0.0),
+        )
+        events = CounterMetricFamily(
+            "x402_gateway_engine_events",
+            "The engine's events: settled, failed, refused, transactions, replaced, reorged...",
+            labels=["event"],
+        )
+        for name in _ENGINE_EVENTS:
+            events.add_metric([name], stats.get(name, 0.0))
+        yield from (balance, in_flight, pending, events)

@@ -8,7 +8,7 @@ for a histogram. Both are plain: the gateway's metrics module adapts them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 # Told of each sample: ("batch_size", n) per transaction sent, ("receipt_latency", seconds)
 # from first broadcast to receipt, ("replaced", 1) and ("reorged", 1) per event.
@@ -51,6 +51,6 @@ class EngineStats:
             self.observer(name, value)
 
     def snapshot(self) -> dict[str, float]:
-        data = asdict(self)
-        data.pop("observer")
-        return data
+        # Not asdict(): it deep-copies every field, the observer too (a metrics exporter's
+        # bound method, holding locks that cannot be copied).
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "observer"}

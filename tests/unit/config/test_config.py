@@ -139,7 +139,7 @@ TOP_LEVEL_CASES = [
     (
         text_with(facilitator=f"{{local: {{rpc_url: http://n}}}} {MARK}"),
         "facilitator.local.private_key",
-        "required",
+        "required (or keys: a list of settler keys)",
     ),
     (
         text_with(facilitator=f'{{local: {{rpc_url: http://n, private_key: "0x12"}}}} {MARK}'),
@@ -1039,6 +1039,44 @@ def test_facilitator_list_remote_and_local() -> None:
         "https://f.example/x402", {"Authorization": "Bearer t"}, 2.5
     )
     assert local == LocalFacilitatorSettings("http://127.0.0.1:8545", SECRET_KEY, 30.0)
+
+
+def test_local_facilitator_engine_knobs() -> None:
+    k2, k3, dk = ("0x" + c * 64 for c in "123")
+    local = (
+        f"{{local: {{rpc_url: http://127.0.0.1:8545, private_key: {SECRET_KEY}, keys: [{k2}, {k3}],"
+        f" delegate_key: {dk}, batch_window: 20ms, max_batch: 10, confirmation_timeout: 12s,"
+        " poll_interval: 0.1, min_gas_balance: 0.01 eth, max_fee_per_gas: 50 gwei,"
+        " reorg_depth: 3, stuck_blocks: 2, stuck_seconds: 9s}}"
+    )
+    (got,) = loads(text_with(facilitator=local)).facilitators
+    assert isinstance(got, LocalFacilitatorSettings)
+    assert got.keys == (SECRET_KEY, k2, k3) and got.delegate_key == dk
+    assert (got.batch_window, got.max_batch, got.timeout, got.poll_interval) == (0.02, 10, 12, 0.1)
+    assert (got.min_gas_balance, got.max_fee_per_gas) == (10**16, 50 * 10**9)
+    assert (got.reorg_depth, got.stuck_blocks, got.stuck_seconds) == (3, 2, 9.0)
+    assert all(key[2:] not in repr(got) for key in (SECRET_KEY, k2, k3, dk))
+    only_keys = f"{{local: {{rpc_url: http://n, keys: [{k2}], batch_window: 0}}}}"
+    (got,) = loads(text_with(facilitator=only_keys)).facilitators
+    assert isinstance(got, LocalFacilitatorSettings)
+    assert got.keys == (k2,) and got.batch_window == 0.0 and got.delegate_key is None
+
+
+def test_local_facilitator_key_errors() -> None:
+    twice = f"{{local: {{rpc_url: http://n, private_key: {SECRET_KEY}, keys: [{SECRET_KEY}]}}}}"
+    assert errors(text_with(facilitator=twice)) == [
+        "gateway.yaml:2 facilitator.local.keys[0]: the same key twice would race on its own nonces"
+    ]
+    shared = (
+        f"{{local: {{rpc_url: http://n, private_key: {SECRET_KEY}, delegate_key: {SECRET_KEY}}}}}"
+    )
+    (problem,) = errors(text_with(facilitator=shared))
+    assert "facilitator.local.delegate_key: must differ from the settler keys" in problem
+    wei = f"{{local: {{rpc_url: http://n, private_key: {SECRET_KEY}, min_gas_balance: 1 bitcoin}}}}"
+    (problem,) = errors(text_with(facilitator=wei))
+    assert "facilitator.local.min_gas_balance:" in problem and "not an amount of wei" in problem
+    for problem in (*errors(text_with(facilitator=twice)), *errors(text_with(facilitator=shared))):
+        assert SECRET_KEY[2:] not in problem
 
 
 # --- secrets -------------------------------------------------------------------------------

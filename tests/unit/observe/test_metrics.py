@@ -70,6 +70,8 @@ def test_every_documented_metric_is_exposed_with_its_type() -> None:
         "x402_gateway_in_flight_requests": "gauge",
         "x402_gateway_config_generation": "gauge",
         "x402_gateway_config_reload_failures": "counter",
+        "x402_gateway_engine_batch_size": "histogram",
+        "x402_gateway_engine_receipt_seconds": "histogram",
     }
 
 
@@ -261,3 +263,29 @@ def test_the_grafana_dashboard_queries_only_metrics_that_exist() -> None:
     assert used <= valid, used - valid
     # ...and every metric has a panel.
     assert {re.sub(r"_(total|bucket|count|sum)$", "", n) for n in used} == set(types(Metrics()))
+
+
+def test_engine_metrics_read_the_attached_engine_at_scrape_time() -> None:
+    from gateway.facilitators.engine import EngineStats, KeyState
+
+    metrics = Metrics()
+    assert b"x402_gateway_settler_gas_balance_wei" not in metrics.render()[0]  # no engine yet
+    stats = EngineStats(observer=metrics.engine.observe)
+    keys = [KeyState("0xA", 10**18, 2, 7), KeyState("0xB", None, 0, None)]
+
+    class View:
+        def key_states(self) -> list[KeyState]:
+            return keys
+
+    metrics.engine.attach(View(), stats.snapshot)
+    stats.observe("batch_size", 10)
+    stats.observe("receipt_latency", 0.5)
+    stats.replaced, stats.pending_transactions = 1, 3
+    body = metrics.render()[0].decode()
+    assert 'x402_gateway_settler_gas_balance_wei{address="0xA"} 1e+18' in body
+    assert 'address="0xB"} 0.0' in body and 'gas_balance_wei{address="0xB"}' not in body
+    assert 'x402_gateway_settler_in_flight_transactions{address="0xA"} 2.0' in body
+    assert "x402_gateway_engine_pending_transactions 3.0" in body
+    assert 'x402_gateway_engine_events_total{event="replaced"} 1.0' in body
+    assert "x402_gateway_engine_batch_size_sum 10.0" in body
+    assert "x402_gateway_engine_receipt_seconds_count 1.0" in body
