@@ -47,9 +47,11 @@ from gateway.payment.decode import decode_payment
 from gateway.payment.engine import Claim
 from gateway.payment.limits import client_ip
 from gateway.payment.match import MatchedPayment, match_requirement
+from gateway.payment.metering import settle_amount
 from gateway.payment.receipts import receipt_headers
 from gateway.payment.retries import Ticket
 from gateway.payment.sessions import HEADER as SIWX_HEADER
+from gateway.payment.streamed import relay_metered_stream, streams_usage
 from gateway.proxy.headers import is_trusted
 from gateway.proxy.paths import canonicalize
 from gateway.proxy.routes import route_rows
@@ -113,23 +115,53 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
                 return await relay(
                     request, upstream, paid_headers(gw, request, upstream), paid=True
                 )
-            if claim.settled is None:
-                try:
-                    await gw.payments.settle(claim)
-                except GatewayError:
-                    await gw.upstream.discard(upstream)  # settlement failed: serve nothing
-                    raise
-            assert claim.settled is not None
-            await gw.limiter.count_spend(matched.payer, matched.requirement, time.time())
-            await remember_payment(gw, route, matched.payer)
-            receipt = receipt_headers(claim.settled, matched.version)
-            extra = {**paid_headers(gw, request, upstream), **receipt, **timing(gw, claim, started)}
-            return await gw.retries.relay(ticket, request, upstream, extra, receipt)
+            return await settle_and_relay(
+                request, gw, upstream, claim=claim, ticket=ticket, record=record, started=started
+            )
     except GatewayError as exc:
         record.error = exc
         if resource is not None and isinstance(exc, PaymentError):
             resource = await with_sign_in(gw, resource)
         return answers.error_response(request, exc, resource, record.request_id, gw.cors)
+
+
+async def settle_and_relay(  # noqa: PLR0913  the request, its payment and its origin's answer
+    request: web.Request,
+    gw: Generation,
+    upstream: ClientResponse,
+    *,
+    claim: Claim,
+    ticket: Ticket | None,
+    record: RequestRecord,
+    started: float,
+) -> web.StreamResponse:
+    """The origin answered < 400: settle (what a metered route's origin stated), then relay;
+    a metered stream is relayed first and settled after its last byte."""
+    route, matched = record.route, claim.matched
+    assert route is not None
+    if streams_usage(route, upstream.headers):
+        # The amount comes with the stream's end: settled after the last byte.
+        return await relay_metered_stream(
+            request,
+            upstream,
+            payments=gw.payments,
+            claim=claim,
+            route=route,
+            extra_headers=paid_headers(gw, request, upstream),
+        )
+    if claim.settled is None:
+        try:
+            amount = settle_amount(route, matched.requirement, upstream.headers, record.request_id)
+            await gw.payments.settle(claim, amount)
+        except GatewayError:
+            await gw.upstream.discard(upstream)  # settlement failed: serve nothing
+            raise
+    assert claim.settled is not None
+    await gw.limiter.count_spend(matched.payer, matched.requirement, time.time())
+    await remember_payment(gw, route, matched.payer)
+    receipt = receipt_headers(claim.settled, matched.version)
+    extra = {**paid_headers(gw, request, upstream), **receipt, **timing(gw, claim, started)}
+    return await gw.retries.relay(ticket, request, upstream, extra, receipt)
 
 
 async def payment_step(

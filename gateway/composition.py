@@ -146,7 +146,7 @@ async def build(
         built = Generation(
             settings=settings,
             routes=RouteTable(settings.routes, settings.case_insensitive_paths),
-            challenges=PreparedChallenges(settings),
+            challenges=PreparedChallenges(settings, supported=payments.facilitator.get_supported),
             upstream=upstream,
             payments=payments,
             metrics=metrics,

@@ -88,6 +88,16 @@ class PaymentError(GatewayError):
     reason = "payment_required"
 
 
+class AllowanceRequired(PaymentError):
+    """A Permit2 payment whose payer has not approved Permit2 for the token: 412 with the
+    same challenge (as the x402 resource servers answer `permit2_allowance_required`), so the
+    payer approves once (or pays with a sponsored approval) and sends the same payment again."""
+
+    status = 412
+    title = "Permit2 allowance required"
+    reason = "permit2_allowance_required"
+
+
 class MalformedPayment(PaymentError):
     """The payment header cannot be read at all. 400: it is not a payment."""
 

@@ -7,7 +7,9 @@ the `Reader`, all of them, each with its line; a section that cannot be read yie
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import yaml
 
@@ -38,6 +40,7 @@ from gateway.config.settings import (
     RouteSettings,
     Settings,
     Timeouts,
+    Transfer,
 )
 
 # `verify: local` checks a payment in process, without the facilitator's /verify round trip.
@@ -52,6 +55,7 @@ TOP_LEVEL_KEYS = frozenset(
         "network",
         "pay_to",
         "asset",
+        "assets",
         "store",
         "payer_header",
         "timeouts",
@@ -70,7 +74,8 @@ TOP_LEVEL_KEYS = frozenset(
     | {"idempotency"}
 )
 IDEMPOTENCY_KEYS = frozenset({"keep_body", "keep_for", "required"})
-ASSET_KEYS = frozenset({"address", "name", "version", "decimals", "symbol"})
+ASSET_KEYS = frozenset({"address", "name", "version", "decimals", "symbol", "transfer"})
+TRANSFERS = ("eip3009", "permit2")
 TIMEOUT_KEYS = frozenset(
     {"connect", "read", "request_header", "request_body", "shutdown_grace", "keepalive"}
 )
@@ -110,6 +115,7 @@ def compile_document(reader: Reader, root: yaml.Node) -> Settings | None:
         network=defaults.network,
         pay_to=defaults.pay_to,
         asset=defaults.asset,
+        assets=defaults.assets,
         store=store,
         payer_header=top.read("payer_header", using(cv.parse_payer_header), "X-Payer"),
         timeouts=_timeouts(reader, top.get("timeouts")),
@@ -172,7 +178,10 @@ def _route_defaults(reader: Reader, top: Section) -> RouteDefaults:
     asset_node = top.get("asset")
     asset = _asset(reader, asset_node) if asset_node is not None else None
     broken.watch("asset", before)
-    return RouteDefaults(network, pay_to, asset, frozenset(broken.keys))
+    before = reader.error_count
+    assets = _assets(reader, top.get("assets"))
+    broken.watch("assets", before)
+    return RouteDefaults(network, pay_to, asset, frozenset(broken.keys), assets)
 
 
 def _decimals(scalar: Scalar) -> int:
@@ -182,8 +191,27 @@ def _decimals(scalar: Scalar) -> int:
     return value
 
 
-def _asset(reader: Reader, node: yaml.Node) -> AssetSpec | None:
-    asset = reader.section(node, "asset", ASSET_KEYS)
+def _transfer(scalar: Scalar) -> Transfer:
+    return "permit2" if choice(TRANSFERS)(scalar) == "permit2" else "eip3009"
+
+
+def _assets(reader: Reader, node: yaml.Node | None) -> Mapping[str, AssetSpec]:
+    """`assets: {name: {address, name, version, decimals, transfer}}`: tokens routes name."""
+    if node is None:
+        return MappingProxyType({})
+    section = reader.section(node, "assets", None)
+    if section is None:
+        return MappingProxyType({})
+    found: dict[str, AssetSpec] = {}
+    for name, value in section.entries.items():
+        spec = _asset(reader, value, f"assets.{name}")
+        if spec is not None:
+            found[name] = spec
+    return MappingProxyType(found)
+
+
+def _asset(reader: Reader, node: yaml.Node, where: str = "asset") -> AssetSpec | None:
+    asset = reader.section(node, where, ASSET_KEYS)
     if asset is None:
         return None
     asset.require(
@@ -195,11 +223,11 @@ def _asset(reader: Reader, node: yaml.Node) -> AssetSpec | None:
     version = asset.read("version", nonempty, None, on_null="error")
     decimals = asset.read("decimals", _decimals, None, on_null="error")
     symbol = asset.read("symbol", nonempty, "")
+    default: Transfer = "eip3009"
+    transfer = asset.read("transfer", _transfer, default)
     if address is None or name is None or version is None or decimals is None:
         return None
-    if symbol:
-        return AssetSpec(address, name, version, decimals, symbol)
-    return AssetSpec(address, name, version, decimals)
+    return AssetSpec(address, name, version, decimals, symbol or "USDC", transfer)
 
 
 # --- store, workers, routes -------------------------------------------------------------

@@ -47,7 +47,16 @@ def _from_sdk(info: ExactDefaultAssetInfo) -> Asset:
 
 
 def _from_config(spec: AssetSpec) -> Asset:
+    if spec.transfer == "permit2":
+        # As the SDK's ExactEvmScheme states a Permit2-only token: the method alone (payers
+        # sign Permit2's domain, not the token's).
+        return Asset(spec, MappingProxyType({"assetTransferMethod": "permit2"}))
     return Asset(spec, MappingProxyType({"name": spec.name, "version": spec.version}))
+
+
+def named_asset(spec: AssetSpec) -> Asset:
+    """A token from the config's `assets:` (a route's `asset: <name>`)."""
+    return _from_config(spec)
 
 
 def default_asset(network: str, configured: AssetSpec | None, home: str) -> Asset | None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -16,6 +17,7 @@ from gateway.config import values as cv
 from gateway.config.discovery import compile_discovery
 from gateway.config.dynamic import hook_price, price_rules
 from gateway.config.mcp import compile_mcp
+from gateway.config.metered import is_upto, metered_price, stream_usage
 from gateway.config.pricing import DEFAULT_MAX_TIMEOUT_SECONDS, Asset, Offer
 from gateway.config.rates import route_rates
 from gateway.config.reader import (
@@ -31,6 +33,7 @@ from gateway.config.reader import (
 from gateway.config.settings import (
     AccessSettings,
     AssetSpec,
+    Metered,
     Requirement,
     RouteSettings,
     SettleMode,
@@ -44,13 +47,14 @@ ROUTE_KEYS = frozenset(
     | {"price_by"}
     | {"mcp"}
     | {"access"}
+    | {"asset", "stream_usage"}
 )
 ACCESS_KEYS = frozenset({"for"})
 ACCEPT_KEYS = frozenset(
     {"scheme", "network", "asset", "amount", "pay_to", "max_timeout_seconds", "extra"}
 )
 # What the payment step implements today; `upto` and `batch-settlement` join when built.
-SCHEMES = ("exact",)
+SCHEMES = ("exact",)  # in `accepts:`; `upto` comes from `price: {upto: ...}`
 SETTLE_MODES: tuple[SettleMode, ...] = ("after", "before")
 _MIME = re.compile(r"[\w.+\-]+/[\w.+\-]+(\s*;.*)?")
 
@@ -67,6 +71,7 @@ class RouteDefaults:
     asset: AssetSpec | None
     # Top-level keys already reported as wrong: their fallout is not reported again.
     broken: frozenset[str] = frozenset()
+    assets: Mapping[str, AssetSpec] = field(default_factory=lambda: MappingProxyType({}))
 
 
 def compile_routes(
@@ -111,7 +116,12 @@ def _route(
     entry.require(("path",))
     path = entry.read("path", using(cv.parse_path_pattern), None, on_null="error")
     methods = _methods(reader, entry.get("methods"), entry.where("methods"))
-    price_text, accepts = _pricing(reader, entry, defaults)
+    price_text, accepts, metered = _pricing(reader, entry, _with_named_asset(entry, defaults))
+    metered = stream_usage(reader, entry, metered)
+    after: SettleMode = "after"
+    settle = entry.read("settle", _settle, after)
+    if metered is not None and settle == "before":
+        entry.error("settle", "a metered (upto) price is settled after the origin stated usage")
     route = RouteSettings(
         index=index,
         path=path or "",
@@ -120,9 +130,10 @@ def _route(
         description=entry.read("description", text, ""),
         mime_type=entry.read("mime_type", using(_mime), "application/json"),
         upstream=entry.read("upstream", using(cv.parse_origin), None),
-        settle=entry.read("settle", _settle, "after"),
+        settle=settle,
         price_text=price_text or "free",
         source=Source(reader.filename, node.start_mark.line + 1),
+        metered=metered,
         access=_access(reader, entry, bool(accepts)),
         rate_limits=route_rates(
             reader, entry.get("limits"), entry.where("limits"), free=price_text == "free"
@@ -159,27 +170,57 @@ def _access(reader: Reader, entry: Section, priced: bool) -> AccessSettings | No
 
 def _pricing(
     reader: Reader, entry: Section, defaults: RouteDefaults
-) -> tuple[str, tuple[Requirement, ...]]:
-    """`price:` or `accepts:` (exactly one of them) as (text as written, requirements)."""
+) -> tuple[str, tuple[Requirement, ...], Metered | None]:
+    """`price:` or `accepts:` (exactly one of them) as (text as written, requirements, the
+    metered terms of an `upto` price)."""
     price, accepts = entry.get("price"), entry.get("accepts")
     if price is not None and accepts is not None:
         entry.error("accepts", "give price or accepts, not both")
-        return "", ()
+        return "", (), None
     if "mcp" in entry and (price is not None or accepts is not None):
         entry.error("mcp", "an MCP endpoint is priced per tool; leave price and accepts out")
-        return "", ()
+        return "", (), None
     if isinstance(price, yaml.MappingNode):
-        offer = (defaults.network, defaults.pay_to, defaults.asset)
-        price_text, req, _ = hook_price(reader, price, entry.where("price"), offer)
-        return price_text, (req,) if req is not None else ()
+        return _mapping_price(reader, price, entry.where("price"), defaults)
     if price is not None:
         price_text, req = _price(reader, price, entry.where("price"), defaults)
-        return price_text, (req,) if req is not None else ()
+        return price_text, (req,) if req is not None else (), None
     if accepts is not None:
-        return _accepts(reader, accepts, entry.where("accepts"), defaults)
+        return (*_accepts(reader, accepts, entry.where("accepts"), defaults), None)
     if "mcp" not in entry:  # an MCP endpoint is priced per tool instead
         entry.error("price", 'required: a price ("$0.001"), free, or accepts: [...]')
-    return "", ()
+    return "", (), None
+
+
+def _mapping_price(
+    reader: Reader, price: yaml.Node, where: str, defaults: RouteDefaults
+) -> tuple[str, tuple[Requirement, ...], Metered | None]:
+    """`price: {upto, default}` (metered) or `price: {hook, cache}` (a price hook)."""
+    if is_upto(price):
+        text, req, metered = metered_price(reader, price, where, defaults)
+        return text, (req,) if req is not None else (), metered
+    offer = (defaults.network, defaults.pay_to, defaults.asset)
+    price_text, hooked, _ = hook_price(reader, price, where, offer)
+    return price_text, (hooked,) if hooked is not None else (), None
+
+
+def _with_named_asset(entry: Section, defaults: RouteDefaults) -> RouteDefaults:
+    """A route's `asset: <name>` (from `assets:`) replaces the top-level `asset` for its
+    "$" prices and its accepts entries without an asset address."""
+    if "asset" not in entry:
+        return defaults
+    names = defaults.assets
+
+    def named(value: str) -> str:
+        if value.strip() not in names:
+            known = ", ".join(sorted(names)) or "none are defined under assets:"
+            raise ValueError(f"{formats.quote(value)} is not a named asset ({known})")
+        return value.strip()
+
+    name = entry.read("asset", using(named), "", on_null="error")
+    if not name:
+        return dataclasses.replace(defaults, broken=defaults.broken | {"asset"})
+    return dataclasses.replace(defaults, asset=names[name])
 
 
 def _dynamic(
@@ -187,7 +228,7 @@ def _dynamic(
 ) -> dict[str, Any]:
     """`price_hook` and `price_by` of a route (gateway/config/dynamic.py)."""
     price, rules = entry.get("price"), entry.get("price_by")
-    if isinstance(price, yaml.MappingNode):
+    if isinstance(price, yaml.MappingNode) and not is_upto(price):
         if rules is not None:
             entry.error("price_by", "give a price hook or price_by rules, not both")
         offer = (defaults.network, defaults.pay_to, defaults.asset)

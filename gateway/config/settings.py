@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 SettleMode = Literal["after", "before"]
+Transfer = Literal["eip3009", "permit2"]  # how a token is moved: its own EIP-3009, or Permit2
 
 EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -48,6 +49,7 @@ class AssetSpec:
     version: str
     decimals: int
     symbol: str = "USDC"
+    transfer: Transfer = "eip3009"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,17 @@ class Requirement:
     extra: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
     decimals: int = 6  # for display only
     symbol: str = "USDC"  # for display only
+
+
+@dataclass(frozen=True, slots=True)
+class Metered:
+    """An `upto` route (`price: {upto, default}`): the payer authorizes the maximum (the
+    route's requirement amount); the origin states what to charge, in its
+    `Settlement-Overrides` response header or, for a stream, in its last SSE event named
+    `sse_event`; when it states nothing, `default` atomic units are charged."""
+
+    default: int
+    sse_event: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +184,7 @@ class RouteSettings:
     price_hook: PriceHook | None = None
     price_by: tuple[PriceRule, ...] = ()
     mcp: McpPricing | None = None  # an MCP endpoint: priced per tool, the route itself is free
+    metered: Metered | None = None  # an `upto` price: the origin states the amount
 
     @property
     def dynamic(self) -> bool:
@@ -284,6 +298,8 @@ class Settings:
     network: str = "eip155:84532"
     pay_to: str | None = None
     asset: AssetSpec | None = None
+    # Named tokens (`assets:`), for routes' `asset:`.
+    assets: Mapping[str, AssetSpec] = field(default_factory=lambda: EMPTY)
     store: str = field(default="memory", repr=False)  # a redis:// URL may hold a password
     payer_header: str = "X-Payer"
     timeouts: Timeouts = Timeouts()

@@ -23,12 +23,15 @@ from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
+from x402.extensions.erc20_approval_gas_sponsoring import Erc20ApprovalFacilitatorExtension
+from x402.mechanisms.evm import FacilitatorWeb3Signer
 from x402.schemas import PaymentPayload, PaymentRequirements
 from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
 from ..errors import FacilitatorUnavailable
 from ..facilitators.local import LocalFacilitator
 from ..payment.decode import nesting_exceeds
+from .x402_sdk import SponsoringSigner
 
 MAX_REQUEST = 64 * 1024  # a verify/settle request is a few KB
 # The SDK's py_ecc import lifts the recursion limit, so deep JSON would overflow the C stack
@@ -150,6 +153,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
 
 async def serve(args: argparse.Namespace, key: str) -> None:
     facilitator = LocalFacilitator(args.rpc_url, key, args.network or ["eip155:84532"])
+    facilitator.register_extension(lambda signer: sponsor_approvals(signer, key, args.rpc_url))
     await facilitator.start()
     await asyncio.wait_for(_wait_for_node(facilitator), args.ready_timeout)
     runner = web.AppRunner(make_app(facilitator), access_log=None)
@@ -166,6 +170,12 @@ async def serve(args: argparse.Namespace, key: str) -> None:
         await stop.wait()
     finally:
         await runner.cleanup()
+
+
+def sponsor_approvals(signer: FacilitatorWeb3Signer, key: str, rpc_url: str) -> Any:
+    """`erc20ApprovalGasSponsoring`: broadcast a payer's signed `approve(Permit2)` (sending it
+    the gas first) before settling, so a payer holding only the token can pay through Permit2."""
+    return Erc20ApprovalFacilitatorExtension(signer=SponsoringSigner(signer, key, rpc_url))
 
 
 async def _wait_for_node(facilitator: LocalFacilitator) -> None:

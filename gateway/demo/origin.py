@@ -94,6 +94,13 @@ async def get_forecast(request: web.Request) -> web.Response:
     )
 
 
+async def get_report(request: web.Request) -> web.Response:
+    city = request.match_info["city"]
+    return web.json_response(
+        {"city": city, "report": forecast(city, days=14), "served_to": _payer(request)}
+    )
+
+
 async def post_translate(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > MAX_TRANSLATE_BODY:
         raise web.HTTPRequestEntityTooLarge(
@@ -120,6 +127,7 @@ def create_origin_app() -> web.Application:
     app.router.add_get("/api/status", status)
     app.router.add_get("/api/forecast/{city}", get_forecast)
     app.router.add_post("/api/translate", post_translate)
+    app.router.add_get("/api/report/{city}", get_report)
     return app
 
 

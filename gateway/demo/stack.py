@@ -35,6 +35,7 @@ CONFIG_ENV = "X402_DEMO_CONFIG"
 DEFAULT_CONFIG = REPO_ROOT / "config" / "demo.yaml"
 # The roles' anvil accounts: #0 deploys the token, #1 signs settlements, #2 pays, #3 is paid.
 OWNER_KEY, SETTLER_KEY, PAYER_KEY, PAYEE_KEY = ANVIL_KEYS[0:4]
+DELEGATE_KEY = ANVIL_KEYS[4]  # the engine's SDK delegate (Permit2, upto): a key of its own
 PAYER_FUNDS = 10_000_000  # 10 test USDC (6 decimals)
 START_TIMEOUT = 30.0
 
@@ -138,6 +139,7 @@ class Stack:
         self.anvil = start_anvil(port=self.ports.rpc)
         self.chain = prepare_chain(self.anvil.rpc_url, OWNER_KEY, SETTLER_KEY)
         mint(self.chain.rpc_url, self.chain.token, OWNER_KEY, self.payer, PAYER_FUNDS)
+        mint(self.chain.rpc_url, self.chain.usdt, OWNER_KEY, self.payer, PAYER_FUNDS)
         return self.chain
 
     def start_origin(self) -> None:
@@ -155,7 +157,9 @@ class Stack:
             DEMO_ORIGIN_PORT=str(self.ports.origin),
             DEMO_RPC_URL=self.chain.rpc_url,
             DEMO_SETTLER_KEY=SETTLER_KEY,
+            DEMO_DELEGATE_KEY=DELEGATE_KEY,
             DEMO_TOKEN=self.chain.token,
+            DEMO_USDT=self.chain.usdt,
             DEMO_PAY_TO=self.payee,
         )
         self._spawn("gateway", _gateway_argv(config), env)

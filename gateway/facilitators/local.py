@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import requests
 from web3 import Web3
@@ -33,6 +33,7 @@ from x402.mechanisms.evm.constants import (
     ERR_TRANSACTION_SIMULATION_FAILED,
 )
 from x402.mechanisms.evm.exact import register_exact_evm_facilitator
+from x402.mechanisms.evm.upto import UptoEvmFacilitatorScheme
 from x402.schemas import (
     PaymentPayload,
     PaymentRequirements,
@@ -111,6 +112,9 @@ class LocalFacilitator:
             list(self._networks),
             simulate_in_settle=simulate_in_settle,
         )
+        # `upto` (Permit2, v2 only): settles up to the signed maximum; /supported names this
+        # signer as the facilitator the payer's witness must bind.
+        self._facilitator.register(list(self._networks), UptoEvmFacilitatorScheme(self._signer))
         # The signer caches the chain id, so readiness asks the node through its own client.
         self._probe = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 5}))
         self._max_workers = max_workers
@@ -127,6 +131,11 @@ class LocalFacilitator:
             networks,
             confirmation_timeout=settings.timeout,
         )
+
+    def register_extension(self, make: Callable[[FacilitatorWeb3Signer], Any]) -> None:
+        """Add a facilitator extension built on this facilitator's signer (e.g. the SDK's
+        `Erc20ApprovalFacilitatorExtension`, whose transaction signer the operator supplies)."""
+        self._facilitator.register_extension(make(self._signer))
 
     @property
     def address(self) -> str:

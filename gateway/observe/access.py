@@ -23,7 +23,7 @@ def payment_fields(record: RequestRecord) -> dict[str, object]:
         return fields
     req = claim.matched.requirement
     fields.update(
-        payer=claim.matched.payer, amount=str(req.amount), asset=req.asset, network=req.network
+        payer=claim.matched.payer, amount=claim.record.amount, asset=req.asset, network=req.network
     )
     for step, seconds in claim.timings.spans().items():
         fields[f"{step}_ms"] = round(seconds * 1000, 3)

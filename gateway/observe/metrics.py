@@ -178,7 +178,9 @@ class Metrics:
                 histogram.observe(seconds)
         if claim.settled is not None and claim.settled.success:
             req = claim.matched.requirement
-            self.revenue.labels(req.asset, req.network, record.label).inc(req.amount)
+            # The record holds what was settled (a metered payment: less than the maximum).
+            settled = int(claim.record.amount)
+            self.revenue.labels(req.asset, req.network, record.label).inc(settled)
 
     def verified(self) -> None:
         """The facilitator accepted a payment (not a final outcome)."""

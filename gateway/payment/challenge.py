@@ -11,19 +11,23 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from cachetools import LRUCache
+from x402.extensions.erc20_approval_gas_sponsoring import (
+    declare_erc20_approval_gas_sponsoring_extension,
+)
 from x402.http.constants import PAYMENT_REQUIRED_HEADER
 from x402.http.utils import encode_payment_required_header, htmlsafe_json_dumps
-from x402.schemas import PaymentRequired, PaymentRequirements, ResourceInfo
+from x402.schemas import PaymentRequired, PaymentRequirements, ResourceInfo, SupportedResponse
 from x402.schemas.v1 import PaymentRequiredV1
 
 from gateway.config.settings import Requirement, RouteSettings, Settings
 from gateway.payment.discovery import bazaar_extension, declaration
 from gateway.payment.networks import is_testnet
-from gateway.payment.requirements import requirements_v1, requirements_v2
+from gateway.payment.requirements import completed, requirements_v1, requirements_v2
+from gateway.payment.terms import is_permit2
 from gateway.proxy.headers import X402_EXPOSED, is_trusted
 
 # The SDK's `x402HTTPResourceServer` puts exactly this in `error` when no payment was sent;
@@ -70,6 +74,16 @@ def _resource(route: RouteSettings, resource_url: str) -> ResourceInfo:
     return ResourceInfo(url=resource_url, description=route.description, mime_type=route.mime_type)
 
 
+def extensions_for(route: RouteSettings) -> dict[str, Any] | None:
+    """The extensions a route's 402 declares: `erc20ApprovalGasSponsoring` where a payer may
+    pay through Permit2, so one holding no gas for `approve(Permit2)` can sign that approval
+    for the facilitator to broadcast. A facilitator that does not sponsor ignores it, and the
+    payer without an allowance is then answered 412 `permit2_allowance_required`."""
+    if any(is_permit2(req) for req in route.accepts):
+        return declare_erc20_approval_gas_sponsoring_extension()
+    return None
+
+
 def _encode(
     route: RouteSettings,
     v2: list[PaymentRequirements],
@@ -98,7 +112,8 @@ def payment_required(
     route: RouteSettings, resource_url: str, error: str
 ) -> tuple[dict[str, str], bytes]:
     """The 402's headers (v2 challenge in `PAYMENT-REQUIRED`) and its v1 JSON body."""
-    return _encode(route, requirements_v2(route), resource_url, error, bazaar_extension(route))
+    extensions = {**(bazaar_extension(route) or {}), **(extensions_for(route) or {})} or None
+    return _encode(route, requirements_v2(route), resource_url, error, extensions)
 
 
 def wants_html(accept: str, user_agent: str) -> bool:
@@ -157,6 +172,10 @@ def paywall_html(route: RouteSettings, resource_url: str, error: str) -> str:
     return paywall_for(route, payment)
 
 
+# (route index, resource URL, error, the route's amounts, a metered route's settler)
+_Key = tuple[int, str, str, tuple[int, ...], str]
+
+
 class PreparedChallenges:
     """Every paid route's challenge, prepared once at start-up from the settings.
 
@@ -164,7 +183,15 @@ class PreparedChallenges:
     each distinct request target costs one encoding; without it the URL is the request's own.
     """
 
-    def __init__(self, settings: Settings, cache_size: int = 1024) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        cache_size: int = 1024,
+        supported: Callable[[], SupportedResponse] | None = None,
+    ) -> None:
+        """`supported`: the facilitator's /supported (cached, non-blocking), whose `extra`
+        completes `upto` requirements (the facilitator's address)."""
+        self.supported = supported
         self.public_url = settings.public_url.rstrip("/") if settings.public_url else None
         self.trusted_proxies = settings.trusted_proxies
         self._v2 = {r.index: requirements_v2(r) for r in settings.routes if not r.free}
@@ -173,12 +200,12 @@ class PreparedChallenges:
         self._accepts = {r.index: r.accepts for r in settings.routes if not r.free}
         declared = declaration(settings.idempotency)
         self._extensions = {
-            r.index: {**(bazaar_extension(r) or {}), **declared} or None
+            r.index: {**(bazaar_extension(r) or {}), **declared, **(extensions_for(r) or {})}
+            or None
             for r in settings.routes
             if not r.free or r.dynamic
         }
-        self._cache: LRUCache[tuple[int, str, str, tuple[int, ...]], tuple[dict[str, str], bytes]]
-        self._cache = LRUCache(maxsize=cache_size)
+        self._cache: LRUCache[_Key, tuple[dict[str, str], bytes]] = LRUCache(maxsize=cache_size)
 
     def resource_url(self, request: Addressed, path: str, query: str) -> str:
         """The URL a challenge names for the canonical `path` and raw `query`: under
@@ -204,8 +231,11 @@ class PreparedChallenges:
     def _requirements(self, route: RouteSettings) -> list[PaymentRequirements]:
         prepared = self._v2.get(route.index)
         if prepared is None or self._accepts.get(route.index) is not route.accepts:
-            return requirements_v2(route)
-        return prepared
+            prepared = requirements_v2(route)
+        if route.metered is None or self.supported is None:
+            return prepared
+        supported = self.supported()
+        return [completed(req, supported) for req in prepared]
 
     def payment_required(
         self,
@@ -217,14 +247,18 @@ class PreparedChallenges:
         """As `payment_required()`, cached; the headers are a fresh dict the caller may extend.
         With `extensions` (fresh per answer, e.g. a SIWX nonce) it is encoded anew, beside the
         route's own extensions."""
+        reqs = self._requirements(route)
         if extensions:
             merged = {**(self._extensions.get(route.index) or {}), **extensions}
-            return _encode(route, self._requirements(route), resource_url, error, merged)
-        key = (route.index, resource_url, error, tuple(r.amount for r in route.accepts))
+            return _encode(route, reqs, resource_url, error, merged)
+        # A metered route's terms name the facilitator, which /supported may change.
+        settler = str(reqs[0].extra.get("facilitatorAddress", "")) if route.metered else ""
+        amounts = tuple(r.amount for r in route.accepts)
+        key = (route.index, resource_url, error, amounts, settler)
         hit = self._cache.get(key)
         if hit is None:
             extensions = self._extensions.get(route.index)
-            hit = _encode(route, self._requirements(route), resource_url, error, extensions)
+            hit = _encode(route, reqs, resource_url, error, extensions)
             self._cache[key] = hit
         headers, body = hit
         return dict(headers), body
@@ -233,7 +267,10 @@ class PreparedChallenges:
         """As `paywall_html()`. Not cached: the page is megabytes, and browsers are rare next
         to API clients."""
         payment = PaymentRequired(
-            error=error, resource=_resource(route, resource_url), accepts=self._requirements(route)
+            error=error,
+            resource=_resource(route, resource_url),
+            accepts=self._requirements(route),
+            extensions=self._extensions.get(route.index),
         )
         return paywall_for(route, payment)
 

@@ -14,10 +14,12 @@ import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from x402 import x402ResourceServer
+from x402.mechanisms.evm.constants import ERR_PERMIT2_ALLOWANCE_REQUIRED, SCHEME_UPTO
 from x402.mechanisms.evm.exact.register import register_exact_evm_server
+from x402.mechanisms.evm.upto import UptoEvmServerScheme
 from x402.schemas import (
     PaymentPayload,
     PaymentRequirements,
@@ -30,6 +32,7 @@ from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
 from gateway.config.settings import RouteSettings
 from gateway.errors import (
+    AllowanceRequired,
     FacilitatorUnavailable,
     GatewayError,
     PaymentConflict,
@@ -44,6 +47,7 @@ from gateway.payment.match import MatchedPayment, claim_ttl
 from gateway.payment.receipts import receipt_headers
 from gateway.payment.reconcile import SETTLE_MARGIN, ChainReader
 from gateway.payment.recovery import Reconciler, reconcile_recent
+from gateway.payment.requirements import completed
 from gateway.store import PaymentRecord, PaymentStore
 from gateway.store.records import Status
 
@@ -130,6 +134,8 @@ class Payments:
         self.reconciler = Reconciler(store, chain, window, INLINE_RECONCILE_TIMEOUT)
         self.server = x402ResourceServer(facilitator)
         register_exact_evm_server(self.server)
+        upto: Any = UptoEvmServerScheme()  # type: ignore[no-untyped-call]  # SDK untyped
+        self.server.register("eip155:*", upto)
         self._ready = False
 
     # --- life --------------------------------------------------------------------------
@@ -292,7 +298,7 @@ class Payments:
         started = time.perf_counter()
         try:
             result = await self.server.verify_payment(
-                claim.matched.payload, claim.matched.requirements
+                claim.matched.payload, self._requirements(claim)
             )
         except SchemeNotFoundError as exc:
             raise PaymentError(str(exc), reason="unsupported_scheme") from exc
@@ -300,22 +306,54 @@ class Payments:
             claim.timings.verify = time.perf_counter() - started
         if not result.is_valid:
             reason = result.verify.invalid_reason or "invalid_payment"
-            raise PaymentError(result.verify.invalid_message or reason, reason=reason)
+            error = AllowanceRequired if reason == ERR_PERMIT2_ALLOWANCE_REQUIRED else PaymentError
+            raise error(result.verify.invalid_message or reason, reason=reason)
 
-    async def settle(self, claim: Claim) -> SettleResponse:
+    async def settle(self, claim: Claim, amount: int | None = None) -> SettleResponse:
         """Settle once and record the outcome, in a task of its own: a client that goes
-        away cannot cut a settlement (or its record) short, and `claimed()` waits for it."""
-        claim.settlement = asyncio.ensure_future(self._settle(claim))
+        away cannot cut a settlement (or its record) short, and `claimed()` waits for it.
+        `amount`: what a metered (`upto`) payment settles, at most its authorized maximum
+        (None: the requirement's amount)."""
+        if amount is not None:
+            claim.record = dataclasses.replace(claim.record, amount=str(amount))
+        work = self._settle_nothing(claim) if amount == 0 else self._settle(claim, amount)
+        claim.settlement = asyncio.ensure_future(work)
         return await asyncio.shield(claim.settlement)
 
-    async def _settle(self, claim: Claim) -> SettleResponse:
+    def _requirements(
+        self, claim: Claim, amount: int | None = None
+    ) -> PaymentRequirements | PaymentRequirementsV1:
+        """The route's requirements for the facilitator: an `upto` one completed with the
+        facilitator's address, and settled for `amount`."""
+        reqs = claim.matched.requirements
+        if not isinstance(reqs, PaymentRequirements) or reqs.scheme != SCHEME_UPTO:
+            return reqs
+        reqs = completed(reqs, self.facilitator.get_supported())
+        return reqs if amount is None else reqs.model_copy(update={"amount": str(amount)})
+
+    async def _settle_nothing(self, claim: Claim) -> SettleResponse:
+        """A metered response that used nothing: no transaction (the payer's Permit2 nonce
+        stays unspent), recorded as settled for 0; the claim keeps the authorization from
+        buying a second response."""
+        result = SettleResponse(
+            success=True,
+            transaction="",
+            network=claim.record.network,
+            payer=claim.matched.payer,
+            amount="0",
+        )
+        claim.settled = result
+        await self._record(claim, "settled")
+        return result
+
+    async def _settle(self, claim: Claim, amount: int | None = None) -> SettleResponse:
         # Written before the facilitator is asked: from here on the payment may be charged,
         # and the record says so to every copy of it, to a crash, and to the release script.
         await self._record(claim, "settling")
         started = time.perf_counter()
         try:
             result = await self.server.settle_payment(
-                claim.matched.payload, claim.matched.requirements
+                claim.matched.payload, self._requirements(claim, amount)
             )
         except SettlementPending as exc:
             claim.outcome_unknown = True

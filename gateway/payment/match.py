@@ -10,9 +10,11 @@ the authorization's own fields are checked in `gateway.payment.terms`):
   and payTo as addresses (case-insensitive), amount as an integer, maxTimeoutSeconds exactly
   (as the SDK's server does), and the route's `extra` (EIP-712 name/version, transfer method)
   must be contained in `accepted.extra`, so `extra` cannot move the signature's domain.
-- Only the `exact` scheme on EVM networks is matched. A requirement whose extra says
-  `assetTransferMethod: permit2` takes a Permit2 payload; every other takes EIP-3009. A payload
-  of the other shape is `unsupported_payload`. v1 has no Permit2 (nor does the SDK's v1 client).
+- Only the `exact` and `upto` schemes on EVM networks are matched (`upto` is Permit2 only; its
+  authorization is for the route's maximum, its spender the upto proxy). A requirement whose
+  extra says `assetTransferMethod: permit2` takes a Permit2 payload; every other takes
+  EIP-3009. A payload of the other shape is `unsupported_payload`. v1 has no Permit2 (nor
+  does the SDK's v1 client).
 - v1 names no asset: the first of the route's requirements on the payload's scheme and network
   whose recipient and amount the authorization carries is the one (a wrong guess among two
   tokens fails the facilitator's signature check; it can never pay a different amount).
@@ -38,6 +40,7 @@ from x402.mechanisms.evm.constants import (
     ERR_INVALID_SIGNATURE,
     ERR_UNSUPPORTED_SCHEME,
     SCHEME_EXACT,
+    SCHEME_UPTO,
 )
 from x402.schemas import PaymentPayload, PaymentRequirements
 from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
@@ -55,6 +58,7 @@ from gateway.payment.terms import (
     Terms,
     check_terms,
     eip3009_terms,
+    is_permit2,
     parse_terms,
 )
 
@@ -130,9 +134,10 @@ def _unsupported(route: RouteSettings, scheme: str) -> NoReturn:
 
 
 def _chain(req: Requirement) -> int:
-    """The chain of a requirement this module can check: `exact` on an EVM network."""
+    """The chain of a requirement this module can check: `exact` or `upto` on an EVM network."""
     cid = chain_id(req.network)
-    if req.scheme != SCHEME_EXACT or cid is None:
+    checkable = req.scheme == SCHEME_EXACT or (req.scheme == SCHEME_UPTO and is_permit2(req))
+    if not checkable or cid is None:
         raise PaymentError(
             f"the gateway cannot take {req.scheme} payments on {req.network}",
             reason=ERR_UNSUPPORTED_SCHEME,

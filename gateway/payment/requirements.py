@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from x402.schemas import PaymentRequirements
+from x402.mechanisms.evm.constants import SCHEME_UPTO
+from x402.schemas import PaymentRequirements, SupportedResponse
 from x402.schemas.v1 import PaymentRequirementsV1
 
 from gateway.config.settings import Requirement, RouteSettings
@@ -81,3 +82,23 @@ def requirements_v1(route: RouteSettings, resource_url: str) -> list[PaymentRequ
         if network is not None:
             out.append(requirement_v1(route, req, network, resource_url))
     return out
+
+
+def facilitator_extra(supported: SupportedResponse, scheme: str, network: str) -> dict[str, Any]:
+    """What the facilitator adds to a scheme's terms on a network (its /supported `extra`):
+    for `upto`, `facilitatorAddress`, the only settler the payer's signed witness allows."""
+    for kind in supported.kinds:
+        if kind.x402_version == 2 and (kind.scheme, kind.network) == (scheme, network):
+            return dict(kind.extra or {})
+    return {}
+
+
+def completed(req: PaymentRequirements, supported: SupportedResponse) -> PaymentRequirements:
+    """`req`, an `upto` one completed with the facilitator's `facilitatorAddress` (as the
+    SDK's `UptoEvmScheme.enhance_payment_requirements` does); others as they are."""
+    if req.scheme != SCHEME_UPTO:
+        return req
+    address = facilitator_extra(supported, req.scheme, req.network).get("facilitatorAddress")
+    if not isinstance(address, str):
+        return req  # not known yet: the payer's client cannot sign until it is
+    return req.model_copy(update={"extra": {**(req.extra or {}), "facilitatorAddress": address}})

@@ -20,6 +20,7 @@ from x402.mechanisms.evm.constants import (
     ERR_PERMIT2_TOKEN_MISMATCH,
     ERR_RECIPIENT_MISMATCH,
     X402_EXACT_PERMIT2_PROXY_ADDRESS,
+    X402_UPTO_PERMIT2_PROXY_ADDRESS,
 )
 
 from gateway.config.settings import Requirement
@@ -121,7 +122,8 @@ def parse_terms(req: Requirement, payload: dict[str, Any]) -> Terms:
 
 
 def check_terms(req: Requirement, terms: Terms) -> None:
-    """The signed authorization pays `req`: same recipient, exactly the amount, same token."""
+    """The signed authorization pays `req`: same recipient, exactly the amount (for `upto`,
+    the maximum), same token, and the spender is that scheme's x402 Permit2 proxy."""
     permit2 = terms.token is not None
     if terms.to != req.pay_to.lower():
         reason = ERR_PERMIT2_RECIPIENT_MISMATCH if permit2 else ERR_RECIPIENT_MISMATCH
@@ -136,7 +138,12 @@ def check_terms(req: Requirement, terms: Terms) -> None:
             f"the permit is for token {terms.token}, not {req.asset}",
             reason=ERR_PERMIT2_TOKEN_MISMATCH,
         )
-    if permit2 and terms.spender != X402_EXACT_PERMIT2_PROXY_ADDRESS.lower():
+    proxy = (
+        X402_UPTO_PERMIT2_PROXY_ADDRESS
+        if req.scheme == "upto"
+        else X402_EXACT_PERMIT2_PROXY_ADDRESS
+    )
+    if permit2 and terms.spender != proxy.lower():
         raise PaymentError(
             "the permit's spender is not the x402 Permit2 proxy",
             reason=ERR_PERMIT2_INVALID_SPENDER,

@@ -118,9 +118,14 @@ def _strip(headers: Headers, names: Iterable[str]) -> CIMultiDict[str]:
     return out
 
 
+# The origin's word to the gateway (the amount a metered call costs): never the client's.
+ORIGIN_TO_GATEWAY = frozenset({"settlement-overrides"})
+
+
 def response_headers(incoming: Headers) -> CIMultiDict[str]:
-    """The origin's response headers minus the hop-by-hop ones."""
-    out = _strip(incoming, HOP_BY_HOP)
+    """The origin's response headers minus the hop-by-hop ones and those meant for the
+    gateway alone."""
+    out = _strip(incoming, HOP_BY_HOP | ORIGIN_TO_GATEWAY)
     for name in connection_tokens(incoming):
         out.popall(name, None)
     return out

@@ -13,8 +13,9 @@ import asyncio
 import contextlib
 import socket
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 import aiohttp
 from aiohttp import web
@@ -281,24 +282,52 @@ async def relay(
     the origin failed mid-body: a truncated body must not look complete). The upstream
     response is released on every path.
     """
-    complete = False
+    out, _ = await relay_watched(request, resp, extra_headers, expose_x402=expose_x402, paid=paid)
+    return out
+
+
+# How a relayed body ended: all of it sent, the origin failed mid-body, the client went away.
+Ending = Literal["complete", "origin_failed", "client_gone"]
+
+
+async def relay_watched(  # noqa: PLR0913  relay()'s inputs plus the watching options
+    request: web.BaseRequest,
+    resp: aiohttp.ClientResponse,
+    extra_headers: Mapping[str, str] | None = None,
+    *,
+    expose_x402: bool = False,
+    paid: bool = False,
+    tap: Callable[[bytes], None] | None = None,
+    open_ended: bool = False,
+) -> tuple[web.StreamResponse, Ending]:
+    """`relay()`, saying how the body ended; `tap` sees each chunk as it passes (never
+    kept). `open_ended`: the caller still has work after the origin's body (a settlement, a
+    final SSE event), so the origin's Content-Length is dropped (the body goes out chunked),
+    and a client leaving mid-body (aiohttp cancels the handler) ends the relay as
+    `client_gone` instead of cancelling the caller's remaining work."""
+    ending: Ending = "client_gone"
     try:
-        out = web.StreamResponse(
-            status=resp.status,
-            reason=resp.reason,
-            headers=_client_headers(resp, extra_headers, expose_x402=expose_x402, paid=paid),
-        )
+        headers = _client_headers(resp, extra_headers, expose_x402=expose_x402, paid=paid)
+        if open_ended:
+            headers.popall("Content-Length", None)
+        out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=headers)
         try:
             await out.prepare(request)
             if request.method == "HEAD" or resp.status in NO_BODY_STATUS:
-                complete = True
-                return out
-            complete = await _stream_body(request, resp, out)
+                ending = "complete"
+                return out, ending
+            whole = await _stream_body(request, resp, out, tap)
+            ending = "complete" if whole else "origin_failed"
         except ConnectionResetError:
             pass  # the client went away: nothing to answer, nobody to tell
-        return out
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not open_ended or task is None:
+                raise
+            task.uncancel()  # the client went away; the caller finishes what it owes
+        return out, ending
     finally:
-        if complete:
+        if ending == "complete":
             resp.release()
         else:
             resp.close()
@@ -324,7 +353,10 @@ def _client_headers(
 
 
 async def _stream_body(
-    request: web.BaseRequest, resp: aiohttp.ClientResponse, out: web.StreamResponse
+    request: web.BaseRequest,
+    resp: aiohttp.ClientResponse,
+    out: web.StreamResponse,
+    tap: Callable[[bytes], None] | None = None,
 ) -> bool:
     """The origin's body to the client as it comes; True once it is all sent, False when the
     origin failed mid-body (the client's connection is then cut, never left looking whole)."""
@@ -346,4 +378,6 @@ async def _stream_body(
             return False
         if not chunk:
             return True
+        if tap is not None:
+            tap(chunk)
         await out.write(chunk)

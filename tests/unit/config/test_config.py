@@ -1138,6 +1138,72 @@ def test_load_missing_or_binary_file(tmp_path: Path) -> None:
     assert caught.value.errors == [f"{binary}: the config file is not UTF-8 text"]
 
 
+# --- assets: named tokens, transfer: permit2 ---------------------------------------------
+
+USDT = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+NAMED_ASSETS = (
+    f'{{usdt: {{address: "{USDT.lower()}", name: Tether USD, version: "1", decimals: 6, '
+    "transfer: permit2, symbol: USDT}}"
+)
+
+
+def test_a_route_names_a_permit2_asset_for_its_dollar_price() -> None:
+    routes = 'routes:\n  - {path: /r, price: "$0.01", asset: usdt}\n'
+    routes += '  - {path: /u, price: "$0.01"}\n'
+    settings = loads(text_with(routes, network="eip155:84532", assets=NAMED_ASSETS))
+    assert settings.assets["usdt"] == AssetSpec(USDT, "Tether USD", "1", 6, "USDT", "permit2")
+    (req,) = settings.routes[0].accepts
+    assert (req.asset, req.amount, req.symbol) == (USDT, 10_000, "USDT")
+    # As the SDK's server states a Permit2-only token: the method, no EIP-712 domain.
+    assert dict(req.extra) == {"assetTransferMethod": "permit2"}
+    (other,) = settings.routes[1].accepts
+    assert other.asset != USDT and "assetTransferMethod" not in other.extra
+
+
+def test_asset_transfer_defaults_to_eip3009_and_names_must_exist() -> None:
+    plain = NAMED_ASSETS.replace("transfer: permit2, ", "")
+    routes = 'routes:\n  - {path: /r, price: "$0.01", asset: usdt}\n'
+    (req,) = loads(text_with(routes, assets=plain)).routes[0].accepts
+    assert dict(req.extra) == {"name": "Tether USD", "version": "1"}
+    assert errors(text_with(routes.replace("usdt}", "usdc}"), assets=NAMED_ASSETS)) == [
+        'gateway.yaml:6 routes[0].asset: "usdc" is not a named asset (usdt)'
+    ]
+    wrong = NAMED_ASSETS.replace("permit2", "permit3")
+    (problem,) = errors(text_with(routes, assets=wrong))
+    assert "assets.usdt.transfer" in problem and "permit3" in problem
+
+
+# --- price: {upto, default}: metered routes ----------------------------------------------
+
+
+def test_an_upto_price_offers_the_maximum_through_permit2_and_keeps_the_default() -> None:
+    routes = 'routes:\n  - path: /chat/*\n    price: {upto: "$0.10", default: "$0.01"}\n'
+    routes += "    stream_usage: {sse_event: usage}\n"
+    (route,) = loads(text_with(routes)).routes
+    (req,) = route.accepts
+    assert (req.scheme, req.amount, dict(req.extra)) == (
+        "upto",
+        100_000,
+        {"assetTransferMethod": "permit2"},
+    )
+    assert route.metered is not None
+    assert (route.metered.default, route.metered.sse_event) == (10_000, "usage")
+    assert route.price_text == "upto $0.10"
+
+
+def test_an_upto_price_without_default_charges_the_maximum_and_is_checked() -> None:
+    routes = 'routes:\n  - {path: /chat, price: {upto: "$0.10"}}\n'
+    (route,) = loads(text_with(routes)).routes
+    assert route.metered is not None and route.metered.default == 100_000
+    assert route.metered.sse_event is None
+    too_much = routes.replace('"$0.10"}', '"$0.10", default: "$0.20"}')
+    assert "routes[0].price.default: is more than upto" in errors(text_with(too_much))[0]
+    before = routes.replace("}}", "}, settle: before}")
+    assert "routes[0].settle: a metered (upto) price" in errors(text_with(before))[0]
+    stream = 'routes:\n  - {path: /chat, price: "$0.01", stream_usage: {sse_event: u}}\n'
+    assert "routes[0].stream_usage: needs a metered price" in errors(text_with(stream))[0]
+
+
 def test_networks_name_an_rpc_per_network_and_a_local_facilitators_counts() -> None:
     from gateway.facilitators.chain import rpc_urls
 

@@ -12,7 +12,17 @@ import pytest
 import yaml
 
 from gateway import config
-from gateway.config import cors, discovery, document, dynamic, facilitators, mcp, networks, rates
+from gateway.config import (
+    cors,
+    discovery,
+    document,
+    dynamic,
+    facilitators,
+    mcp,
+    metered,
+    networks,
+    rates,
+)
 from gateway.config import routes as config_routes
 from gateway.errors import ConfigError
 
@@ -35,6 +45,8 @@ SECTIONS: dict[str, frozenset[str]] = {
     "$defs.facilitator.properties.local": facilitators.LOCAL_FACILITATOR_KEYS,
     "$defs.route": config_routes.ROUTE_KEYS,
     "$defs.accept": config_routes.ACCEPT_KEYS,
+    "$defs.meteredPrice": metered.UPTO_KEYS,
+    "$defs.route.properties.stream_usage": metered.STREAM_USAGE_KEYS,
     "$defs.route.properties.access": config_routes.ACCESS_KEYS,
     "$defs.network_rpc": networks.NETWORK_KEYS,
     "$defs.routeLimits": rates.ROUTE_LIMIT_KEYS,

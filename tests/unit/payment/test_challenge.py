@@ -268,3 +268,11 @@ def test_settlement_header_per_version(version: int, name: str) -> None:
 def test_expose_headers_list_every_x402_response_header() -> None:
     assert set(EXPOSE_HEADERS) == {"PAYMENT-REQUIRED", "PAYMENT-RESPONSE", "X-PAYMENT-RESPONSE"}
     assert ", ".join(EXPOSE_HEADERS) == EXPOSE_HEADERS_VALUE
+
+
+def test_a_permit2_route_declares_sponsored_approval_and_others_declare_nothing() -> None:
+    head, _ = payment_required(route(requirement(), requirement(extra=PERMIT2)), URL, "e")
+    declared = decode_payment_required_header(head["PAYMENT-REQUIRED"]).extensions or {}
+    assert list(declared) == ["erc20ApprovalGasSponsoring"]
+    plain, _ = payment_required(route(), URL, "e")
+    assert decode_payment_required_header(plain["PAYMENT-REQUIRED"]).extensions is None

@@ -13,6 +13,7 @@ from x402.http.utils import decode_payment_response_header
 from x402.schemas import SettleResponse, SupportedKind, SupportedResponse, VerifyResponse
 
 from gateway.errors import (
+    AllowanceRequired,
     FacilitatorUnavailable,
     PaymentConflict,
     PaymentError,
@@ -132,6 +133,20 @@ async def test_invalid_payment_is_402_with_the_facilitators_reason_and_released(
     assert await p.claim(m, PRICED, "req-2") is not None  # released: claimed again, no 409
 
 
+async def test_missing_permit2_allowance_is_412_and_released() -> None:
+    fac = FakeFacilitator(
+        verify=VerifyResponse(is_valid=False, invalid_reason="permit2_allowance_required")
+    )
+    p, _ = await payments(fac)
+    m = matched()
+    with pytest.raises(AllowanceRequired) as err:
+        async with p.claimed(m, PRICED, "req-1") as claim:
+            await p.verify(claim)
+    assert (err.value.status, err.value.reason) == (412, "permit2_allowance_required")
+    assert fac.calls == ["verify"]
+    assert await p.claim(m, PRICED, "req-2") is not None  # released: approve, then pay again
+
+
 async def test_facilitator_down_fails_closed_and_releases() -> None:
     fac = FakeFacilitator(verify=FacilitatorUnavailable("down"))
     p, _ = await payments(fac)
@@ -157,6 +172,21 @@ async def test_settle_failure_is_402_with_a_receipt_and_released() -> None:
     assert not receipt.success and receipt.error_reason == "insufficient_funds"
     assert (await store.recent(1))[0].status == "failed"
     assert await p.claim(m, PRICED, "req-2") is not None
+
+
+async def test_a_metered_zero_settles_nothing_and_still_buys_one_response() -> None:
+    fac = FakeFacilitator()
+    p, store = await payments(fac)
+    m = matched()
+    async with p.claimed(m, PRICED, "req-1") as claim:
+        await p.verify(claim)
+        result = await p.settle(claim, 0)
+    assert (result.success, result.transaction, result.amount) == (True, "", "0")
+    assert fac.calls == ["verify"]  # no settlement call, no transaction
+    (record,) = await store.recent(1)
+    assert (record.status, record.amount) == ("settled", "0")
+    with pytest.raises(PaymentConflict):
+        await p.claim(m, PRICED, "req-2")
 
 
 async def test_settlement_pending_is_retried_once_then_5xx_and_the_claim_is_kept() -> None:

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from x402.mechanisms.evm.constants import X402_UPTO_PERMIT2_PROXY_ADDRESS
 from x402.schemas import PaymentPayload, PaymentRequirements
 from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
@@ -152,8 +153,32 @@ def test_v2_unknown_scheme_is_unsupported() -> None:
 
 
 def test_v2_a_scheme_the_gateway_cannot_check_is_unsupported() -> None:
-    priced = route(requirement(scheme="upto"))
-    assert refused(priced, v2(v2_dict(scheme="upto"))).reason == "unsupported_scheme"
+    priced = route(requirement(scheme="batch-settlement"))
+    data = v2_dict(scheme="batch-settlement")
+    assert refused(priced, v2(data)).reason == "unsupported_scheme"
+    # upto is Permit2 only: an upto requirement without it is never matched
+    assert refused(route(requirement(scheme="upto")), v2(v2_dict(scheme="upto"))).reason == (
+        "unsupported_scheme"
+    )
+
+
+UPTO_EXTRA = MappingProxyType({"assetTransferMethod": "permit2"})
+
+
+def _upto_payment(**changes: Any) -> DecodedPayment:
+    data = permit2(**{"spender": X402_UPTO_PERMIT2_PROXY_ADDRESS, **changes})
+    data["permit2Authorization"]["witness"]["facilitator"] = PAY_TO
+    extra = {**UPTO_EXTRA, "facilitatorAddress": PAY_TO}
+    return v2(v2_dict(data, scheme="upto", extra=extra))
+
+
+def test_upto_matches_the_maximum_through_the_upto_proxy() -> None:
+    priced = route(requirement(scheme="upto", extra=UPTO_EXTRA))
+    matched = match_requirement(priced, _upto_payment(), URL)
+    assert matched.requirement.scheme == "upto"
+    assert matched.identity.nonce == "0x" + f"{123456789:064x}"
+    assert refused(priced, _upto_payment(spender=PROXY)).reason == "invalid_permit2_spender"
+    assert refused(priced, _upto_payment(amount="999")).reason == "permit2_amount_mismatch"
 
 
 def test_a_free_route_takes_no_payment() -> None:
