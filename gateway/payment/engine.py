@@ -349,7 +349,7 @@ class Payments:
     async def _settle(self, claim: Claim, amount: int | None = None) -> SettleResponse:
         # Written before the facilitator is asked: from here on the payment may be charged,
         # and the record says so to every copy of it, to a crash, and to the release script.
-        await self._record(claim, "settling")
+        await self._enter_settling(claim)
         started = time.perf_counter()
         try:
             result = await self.server.settle_payment(
@@ -410,6 +410,18 @@ class Payments:
             reason=why,
         )
         await self._record(claim, "refund_due", reason=why)
+
+    async def _enter_settling(self, claim: Claim) -> None:
+        """`claimed` -> `settling` only if the store still holds this request's claim: a
+        replica that took it over while this process was cut off from the store (its
+        heartbeat lapsed) must not be overwritten, and this request must not settle."""
+        settling = claim.record.with_status("settling")
+        if not await self.store.replace(claim.key, claim.record, settling, claim.ttl):
+            raise PaymentConflict(
+                "another request took this payment over while this one was cut off from the store",
+                reason="payment_in_flight",
+            )
+        claim.record = settling
 
     async def _record(self, claim: Claim, status: Status, **changes: str | None) -> None:
         claim.record = claim.record.with_status(status, **changes)

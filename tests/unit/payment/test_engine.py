@@ -425,6 +425,24 @@ async def test_the_background_reconciler_resolves_dead_holders_claims_unasked() 
     assert await p.claim(claimed, PRICED, "req-2") is not None  # free again
 
 
+async def test_a_claim_taken_over_meanwhile_is_never_settled_nor_overwritten() -> None:
+    """This process lost the store long enough for another replica to take its claim over:
+    its `settling` write must fail, and nothing be settled or overwritten."""
+    fac = FakeFacilitator()
+    p, store = await payments(fac)
+    m = matched()
+    with pytest.raises(PaymentConflict) as err:
+        async with p.claimed(m, PRICED, "req-1") as claim:
+            await p.verify(claim)
+            taker = claim.record.with_status("claimed", request_id="req-2", holder="other")
+            assert await store.replace(claim.key, claim.record, taker, 600)
+            await p.settle(claim)
+    assert err.value.reason == "payment_in_flight"
+    assert fac.calls == ["verify"]  # never asked to settle
+    held = {r.request_id: r.status for r in await store.recent(10)}
+    assert held["req-2"] == "claimed"  # the other replica's claim stands
+
+
 class StoreLostAfterSettling(MemoryStore):
     """Redis dies between the `settling` record and the `settled` one."""
 
