@@ -22,60 +22,16 @@ import sys
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from x402.extensions.erc20_approval_gas_sponsoring import Erc20ApprovalFacilitatorExtension
 from x402.mechanisms.evm import FacilitatorWeb3Signer
-from x402.schemas import PaymentPayload, PaymentRequirements
-from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
 from ..errors import FacilitatorUnavailable
+from ..facilitators.engine.service import MAX_REQUEST, BadRequest, read_request
 from ..facilitators.local import LocalFacilitator
-from ..payment.decode import nesting_exceeds
 from .x402_sdk import SponsoringSigner
 
-MAX_REQUEST = 64 * 1024  # a verify/settle request is a few KB
-# The SDK's py_ecc import lifts the recursion limit, so deep JSON would overflow the C stack
-# inside json.loads instead of raising RecursionError: nesting is counted first.
-MAX_DEPTH = 32
 FACILITATOR_KEY: web.AppKey[LocalFacilitator] = web.AppKey("facilitator", LocalFacilitator)
-
-Parsed = tuple[PaymentPayload | PaymentPayloadV1, PaymentRequirements | PaymentRequirementsV1]
-
-
-class BadRequest(ValueError):
-    """The request body is not a verify/settle request."""
-
-
-def parse_request(body: bytes) -> Parsed:
-    """{x402Version, paymentPayload, paymentRequirements} → the SDK's models for that version."""
-    try:
-        text = body.decode()
-        if nesting_exceeds(text, MAX_DEPTH):
-            raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
-        data = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise BadRequest(f"body is not JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise BadRequest("body must be a JSON object")
-    version = data.get("x402Version")
-    payload, requirements = data.get("paymentPayload"), data.get("paymentRequirements")
-    if version not in (1, 2) or isinstance(version, bool):
-        raise BadRequest(f"unsupported x402Version: {version!r}")
-    if not isinstance(payload, dict) or not isinstance(requirements, dict):
-        raise BadRequest("paymentPayload and paymentRequirements must be objects")
-    if payload.get("x402Version", version) != version:
-        raise BadRequest("paymentPayload.x402Version differs from x402Version")
-    try:
-        if version == 1:
-            return (
-                PaymentPayloadV1.model_validate(payload),
-                PaymentRequirementsV1.model_validate(requirements),
-            )
-        return PaymentPayload.model_validate(payload), PaymentRequirements.model_validate(
-            requirements
-        )
-    except ValidationError as exc:
-        raise BadRequest(f"invalid request: {exc.error_count()} error(s): {exc}") from exc
 
 
 def _answer(model: BaseModel) -> web.Response:
@@ -86,18 +42,9 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-async def _read(request: web.Request) -> Parsed:
-    if request.content_length is not None and request.content_length > MAX_REQUEST:
-        raise BadRequest("request too large")
-    body = await request.content.read(MAX_REQUEST + 1)
-    if len(body) > MAX_REQUEST:
-        raise BadRequest("request too large")
-    return parse_request(body)
-
-
 async def verify(request: web.Request) -> web.Response:
     try:
-        payload, requirements = await _read(request)
+        payload, requirements = await read_request(request)
         return _answer(await request.app[FACILITATOR_KEY].verify(payload, requirements))
     except BadRequest as exc:
         return _error(400, str(exc))
@@ -107,7 +54,7 @@ async def verify(request: web.Request) -> web.Response:
 
 async def settle(request: web.Request) -> web.Response:
     try:
-        payload, requirements = await _read(request)
+        payload, requirements = await read_request(request)
         return _answer(await request.app[FACILITATOR_KEY].settle(payload, requirements))
     except BadRequest as exc:
         return _error(400, str(exc))

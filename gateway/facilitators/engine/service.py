@@ -31,6 +31,8 @@ from ...payment.decode import nesting_exceeds
 from .facilitator import EngineFacilitator
 
 MAX_REQUEST = 64 * 1024  # a verify/settle request is a few KB
+# The SDK's py_ecc import lifts the recursion limit, so deep JSON would overflow the C stack
+# inside json.loads instead of raising RecursionError: nesting is counted first.
 MAX_DEPTH = 32
 ENGINE: web.AppKey[EngineFacilitator] = web.AppKey("engine", EngineFacilitator)
 TOKEN: web.AppKey[bytes | None] = web.AppKey("token")
@@ -83,7 +85,8 @@ def _error(status: int, message: str, **headers: str) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
-async def _read(request: web.Request) -> Parsed:
+async def read_request(request: web.Request) -> Parsed:
+    """The request's body, bounded, as `parse_request` reads it."""
     if request.content_length is not None and request.content_length > MAX_REQUEST:
         raise BadRequest("request too large")
     body = await request.content.read(MAX_REQUEST + 1)
@@ -94,7 +97,7 @@ async def _read(request: web.Request) -> Parsed:
 
 async def verify(request: web.Request) -> web.Response:
     try:
-        payload, requirements = await _read(request)
+        payload, requirements = await read_request(request)
         return _answer(await request.app[ENGINE].verify(payload, requirements))
     except BadRequest as exc:
         return _error(400, str(exc))
@@ -104,7 +107,7 @@ async def verify(request: web.Request) -> web.Response:
 
 async def settle(request: web.Request) -> web.Response:
     try:
-        payload, requirements = await _read(request)
+        payload, requirements = await read_request(request)
         # Shielded: a client hanging up must not cut a settlement short.
         engine = request.app[ENGINE]
         return _answer(await asyncio.shield(engine.settle(payload, requirements)))

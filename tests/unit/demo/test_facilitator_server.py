@@ -12,8 +12,9 @@ from x402.schemas import PaymentPayload
 from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
 from gateway.demo.chain import ANVIL_KEYS, free_port, new_account
-from gateway.demo.facilitator_server import BadRequest, make_app, parse_request
+from gateway.demo.facilitator_server import make_app
 from gateway.demo.payer import make_x402_client, sign_requirements
+from gateway.facilitators.engine.service import BadRequest, parse_request
 from gateway.facilitators.local import LocalFacilitator
 from tests.unit.facilitators.test_local import NETWORK, TOKEN, requirements
 
