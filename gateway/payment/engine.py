@@ -22,6 +22,7 @@ from x402.mechanisms.evm.constants import ERR_PERMIT2_ALLOWANCE_REQUIRED, SCHEME
 from x402.mechanisms.evm.exact.register import register_exact_evm_server
 from x402.mechanisms.evm.upto import UptoEvmServerScheme
 from x402.schemas import (
+    PaymentAbortedError,
     PaymentPayload,
     PaymentRequirements,
     SchemeNotFoundError,
@@ -323,6 +324,10 @@ class Payments:
             )
         except SchemeNotFoundError as exc:
             raise PaymentError(str(exc), reason="unsupported_scheme") from exc
+        except PaymentAbortedError as exc:
+            # A scheme's before-verify hook refused it (a channel voucher on a stale amount).
+            headers = await self._corrective(claim, exc.reason)
+            raise PaymentError(str(exc), reason=exc.reason, headers=headers) from exc
         finally:
             claim.timings.verify = time.perf_counter() - started
         if not result.is_valid:
@@ -395,6 +400,11 @@ class Payments:
             # No facilitator was reached (remote and local raise it only then): not charged.
             await self._record(claim, "failed", reason=exc.reason)
             raise
+        except PaymentAbortedError as exc:
+            # A scheme's before-settle hook refused it before anything moved (a channel whose
+            # reservation lapsed and was taken by another request): not charged, not served.
+            await self._record(claim, "failed", reason=exc.reason)
+            raise SettlementFailed(str(exc), reason=exc.reason) from exc
         finally:
             claim.timings.settle = time.perf_counter() - started
         if result.success:
