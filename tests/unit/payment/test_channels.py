@@ -218,3 +218,16 @@ def test_the_channels_register_one_threaded_sdk_scheme_per_network() -> None:
     assert threaded.inner.validate_facilitator_support(NETWORK, kind, []) is not None
     assert threaded.validate_facilitator_support(NETWORK, kind, []) is None
     assert PAYER.address  # the payer of CONFIG
+
+
+async def test_a_channel_route_without_any_authorizer_is_named_as_not_offered() -> None:
+    no_authorizer = requirement(
+        scheme="batch-settlement", extra=MappingProxyType({"withdrawDelay": 3600})
+    )
+    priced = route(requirement(), no_authorizer)
+    p = Payments(ChannelFacilitator(), MemoryStore())
+    p.use_channels(Channels(settings(priced), InMemoryChannelStorage()))
+    assert await p.start() == []  # the SDK's start-up check does not take the gateway down
+    (problem,) = p.unsupported((priced,))
+    assert "batch-settlement on eip155:84532 is not offered: no receiver authorizer" in problem
+    await p.close()
