@@ -45,6 +45,7 @@ from x402.schemas import PaymentPayload, PaymentRequired
 from gateway.demo import chain as chainlib
 from gateway.demo import x402_sdk as sdk
 from gateway.store.channels import RedisChannelStorage
+from tests.e2e import engine_parts
 from tests.e2e.conftest import Chain
 from tests.e2e.fault_parts import gateway_config
 from tests.e2e.gateway_proc import GatewayProcess, Origin, gateway
@@ -368,4 +369,30 @@ async def test_vouchers_need_no_facilitator_once_the_channel_is_open(
     assert [a.status_code for a in later] == [200] * 20, [a.text[:200] for a in later]
     assert chainlib.block_number(chain.rpc_url) == start
     assert chainlib.tx_count(chain.rpc_url, settler.address) == 1  # the deposit
+    assert chain.balance_of(payer.address) == 1_000_000 - 50_000
+
+
+async def test_deposits_through_the_settlement_engines_sdk_delegate(
+    chain: Chain,
+    origin: Origin,
+    pay_to: str,
+    make_payer: Callable[..., LocalAccount],
+    tmp_path: Path,
+) -> None:
+    """`facilitator: {local: ...}`: the engine settles exact payments itself; a channel
+    deposit goes to its SDK delegate, whose key is also the advertised receiver authorizer."""
+    settler, delegate = engine_parts.settler_keys(chain.rpc_url, 2)
+    local = {"rpc_url": chain.rpc_url, "private_key": "${SETTLER}", "delegate_key": "${DELEGATE}"}
+    routes = [{"path": "/paid/*", "price": "$0.001", "channel": {"min_deposit": "$0.05"}}]
+    cfg = gateway_config(chain, origin.url, pay_to, {"local": local}, "memory", routes=routes)
+    env = {"SETTLER": settler, "DELEGATE": delegate}
+    payer = make_payer(1_000_000)
+    with gateway(cfg, tmp_path, env=env) as gw:
+        async with x402HttpxClient(channel_client(chain, payer), timeout=30) as http:
+            answers = [await http.get(f"{gw.url}/paid/engine-{i}") for i in range(10)]
+    assert [a.status_code for a in answers] == [200] * 10, [a.text[:200] for a in answers]
+    receipts = [decode_payment_response_header(a.headers["PAYMENT-RESPONSE"]) for a in answers]
+    assert [bool(r.transaction) for r in receipts] == [True] + [False] * 9
+    assert chainlib.tx_count(chain.rpc_url, engine_parts.address_of(delegate)) == 1
+    assert chainlib.tx_count(chain.rpc_url, engine_parts.address_of(settler)) == 0
     assert chain.balance_of(payer.address) == 1_000_000 - 50_000
