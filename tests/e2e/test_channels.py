@@ -14,6 +14,7 @@ import base64
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -396,3 +397,36 @@ async def test_deposits_through_the_settlement_engines_sdk_delegate(
     assert chainlib.tx_count(chain.rpc_url, engine_parts.address_of(delegate)) == 1
     assert chainlib.tx_count(chain.rpc_url, engine_parts.address_of(settler)) == 0
     assert chain.balance_of(payer.address) == 1_000_000 - 50_000
+
+
+NODE_CHANNEL = Path(__file__).with_name("node") / "channel.mjs"
+
+
+def node_channel(prefix: str, calls: int, key: str, chain: Chain) -> dict[str, Any]:
+    """`calls` paid GETs by `tests/e2e/node/channel.mjs` (skips without node or packages)."""
+    root = Path(__file__).resolve().parents[2]
+    if shutil.which("node") is None or not (root / "node_modules/@x402/evm").is_dir():
+        pytest.skip("node or @x402/evm missing: run scripts/setup.sh --test")
+    argv = ["node", str(NODE_CHANNEL), prefix, str(calls), chain.network, chain.token]
+    argv.append(chain.rpc_url)
+    env = {**os.environ, "X402_PAYER_KEY": "0x" + key.removeprefix("0x")}  # never in argv
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False, env=env)
+    assert done.stdout.strip(), done.stderr[-2000:]
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+async def test_the_typescript_batch_settlement_client_pays_through_a_channel(
+    replicas: tuple[GatewayProcess, GatewayProcess],
+    chain: Chain,
+    make_payer: Callable[..., LocalAccount],
+) -> None:
+    payer = make_payer(1_000_000)
+    start = chainlib.block_number(chain.rpc_url)
+    prefix = f"{replicas[0].url}/paid/ts-"
+    result = await asyncio.to_thread(node_channel, prefix, 20, bytes(payer.key).hex(), chain)
+    assert result.get("statuses") == [200] * 20, result
+    assert [bool(tx) for tx in result["transactions"]] == [True] + [False] * 19, result
+    assert set(result["payers"]) == {payer.address}
+    assert len(txs_in_blocks(chain.rpc_url, start + 1, chainlib.block_number(chain.rpc_url))) == 1
+    assert chain.balance_of(payer.address) == 1_000_000 - 250_000
