@@ -267,3 +267,19 @@ async def test_a_client_hanging_up_while_its_reservation_is_written_leaves_the_c
     assert channel is not None and channel.pending_request is None
     assert channel.charged_cumulative_amount == str(PRICE)
     await p.close()
+
+
+def test_a_cooperative_refund_is_recorded_as_charging_nothing() -> None:
+    from gateway.payment.engine import charged_amount
+
+    refund = {**voucher_payload(PRICE, CONFIG), "type": "refund"}
+    data = {
+        "x402Version": 2,
+        "accepted": accepted(BATCH),
+        "payload": refund,
+        "resource": {"url": URL},
+    }
+    decoded = decode_payment(headers(("PAYMENT-SIGNATURE", b64json(data))), 16384)
+    assert decoded is not None
+    assert charged_amount(match_requirement(PRICED, decoded, URL)) == 0
+    assert charged_amount(matched(2 * PRICE)) == PRICE
