@@ -128,12 +128,12 @@ async def test_verify_local_without_its_rpc_asks_the_facilitator(
     changes; a good payment is served and settled."""
     pay_to = str(chainlib.new_account().address)
     good, poor = make_payer(), make_payer(amount=PRICE - 1)
-    dead = f"http://127.0.0.1:{chainlib.free_port()}"
+    dead = f"http://127.0.0.1:{chainlib.free_port()}/v2/secret-api-key"
     with gateway(config_with_rpc(chain, origin, pay_to, facilitator_url, dead), tmp_path) as gw:
         refused = await pay(gw, chain, poor, "/paid/norpc-poor")
         served = await pay(gw, chain, good, "/paid/norpc-good")
         logs = gw.logs()
-    assert "local_verify_rpc_failed" in logs and dead not in logs
+    assert "local_verify_rpc_failed" in logs and "secret-api-key" not in logs
     assert refused.status_code == 402 and refused.json()["error"] == ERR_INSUFFICIENT_BALANCE
     assert origin.log.for_path("/paid/norpc-poor") == []
     assert served.status_code == 200, served.text

@@ -208,3 +208,10 @@ async def test_offline_refusals_need_no_chain_read() -> None:
         permit2 = h.requirements(assetTransferMethod="permit2")
         await verifier.verify(h.sdk_signed(h.account()), permit2)
     assert not got.is_valid and seen == [] and inner.calls == ["verify"]
+
+
+async def test_a_v1_payment_is_read_on_its_chain_too() -> None:
+    async with verifier_on(answers(uint(999), uint(0))) as (verifier, inner, seen):
+        poor = await verifier.verify(h.sdk_signed_v1(h.account()), h.requirements_v1())
+    assert not poor.is_valid and poor.invalid_reason == ERR_INSUFFICIENT_BALANCE
+    assert len(seen) == 1 and inner.calls == []
