@@ -17,7 +17,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from eth_utils.address import to_checksum_address
 from x402.schemas import SettleResponse, SupportedResponse, VerifyResponse
 
 from gateway import formats
@@ -59,7 +58,7 @@ class LocalVerify:
             return VerifyResponse(
                 is_valid=False, invalid_reason=eip3009.ERR_INVALID_PAYLOAD, invalid_message=str(exc)
             )
-        payer = to_checksum_address(auth.payer)
+        payer = eip3009.checksummed(auth.payer)
         if isinstance(rt, str):
             return VerifyResponse(is_valid=False, invalid_reason=rt, payer=payer)
         return self._terms(rt, auth, payer)

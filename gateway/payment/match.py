@@ -35,7 +35,6 @@ import functools
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from eth_utils.address import to_checksum_address
 from x402.mechanisms.evm.constants import (
     ERR_INVALID_SIGNATURE,
     ERR_UNSUPPORTED_SCHEME,
@@ -49,7 +48,14 @@ from gateway.config.settings import Requirement, RouteSettings
 from gateway.errors import PaymentError
 from gateway.formats import chain_id, is_address
 from gateway.payment.decode import DecodedPayment
-from gateway.payment.eip3009 import Domain, Malformed, Sig, check_signature, parse
+from gateway.payment.eip3009 import (
+    Domain,
+    Malformed,
+    Sig,
+    check_signature,
+    checksummed,
+    parse,
+)
 from gateway.payment.networks import caip_from_v1
 from gateway.payment.requirements import offered_v1, requirement_v1, requirement_v2, thaw
 from gateway.payment.terms import (
@@ -173,7 +179,7 @@ def _match_v2(route: RouteSettings, payload: PaymentPayload) -> MatchedPayment:
         requirements=requirement_v2(req),
         requirement=req,
         identity=PaymentIdentity(cid, req.asset.lower(), terms.payer, terms.nonce),
-        payer=to_checksum_address(terms.payer),
+        payer=checksummed(terms.payer),
         valid_before=terms.valid_before,
     )
 
@@ -192,7 +198,7 @@ def _match_v1(route: RouteSettings, payload: PaymentPayloadV1, resource_url: str
         requirements=requirement_v1(route, req, v1_network, resource_url),
         requirement=req,
         identity=PaymentIdentity(cid, req.asset.lower(), terms.payer, terms.nonce),
-        payer=to_checksum_address(terms.payer),
+        payer=checksummed(terms.payer),
         valid_before=terms.valid_before,
     )
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -201,6 +202,11 @@ class Worker:
         state.attach_listener(self._accept)
         if self._make_admin is not None:
             await self._start_admin(self._make_admin(app))
+        # What start-up built (modules, settings, the first generation's parts) lives as long
+        # as the process: out of the collector's reach, a full collection scans only what
+        # requests leave behind instead of ~120k objects (tens of ms each time, issue 13).
+        # A reload unfreezes (gateway.reload): the retired generation stays collectable.
+        gc.freeze()
         self._accept.start()
         for host, port in self._accept.addresses:
             log.info("listening", host=host, port=port, worker=self.index, pid=os.getpid())
