@@ -62,7 +62,7 @@ def make_app(settings: Settings, startup_delay: float = 0.0) -> web.Application:
         log.info("app_cleanup")
 
     async def frozen(request: web.Request) -> web.Response:
-        return web.Response(text=str(gc.get_freeze_count()))
+        return web.Response(text=f"{gc.get_freeze_count()} {gc.get_threshold()[0]}")
 
     app.router.add_get("/ok", ok)
     app.router.add_get("/frozen", frozen)
