@@ -7,6 +7,8 @@ priced route (`verify: facilitator`, the default: the gateway makes both facilit
 With `--baseline DIR` (a source tree, e.g. `git archive <commit> | tar -x -C DIR`), a second
 gateway runs that code on the same config, chain and facilitator: both are measured in the
 same rounds, in rotating order, and the ratio current/baseline is taken round by round.
+`--baseline-verify MODE` gives the baseline another `verify:` mode (`local-offline`: `verify:
+local` with no RPC URL, signature and terms only): what one facilitator round trip costs.
 
 Every paid request is a fresh payment signed before the clock starts (a few funded payers
 sign several each). Per round and gateway, its process tree is metered from /proc
@@ -262,14 +264,17 @@ def start_target(
     return Target(name, f"http://127.0.0.1:{port}", pay_to, {"gateway": proc.pid})
 
 
-def base_config(local: Any, upstream: str, fac_url: str, args: argparse.Namespace) -> Any:
+def base_config(
+    local: Any, upstream: str, fac_url: str, args: argparse.Namespace, verify: str
+) -> Any:
     facilitator = {"url": fac_url, "headers": {"Authorization": f"Bearer {TOKEN}"}}
     cfg = gateway_config(local, upstream, "", facilitator | {"timeout": "60s"})
     cfg["routes"] = [{"path": "/paid/*", "price": "$0.001"}, {"path": "/*", "price": "free"}]
     cfg["log_level"] = args.log_level
-    if args.verify != "facilitator":
-        cfg["verify"] = args.verify
-        cfg["networks"] = {local.network: {"rpc_url": local.rpc_url}}
+    if verify != "facilitator":
+        cfg["verify"] = "local"
+        if verify == "local":  # local-offline: signature and terms only, no RPC reads
+            cfg["networks"] = {local.network: {"rpc_url": local.rpc_url}}
     return cfg
 
 
@@ -282,11 +287,20 @@ async def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
     try:
         local = await asyncio.to_thread(chainlib.prepare_chain, anvil.rpc_url)
         fac_url, fac_pid = await asyncio.to_thread(start_facilitator, group, local.rpc_url)
-        cfg = base_config(local, upstream, fac_url, args)
-        sources = {"current": None} | ({"baseline": args.baseline} if args.baseline else {})
+        # name -> (source tree, verify mode); the baseline differs in its code, its mode, or both
+        sources: dict[str, tuple[Path | None, str]] = {"current": (None, args.verify)}
+        if args.baseline or args.baseline_verify:
+            sources["baseline"] = (args.baseline, args.baseline_verify or args.verify)
         targets = [
-            start_target(group, workdir, name, cfg, str(chainlib.new_account().address), src)
-            for name, src in sources.items()
+            start_target(
+                group,
+                workdir,
+                name,
+                base_config(local, upstream, fac_url, args, verify),
+                str(chainlib.new_account().address),
+                src,
+            )
+            for name, (src, verify) in sources.items()
         ]
         each = max(1, args.payments // args.payers)
         spied = max(1, args.profile_payments // args.payers) if args.profile else 0
@@ -412,11 +426,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--payers", type=int, default=30)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--log-level", default="warning")
-    parser.add_argument("--verify", default="facilitator", choices=("facilitator", "local"))
+    parser.add_argument(
+        "--verify", default="facilitator", choices=("facilitator", "local", "local-offline")
+    )
     parser.add_argument(
         "--baseline",
         type=Path,
         help="a source tree (git archive of an older commit) run side by side, interleaved",
+    )
+    parser.add_argument(
+        "--baseline-verify",
+        choices=("facilitator", "local", "local-offline"),
+        help="the baseline gateway's verify mode (with no --baseline: this checkout's code)",
     )
     parser.add_argument("--profile", type=Path, help="py-spy each gateway; the table here")
     parser.add_argument("--profile-payments", type=int, default=600)
