@@ -176,6 +176,61 @@ class Profiler:
         return err.decode(errors="replace")
 
 
+# Where a sample's leaf frame is, by package (first match): the event loop's own C code (the
+# uvloop run, socket reads) and aiohttp's socket writes apart from the rest of aiohttp.
+_PACKAGES = (
+    ("Runner.run (", "event loop (uvloop, C: epoll, socket reads, callbacks)"),
+    ("StreamWriter._write", "socket writes (aiohttp StreamWriter)"),
+    ("/aiohttp/", "aiohttp (Python)"),
+    ("/multidict/", "aiohttp (Python)"),
+    ("/yarl/", "aiohttp (Python)"),
+    ("gateway/", "gateway code"),
+    ("/x402/", "x402 SDK"),
+    ("/pydantic", "pydantic"),
+    ("/coincurve/", "crypto (ECDSA recover, keccak)"),
+    ("/Crypto/", "crypto (ECDSA recover, keccak)"),
+    ("/eth_", "crypto (ECDSA recover, keccak)"),
+    ("/json/", "json (stdlib)"),
+    ("/cachetools/", "store, metrics, logging libraries"),
+    ("/prometheus_client/", "store, metrics, logging libraries"),
+    ("/structlog/", "store, metrics, logging libraries"),
+    ("/asyncio/", "asyncio (Python)"),
+)
+
+
+def packages(raw: Path) -> list[list[Any]]:
+    """Self samples by package, as % of all samples (the leaf frame of each stack)."""
+    found: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        leaf = stack.rsplit(";", 1)[-1]
+        path = "/" + leaf.partition(" (")[2]
+        where = next((label for key, label in _PACKAGES if key in leaf or key in path), "other")
+        found[where] += int(count)
+        total += int(count)
+    return [[k, round(100 * v / max(1, total), 1)] for k, v in found.most_common()]
+
+
+def summarize(raws: list[Path]) -> str:
+    """`--summarize A.raw B.raw`: the self samples by package of each, side by side."""
+    tables = {raw.stem: dict(packages(raw)) for raw in raws}
+    names = sorted(
+        {k for t in tables.values() for k in t},
+        key=lambda k: -max(t.get(k, 0.0) for t in tables.values()),
+    )
+    lines = [
+        "| self samples, % | " + " | ".join(tables) + " |",
+        "| --- |" + " --- |" * len(tables),
+    ]
+    lines += [
+        f"| {n} | " + " | ".join(str(t.get(n, 0.0)) for t in tables.values()) + " |" for n in names
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def _frame(frame: str) -> str:
     """`name (path:line)` -> `name (path)`: a function's samples counted together."""
     name, _, where = frame.partition(" (")
@@ -443,7 +498,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-payments", type=int, default=600)
     parser.add_argument("--rate", type=int, default=1000, help="py-spy samples per second")
     parser.add_argument("--name", default="latest", help="results/gateway-cpu-NAME.{json,md}")
+    parser.add_argument(
+        "--summarize", type=Path, nargs="+", help="only print py-spy raw files' samples by package"
+    )
     args = parser.parse_args(argv)
+    if args.summarize:
+        print(summarize(args.summarize), end="")
+        return 0
     results = asyncio.run(run(args, lambda m: print(m, flush=True)))
     for t in results["targets"].values():
         t["summary"] = summary(t["rounds"])
