@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -268,8 +269,9 @@ class ClaimScheduler:
         except CLAIM_ERRORS as exc:
             delay = retry.failed(self.clock(), str(exc))
             log.warning("channels_claim_failed", target=target.key, error=str(exc), retry_in=delay)
-            self._count_claim("failed", plan.reason)
-            return Outcome(target, plan.reason, error=str(exc))
+            if not outcome.claims:
+                self._count_claim("failed", plan.reason)
+            return dataclasses.replace(outcome, error=str(exc))
         retry.succeeded()
         return outcome
 
@@ -326,14 +328,7 @@ class ClaimScheduler:
             if self.metrics is not None:
                 self.metrics.settles.labels("settled").inc()
         await self.lock.mark(lease, f"{target.key}|settle", None)
-        return Outcome(
-            target,
-            outcome.reason,
-            outcome.vouchers,
-            outcome.amount,
-            outcome.claims,
-            settle=transaction,
-        )
+        return dataclasses.replace(outcome, settle=transaction)
 
     # --- the SDK's manager -----------------------------------------------------------------
 

@@ -18,7 +18,7 @@ RECEIVER = "0x" + "33" * 20
 TOKEN = "0x" + "55" * 20
 
 
-def new_channel(  # noqa: PLR0913  a channel's fields, keyword-only with defaults
+def new_channel(
     *,
     charged: int = 0,
     claimed: int = 0,
