@@ -15,6 +15,7 @@ import yaml
 
 from gateway import formats
 from gateway.config import values as cv
+from gateway.config.channels import compile_channels
 from gateway.config.cors import compile_cors
 from gateway.config.facilitators import compile_facilitators
 from gateway.config.networks import compile_networks
@@ -72,6 +73,7 @@ TOP_LEVEL_KEYS = frozenset(
         "routes",
     }
     | {"idempotency"}
+    | {"channels"}
 )
 IDEMPOTENCY_KEYS = frozenset({"keep_body", "keep_for", "required"})
 ASSET_KEYS = frozenset({"address", "name", "version", "decimals", "symbol", "transfer"})
@@ -130,6 +132,7 @@ def compile_document(reader: Reader, root: yaml.Node) -> Settings | None:
         idempotency=_idempotency(reader, top.get("idempotency")),
         cors=compile_cors(reader, top.get("cors")),
         verify=top.read("verify", choice(VERIFY_MODES), "facilitator"),
+        channels=compile_channels(reader, top.get("channels")),
     )
 
 

@@ -14,6 +14,7 @@ import yaml
 from gateway import formats
 from gateway.config import pricing
 from gateway.config import values as cv
+from gateway.config.channels import route_channel
 from gateway.config.discovery import compile_discovery
 from gateway.config.dynamic import hook_price, price_rules
 from gateway.config.mcp import compile_mcp
@@ -48,6 +49,7 @@ ROUTE_KEYS = frozenset(
     | {"mcp"}
     | {"access"}
     | {"asset", "stream_usage"}
+    | {"channel"}
 )
 ACCESS_KEYS = frozenset({"for"})
 ACCEPT_KEYS = frozenset(
@@ -134,6 +136,7 @@ def _route(
         price_text=price_text or "free",
         source=Source(reader.filename, node.start_mark.line + 1),
         metered=metered,
+        channel=route_channel(reader, entry, accepts, price_text),
         access=_access(reader, entry, bool(accepts)),
         rate_limits=route_rates(
             reader, entry.get("limits"), entry.where("limits"), free=price_text == "free"
