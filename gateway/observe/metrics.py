@@ -35,6 +35,7 @@ from gateway.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from gateway.observe.channel_metrics import ChannelMetrics
 from gateway.observe.record import RequestRecord
 from gateway.payment.outcome import VERIFIED
 
@@ -134,6 +135,7 @@ class Metrics:
         )
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self.engine = EngineMetrics(r)
+        self.channels = ChannelMetrics(r)  # batch-settlement claims (issue 14)
 
     def observe_request(
         self, route: str, method: str, status: int, seconds: float, error: GatewayError | None

@@ -29,8 +29,9 @@ async def locks(request: pytest.FixtureRequest) -> AsyncIterator[tuple[ClaimLock
     server: RedisServer = request.getfixturevalue("redis")
     stores = RedisStore(server.url), RedisStore(server.url)
     await stores[0].client.delete(LOCK_KEY, MARKS_KEY)  # the session's server is shared
-    yield RedisClaimLock(stores[0].client, stores[0].call), RedisClaimLock(
-        stores[1].client, stores[1].call
+    yield (
+        RedisClaimLock(stores[0].client, stores[0].call),
+        RedisClaimLock(stores[1].client, stores[1].call),
     )
     for store in stores:
         await store.close()

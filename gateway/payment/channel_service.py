@@ -1,0 +1,89 @@
+"""The claim schedule as a part of a running gateway: made from settings, run as a background
+task, stopped by letting a round in flight finish (issue 14, claims).
+
+It runs wherever channels may exist: when a route takes `channel:` payments, and whenever
+the store is shared (Redis), since channels served under an older config (a route since
+removed by a reload, or another replica's) are still owed to the receiver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+from x402.mechanisms.evm.batch_settlement.authorizer_signer import LocalAuthorizerSigner
+from x402.mechanisms.evm.batch_settlement.server import ChannelStorage
+
+from gateway.config.settings import Settings
+from gateway.observe.channel_metrics import ChannelMetrics
+from gateway.payment.channel_claims import ClaimPolicy
+from gateway.payment.channel_scheduler import ClaimScheduler
+from gateway.payment.engine import Facilitator
+from gateway.store.claim_lock import ClaimLock
+
+
+@dataclass(eq=False)
+class ClaimService:
+    scheduler: ClaimScheduler
+    task: asyncio.Task[None]
+    lock: ClaimLock
+    settings_key: tuple[object, ...]
+
+    async def close(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        await self.scheduler.wait_idle()
+
+
+def wanted(settings: Settings) -> bool:
+    """Whether this gateway may hold channels to claim."""
+    return settings.store != "memory" or any(r.channel is not None for r in settings.routes)
+
+
+def claim_networks(settings: Settings) -> list[str]:
+    """Every EVM network the config names: a channel is claimed on the one it lives on."""
+    named = {settings.network, *settings.networks}
+    named |= {req.network for route in settings.routes for req in route.accepts}
+    return sorted(n for n in named if n.startswith("eip155:"))
+
+
+def settings_key(settings: Settings) -> tuple[object, ...]:
+    """What the schedule is made of: a reload that changes none of it keeps the schedule."""
+    return (settings.channels, tuple(claim_networks(settings)), _decimals(settings))
+
+
+def start_claims(
+    settings: Settings,
+    storage: ChannelStorage,
+    facilitator: Facilitator,
+    lock: ClaimLock,
+    metrics: ChannelMetrics | None,
+) -> ClaimService:
+    """A started schedule (must be called on the running loop)."""
+    channels = settings.channels
+    key = channels.authorizer_key
+    decimals = dict(_decimals(settings))
+    scheduler = ClaimScheduler(
+        storage=storage,
+        facilitator=facilitator,
+        lock=lock,
+        policy=ClaimPolicy(every=channels.claim_every, over=channels.claim_over),
+        networks=claim_networks(settings),
+        authorizer=LocalAuthorizerSigner(key) if key is not None else None,
+        decimals=lambda network, token: decimals.get((network, token.lower()), 6),
+        metrics=metrics,
+    )
+    task = asyncio.create_task(scheduler.run(), name="channel-claims")
+    return ClaimService(scheduler, task, lock, settings_key(settings))
+
+
+def _decimals(settings: Settings) -> tuple[tuple[tuple[str, str], int], ...]:
+    """(network, token) -> decimals, from the priced routes (USDC's 6 for any other)."""
+    found = {
+        (req.network, req.asset.lower()): req.decimals
+        for route in settings.routes
+        for req in route.accepts
+    }
+    return tuple(sorted(found.items()))

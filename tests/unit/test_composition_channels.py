@@ -1,0 +1,95 @@
+"""gateway.composition and the channel claim schedule: started where channels may exist,
+kept by a reload that changes none of its parts, replaced (sharing its lock) otherwise,
+stopped with the generation."""
+
+from __future__ import annotations
+
+import asyncio
+
+from x402.mechanisms.evm.batch_settlement.server.storage import InMemoryChannelStorage
+
+from gateway.composition import Parts, Rebuild, Reuse, build
+from gateway.config import loads
+from gateway.config.settings import Settings
+from gateway.observe.metrics import Metrics
+from tests.unit.payment.channel_fakes import new_channel, put
+from tests.unit.test_composition import CONFIG, Made, close
+
+CHANNELS = """
+upstream: http://127.0.0.1:9
+facilitator: {url: "http://127.0.0.1:9/"}
+pay_to: "0x000000000000000000000000000000000000dEaD"
+admin: off
+channels: {claim_every: 60s, claim_over: "$5", withdraw_delay: 1h}
+routes:
+  - path: /v1/infer/*
+    price: "$0.001"
+    channel: {min_deposit: "$1.00"}
+"""
+
+
+def parts(made: Made, storage: InMemoryChannelStorage) -> Parts:
+    def channels(_settings: Settings) -> InMemoryChannelStorage:
+        made.log.append("channels")
+        return storage
+
+    return Parts(
+        store=made.store, facilitator=made.facilitator, upstream=made.upstream, channels=channels
+    )
+
+
+async def test_no_channel_route_and_a_memory_store_runs_no_schedule() -> None:
+    made = Made()
+    gen = await build(loads(CONFIG), Metrics(), 1, parts(made, InMemoryChannelStorage()))
+    try:
+        assert gen.claims is None and "channels" not in made.log
+    finally:
+        await close(gen)
+
+
+async def test_a_channel_route_runs_the_schedule_and_its_gauges_move() -> None:
+    made, storage = Made(), InMemoryChannelStorage()
+    put(storage, new_channel(charged=1234))
+    metrics = Metrics()
+    gen = await build(loads(CHANNELS), metrics, 1, parts(made, storage))
+    try:
+        assert gen.claims is not None and not gen.claims.task.done()
+        assert gen.claims.scheduler.policy.every == 60.0
+        await asyncio.sleep(0.1)  # its first round has read the storage
+        owed = metrics.registry.get_sample_value(
+            "x402_gateway_channel_unclaimed_atomic_units",
+            {
+                "network": "eip155:84532",
+                "receiver": "0x3333333333333333333333333333333333333333",
+                "asset": "0x5555555555555555555555555555555555555555",
+            },
+        )
+        assert owed == 1234
+    finally:
+        await close(gen)
+    assert gen.claims.task.cancelled()
+
+
+async def test_a_reload_keeps_an_unchanged_schedule_and_replaces_a_changed_one() -> None:
+    made, storage = Made(), InMemoryChannelStorage()
+    settings = loads(CHANNELS)
+    first = await build(settings, Metrics(), 1, parts(made, storage))
+    same = await build(
+        settings, first.metrics, 2, parts(made, storage), Reuse(first, Rebuild(False, False, True))
+    )
+    assert same.claims is first.claims
+    await same.upstream.close()
+    changed = loads(CHANNELS.replace("claim_every: 60s", "claim_every: 30s"))
+    second = await build(
+        changed, first.metrics, 3, parts(made, storage), Reuse(first, Rebuild(False, False, True))
+    )
+    try:
+        assert second.claims is not None and first.claims is not None
+        assert second.claims is not first.claims
+        assert second.claims.lock is first.claims.lock  # the two never claim at once
+        assert second.claims.scheduler.storage is storage
+        assert second.claims.scheduler.policy.every == 30.0
+    finally:
+        await second.claims.close()
+        await second.upstream.close()
+        await close(first)
