@@ -80,8 +80,9 @@ async def test_a_reload_keeps_an_unchanged_schedule_and_replaces_a_changed_one()
     assert same.claims is first.claims
     await same.upstream.close()
     changed = loads(CHANNELS.replace("claim_every: 60s", "claim_every: 30s"))
+    elsewhere = parts(made, InMemoryChannelStorage())  # not asked: the store is shared
     second = await build(
-        changed, first.metrics, 3, parts(made, storage), Reuse(first, Rebuild(False, False, True))
+        changed, first.metrics, 3, elsewhere, Reuse(first, Rebuild(False, False, True))
     )
     try:
         assert second.claims is not None and first.claims is not None
