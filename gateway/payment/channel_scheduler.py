@@ -176,10 +176,12 @@ class ClaimScheduler:
         marks = await self.lock.marks()
         if not self._planned(groups, marks):
             return []
-        return await self._locked(lambda lease, fresh: self._claim_due(lease, groups, fresh))
+        done = await self._locked(lambda lease, fresh: self._claim_due(lease, groups, fresh))
+        return done or []  # None: another replica is claiming them
 
-    async def claim_now(self, only: frozenset[str] | None = None) -> list[Outcome]:
-        """Claim every owing channel now (or the named ones), then settle: `channels claim`."""
+    async def claim_now(self, only: frozenset[str] | None = None) -> list[Outcome] | None:
+        """Claim every owing channel now (or the named ones), then settle: `channels claim`.
+        None: another process holds the claim lock (a gateway's round: try again)."""
         groups = await self._groups()
         picked = [d for t, chs in sorted(groups.items()) if (d := asked(t, chs, only))]
 
@@ -188,9 +190,9 @@ class ClaimScheduler:
 
         return await self._locked(work)
 
-    async def refund(self, channel_ids: Sequence[str]) -> list[RefundResult]:
+    async def refund(self, channel_ids: Sequence[str]) -> list[RefundResult] | None:
         """Cooperative refund (the SDK's: claims what is owed, returns the rest to the payer
-        and forgets the channel), for channels an operator closes."""
+        and forgets the channel), for channels an operator closes. None: lock busy."""
         wanted = {normalize_channel_id(i) for i in channel_ids}
         groups = await self._groups()
         results: list[RefundResult] = []
@@ -202,7 +204,8 @@ class ClaimScheduler:
                     results.extend(await self._off_loop(self._manager(target).refund(ids)))
             return []
 
-        await self._locked(work)
+        if await self._locked(work) is None:
+            return None
         return results
 
     async def _groups(self) -> dict[Target, list[Channel]]:
@@ -242,11 +245,13 @@ class ClaimScheduler:
         return [await self._claim(lease, d) for d in self._planned(groups, marks)]
 
     async def _locked(
-        self, work: Callable[[Lease, dict[str, str]], Awaitable[list[Outcome]]]
-    ) -> list[Outcome]:
+        self,
+        work: Callable[[Lease, dict[str, str]], Awaitable[list[Outcome]]],
+    ) -> list[Outcome] | None:
+        """`work` holding the lock; None when another replica holds it."""
         lease = await self.lock.acquire(LEASE)
         if lease is None:
-            return []  # another replica is claiming
+            return None
         lost = asyncio.Event()
         renewer = asyncio.create_task(keep_renewing(self.lock, lease, lost))
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from x402.mechanisms.evm.batch_settlement.authorizer_signer import LocalAuthorizerSigner
@@ -62,21 +63,35 @@ def start_claims(
     metrics: ChannelMetrics | None,
 ) -> ClaimService:
     """A started schedule (must be called on the running loop)."""
+    scheduler = make_scheduler(settings, storage, facilitator, lock, metrics)
+    task = asyncio.create_task(scheduler.run(), name="channel-claims")
+    return ClaimService(scheduler, task, lock, settings_key(settings))
+
+
+def make_scheduler(
+    settings: Settings,
+    storage: ChannelStorage,
+    facilitator: Facilitator,
+    lock: ClaimLock,
+    metrics: ChannelMetrics | None = None,
+) -> ClaimScheduler:
     channels = settings.channels
     key = channels.authorizer_key
-    decimals = dict(_decimals(settings))
-    scheduler = ClaimScheduler(
+    return ClaimScheduler(
         storage=storage,
         facilitator=facilitator,
         lock=lock,
         policy=ClaimPolicy(every=channels.claim_every, over=channels.claim_over),
         networks=claim_networks(settings),
         authorizer=LocalAuthorizerSigner(key) if key is not None else None,
-        decimals=lambda network, token: decimals.get((network, token.lower()), 6),
+        decimals=decimals_of(settings),
         metrics=metrics,
     )
-    task = asyncio.create_task(scheduler.run(), name="channel-claims")
-    return ClaimService(scheduler, task, lock, settings_key(settings))
+
+
+def decimals_of(settings: Settings) -> Callable[[str, str], int]:
+    found = dict(_decimals(settings))
+    return lambda network, token: found.get((network, token.lower()), 6)
 
 
 def _decimals(settings: Settings) -> tuple[tuple[tuple[str, str], int], ...]:
