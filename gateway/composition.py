@@ -29,6 +29,7 @@ from gateway.observe.logs import get_logger
 from gateway.observe.metrics import Metrics
 from gateway.payment.challenge import PreparedChallenges
 from gateway.payment.channel_service import ClaimService, settings_key, start_claims, wanted
+from gateway.payment.channels import Channels
 from gateway.payment.engine import Facilitator, Payments
 from gateway.payment.limits import RateLimiter
 from gateway.payment.price_hook import HttpPriceSource
@@ -199,6 +200,20 @@ def _sessions(
     return Sessions(settings, open_sessions(store))
 
 
+def _channels(settings: Settings, payments: Payments, previous: Generation | None) -> None:
+    """Batch-settlement for the routes with `channel:`, its state beside the payment
+    records (the same Redis when they are there; this process's memory otherwise). A
+    generation that shares the previous one's store shares its channel state too: a memory
+    store's is only in that object, and the channels' vouchers are money not yet claimed."""
+    if not any(route.channel is not None for route in settings.routes):
+        return
+    before = previous.payments if previous is not None else None
+    if before is not None and before.channels is not None and before.store is payments.store:
+        payments.use_channels(Channels(settings, before.channels.storage, owned=False))
+        return
+    payments.use_channels(Channels(settings, open_channel_storage(settings.store)))
+
+
 @dataclass(frozen=True, slots=True)
 class _Builder:
     """One build: each part is made anew (and undone on failure) or taken from `previous`."""
@@ -234,10 +249,12 @@ class _Builder:
         window = settle_timeout(self.settings)
         if (previous := self._reuses("facilitator")) is not None:
             payments = Payments(previous.payments.facilitator, store, chain, window)
+            _channels(self.settings, payments, self.previous)
             problems = await payments.refresh()
         else:
             facilitator = self.parts.facilitator(self.settings, self.metrics)
             payments = Payments(facilitator, store, chain, window)
+            _channels(self.settings, payments, self.previous)
             self.undo.push_async_callback(payments.close)
             problems = await payments.start()
         for problem in problems:
@@ -260,15 +277,13 @@ class _Builder:
         if not wanted(self.settings):
             return None
         same_store = self.previous is not None and self.previous.payments.store is store
-        # The same store, the same channels (a memory store's live only in that object).
-        storage = (
-            previous.scheduler.storage
-            if previous is not None and same_store
-            else self.parts.channels(self.settings)
-        )
         lock = previous.lock if previous is not None and same_store else open_claim_lock(store)
+        if payments.channels is not None:  # the channels the routes serve (gateway/payment)
+            storage, owned = payments.channels.storage, False
+        else:  # no channel route now (a Redis store): channels served before are still owed
+            storage, owned = self.parts.channels(self.settings), True
         claims = start_claims(
-            self.settings, storage, payments.facilitator, lock, self.metrics.channels
+            self.settings, storage, payments.facilitator, lock, self.metrics.channels, owned=owned
         )
         self.undo.push_async_callback(claims.close)
         return claims

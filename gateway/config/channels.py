@@ -17,10 +17,17 @@ used.
 
 from __future__ import annotations
 
+import dataclasses
 from decimal import Decimal
+from types import MappingProxyType
 
 import yaml
-from x402.mechanisms.evm.batch_settlement import MAX_WITHDRAW_DELAY, MIN_WITHDRAW_DELAY
+from eth_account import Account
+from x402.mechanisms.evm.batch_settlement import (
+    MAX_WITHDRAW_DELAY,
+    MIN_WITHDRAW_DELAY,
+    SCHEME_BATCH_SETTLEMENT,
+)
 
 from gateway import formats
 from gateway.config import pricing
@@ -29,6 +36,7 @@ from gateway.config.reader import Reader, Scalar, Section, duration, using
 from gateway.config.settings import AssetSpec, ChannelsSettings, ChannelTerms, Requirement
 
 CHANNEL_KEYS = frozenset({"min_deposit"})
+BATCH_SETTLEMENT = SCHEME_BATCH_SETTLEMENT
 CHANNELS_KEYS = frozenset({"claim_every", "claim_over", "withdraw_delay", "authorizer_key"})
 
 
@@ -126,3 +134,36 @@ def _at_least_one_call(section: Section, req: Requirement, minimum: Decimal) -> 
         section.error(where, f"${text} is less than one call (${price}); deposit at least that")
         return None
     return ChannelTerms(min_deposit=minimum)
+
+
+def _atomic(dollars: Decimal, req: Requirement) -> int:
+    token = AssetSpec(req.asset, "", "", req.decimals, req.symbol)
+    return pricing.to_atomic(dollars, token, "$" + format(dollars, "f"))
+
+
+def authorizer_address(channels: ChannelsSettings) -> str | None:
+    """The receiver authorizer's address, when the gateway holds its key."""
+    key = channels.authorizer_key
+    return None if key is None else str(Account.from_key(key).address)
+
+
+def with_channel(
+    accepts: tuple[Requirement, ...], terms: ChannelTerms | None, channels: ChannelsSettings
+) -> tuple[Requirement, ...]:
+    """The route's requirements, plus its `batch-settlement` one when it takes vouchers: the
+    same token, recipient and price, with the channel terms the SDK's server scheme states
+    (`withdrawDelay`, `minDeposit` in atomic units, and `receiverAuthorizer` when the gateway
+    holds the key; else the facilitator's is filled in from its /supported)."""
+    if terms is None or len(accepts) != 1:
+        return accepts
+    (req,) = accepts
+    extra = {
+        **req.extra,
+        "withdrawDelay": channels.withdraw_delay,
+        "minDeposit": str(_atomic(terms.min_deposit, req)),
+    }
+    authorizer = authorizer_address(channels)
+    if authorizer is not None:
+        extra["receiverAuthorizer"] = authorizer
+    batch = dataclasses.replace(req, scheme=BATCH_SETTLEMENT, extra=MappingProxyType(extra))
+    return (req, batch)

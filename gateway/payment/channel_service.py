@@ -30,12 +30,16 @@ class ClaimService:
     task: asyncio.Task[None]
     lock: ClaimLock
     settings_key: tuple[object, ...]
+    owned: bool = False  # close the storage too (nobody else uses it)
 
     async def close(self) -> None:
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
         await self.scheduler.wait_idle()
+        close = getattr(self.scheduler.storage, "close", None)  # the Redis storage has one
+        if self.owned and callable(close):
+            await asyncio.to_thread(close)
 
 
 def wanted(settings: Settings) -> bool:
@@ -55,17 +59,20 @@ def settings_key(settings: Settings) -> tuple[object, ...]:
     return (settings.channels, tuple(claim_networks(settings)), _decimals(settings))
 
 
-def start_claims(
+def start_claims(  # noqa: PLR0913  the schedule's parts, and who closes the storage
     settings: Settings,
     storage: ChannelStorage,
     facilitator: Facilitator,
     lock: ClaimLock,
     metrics: ChannelMetrics | None,
+    *,
+    owned: bool = False,
 ) -> ClaimService:
-    """A started schedule (must be called on the running loop)."""
+    """A started schedule (must be called on the running loop); `owned`: its storage is
+    closed with it."""
     scheduler = make_scheduler(settings, storage, facilitator, lock, metrics)
     task = asyncio.create_task(scheduler.run(), name="channel-claims")
-    return ClaimService(scheduler, task, lock, settings_key(settings))
+    return ClaimService(scheduler, task, lock, settings_key(settings), owned)
 
 
 def make_scheduler(

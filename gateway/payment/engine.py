@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from x402 import x402ResourceServer
+from x402.mechanisms.evm.batch_settlement import SCHEME_BATCH_SETTLEMENT
 from x402.mechanisms.evm.constants import ERR_PERMIT2_ALLOWANCE_REQUIRED, SCHEME_UPTO
 from x402.mechanisms.evm.exact.register import register_exact_evm_server
 from x402.mechanisms.evm.upto import UptoEvmServerScheme
@@ -42,12 +43,13 @@ from gateway.errors import (
     StoreUnavailable,
 )
 from gateway.observe.logs import get_logger
+from gateway.payment.channels import CORRECTIVE, Channels, corrective_headers
 from gateway.payment.claims import MAY_BE_CHARGED, Verdict, on_conflict
 from gateway.payment.match import MatchedPayment, claim_ttl
 from gateway.payment.receipts import receipt_headers
 from gateway.payment.reconcile import SETTLE_MARGIN, ChainReader
 from gateway.payment.recovery import Reconciler, reconcile_recent
-from gateway.payment.requirements import completed
+from gateway.payment.requirements import completed, incomplete, requirement_v2
 from gateway.store import PaymentRecord, PaymentStore
 from gateway.store.records import Status
 
@@ -60,6 +62,8 @@ INLINE_RECONCILE_TIMEOUT = 3.0
 # The background reconciler: every ~30 s (jittered: replicas out of step), the newest records.
 RECONCILE_EVERY = 30.0
 RECONCILE_RECENT = 1000
+# Schemes whose requirements are completed from the facilitator's /supported `extra`.
+_COMPLETED = (SCHEME_UPTO, SCHEME_BATCH_SETTLEMENT)
 
 
 class Facilitator(Protocol):
@@ -137,6 +141,12 @@ class Payments:
         upto: Any = UptoEvmServerScheme()  # type: ignore[no-untyped-call]  # SDK untyped
         self.server.register("eip155:*", upto)
         self._ready = False
+        self.channels: Channels | None = None  # batch-settlement, when a route takes it
+
+    def use_channels(self, channels: Channels) -> None:
+        """Take batch-settlement payments (gateway/payment/channels.py); before `start()`."""
+        channels.register(self.server)
+        self.channels = channels
 
     # --- life --------------------------------------------------------------------------
 
@@ -183,16 +193,27 @@ class Payments:
 
     def unsupported(self, routes: tuple[RouteSettings, ...]) -> list[str]:
         """Routes no facilitator can take payment for: one line each."""
-        kinds = {(k.scheme, k.network) for k in self.facilitator.get_supported().kinds}
+        supported = self.facilitator.get_supported()
+        kinds = {(k.scheme, k.network) for k in supported.kinds}
         return [
             f"routes[{r.index}] {r.path}: no facilitator supports {req.scheme} on {req.network}"
             for r in routes
             for req in r.accepts
             if (req.scheme, req.network) not in kinds
+        ] + [
+            f"routes[{r.index}] {r.path}: {req.scheme} on {req.network} is not offered: no "
+            "receiver authorizer (set channels.authorizer_key, or use a facilitator that "
+            "advertises one)"
+            for r in routes
+            for req in r.accepts
+            if (req.scheme, req.network) in kinds
+            and incomplete(completed(requirement_v2(req), supported))
         ]
 
     async def close(self) -> None:
         await self.facilitator.close()
+        if self.channels is not None:
+            await self.channels.close()
 
     # --- the request path --------------------------------------------------------------
 
@@ -307,7 +328,18 @@ class Payments:
         if not result.is_valid:
             reason = result.verify.invalid_reason or "invalid_payment"
             error = AllowanceRequired if reason == ERR_PERMIT2_ALLOWANCE_REQUIRED else PaymentError
-            raise error(result.verify.invalid_message or reason, reason=reason)
+            headers = await self._corrective(claim, reason)
+            raise error(result.verify.invalid_message or reason, reason=reason, headers=headers)
+
+    async def _corrective(self, claim: Claim, reason: str) -> dict[str, str]:
+        """A channel voucher on a stale cumulative amount: the 402 carries the channel's
+        state for the payer's client to resynchronise (the SDK's corrective 402)."""
+        payload = claim.matched.payload
+        if reason not in CORRECTIVE or not isinstance(payload, PaymentPayload):
+            return {}
+        reqs = self._requirements(claim)
+        assert isinstance(reqs, PaymentRequirements)
+        return await corrective_headers(self.server, payload, reqs, reason)
 
     async def settle(self, claim: Claim, amount: int | None = None) -> SettleResponse:
         """Settle once and record the outcome, in a task of its own: a client that goes
@@ -326,7 +358,7 @@ class Payments:
         """The route's requirements for the facilitator: an `upto` one completed with the
         facilitator's address, and settled for `amount`."""
         reqs = claim.matched.requirements
-        if not isinstance(reqs, PaymentRequirements) or reqs.scheme != SCHEME_UPTO:
+        if not isinstance(reqs, PaymentRequirements) or reqs.scheme not in _COMPLETED:
             return reqs
         reqs = completed(reqs, self.facilitator.get_supported())
         return reqs if amount is None else reqs.model_copy(update={"amount": str(amount)})
@@ -395,7 +427,16 @@ class Payments:
     async def release(self, claim: Claim) -> None:
         """Nothing was charged: the payer may use the same authorization again."""
         if claim.settled is None and not claim.outcome_unknown:
+            await self._cancel_channel(claim)
             await self.store.release(claim.key, claim.record.request_id)
+
+    async def _cancel_channel(self, claim: Claim) -> None:
+        """A channel payment's reservation is cleared (its channel free for the next call)."""
+        payload, reqs = claim.matched.payload, self._requirements(claim)
+        if self.channels is None or reqs.scheme != SCHEME_BATCH_SETTLEMENT:
+            return
+        assert isinstance(payload, PaymentPayload) and isinstance(reqs, PaymentRequirements)
+        await self.channels.cancel(self.server, payload, reqs)
 
     async def refund_due(self, claim: Claim, why: str) -> None:
         """Settled before forwarding, then the origin failed: the operator owes a refund."""

@@ -5,6 +5,7 @@ stopped with the generation."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 from x402.mechanisms.evm.batch_settlement.server.storage import InMemoryChannelStorage
 
@@ -20,7 +21,7 @@ upstream: http://127.0.0.1:9
 facilitator: {url: "http://127.0.0.1:9/"}
 pay_to: "0x000000000000000000000000000000000000dEaD"
 admin: off
-channels: {claim_every: 60s, claim_over: "$5", withdraw_delay: 1h}
+channels: {claim_every: 1s, claim_over: "$5", withdraw_delay: 1h}
 routes:
   - path: /v1/infer/*
     price: "$0.001"
@@ -47,15 +48,18 @@ async def test_no_channel_route_and_a_memory_store_runs_no_schedule() -> None:
         await close(gen)
 
 
-async def test_a_channel_route_runs_the_schedule_and_its_gauges_move() -> None:
-    made, storage = Made(), InMemoryChannelStorage()
-    put(storage, new_channel(charged=1234))
+async def test_a_channel_route_runs_the_schedule_on_the_served_channels() -> None:
+    made = Made()
     metrics = Metrics()
-    gen = await build(loads(CHANNELS), metrics, 1, parts(made, storage))
+    gen = await build(loads(CHANNELS), metrics, 1, parts(made, InMemoryChannelStorage()))
     try:
         assert gen.claims is not None and not gen.claims.task.done()
-        assert gen.claims.scheduler.policy.every == 60.0
-        await asyncio.sleep(0.1)  # its first round has read the storage
+        assert gen.payments.channels is not None
+        assert gen.claims.scheduler.storage is gen.payments.channels.storage
+        assert "channels" not in made.log  # the served channels' storage, not another
+        assert gen.claims.scheduler.policy.every == 1.0
+        put(gen.payments.channels.storage, new_channel(charged=1234))  # type: ignore[arg-type]
+        await asyncio.sleep(0.6)  # a round has read the storage (every 0.25 s)
         owed = metrics.registry.get_sample_value(
             "x402_gateway_channel_unclaimed_atomic_units",
             {
@@ -70,6 +74,17 @@ async def test_a_channel_route_runs_the_schedule_and_its_gauges_move() -> None:
     assert gen.claims.task.cancelled()
 
 
+async def test_a_redis_store_without_channel_routes_still_claims() -> None:
+    made, storage = Made(), InMemoryChannelStorage()
+    settings = dataclasses.replace(loads(CONFIG), store="redis://127.0.0.1:1/0")
+    gen = await build(settings, Metrics(), 1, parts(made, storage))
+    try:
+        assert gen.claims is not None and gen.claims.scheduler.storage is storage
+        assert gen.claims.owned and "channels" in made.log
+    finally:
+        await close(gen)
+
+
 async def test_a_reload_keeps_an_unchanged_schedule_and_replaces_a_changed_one() -> None:
     made, storage = Made(), InMemoryChannelStorage()
     settings = loads(CHANNELS)
@@ -79,7 +94,7 @@ async def test_a_reload_keeps_an_unchanged_schedule_and_replaces_a_changed_one()
     )
     assert same.claims is first.claims
     await same.upstream.close()
-    changed = loads(CHANNELS.replace("claim_every: 60s", "claim_every: 30s"))
+    changed = loads(CHANNELS.replace("claim_every: 1s", "claim_every: 30s"))
     elsewhere = parts(made, InMemoryChannelStorage())  # not asked: the store is shared
     second = await build(
         changed, first.metrics, 3, elsewhere, Reuse(first, Rebuild(False, False, True))
@@ -88,7 +103,8 @@ async def test_a_reload_keeps_an_unchanged_schedule_and_replaces_a_changed_one()
         assert second.claims is not None and first.claims is not None
         assert second.claims is not first.claims
         assert second.claims.lock is first.claims.lock  # the two never claim at once
-        assert second.claims.scheduler.storage is storage
+        assert first.payments.channels is not None
+        assert second.claims.scheduler.storage is first.payments.channels.storage
         assert second.claims.scheduler.policy.every == 30.0
     finally:
         await second.claims.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from eth_account import Account
 
 from gateway.config.settings import ChannelsSettings, ChannelTerms
 from tests.unit.config.test_config import MARK, errors, loads, marked_line, text_with
@@ -157,3 +158,29 @@ def test_a_dollar_deposit_needs_known_decimals() -> None:
         )
     )
     assert any("routes[1].channel.min_deposit" in e and "known decimals" in e for e in found), found
+
+
+def test_a_channel_route_offers_batch_settlement_beside_exact() -> None:
+    text = (
+        text_with()
+        + INFER
+        + '    channel: {min_deposit: "$1.00"}\n'
+        + 'channels: {withdraw_delay: 2h, authorizer_key: "${AUTH}"}\n'
+    )
+    route = loads(text, {"AUTH": KEY}).routes[-1]
+    exact, batch = route.accepts
+    assert (exact.scheme, batch.scheme) == ("exact", "batch-settlement")
+    for field in ("network", "asset", "amount", "pay_to", "max_timeout_seconds"):
+        assert getattr(batch, field) == getattr(exact, field), field
+    assert dict(batch.extra) == {
+        **exact.extra,
+        "withdrawDelay": 7200,
+        "minDeposit": "1000000",
+        "receiverAuthorizer": Account.from_key(KEY).address,
+    }
+
+
+def test_without_a_key_the_authorizer_is_left_to_the_facilitator() -> None:
+    route = loads(_route('channel: {min_deposit: "$1"}')).routes[-1]
+    assert "receiverAuthorizer" not in route.accepts[1].extra
+    assert route.accepts[1].extra["withdrawDelay"] == 3600
