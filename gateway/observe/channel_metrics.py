@@ -67,9 +67,14 @@ class ChannelMetrics:
 
     def owed(self, rows: list[tuple[tuple[str, str, str], int, int, int]], strays: int) -> None:
         """Set the gauges: one row per target, (labels, unclaimed, open, withdrawing)."""
+        totals: dict[tuple[str, str, str], list[int]] = {}
+        for labels, *values in rows:  # two authorizers' channels: one series
+            total = totals.setdefault(labels, [0, 0, 0])
+            for i, value in enumerate(values):
+                total[i] += value
         for gauge in (self.unclaimed, self.open, self.withdrawing):
             gauge.clear()  # a target fully claimed and refunded leaves no stale series
-        for labels, unclaimed, count, withdrawing in rows:
+        for labels, (unclaimed, count, withdrawing) in totals.items():
             self.unclaimed.labels(*labels).set(unclaimed)
             self.open.labels(*labels).set(count)
             self.withdrawing.labels(*labels).set(withdrawing)

@@ -5,8 +5,10 @@ voucher `charged_cumulative_amount`, and `total_claimed` on chain): the unclaime
 their difference. Nothing else has to survive a restart for every served voucher to be
 claimed: the next run reads the same storage.
 
-Channels are grouped by what one claim (and one settle) transaction can carry: one network,
-one receiver, one token (a `Target`). The network is not stored in a channel; it is the
+Channels are grouped by what one claim transaction can carry: one network, one receiver, one
+token, and one receiver authorizer, whose single signature covers the whole batch (a
+`Target`: a channel signed for by another authorizer, say before `authorizer_key` changed,
+then fails alone instead of holding up the rest). The network is not stored in a channel; it is the
 configured network whose chain id makes the channel's config hash to its id. Channels are
 grouped from the storage, not from the routes, so a channel of a route removed by a reload
 is still claimed.
@@ -39,10 +41,11 @@ class Target:
     network: str  # CAIP-2
     receiver: str  # checksummed
     token: str  # checksummed
+    authorizer: str  # checksummed: the channels' receiverAuthorizer
 
     @property
     def key(self) -> str:
-        return f"{self.network}/{self.receiver}/{self.token}"
+        return f"{self.network}/{self.receiver}/{self.token}/{self.authorizer}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +103,10 @@ class Grouper:
                 continue
             config = channel.channel_config
             target = Target(
-                network, to_checksum_address(config.receiver), to_checksum_address(config.token)
+                network,
+                to_checksum_address(config.receiver),
+                to_checksum_address(config.token),
+                to_checksum_address(config.receiver_authorizer),
             )
             groups.setdefault(target, []).append(channel)
         return groups, strays

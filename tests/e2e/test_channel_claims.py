@@ -21,12 +21,13 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import pytest
+import redis as sync_redis
 
 from gateway.demo import chain as chainlib
 from gateway.payment.channel_claims import ClaimPolicy
 from gateway.payment.channel_scheduler import ClaimScheduler
 from gateway.store.channels import RedisChannelStorage
-from gateway.store.claim_lock import LOCK_KEY, MARKS_KEY, RedisClaimLock
+from gateway.store.claim_lock import RedisClaimLock
 from gateway.store.redis import RedisStore
 from tests.e2e.channel_parts import (
     AsyncFacilitator,
@@ -45,9 +46,18 @@ PRICE = 1_000  # $0.001
 
 
 @pytest.fixture
-async def lock_store(redis: RedisServer) -> AsyncIterator[RedisStore]:
-    store = RedisStore(redis.url)
-    await store.client.delete(LOCK_KEY, MARKS_KEY)  # the session's redis-server is shared
+def db(redis: RedisServer) -> str:
+    """A database of its own on the session's redis-server: only this test's channels."""
+    url = redis.url.rsplit("/", 1)[0] + "/4"
+    client = sync_redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+    return url
+
+
+@pytest.fixture
+async def lock_store(db: str) -> AsyncIterator[RedisStore]:
+    store = RedisStore(db)
     yield store
     await store.close()
 
@@ -65,10 +75,10 @@ def _scheduler(
 
 
 async def test_200_paid_calls_then_exactly_one_claim_transaction(
-    chain: Chain, redis: RedisServer, lock_store: RedisStore
+    chain: Chain, db: str, lock_store: RedisStore
 ) -> None:
     receiver = str(chainlib.new_account().address)
-    storage = RedisChannelStorage(redis.url)
+    storage = RedisChannelStorage(db)
     rig = build_rig(
         rpc_url=chain.rpc_url,
         network=chain.network,
@@ -124,7 +134,7 @@ def _lines(proc: subprocess.Popen[bytes], until: int, timeout: float) -> int:
 
 
 async def test_a_server_sigkilled_mid_run_loses_no_voucher(
-    chain: Chain, redis: RedisServer, lock_store: RedisStore
+    chain: Chain, db: str, lock_store: RedisStore
 ) -> None:
     receiver = str(chainlib.new_account().address)
     facilitator_key = funded_key(chain.rpc_url)
@@ -138,7 +148,7 @@ async def test_a_server_sigkilled_mid_run_loses_no_voucher(
         "receiver": receiver,
         "token": chain.token,
         "price": PRICE,
-        "redis_url": redis.url,
+        "redis_url": db,
         "payer_key": "0x" + bytes(payer.key).hex(),
         "calls": 100_000,
     }
@@ -160,7 +170,7 @@ async def test_a_server_sigkilled_mid_run_loses_no_voucher(
     assert served >= 60
 
     # A new process (this one), the same Redis: claims what the dead one served.
-    storage = RedisChannelStorage(redis.url)
+    storage = RedisChannelStorage(db)
     [channel] = [c for c in storage.list() if c.channel_config.receiver.lower() == receiver.lower()]
     charged = int(channel.charged_cumulative_amount)
     # Every answered call is charged; at most the one in flight at the kill beyond them.

@@ -16,6 +16,7 @@ from x402.schemas import PaymentPayload, PaymentRequirements, SettleResponse, Su
 NETWORK = "eip155:84532"
 RECEIVER = "0x" + "33" * 20
 TOKEN = "0x" + "55" * 20
+AUTHORIZER = "0x" + "44" * 20
 
 
 def new_channel(
@@ -26,12 +27,13 @@ def new_channel(
     token: str = TOKEN,
     network: str = NETWORK,
     withdraw_requested_at: int = 0,
+    authorizer: str = AUTHORIZER,
 ) -> Channel:
     config = ChannelConfig(
         payer="0x" + os.urandom(20).hex(),
         payer_authorizer="0x" + "22" * 20,
         receiver=receiver,
-        receiver_authorizer="0x" + "44" * 20,
+        receiver_authorizer=authorizer,
         token=token,
         withdraw_delay=900,
         salt="0x" + os.urandom(32).hex(),
@@ -61,6 +63,7 @@ class RecordingFacilitator:
     fail: dict[str, str] = field(default_factory=dict)  # payload type -> error reason
     delay: float = 0.0
     claimed_unsettled: bool = False
+    refuse_authorizer: str | None = None  # claims naming it fail (not the one that signs)
 
     async def settle(
         self, payload: PaymentPayload, requirements: PaymentRequirements
@@ -69,6 +72,12 @@ class RecordingFacilitator:
         kind = str(payload.payload["type"])
         self.sent.append(payload.payload)
         reason = self.fail.get(kind)
+        if kind == "claim" and self.refuse_authorizer is not None:
+            named = {
+                c["voucher"]["channel"]["receiverAuthorizer"] for c in payload.payload["claims"]
+            }
+            if self.refuse_authorizer in named:
+                reason = "invalid_batch_settlement_evm_authorizer_address_mismatch"
         if kind == "settle" and not self.claimed_unsettled:
             reason = reason or ERR_NOTHING_TO_SETTLE
         if reason is not None:

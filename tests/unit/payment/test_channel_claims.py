@@ -7,10 +7,10 @@ from decimal import Decimal
 from x402.mechanisms.evm.batch_settlement.utils import normalize_channel_id
 
 from gateway.payment.channel_claims import Grouper, Retry, Target, asked, atomic, due, unclaimed
-from tests.unit.payment.channel_fakes import NETWORK, RECEIVER, TOKEN, new_channel
+from tests.unit.payment.channel_fakes import AUTHORIZER, NETWORK, RECEIVER, TOKEN, new_channel
 
 OTHER = "eip155:8453"
-TARGET = Target(NETWORK, RECEIVER, TOKEN)
+TARGET = Target(NETWORK, RECEIVER, TOKEN, AUTHORIZER)
 MINUTE = 60_000
 
 

@@ -19,6 +19,7 @@ from gateway.store.claim_lock import LOCK_KEY, MARKS_KEY, ClaimLock, MemoryClaim
 from gateway.store.redis import RedisStore
 from tests.procs import RedisServer
 from tests.unit.payment.channel_fakes import (
+    AUTHORIZER,
     NETWORK,
     RECEIVER,
     TOKEN,
@@ -27,7 +28,7 @@ from tests.unit.payment.channel_fakes import (
     put,
 )
 
-TARGET = Target(NETWORK, RECEIVER, TOKEN)
+TARGET = Target(NETWORK, RECEIVER, TOKEN, AUTHORIZER)
 POLICY = ClaimPolicy(every=60.0, over=Decimal("5"))
 
 
@@ -227,3 +228,16 @@ async def test_a_round_survives_its_caller_being_cancelled() -> None:
     await sched.wait_idle()
     assert fac.kinds() == ["claim", "settle"]
     assert storage.get(chan.channel_id).total_claimed == "5000000"  # type: ignore[union-attr]
+
+
+async def test_a_channel_for_another_authorizer_fails_alone() -> None:
+    storage, fac = InMemoryChannelStorage(), RecordingFacilitator()
+    stranger = "0x" + "99" * 20
+    fac.refuse_authorizer = stranger
+    ours = put(storage, new_channel(charged=5_000_000))
+    theirs = put(storage, new_channel(charged=5_000_000, authorizer=stranger))
+    outcomes = {o.target.authorizer: o for o in await scheduler(storage, fac).tick()}
+    assert outcomes[AUTHORIZER].error is None and outcomes[AUTHORIZER].amount == 5_000_000
+    assert "authorizer_address_mismatch" in (outcomes[stranger].error or "")
+    assert storage.get(ours.channel_id).total_claimed == "5000000"  # type: ignore[union-attr]
+    assert storage.get(theirs.channel_id).total_claimed == "0"  # type: ignore[union-attr]
