@@ -26,6 +26,7 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 from x402 import x402Client
 from x402.client_base import prefer_scheme
+from x402.http.clients.httpx import PaymentError as ClientPaymentError
 from x402.http.clients.httpx import x402HttpxClient
 from x402.mechanisms.evm.batch_settlement import (
     BATCH_SETTLEMENT_ADDRESS,
@@ -180,8 +181,8 @@ async def test_a_gateway_sigkilled_mid_run_loses_no_voucher(
             while True:
                 try:
                     answer = await http.get(f"{first.url}/paid/run-{served}")
-                except httpx.TransportError:
-                    return  # the gateway is gone
+                except (httpx.TransportError, ClientPaymentError):
+                    return  # the gateway is gone (the SDK wraps it when it was paying)
                 if answer.status_code != 200:
                     return
                 served += 1
