@@ -237,11 +237,12 @@ class PreparedChallenges:
         prepared = self._v2.get(route.index)
         if prepared is None or self._accepts.get(route.index) is not route.accepts:
             prepared = requirements_v2(route)
-        if (route.metered is None and route.channel is None) or self.supported is None:
+        if route.metered is None and route.channel is None:
             return prepared
-        supported = self.supported()
-        done = [completed(req, supported) for req in prepared]
-        return [req for req in done if not incomplete(req)]
+        if self.supported is not None:
+            supported = self.supported()
+            prepared = [completed(req, supported) for req in prepared]
+        return [req for req in prepared if not incomplete(req)]
 
     def payment_required(
         self,

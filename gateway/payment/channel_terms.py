@@ -43,9 +43,10 @@ from gateway.errors import MalformedPayment, PaymentError
 from gateway.formats import ADDRESS
 
 PAID_TYPES = ("deposit", "voucher")
-# How long a voucher's claim is kept: past any request in flight with it. A copy arriving
-# later meets the channel state instead (its cumulative amount is no longer the next one).
-VOUCHER_CLAIM_SECONDS = 3600
+# How long a voucher's claim is kept: past any request in flight with it (the SDK holds a
+# channel reservation 10 min at most). A copy arriving later meets the channel state instead
+# (its amount is charged already: the corrective 402).
+VOUCHER_CLAIM_SECONDS = 600
 
 _BYTES32 = re.compile(r"0x[0-9a-fA-F]{64}")
 _HEX = re.compile(r"0x(?:[0-9a-fA-F]{2})*")

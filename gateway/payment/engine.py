@@ -18,10 +18,12 @@ from typing import Any, Protocol
 
 from x402 import x402ResourceServer
 from x402.mechanisms.evm.batch_settlement import SCHEME_BATCH_SETTLEMENT
+from x402.mechanisms.evm.batch_settlement.errors import ERR_CUMULATIVE_AMOUNT_MISMATCH
 from x402.mechanisms.evm.constants import ERR_PERMIT2_ALLOWANCE_REQUIRED, SCHEME_UPTO
 from x402.mechanisms.evm.exact.register import register_exact_evm_server
 from x402.mechanisms.evm.upto import UptoEvmServerScheme
 from x402.schemas import (
+    PaymentAbortedError,
     PaymentPayload,
     PaymentRequirements,
     SchemeNotFoundError,
@@ -249,6 +251,8 @@ class Payments:
             )
             conflict.retry_after = IN_FLIGHT_RETRY_AFTER
             raise conflict
+        if matched.requirement.scheme == SCHEME_BATCH_SETTLEMENT:
+            raise await self._voucher_used(matched)
         raise self._already_used(held, matched)
 
     async def _judge(self, key: str, held: PaymentRecord) -> tuple[PaymentRecord, Verdict]:
@@ -261,6 +265,16 @@ class Payments:
         if held.status in MAY_BE_CHARGED:
             return held, Verdict.IN_FLIGHT  # not known yet: wait (Retry-After)
         return held, on_conflict(held.status, holder_alive=False)
+
+    async def _voucher_used(self, matched: MatchedPayment) -> PaymentError:
+        """A channel voucher (or deposit) whose amount was already charged: the SDK's own
+        answer, a corrective 402 with the channel's state, from which a client that lost its
+        state signs the next voucher (a 409 would leave it stuck on the old amount)."""
+        reason = ERR_CUMULATIVE_AMOUNT_MISMATCH
+        headers = await self._corrective_for(matched, reason)
+        return PaymentError(
+            "this voucher's amount was already charged", reason=reason, headers=headers
+        )
 
     @staticmethod
     def _already_used(held: PaymentRecord, matched: MatchedPayment) -> PaymentConflict:
@@ -323,6 +337,10 @@ class Payments:
             )
         except SchemeNotFoundError as exc:
             raise PaymentError(str(exc), reason="unsupported_scheme") from exc
+        except PaymentAbortedError as exc:
+            # A scheme's before-verify hook refused it (a channel voucher on a stale amount).
+            headers = await self._corrective(claim, exc.reason)
+            raise PaymentError(str(exc), reason=exc.reason, headers=headers) from exc
         finally:
             claim.timings.verify = time.perf_counter() - started
         if not result.is_valid:
@@ -334,10 +352,13 @@ class Payments:
     async def _corrective(self, claim: Claim, reason: str) -> dict[str, str]:
         """A channel voucher on a stale cumulative amount: the 402 carries the channel's
         state for the payer's client to resynchronise (the SDK's corrective 402)."""
-        payload = claim.matched.payload
+        return await self._corrective_for(claim.matched, reason)
+
+    async def _corrective_for(self, matched: MatchedPayment, reason: str) -> dict[str, str]:
+        payload = matched.payload
         if reason not in CORRECTIVE or not isinstance(payload, PaymentPayload):
             return {}
-        reqs = self._requirements(claim)
+        reqs = self._completed(matched)
         assert isinstance(reqs, PaymentRequirements)
         return await corrective_headers(self.server, payload, reqs, reason)
 
@@ -356,8 +377,14 @@ class Payments:
         self, claim: Claim, amount: int | None = None
     ) -> PaymentRequirements | PaymentRequirementsV1:
         """The route's requirements for the facilitator: an `upto` one completed with the
-        facilitator's address, and settled for `amount`."""
-        reqs = claim.matched.requirements
+        facilitator's address, and settled for `amount`; a `batch-settlement` one completed
+        with the facilitator's receiver authorizer when the gateway has none of its own."""
+        return self._completed(claim.matched, amount)
+
+    def _completed(
+        self, matched: MatchedPayment, amount: int | None = None
+    ) -> PaymentRequirements | PaymentRequirementsV1:
+        reqs = matched.requirements
         if not isinstance(reqs, PaymentRequirements) or reqs.scheme not in _COMPLETED:
             return reqs
         reqs = completed(reqs, self.facilitator.get_supported())
@@ -395,6 +422,11 @@ class Payments:
             # No facilitator was reached (remote and local raise it only then): not charged.
             await self._record(claim, "failed", reason=exc.reason)
             raise
+        except PaymentAbortedError as exc:
+            # A scheme's before-settle hook refused it before anything moved (a channel whose
+            # reservation lapsed and was taken by another request): not charged, not served.
+            await self._record(claim, "failed", reason=exc.reason)
+            raise SettlementFailed(str(exc), reason=exc.reason) from exc
         finally:
             claim.timings.settle = time.perf_counter() - started
         if result.success:

@@ -11,8 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -40,10 +46,11 @@ from x402.schemas import PaymentPayload, PaymentRequired
 from gateway.demo import chain as chainlib
 from gateway.demo import x402_sdk as sdk
 from gateway.store.channels import RedisChannelStorage
+from tests.e2e import engine_parts
 from tests.e2e.conftest import Chain
 from tests.e2e.fault_parts import gateway_config
-from tests.e2e.gateway_proc import GatewayProcess, Origin
-from tests.procs import RedisServer
+from tests.e2e.gateway_proc import GatewayProcess, Origin, gateway
+from tests.procs import RedisServer, stop
 
 pytestmark = pytest.mark.e2e
 
@@ -274,3 +281,152 @@ async def test_an_overspent_or_forged_voucher_is_refused_and_nothing_is_served(
     assert int(after.charged_cumulative_amount) == DEAR
     assert after.pending_request is None
     assert chainlib.block_number(chain.rpc_url) == start
+
+
+async def test_a_client_that_lost_its_channel_state_recovers_from_the_corrective_402(
+    replicas: tuple[GatewayProcess, GatewayProcess],
+    chain: Chain,
+    origin: Origin,
+    redis: RedisServer,
+    make_payer: Callable[..., LocalAccount],
+) -> None:
+    payer = make_payer(1_000_000)
+    async with x402HttpxClient(channel_client(chain, payer), timeout=30) as http:
+        for i in range(3):
+            assert (await http.get(f"{replicas[0].url}/paid/before-{i}")).status_code == 200
+    start = chainlib.block_number(chain.rpc_url)
+
+    # The same wallet, its channel state gone (a restart): it signs a voucher from what the
+    # chain says (nothing claimed yet), the gateway answers the corrective 402 with the
+    # channel's state and its last voucher, and the SDK's client resyncs and pays again.
+    fresh = channel_client(chain, payer)
+    async with x402HttpxClient(fresh, timeout=30) as http:
+        answer = await http.get(f"{replicas[1].url}/paid/after-restart")
+        assert answer.status_code == 200, answer.text
+        again = await http.get(f"{replicas[0].url}/paid/after-restart-2")
+        assert again.status_code == 200, again.text
+
+    assert chainlib.block_number(chain.rpc_url) == start  # no second deposit
+    assert len(origin.log.for_path("/paid/after-restart")) == 1
+    receipt = decode_payment_response_header(answer.headers["PAYMENT-RESPONSE"])
+    assert receipt.extra is not None
+    assert receipt.extra["channelState"]["chargedCumulativeAmount"] == str(4 * PRICE)
+    storage = RedisChannelStorage(redis.url)
+    try:
+        (channel,) = [
+            c for c in storage.list() if c.channel_config.payer.lower() == payer.address.lower()
+        ]
+    finally:
+        storage.close()
+    assert int(channel.charged_cumulative_amount) == 5 * PRICE  # 5 served, 5 charged
+
+
+@contextlib.contextmanager
+def facilitator_process(chain: Chain, key: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`python -m gateway.demo.facilitator_server` of its own (this test stops it)."""
+    env = {**os.environ, "CHANNELS_TEST_FACILITATOR_KEY": key}
+    argv = [sys.executable, "-m", "gateway.demo.facilitator_server", "--rpc-url", chain.rpc_url]
+    argv += ["--private-key-env", "CHANNELS_TEST_FACILITATOR_KEY", "--port", "0"]
+    argv += ["--network", chain.network]
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # `{"listening": URL}` once it accepts connections
+        assert line, "the facilitator did not start"
+        yield json.loads(line)["listening"], proc
+    finally:
+        stop(proc)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+async def test_vouchers_need_no_facilitator_once_the_channel_is_open(
+    chain: Chain,
+    origin: Origin,
+    pay_to: str,
+    make_payer: Callable[..., LocalAccount],
+    tmp_path: Path,
+) -> None:
+    """A memory store (the SDK's in-memory channel storage), the facilitator's own receiver
+    authorizer (from its /supported), and the facilitator stopped after the deposit: every
+    voucher is still verified and settled, in the gateway alone."""
+    settler = chainlib.new_account()
+    chainlib.fund_eth(chain.rpc_url, chain.owner_key, settler.address, 10**18)
+    with facilitator_process(chain, "0x" + bytes(settler.key).hex()) as (url, proc):
+        routes = [{"path": "/paid/*", "price": "$0.001", "channel": {"min_deposit": "$0.05"}}]
+        facilitator = {"url": url, "timeout": "5s"}
+        cfg = gateway_config(chain, origin.url, pay_to, facilitator, "memory", routes=routes)
+        payer = make_payer(1_000_000)
+        with gateway(cfg, tmp_path) as gw:
+            async with httpx.AsyncClient() as plain:
+                offer = payment_required(await plain.get(gw.url + "/paid/solo-402")).accepts
+            assert offer[1].extra["receiverAuthorizer"] == settler.address  # the facilitator's
+            async with x402HttpxClient(channel_client(chain, payer), timeout=30) as http:
+                first = await http.get(gw.url + "/paid/solo-0")
+                assert first.status_code == 200, first.text
+                stop(proc)  # no facilitator from here on
+                start = chainlib.block_number(chain.rpc_url)
+                later = [await http.get(f"{gw.url}/paid/solo-{i}") for i in range(1, 21)]
+    assert [a.status_code for a in later] == [200] * 20, [a.text[:200] for a in later]
+    assert chainlib.block_number(chain.rpc_url) == start
+    assert chainlib.tx_count(chain.rpc_url, settler.address) == 1  # the deposit
+    assert chain.balance_of(payer.address) == 1_000_000 - 50_000
+
+
+async def test_deposits_through_the_settlement_engines_sdk_delegate(
+    chain: Chain,
+    origin: Origin,
+    pay_to: str,
+    make_payer: Callable[..., LocalAccount],
+    tmp_path: Path,
+) -> None:
+    """`facilitator: {local: ...}`: the engine settles exact payments itself; a channel
+    deposit goes to its SDK delegate, whose key is also the advertised receiver authorizer."""
+    settler, delegate = engine_parts.settler_keys(chain.rpc_url, 2)
+    local = {"rpc_url": chain.rpc_url, "private_key": "${SETTLER}", "delegate_key": "${DELEGATE}"}
+    routes = [{"path": "/paid/*", "price": "$0.001", "channel": {"min_deposit": "$0.05"}}]
+    cfg = gateway_config(chain, origin.url, pay_to, {"local": local}, "memory", routes=routes)
+    env = {"SETTLER": settler, "DELEGATE": delegate}
+    payer = make_payer(1_000_000)
+    with gateway(cfg, tmp_path, env=env) as gw:
+        async with x402HttpxClient(channel_client(chain, payer), timeout=30) as http:
+            answers = [await http.get(f"{gw.url}/paid/engine-{i}") for i in range(10)]
+    assert [a.status_code for a in answers] == [200] * 10, [a.text[:200] for a in answers]
+    receipts = [decode_payment_response_header(a.headers["PAYMENT-RESPONSE"]) for a in answers]
+    assert [bool(r.transaction) for r in receipts] == [True] + [False] * 9
+    assert chainlib.tx_count(chain.rpc_url, engine_parts.address_of(delegate)) == 1
+    assert chainlib.tx_count(chain.rpc_url, engine_parts.address_of(settler)) == 0
+    assert chain.balance_of(payer.address) == 1_000_000 - 50_000
+
+
+NODE_CHANNEL = Path(__file__).with_name("node") / "channel.mjs"
+
+
+def node_channel(prefix: str, calls: int, key: str, chain: Chain) -> dict[str, Any]:
+    """`calls` paid GETs by `tests/e2e/node/channel.mjs` (skips without node or packages)."""
+    root = Path(__file__).resolve().parents[2]
+    if shutil.which("node") is None or not (root / "node_modules/@x402/evm").is_dir():
+        pytest.skip("node or @x402/evm missing: run scripts/setup.sh --test")
+    argv = ["node", str(NODE_CHANNEL), prefix, str(calls), chain.network, chain.token]
+    argv.append(chain.rpc_url)
+    env = {**os.environ, "X402_PAYER_KEY": "0x" + key.removeprefix("0x")}  # never in argv
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False, env=env)
+    assert done.stdout.strip(), done.stderr[-2000:]
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+async def test_the_typescript_batch_settlement_client_pays_through_a_channel(
+    replicas: tuple[GatewayProcess, GatewayProcess],
+    chain: Chain,
+    make_payer: Callable[..., LocalAccount],
+) -> None:
+    payer = make_payer(1_000_000)
+    start = chainlib.block_number(chain.rpc_url)
+    prefix = f"{replicas[0].url}/paid/ts-"
+    result = await asyncio.to_thread(node_channel, prefix, 20, bytes(payer.key).hex(), chain)
+    assert result.get("statuses") == [200] * 20, result
+    assert [bool(tx) for tx in result["transactions"]] == [True] + [False] * 19, result
+    assert set(result["payers"]) == {payer.address}
+    assert len(txs_in_blocks(chain.rpc_url, start + 1, chainlib.block_number(chain.rpc_url))) == 1
+    assert chain.balance_of(payer.address) == 1_000_000 - 250_000
