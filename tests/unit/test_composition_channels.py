@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 
 from x402.mechanisms.evm.batch_settlement.server.storage import InMemoryChannelStorage
+from x402.schemas import PaymentPayload, PaymentRequirements
 
 from gateway.composition import Parts, Rebuild, Reuse, build
 from gateway.config import loads
@@ -59,6 +60,20 @@ async def test_a_channel_route_runs_the_schedule_on_the_served_channels() -> Non
         assert "channels" not in made.log  # the served channels' storage, not another
         assert gen.claims.scheduler.policy.every == 1.0
         put(gen.payments.channels.storage, new_channel(charged=1234))  # type: ignore[arg-type]
+        # `exact` on the channel's network still finds its scheme (the SDK does not fall
+        # back to "eip155:*" once a network has an entry of its own).
+        exact = gen.settings.routes[0].accepts[0]
+        requirement = PaymentRequirements(
+            scheme="exact",
+            network=exact.network,
+            asset=exact.asset,
+            amount=str(exact.amount),
+            pay_to=exact.pay_to,
+            max_timeout_seconds=60,
+            extra=dict(exact.extra),
+        )
+        payload = PaymentPayload(x402_version=2, payload={}, accepted=requirement)
+        assert gen.payments.server.get_payment_flow(payload, requirement)
         await asyncio.sleep(0.6)  # a round has read the storage (every 0.25 s)
         owed = metrics.registry.get_sample_value(
             "x402_gateway_channel_unclaimed_atomic_units",
