@@ -10,8 +10,10 @@ never sends); the session facilitator (anvil #1) sends the deposit, claim and se
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import subprocess
 import urllib.request
 from collections import Counter
 from collections.abc import Callable
@@ -39,7 +41,7 @@ from gateway.demo import x402_sdk as sdk
 from gateway.store.channels import RedisChannelStorage
 from tests.e2e.conftest import Chain
 from tests.e2e.fault_parts import gateway_config
-from tests.e2e.gateway_proc import GatewayProcess, Origin
+from tests.e2e.gateway_proc import GATEWAY, GatewayProcess, Origin
 from tests.procs import RedisServer
 
 pytestmark = pytest.mark.e2e
@@ -118,6 +120,12 @@ def metric(gw: GatewayProcess, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
 
 
+def run_cli(gw: GatewayProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    """`x402-gateway ARGS --config` the gateway's own config file, its environment."""
+    argv = [GATEWAY, *args, "--config", str(gw.config_path)]
+    return subprocess.run(argv, check=False, env=gw.env, capture_output=True, text=True, timeout=60)
+
+
 def the_channel(store: str, payer: str) -> Any:
     storage = RedisChannelStorage(store)
     try:
@@ -158,6 +166,17 @@ async def test_200_calls_then_one_claim_transaction_and_the_payee_paid_exactly(
         assert metric(gw, "x402_gateway_channel_unclaimed_atomic_units") == 0
     finally:
         gw.stop()
+
+    # The operator's view and a cooperative refund, from the command line (same config).
+    listed = run_cli(gw, "channels", "--format", "jsonl")
+    (row,) = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert (row["charged"], row["claimed"], row["unclaimed"]) == (200 * PRICE, 200 * PRICE, 0)
+    refunded = run_cli(gw, "channels", "refund", row["channel"])
+    assert refunded.returncode == 0, refunded.stderr
+    assert chain.balance_of(payer.address) == 2_000_000 - 200 * PRICE  # the rest came back
+    assert chain.balance_of(pay_to) == 200 * PRICE
+    assert mined_calls(chain.rpc_url, start)["refundWithSignature"] == 1
+    assert run_cli(gw, "channels", "--format", "jsonl").stdout == ""  # closed: forgotten
 
 
 async def test_a_gateway_sigkilled_mid_run_loses_no_voucher(
