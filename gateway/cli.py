@@ -209,6 +209,10 @@ def check(settings: Settings, *, online: bool) -> int:
         )
     for line in reconcile_gaps(settings):
         print(f"warning: {line}", file=sys.stderr)
+    from gateway.payment.channel_service import schedule_warnings
+
+    for line in schedule_warnings(settings):
+        print(f"warning: {line}", file=sys.stderr)
     if online:
         problems = asyncio.run(_check_online(settings))
         for line in problems:

@@ -18,10 +18,13 @@ from x402.mechanisms.evm.batch_settlement.server import ChannelStorage
 
 from gateway.config.settings import Settings
 from gateway.observe.channel_metrics import ChannelMetrics
+from gateway.observe.logs import get_logger
 from gateway.payment.channel_claims import ClaimPolicy
 from gateway.payment.channel_scheduler import ClaimScheduler
 from gateway.payment.engine import Facilitator
 from gateway.store.claim_lock import ClaimLock
+
+log = get_logger("gateway.channels")
 
 
 @dataclass(eq=False)
@@ -47,6 +50,25 @@ def wanted(settings: Settings) -> bool:
     return settings.store != "memory" or any(r.channel is not None for r in settings.routes)
 
 
+def schedule_warnings(settings: Settings) -> list[str]:
+    """What in the config puts served vouchers at risk (for `check` and the start-up log)."""
+    channels = settings.channels
+    routes = any(r.channel is not None for r in settings.routes)
+    found = []
+    if routes and channels.claim_every * 3 > channels.withdraw_delay:
+        found.append(
+            f"channels.claim_every ({channels.claim_every:g}s) is more than a third of "
+            f"withdraw_delay ({channels.withdraw_delay}s): vouchers served near the end of a "
+            "payer's withdrawal may not be claimed before it can be finalized"
+        )
+    if routes and settings.store == "memory":
+        found.append(
+            "store: memory keeps channel state in this process: vouchers served and not yet "
+            "claimed are lost if it dies (use redis:// for channels that survive a restart)"
+        )
+    return found
+
+
 def claim_networks(settings: Settings) -> list[str]:
     """Every EVM network the config names: a channel is claimed on the one it lives on."""
     named = {settings.network, *settings.networks}
@@ -70,6 +92,8 @@ def start_claims(  # noqa: PLR0913  the schedule's parts, and who closes the sto
 ) -> ClaimService:
     """A started schedule (must be called on the running loop); `owned`: its storage is
     closed with it."""
+    for problem in schedule_warnings(settings):
+        log.warning("channels_config", problem=problem)
     scheduler = make_scheduler(settings, storage, facilitator, lock, metrics)
     task = asyncio.create_task(scheduler.run(), name="channel-claims")
     return ClaimService(scheduler, task, lock, settings_key(settings), owned)

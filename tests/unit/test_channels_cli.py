@@ -105,3 +105,15 @@ def test_claim_waits_for_a_gateway_s_round_and_claims_nothing_twice(
     # Nothing owed: the lock is taken, nothing is sent (the facilitator is not even up).
     assert main(["channels", "claim", "--config", config, "--all"]) == 0
     assert "0 target(s) claimed" in capsys.readouterr().err
+
+
+def test_check_warns_of_a_claim_interval_too_close_to_the_withdraw_delay(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = CONFIG.format(store="memory") + "channels: {claim_every: 10m, withdraw_delay: 15m}\n"
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text)
+    assert main(["check", "--config", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "channels.claim_every (600s) is more than a third of withdraw_delay (900s)" in err
+    assert "store: memory keeps channel state in this process" in err
