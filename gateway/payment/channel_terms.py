@@ -16,7 +16,10 @@ carries its first voucher, so it has the same identity as that voucher: a channe
 bought once, by a deposit or by a voucher. The pair is hashed into the 32-byte `nonce` slot
 of `PaymentIdentity`, tagged so it can never equal an EIP-3009 or Permit2 nonce.
 
-Cooperative refunds (`type: refund`) are not taken on a priced route's path yet.
+A cooperative refund (`type: refund`: the payer closes the channel, its voucher is for what
+was already charged, and it may name a partial `amount`) charges nothing: its identity is
+tagged apart from the vouchers' (its voucher's amount was bought already), and its claim is
+kept only while it is in flight.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from gateway.config.settings import Requirement
 from gateway.errors import MalformedPayment, PaymentError
 from gateway.formats import ADDRESS
 
-PAID_TYPES = ("deposit", "voucher")
+KINDS = ("deposit", "voucher", "refund")
 # How long a voucher's claim is kept: past any request in flight with it (the SDK holds a
 # channel reservation 10 min at most). A copy arriving later meets the channel state instead
 # (its amount is charged already: the corrective 402).
@@ -53,13 +56,14 @@ _HEX = re.compile(r"0x(?:[0-9a-fA-F]{2})*")
 _UINT = re.compile(r"[0-9]{1,39}")
 _UINT128_MAX = 2**128 - 1
 _TAG = b"x402-gateway:batch-settlement:voucher"
+_REFUND_TAG = b"x402-gateway:batch-settlement:refund"
 
 
 @dataclass(frozen=True, slots=True)
 class ChannelPayment:
     """What the gateway needs of a checked channel payment."""
 
-    kind: str  # deposit | voucher
+    kind: str  # deposit | voucher | refund
     channel_id: str  # 0x + 64 lowercase hex
     payer: str  # lowercase 0x hex
     cumulative: int  # the voucher's maxClaimableAmount
@@ -130,10 +134,27 @@ def _check_config(req: Requirement, config: ChannelConfig, channel_id: str) -> N
         _refuse("voucher.channelId is not the id of channelConfig", ERR_CHANNEL_ID_MISMATCH)
 
 
-def voucher_nonce(channel_id: str, cumulative: int) -> str:
-    """The identity of the voucher (channel, cumulative amount) as a 32-byte hex nonce."""
-    digest = keccak(_TAG + bytes.fromhex(channel_id[2:]) + cumulative.to_bytes(16, "big"))
-    return "0x" + digest.hex()
+def voucher_nonce(channel_id: str, cumulative: int, refund: int | None = None) -> str:
+    """The identity of the voucher (channel, cumulative amount) as a 32-byte hex nonce; of a
+    refund: (channel, its voucher's amount, the amount refunded; 0 for all of it)."""
+    body = bytes.fromhex(channel_id[2:]) + cumulative.to_bytes(16, "big")
+    if refund is None:
+        return "0x" + keccak(_TAG + body).hex()
+    return "0x" + keccak(_REFUND_TAG + body + refund.to_bytes(16, "big")).hex()
+
+
+def is_refund(payload: dict[str, Any]) -> bool:
+    """A cooperative refund: it charges nothing, and the gateway answers it itself."""
+    return payload.get("type") == "refund"
+
+
+def _refund_amount(raw: dict[str, Any]) -> int:
+    if raw.get("amount") is None:
+        return 0  # everything left in the channel
+    amount = int(_text(raw, "amount", "payload", _UINT, "a decimal integer string"))
+    if amount > _UINT128_MAX:
+        _malformed("payload.amount: larger than a uint128")
+    return amount
 
 
 def channel_payment(
@@ -142,10 +163,10 @@ def channel_payment(
     """The checked terms of a `batch-settlement` payload paying `req`; `MalformedPayment`
     (400) when it is not shaped as one, `PaymentError` (402) when it pays something else."""
     kind = raw.get("type")
-    if kind not in PAID_TYPES:
+    if kind not in KINDS:
         shown = kind[:20] if isinstance(kind, str) else type(kind).__name__
         _refuse(
-            f"payload type {shown!r} is not taken here (deposit or voucher)",
+            f"payload type {shown!r} is not taken here (deposit, voucher or refund)",
             ERR_INVALID_PAYLOAD_TYPE,
         )
     config = _config(raw)
@@ -155,13 +176,15 @@ def channel_payment(
         _text(deposit, "amount", "payload.deposit", _UINT, "a decimal integer string")
         if not isinstance(deposit, dict) or not isinstance(deposit.get("authorization"), dict):
             _malformed("payload.deposit.authorization: missing")
+    refund = _refund_amount(raw) if kind == "refund" else None
     _check_config(req, config, channel_id)
-    moment = time.time() if now is None else now
+    moment = int(time.time() if now is None else now)
     return ChannelPayment(
         kind=str(kind),
         channel_id=channel_id,
         payer=config.payer.lower(),
         cumulative=cumulative,
-        nonce=voucher_nonce(channel_id, cumulative),
-        valid_before=int(moment) + VOUCHER_CLAIM_SECONDS,
+        nonce=voucher_nonce(channel_id, cumulative, refund),
+        # a refund's claim lasts while it is in flight: a later one is a new refund
+        valid_before=moment + (0 if refund is not None else VOUCHER_CLAIM_SECONDS),
     )

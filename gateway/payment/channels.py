@@ -23,6 +23,9 @@ blocks on them. What the hooks do is the SDK's own:
   the SDK's client resynchronises and signs the right voucher.
 - a verified payment that is not served (the origin failed, the client left) has its
   reservation cleared through the SDK's cancellation hooks (`cancel`).
+- a cooperative refund (the payer closes its channel) is verified, then answered by the
+  gateway itself (the SDK's skip-handler directive, never forwarded) once the facilitator has
+  sent the refund, which also claims what the channel's vouchers owe the receiver.
 
 Receiver authorizer: the gateway's own key (`channels.authorizer_key`) signs claims and
 refunds when set; else the facilitator's advertised `receiverAuthorizer` is used (its
@@ -34,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from x402 import x402ResourceServer
@@ -49,6 +53,7 @@ from x402.mechanisms.evm.batch_settlement.server.scheme import (
     BatchSettlementEvmSchemeServerConfig,
 )
 from x402.mechanisms.evm.batch_settlement.server.storage import ChannelStorage
+from x402.mechanisms.evm.batch_settlement.types import is_refund_payload
 from x402.mechanisms.evm.exact.register import register_exact_evm_server
 from x402.mechanisms.evm.upto import UptoEvmServerScheme
 from x402.schemas import (
@@ -70,6 +75,16 @@ HOOK_THREADS = 8  # storage round trips in flight at once; each is short
 _Hook = Callable[[Any], Any]
 
 
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    error: Exception
+
+
+class RefusedBeforeSettle(ValueError):
+    """The SDK refused a cooperative refund before anything was sent (no balance left, a
+    stale voucher, the channel busy): nothing moved."""
+
+
 class ThreadedScheme:
     """The SDK's server scheme as `x402ResourceServer` sees it, with each hook that touches
     the channel storage run in a thread pool and awaited (the server awaits what a hook
@@ -84,6 +99,8 @@ class ThreadedScheme:
         # contexts): a request cancelled while its hook runs in a thread must wait for that
         # hook before cancelling the reservation the hook may still be making.
         self._running: dict[int, concurrent.futures.Future[Any]] = {}
+        # A refund's settlement payload, prepared in the pool (see `_before_settle`).
+        self._prepared: dict[int, Any] = {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -128,7 +145,34 @@ class ThreadedScheme:
         return await self._run(self.inner.on_verified_payment_canceled, context)
 
     async def before_settle(self, context: Any) -> Any:
-        return await self._run(self.inner.before_settle, context)
+        return await self._run(self._before_settle, context)
+
+    def _before_settle(self, context: Any) -> Any:
+        """In the pool: the SDK's before-settle hook, then, for a cooperative refund, what
+        its `enrich_settlement_payload` adds (it reads the channel storage, and the SDK
+        calls it synchronously on the loop: it is prepared here and handed over there)."""
+        result = self.inner.before_settle(context)
+        payload = context.payment_payload
+        if result is None and is_refund_payload(payload.payload):
+            try:
+                prepared: Any = self.inner.enrich_settlement_payload(context)
+            except Exception as exc:  # noqa: BLE001  raised again where the SDK calls it
+                prepared = _Failed(exc)
+            self._prepared[id(payload)] = prepared
+        return result
+
+    def enrich_settlement_payload(self, context: Any) -> Any:
+        """Called by the SDK on the loop: what `_before_settle` prepared in the pool; for
+        anything but a refund the SDK's own answer, which touches no storage."""
+        key = id(context.payment_payload)
+        if key not in self._prepared:
+            return self.inner.enrich_settlement_payload(context)
+        prepared = self._prepared.pop(key)
+        if not isinstance(prepared, _Failed):
+            return prepared
+        if isinstance(prepared.error, ValueError):  # the SDK's refusals (ERR_* reasons)
+            raise RefusedBeforeSettle(str(prepared.error)) from prepared.error
+        raise prepared.error
 
     async def after_settle(self, context: Any) -> Any:
         return await self._run(self.inner.after_settle, context)
@@ -141,9 +185,6 @@ class ThreadedScheme:
 
     async def enrich_settlement_response(self, context: Any) -> Any:
         return await self._run(self.inner.enrich_settlement_response, context)
-
-    # `enrich_settlement_payload` is called synchronously by the SDK: it is the inner
-    # scheme's, which touches storage only for a cooperative refund (not taken here).
 
 
 class Channels:

@@ -28,6 +28,7 @@ from x402.schemas import (
     PaymentRequirements,
     SchemeNotFoundError,
     SettleResponse,
+    SkipHandlerDirective,
     SupportedResponse,
     VerifyResponse,
 )
@@ -45,7 +46,13 @@ from gateway.errors import (
     StoreUnavailable,
 )
 from gateway.observe.logs import get_logger
-from gateway.payment.channels import CORRECTIVE, Channels, corrective_headers
+from gateway.payment.channel_terms import is_refund
+from gateway.payment.channels import (
+    CORRECTIVE,
+    Channels,
+    RefusedBeforeSettle,
+    corrective_headers,
+)
 from gateway.payment.claims import MAY_BE_CHARGED, Verdict, on_conflict
 from gateway.payment.match import MatchedPayment, claim_ttl
 from gateway.payment.receipts import receipt_headers
@@ -66,6 +73,12 @@ RECONCILE_EVERY = 30.0
 RECONCILE_RECENT = 1000
 # Schemes whose requirements are completed from the facilitator's /supported `extra`.
 _COMPLETED = (SCHEME_UPTO, SCHEME_BATCH_SETTLEMENT)
+
+
+def charged_amount(matched: MatchedPayment) -> int:
+    """What a payment charges at most: a channel's cooperative refund, nothing."""
+    payload = matched.payload.payload
+    return 0 if isinstance(payload, dict) and is_refund(payload) else matched.requirement.amount
 
 
 class Facilitator(Protocol):
@@ -122,6 +135,8 @@ class Claim:
     timings: StepTimings = field(default_factory=StepTimings)
     # The settlement, as a task of its own: it outlives a request that is cancelled.
     settlement: asyncio.Task[SettleResponse] | None = None
+    # The scheme answers the request itself (a channel's cooperative refund): not forwarded.
+    skip: SkipHandlerDirective | None = None
 
 
 class Payments:
@@ -227,7 +242,7 @@ class Payments:
             request_id=request_id,
             route=route.name,
             payer=matched.payer,
-            amount=str(matched.requirement.amount),
+            amount=str(charged_amount(matched)),
             asset=matched.requirement.asset,
             network=matched.requirement.network,
             nonce=matched.identity.nonce,
@@ -348,6 +363,7 @@ class Payments:
             error = AllowanceRequired if reason == ERR_PERMIT2_ALLOWANCE_REQUIRED else PaymentError
             headers = await self._corrective(claim, reason)
             raise error(result.verify.invalid_message or reason, reason=reason, headers=headers)
+        claim.skip = result.skip_handler
 
     async def _corrective(self, claim: Claim, reason: str) -> dict[str, str]:
         """A channel voucher on a stale cumulative amount: the 402 carries the channel's
@@ -422,11 +438,13 @@ class Payments:
             # No facilitator was reached (remote and local raise it only then): not charged.
             await self._record(claim, "failed", reason=exc.reason)
             raise
-        except PaymentAbortedError as exc:
+        except (PaymentAbortedError, RefusedBeforeSettle) as exc:
             # A scheme's before-settle hook refused it before anything moved (a channel whose
-            # reservation lapsed and was taken by another request): not charged, not served.
-            await self._record(claim, "failed", reason=exc.reason)
-            raise SettlementFailed(str(exc), reason=exc.reason) from exc
+            # reservation lapsed and was taken by another request; a refund with nothing
+            # left to refund): not charged, not served.
+            reason = exc.reason if isinstance(exc, PaymentAbortedError) else str(exc)
+            await self._record(claim, "failed", reason=reason)
+            raise SettlementFailed(str(exc), reason=reason) from exc
         finally:
             claim.timings.settle = time.perf_counter() - started
         if result.success:

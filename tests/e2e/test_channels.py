@@ -34,13 +34,16 @@ from x402.mechanisms.evm.batch_settlement import (
     BATCH_SETTLEMENT_ADDRESS,
     ERC3009_DEPOSIT_COLLECTOR_ADDRESS,
 )
+from x402.mechanisms.evm.batch_settlement.client.scheme import (
+    BatchSettlementEvmScheme as BatchSettlementClientScheme,
+)
 from x402.mechanisms.evm.batch_settlement.client.voucher import sign_voucher
 from x402.mechanisms.evm.batch_settlement.errors import (
     ERR_CUMULATIVE_EXCEEDS_BALANCE,
     ERR_INVALID_VOUCHER_SIGNATURE,
     ERR_RECEIVER_MISMATCH,
 )
-from x402.mechanisms.evm.signers import EthAccountSigner
+from x402.mechanisms.evm.signers import EthAccountSigner, EthAccountSignerWithRPC
 from x402.schemas import PaymentPayload, PaymentRequired
 
 from gateway.demo import chain as chainlib
@@ -430,3 +433,43 @@ async def test_the_typescript_batch_settlement_client_pays_through_a_channel(
     assert set(result["payers"]) == {payer.address}
     assert len(txs_in_blocks(chain.rpc_url, start + 1, chainlib.block_number(chain.rpc_url))) == 1
     assert chain.balance_of(payer.address) == 1_000_000 - 250_000
+
+
+async def test_a_payer_closes_its_channel_with_the_sdks_cooperative_refund(
+    replicas: tuple[GatewayProcess, GatewayProcess],
+    chain: Chain,
+    origin: Origin,
+    redis: RedisServer,
+    make_payer: Callable[..., LocalAccount],
+) -> None:
+    payer = make_payer(1_000_000)
+    scheme = BatchSettlementClientScheme(EthAccountSignerWithRPC(payer, chain.rpc_url))
+    client = x402Client().register("eip155:*", scheme)
+    client.set_spend_controls(
+        {"allowed_assets": [{"network": chain.network, "asset": chain.token}]}
+    )
+    async with x402HttpxClient(client, timeout=30) as http:
+        for i in range(5):
+            assert (await http.get(f"{replicas[i % 2].url}/paid/closing-{i}")).status_code == 200
+    assert chain.balance_of(payer.address) == 1_000_000 - 250_000
+    start = chainlib.block_number(chain.rpc_url)
+    served_before = len(origin.log.calls)
+
+    # The SDK's own refund: a 402 probe, then a refund voucher for what was charged; the
+    # gateway answers it itself (never the origin) once the facilitator sent the refund.
+    url = f"{replicas[1].url}/paid/closing-refund"
+    settled = await asyncio.to_thread(scheme.refund, url)
+
+    assert settled.success and settled.transaction, settled
+    mined = txs_in_blocks(chain.rpc_url, start + 1, chainlib.block_number(chain.rpc_url))
+    assert [tx["hash"] for tx in mined] == [settled.transaction]
+    assert chain.balance_of(payer.address) == 1_000_000 - 5 * PRICE  # the rest came back
+    assert len(origin.log.calls) == served_before
+    storage = RedisChannelStorage(redis.url)
+    try:
+        mine = [
+            c for c in storage.list() if c.channel_config.payer.lower() == payer.address.lower()
+        ]
+    finally:
+        storage.close()
+    assert mine == []  # drained: the channel's record is gone

@@ -132,8 +132,23 @@ def test_a_channel_id_that_is_not_its_config_is_refused() -> None:
     assert caught.value.reason == "invalid_batch_settlement_evm_channel_id_mismatch"
 
 
-def test_a_refund_or_unknown_type_is_not_taken() -> None:
-    for kind in ("refund", "claim", None):
+def test_a_refund_is_its_own_payment_charging_nothing_claimed_while_in_flight() -> None:
+    voucher = match_requirement(CHANNEL_ROUTE, paying(voucher_payload(3000)), URL)
+    whole = match_requirement(
+        CHANNEL_ROUTE, paying({**voucher_payload(3000), "type": "refund"}), URL
+    )
+    part = {**voucher_payload(3000), "type": "refund", "amount": "500"}
+    partial = match_requirement(CHANNEL_ROUTE, paying(part), URL)
+    # its voucher is for what was charged already: never the same payment as that voucher
+    assert len({voucher.identity.key, whole.identity.key, partial.identity.key}) == 3
+    assert abs(whole.valid_before - time.time()) < 5  # kept only while in flight
+    for amount in ("-1", "x", str(2**128)):
+        with pytest.raises(MalformedPayment):
+            match_requirement(CHANNEL_ROUTE, paying({**part, "amount": amount}), URL)
+
+
+def test_an_unknown_type_is_not_taken() -> None:
+    for kind in ("claim", "settle", None):
         with pytest.raises(PaymentError) as caught:
             match_requirement(CHANNEL_ROUTE, paying({**voucher_payload(), "type": kind}), URL)
         assert caught.value.reason == "invalid_batch_settlement_evm_payload_type"

@@ -231,3 +231,39 @@ async def test_a_channel_route_without_any_authorizer_is_named_as_not_offered() 
     (problem,) = p.unsupported((priced,))
     assert "batch-settlement on eip155:84532 is not offered: no receiver authorizer" in problem
     await p.close()
+
+
+class SlowUpdates(InMemoryChannelStorage):
+    """Channel writes that take a while (a slow Redis): time for a client to hang up."""
+
+    def update_channel(self, channel_id: str, update: ChannelUpdate) -> ChannelUpdateResult:
+        time.sleep(0.3)
+        return super().update_channel(channel_id, update)
+
+
+async def test_a_client_hanging_up_while_its_reservation_is_written_leaves_the_channel_free() -> (
+    None
+):
+    import asyncio
+
+    storage = SlowUpdates()
+    seed(storage, charged=PRICE)
+    p, _ = await payments(storage)
+    m = matched(2 * PRICE)
+
+    async def request() -> None:
+        async with p.claimed(m, PRICED, "req-1") as claim:
+            await p.verify(claim)  # the reservation is written in a thread: 0.3 s
+            await asyncio.sleep(10)  # never reached before the hang-up
+
+    task = asyncio.create_task(request())
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.5)  # long enough for a hook still running to have written
+    channel = storage.get(channel_id())
+    # the release waited for the hook still running, then cancelled what it reserved
+    assert channel is not None and channel.pending_request is None
+    assert channel.charged_cumulative_amount == str(PRICE)
+    await p.close()
