@@ -62,6 +62,21 @@ def main(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(_list(settings, args.format))
 
 
+def _stderr_logger() -> Any:
+    """The schedule's log lines (a claim, a refusal) as JSON on stderr: stdout holds the
+    results. A logger of its own: the process's logging is left as it is."""
+    import structlog
+
+    return structlog.wrap_logger(
+        structlog.PrintLogger(file=sys.stderr),
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(),
+        ],
+    )
+
+
 async def _list(settings: Settings, fmt: str) -> int:
     from gateway.errors import StoreUnavailable
     from gateway.payment.channel_claims import Grouper, unclaimed
@@ -147,7 +162,8 @@ async def _act(settings: Settings, action: str, ids: list[str] | None) -> int:
         await facilitator.start()
         for problem in await facilitator.refresh_supported():
             print(f"warning: {problem}", file=sys.stderr)
-        scheduler = make_scheduler(settings, storage, facilitator, open_claim_lock(store))
+        lock = open_claim_lock(store)
+        scheduler = make_scheduler(settings, storage, facilitator, lock, logger=_stderr_logger())
         if action == "refund":
             return _print_refunds(await scheduler.refund(ids or []))
         from x402.mechanisms.evm.batch_settlement.utils import normalize_channel_id

@@ -133,6 +133,7 @@ class ClaimScheduler:
     decimals: Callable[[str, str], int] = lambda _network, _token: 6
     metrics: ChannelMetrics | None = None
     clock: Callable[[], float] = time.time
+    logger: Any = None  # None: the gateway's log ("gateway.channels")
     _grouper: Grouper = field(init=False)
     _retries: dict[Target, Retry] = field(default_factory=dict, init=False)
     _managers: dict[Target, BatchSettlementChannelManager] = field(default_factory=dict, init=False)
@@ -141,6 +142,7 @@ class ClaimScheduler:
 
     def __post_init__(self) -> None:
         self._grouper = Grouper(self.networks)
+        self._log = self.logger if self.logger is not None else log
 
     @property
     def interval(self) -> float:
@@ -154,7 +156,7 @@ class ClaimScheduler:
             try:
                 await self.tick()
             except CLAIM_ERRORS as exc:  # the store could not be read: next tick
-                log.warning("channels_round_failed", error=str(exc))
+                self._log.warning("channels_round_failed", error=str(exc))
             await asyncio.sleep(self.interval)
 
     async def tick(self) -> list[Outcome]:
@@ -212,7 +214,7 @@ class ClaimScheduler:
         channels = await asyncio.to_thread(self.storage.list)
         groups, strays = self._grouper.group(channels)
         if strays:
-            log.warning("channels_unknown_network", channels=len(strays))
+            self._log.warning("channels_unknown_network", channels=len(strays))
         if self.metrics is not None:
             self.metrics.owed([_row(t, chs) for t, chs in groups.items()], len(strays))
         return groups
@@ -273,7 +275,9 @@ class ClaimScheduler:
                 outcome = await self._settle(lease, outcome)
         except CLAIM_ERRORS as exc:
             delay = retry.failed(self.clock(), str(exc))
-            log.warning("channels_claim_failed", target=target.key, error=str(exc), retry_in=delay)
+            self._log.warning(
+                "channels_claim_failed", target=target.key, error=str(exc), retry_in=delay
+            )
             if not outcome.claims:
                 self._count_claim("failed", plan.reason)
             return dataclasses.replace(outcome, error=str(exc))
@@ -296,7 +300,7 @@ class ClaimScheduler:
         )
         await self.lock.mark(lease, f"{target.key}|claimed", str(int(self.clock() * 1000)))
         vouchers = sum(r.vouchers for r in results)
-        log.info(
+        self._log.info(
             "channels_claimed",
             target=target.key,
             reason=plan.reason,
@@ -329,7 +333,7 @@ class ClaimScheduler:
             transaction = None  # settled already (by another round, or anyone: settle is open)
         else:
             transaction = done.transaction
-            log.info("channels_settled", target=target.key, transaction=transaction)
+            self._log.info("channels_settled", target=target.key, transaction=transaction)
             if self.metrics is not None:
                 self.metrics.settles.labels("settled").inc()
         await self.lock.mark(lease, f"{target.key}|settle", None)

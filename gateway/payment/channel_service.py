@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from x402.mechanisms.evm.batch_settlement.authorizer_signer import LocalAuthorizerSigner
 from x402.mechanisms.evm.batch_settlement.server import ChannelStorage
@@ -99,12 +100,14 @@ def start_claims(  # noqa: PLR0913  the schedule's parts, and who closes the sto
     return ClaimService(scheduler, task, lock, settings_key(settings), owned)
 
 
-def make_scheduler(
+def make_scheduler(  # noqa: PLR0913  the schedule's parts; metrics and logger optional
     settings: Settings,
     storage: ChannelStorage,
     facilitator: Facilitator,
     lock: ClaimLock,
     metrics: ChannelMetrics | None = None,
+    *,
+    logger: Any = None,
 ) -> ClaimScheduler:
     channels = settings.channels
     key = channels.authorizer_key
@@ -117,6 +120,7 @@ def make_scheduler(
         authorizer=LocalAuthorizerSigner(key) if key is not None else None,
         decimals=decimals_of(settings),
         metrics=metrics,
+        logger=logger,
     )
 
 

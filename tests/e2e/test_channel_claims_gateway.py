@@ -230,3 +230,39 @@ async def test_a_gateway_sigkilled_mid_run_loses_no_voucher(
     channel = the_channel(db, payer.address)
     assert int(channel.total_claimed) == charged
     assert chain.balance_of(pay_to) == charged  # nothing claimed twice
+
+
+async def test_channels_claim_on_demand_while_the_gateway_serves(
+    chain: Chain,
+    origin: Origin,
+    facilitator_url: str,
+    db: str,
+    make_payer: Callable[..., LocalAccount],
+    tmp_path: Path,
+) -> None:
+    pay_to = str(chainlib.new_account().address)
+    payer = make_payer(2_000_000)
+    cfg = config(chain, origin, pay_to, facilitator_url, db, claim_every="1h", claim_over="$5")
+    gw = GatewayProcess(cfg, tmp_path, env=authorizer_env()).start()
+    try:
+        async with x402HttpxClient(channel_client(chain, payer), timeout=30) as http:
+            for i in range(30):
+                assert (await http.get(f"{gw.url}/paid/asked-{i}")).status_code == 200
+        assert chain.balance_of(pay_to) == 0  # the schedule waits an hour
+        start = chainlib.block_number(chain.rpc_url) + 1
+        asked = run_cli(gw, "channels", "claim", "--all")
+        assert asked.returncode == 0, asked.stderr
+        (outcome,) = [json.loads(line) for line in asked.stdout.splitlines()]
+        assert (outcome["reason"], outcome["vouchers"], outcome["amount"]) == ("asked", 1, 30_000)
+        assert outcome["error"] is None and len(outcome["claims"]) == 1 and outcome["settle"]
+        assert chain.balance_of(pay_to) == 30 * PRICE
+        assert mined_calls(chain.rpc_url, start) == {"claimWithSignature": 1, "settle": 1}
+        # The gateway serves on, on the same channel, and the next claim takes only the rest.
+        async with x402HttpxClient(channel_client(chain, payer), timeout=30) as http:
+            answer = await http.get(f"{gw.url}/paid/after")
+        assert answer.status_code == 200, answer.text
+        again = run_cli(gw, "channels", "claim", "--all")
+        assert [json.loads(line)["amount"] for line in again.stdout.splitlines()] == [PRICE]
+        assert chain.balance_of(pay_to) == 31 * PRICE
+    finally:
+        gw.stop()
