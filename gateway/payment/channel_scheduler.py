@@ -11,10 +11,7 @@ A failed claim or settle is retried with backoff; nothing is dropped. A settle i
 just before a claim is sent until a settle succeeds (or finds nothing to settle): that is a
 mark in the lock's store, so a crash between the claim and the settle still settles.
 
-The SDK's manager calls the channel storage synchronously from its coroutines (Redis round
-trips, with the Redis storage), so each call into it runs on an event loop of its own in a
-worker thread, never on the gateway's; its facilitator calls come back to the gateway's
-loop, where the facilitator client lives.
+The SDK's manager runs off the gateway's event loop (`gateway.payment.channel_bridge`).
 """
 
 from __future__ import annotations
@@ -23,18 +20,15 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from x402.mechanisms.evm.batch_settlement.authorizer_signer import AuthorizerSigner
 from x402.mechanisms.evm.batch_settlement.errors import ERR_NOTHING_TO_SETTLE
 from x402.mechanisms.evm.batch_settlement.server import (
     BatchSettlementChannelManager,
-    BatchSettlementEvmScheme,
-    BatchSettlementEvmSchemeServerConfig,
     Channel,
-    ChannelManagerConfig,
     ChannelStorage,
     ClaimOptions,
     RefundResult,
@@ -43,17 +37,11 @@ from x402.mechanisms.evm.batch_settlement.server.channel_manager_common import (
     AutoSettlementContext,
 )
 from x402.mechanisms.evm.batch_settlement.utils import normalize_channel_id
-from x402.schemas import (
-    PaymentPayload,
-    PaymentRequirements,
-    SettleResponse,
-    SupportedResponse,
-    VerifyResponse,
-)
 
 from gateway.errors import GatewayError
 from gateway.observe.channel_metrics import ChannelMetrics
 from gateway.observe.logs import get_logger
+from gateway.payment.channel_bridge import off_loop, sdk_manager
 from gateway.payment.channel_claims import (
     ClaimPolicy,
     Due,
@@ -70,43 +58,11 @@ from gateway.store.claim_lock import ClaimLock, Lease, keep_renewing
 
 log = get_logger("gateway.channels")
 
-T = TypeVar("T")
-
 LEASE = 30.0  # seconds a claim round holds the lock between renewals (renewed every 10 s)
 MAX_TICK = 5.0  # the storage is read at least this often (claim_over, withdrawals)
 STOP_WAIT = 60.0  # a round in flight at shutdown gets this long to finish its transactions
 # A claim or settle the facilitator refused, or that could not reach it or the store.
 CLAIM_ERRORS = (RuntimeError, GatewayError)
-
-
-class SettleFacilitator:
-    """What the SDK's manager needs of a facilitator (async settle), called from the
-    manager's worker loop and run on the gateway's loop, where the client lives."""
-
-    def __init__(self, facilitator: Facilitator, loop: asyncio.AbstractEventLoop) -> None:
-        self._facilitator = facilitator
-        self._loop = loop
-
-    async def verify(
-        self, payload: PaymentPayload, requirements: PaymentRequirements
-    ) -> VerifyResponse:
-        work = self._facilitator.verify(payload, requirements)
-        result: VerifyResponse = await asyncio.wrap_future(
-            asyncio.run_coroutine_threadsafe(work, self._loop)
-        )
-        return result
-
-    def get_supported(self) -> SupportedResponse:
-        return self._facilitator.get_supported()
-
-    async def settle(
-        self, payload: PaymentPayload, requirements: PaymentRequirements
-    ) -> SettleResponse:
-        work = self._facilitator.settle(payload, requirements)
-        result: SettleResponse = await asyncio.wrap_future(
-            asyncio.run_coroutine_threadsafe(work, self._loop)
-        )
-        return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +159,7 @@ class ClaimScheduler:
             for target, channels in sorted(groups.items()):
                 ids = [c.channel_id for c in channels if _id(c) in wanted]
                 if ids and await self.lock.held(lease):
-                    results.extend(await self._off_loop(self._manager(target).refund(ids)))
+                    results.extend(await off_loop(self._manager(target).refund(ids)))
             return []
 
         if await self._locked(work) is None:
@@ -295,7 +251,7 @@ class ClaimScheduler:
         def select(channels: list[Channel], _ctx: AutoSettlementContext) -> list[Channel]:
             return [c for c in channels if _id(c) in chosen]
 
-        results = await self._off_loop(
+        results = await off_loop(
             self._manager(target).claim(ClaimOptions(select_claim_channels=select))
         )
         await self.lock.mark(lease, f"{target.key}|claimed", str(int(self.clock() * 1000)))
@@ -324,7 +280,7 @@ class ClaimScheduler:
     async def _settle(self, lease: Lease, outcome: Outcome) -> Outcome:
         target = outcome.target
         try:
-            done = await self._off_loop(self._manager(target).settle())
+            done = await off_loop(self._manager(target).settle())
         except RuntimeError as exc:
             if ERR_NOTHING_TO_SETTLE not in str(exc):
                 if self.metrics is not None:
@@ -344,29 +300,9 @@ class ClaimScheduler:
     def _manager(self, target: Target) -> BatchSettlementChannelManager:
         manager = self._managers.get(target)
         if manager is None:
-            scheme = BatchSettlementEvmScheme(
-                target.receiver,
-                BatchSettlementEvmSchemeServerConfig(
-                    storage=self.storage, receiver_authorizer_signer=self.authorizer
-                ),
-            )
-            facilitator = SettleFacilitator(self.facilitator, asyncio.get_running_loop())
-            manager = BatchSettlementChannelManager(
-                ChannelManagerConfig(
-                    scheme=scheme,
-                    facilitator=facilitator,
-                    receiver=target.receiver,
-                    token=target.token,
-                    network=target.network,
-                )
-            )
+            manager = sdk_manager(target, self.storage, self.authorizer, self.facilitator)
             self._managers[target] = manager
         return manager
-
-    @staticmethod
-    async def _off_loop(work: Coroutine[Any, Any, T]) -> T:
-        """Run one of the manager's coroutines on a loop of its own, in a worker thread."""
-        return await asyncio.to_thread(asyncio.run, work)
 
     def _last_claim_ms(self, target: Target, marks: dict[str, str], now: float) -> int:
         """When the target was last claimed; never: when this process first saw it (so a
