@@ -36,8 +36,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from x402 import x402ResourceServer
@@ -71,11 +72,12 @@ log = get_logger("gateway.channels")
 # Reasons whose 402 carries the channel state the client resynchronises from.
 CORRECTIVE = frozenset({ERR_CUMULATIVE_AMOUNT_MISMATCH, ERR_CUMULATIVE_AMOUNT_BELOW_CLAIMED})
 HOOK_THREADS = 8  # storage round trips in flight at once; each is short
+RESERVATION_MARGIN = 10  # seconds
 
 _Hook = Callable[[Any], Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class _Failed:
     error: Exception
 
@@ -92,9 +94,17 @@ class ThreadedScheme:
 
     scheme = SCHEME_BATCH_SETTLEMENT
 
-    def __init__(self, inner: BatchSettlementEvmScheme, pool: concurrent.futures.Executor) -> None:
+    def __init__(
+        self,
+        inner: BatchSettlementEvmScheme,
+        pool: concurrent.futures.Executor,
+        reservation: int | None = None,
+    ) -> None:
+        """`reservation`: the most seconds a verified request holds its channel (None: the
+        SDK's own bound, the route's maxTimeoutSeconds)."""
         self.inner = inner
         self._pool = pool
+        self._reservation = reservation
         # The hook last started for a payload (by its id, as the SDK keys its request
         # contexts): a request cancelled while its hook runs in a thread must wait for that
         # hook before cancelling the reservation the hook may still be making.
@@ -136,7 +146,19 @@ class ThreadedScheme:
         return await self._run(self.inner.before_verify, context)
 
     async def after_verify(self, context: Any) -> Any:
-        return await self._run(self.inner.after_verify, context)
+        return await self._run(self.inner.after_verify, self._reserving(context))
+
+    def _reserving(self, context: Any) -> Any:
+        """The after-verify context with the reservation's lifetime bounded: the SDK keeps a
+        channel reserved for the route's `maxTimeoutSeconds` (300 s by default) in case a
+        request never ends, so a gateway that died mid-request would lock its payer's channel
+        for that long. A live request needs it at most for its origin's answer and its
+        settlement; only the reservation reads this copy, never a facilitator."""
+        reqs = context.requirements
+        if self._reservation is None or reqs.max_timeout_seconds <= self._reservation:
+            return context
+        bounded = reqs.model_copy(update={"max_timeout_seconds": self._reservation})
+        return dataclasses.replace(context, requirements=bounded)
 
     async def on_verify_failure(self, context: Any) -> Any:
         return await self._run(self.inner.on_verify_failure, context)
@@ -212,8 +234,11 @@ class Channels:
                     receivers.setdefault(req.network, req.pay_to)
         # The receiver is only the default of the SDK's channel manager (claims): verify and
         # settle check each payment against its own route's requirement.
+        reservation = reservation_seconds(settings)
         self.schemes = {
-            network: ThreadedScheme(BatchSettlementEvmScheme(receiver, config), self._pool)
+            network: ThreadedScheme(
+                BatchSettlementEvmScheme(receiver, config), self._pool, reservation
+            )
             for network, receiver in receivers.items()
         }
 
@@ -254,6 +279,16 @@ class Channels:
         close = getattr(self.storage, "close", None)
         if self._owned and callable(close):
             await asyncio.to_thread(close)
+
+
+def reservation_seconds(settings: Settings) -> int:
+    """How long a verified request may hold its channel: reaching the origin, its answer's
+    head (each byte within `timeouts.read`), and the settlement (a deposit's transaction,
+    within the facilitator's timeout), with a margin."""
+    settle = max((f.timeout for f in settings.facilitators), default=30.0)
+    return (
+        math.ceil(settings.timeouts.connect + settings.timeouts.read + settle) + RESERVATION_MARGIN
+    )
 
 
 async def corrective_headers(

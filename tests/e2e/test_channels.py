@@ -473,3 +473,29 @@ async def test_a_payer_closes_its_channel_with_the_sdks_cooperative_refund(
     finally:
         storage.close()
     assert mine == []  # drained: the channel's record is gone
+
+
+async def test_a_voucher_the_origin_failed_is_not_charged_and_buys_the_next_call(
+    replicas: tuple[GatewayProcess, GatewayProcess],
+    chain: Chain,
+    origin: Origin,
+    redis: RedisServer,
+    make_payer: Callable[..., LocalAccount],
+) -> None:
+    payer = make_payer(1_000_000)
+    client = channel_client(chain, payer)
+    _, required = await _open_channel(replicas[0], client, "/paid/failing-open")
+    payload = await client.create_payment_payload(required)
+    channel_id = payload.payload["voucher"]["channelId"]
+    header = {"PAYMENT-SIGNATURE": header_of(payload.model_dump(by_alias=True, mode="json"))}
+    async with httpx.AsyncClient(timeout=30) as http:
+        failed = await http.get(f"{replicas[0].url}/paid/fail", headers=header)
+        assert failed.status_code == 500  # the origin's own answer, relayed
+        assert "PAYMENT-RESPONSE" not in failed.headers
+        unchanged = channel_state(redis, channel_id)
+        assert int(unchanged.charged_cumulative_amount) == PRICE  # nothing charged
+        assert unchanged.pending_request is None  # the channel is free again
+        # the same voucher, on the other replica: it buys a response
+        served = await http.get(f"{replicas[1].url}/paid/after-fail", headers=header)
+    assert served.status_code == 200, served.text
+    assert int(channel_state(redis, channel_id).charged_cumulative_amount) == 2 * PRICE

@@ -267,3 +267,43 @@ async def test_a_client_hanging_up_while_its_reservation_is_written_leaves_the_c
     assert channel is not None and channel.pending_request is None
     assert channel.charged_cumulative_amount == str(PRICE)
     await p.close()
+
+
+def test_a_cooperative_refund_is_recorded_as_charging_nothing() -> None:
+    from gateway.payment.engine import charged_amount
+
+    refund = {**voucher_payload(PRICE, CONFIG), "type": "refund"}
+    data = {
+        "x402Version": 2,
+        "accepted": accepted(BATCH),
+        "payload": refund,
+        "resource": {"url": URL},
+    }
+    decoded = decode_payment(headers(("PAYMENT-SIGNATURE", b64json(data))), 16384)
+    assert decoded is not None
+    assert charged_amount(match_requirement(PRICED, decoded, URL)) == 0
+    assert charged_amount(matched(2 * PRICE)) == PRICE
+
+
+async def test_a_reservation_lasts_as_long_as_a_live_request_needs_not_five_minutes() -> None:
+    from gateway.config.settings import Timeouts
+    from gateway.payment.channels import reservation_seconds
+
+    storage = InMemoryChannelStorage()
+    seed(storage, charged=PRICE)
+    fac = ChannelFacilitator()
+    p = Payments(fac, MemoryStore())
+    timeouts = Timeouts(connect=2.0, read=20.0)
+    gateway = settings(PRICED, channels=ChannelsSettings(authorizer_key=KEY), timeouts=timeouts)
+    assert reservation_seconds(gateway) == 2 + 20 + 30 + 10  # the facilitator's default 30 s
+    p.use_channels(Channels(gateway, storage))
+    await p.start()
+    async with p.claimed(matched(2 * PRICE), PRICED, "req-1") as claim:
+        before = time.time()
+        await p.verify(claim)
+        pending = storage.get(channel_id())
+        assert pending is not None and pending.pending_request is not None
+        held = pending.pending_request.expires_at / 1000 - before
+        assert 60 <= held <= 63, held  # the route says 300 s: a dead gateway's lock is shorter
+        await p.settle(claim)
+    await p.close()
