@@ -36,6 +36,7 @@ from gateway.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from gateway.observe.channel_metrics import ChannelMetrics
 from gateway.observe.record import RequestRecord
 from gateway.payment.outcome import VERIFIED
 
@@ -138,6 +139,7 @@ class Metrics:
         # a lock and re-stringifies); bounded: a reason may come from a facilitator's answer.
         self._payment_children: LRUCache[tuple[object, ...], Counter] = LRUCache(maxsize=512)
         self.engine = EngineMetrics(r)
+        self.channels = ChannelMetrics(r)  # batch-settlement claims (issue 14)
 
     def observe_request(
         self, route: str, method: str, status: int, seconds: float, error: GatewayError | None

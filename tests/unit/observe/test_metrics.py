@@ -72,6 +72,15 @@ def test_every_documented_metric_is_exposed_with_its_type() -> None:
         "x402_gateway_config_reload_failures": "counter",
         "x402_gateway_engine_batch_size": "histogram",
         "x402_gateway_engine_receipt_seconds": "histogram",
+        "x402_gateway_channel_unclaimed_atomic_units": "gauge",
+        "x402_gateway_channels_open": "gauge",
+        "x402_gateway_channels_withdrawal_pending": "gauge",
+        "x402_gateway_channels_unknown_network": "gauge",
+        "x402_gateway_channel_claims": "counter",
+        "x402_gateway_channel_claimed_vouchers": "counter",
+        "x402_gateway_channel_claimed_atomic_units": "counter",
+        "x402_gateway_channel_settles": "counter",
+        "x402_gateway_channel_last_claim_timestamp_seconds": "gauge",
     }
 
 
