@@ -5,6 +5,7 @@ B. paid route: paid req/s and the Server-Timing latency split (local chain + fac
 C. memory: RSS growth while a large body passes (fast and slow readers)
 D. route table: match cost at 10 and 10,000 routes
 E. repeat calls: a SIWX sign-in beside a free and an exact paid request (local chain)
+G. verify: local vs verify: facilitator with the facilitator 50 ms away (bench/remote_verify.py)
 
 Writes bench/results/latest.json and latest.md. Everything runs on 127.0.0.1; every
 process it starts is stopped by pid when it ends, whatever happens.
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import free_route, memory, nginx, paid_engine, report
+from bench import free_route, memory, nginx, paid_engine, remote_verify, report
 from bench.gateway_proc import free_config, gateway_available, start_gateway
 from bench.procs import ProcGroup, free_port
 from bench.stats import ratio, rounded
@@ -298,6 +299,12 @@ def _sections(harness: Harness, only: str, sections: dict[str, Any]) -> None:
                 )
 
 
+def _section_g(harness: Harness, only: str, sections: dict[str, Any]) -> None:
+    if "G" in only:
+        quick = harness.profile.name == "quick"
+        sections["G"] = _guarded("G", harness, lambda: remote_verify.section(quick, harness.log))
+
+
 def run(profile: Profile, only: str, command: str, keep: bool = False) -> dict[str, Any]:
     results: dict[str, Any] = {
         "date": report.now(),
@@ -312,6 +319,7 @@ def run(profile: Profile, only: str, command: str, keep: bool = False) -> dict[s
     try:
         harness.start_all()
         _sections(harness, only, results["sections"])
+        _section_g(harness, only, results["sections"])
     finally:
         harness.group.close()
         results["seconds"] = round(time.monotonic() - harness.started, 1)
@@ -326,7 +334,7 @@ def run(profile: Profile, only: str, command: str, keep: bool = False) -> dict[s
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests, 256 MiB body")
-    parser.add_argument("--only", default="ABCDEF", help="sections to run, e.g. AD")
+    parser.add_argument("--only", default="ABCDEFG", help="sections to run, e.g. AD")
     parser.add_argument(
         "--keep", action="store_true", help="keep the work dir (configs, process logs)"
     )

@@ -25,6 +25,7 @@ from gateway.composition import Generation, Parts, Rebuild, Reuse, build
 from gateway.config import load
 from gateway.config.settings import LocalFacilitatorSettings, Settings
 from gateway.errors import ConfigError
+from gateway.facilitators.chain import rpc_urls
 from gateway.observe.logs import get_logger
 from gateway.observe.metrics import Metrics
 
@@ -79,7 +80,9 @@ def facilitator_key(settings: Settings) -> tuple[object, ...]:
     if any(isinstance(f, LocalFacilitatorSettings) for f in settings.facilitators):
         networks = sorted({req.network for r in settings.routes for req in r.accepts})
         return (settings.facilitators, tuple(networks), settings.network)
-    return (settings.facilitators, settings.verify)  # verify: local wraps the remote client
+    if settings.verify == "local":  # wraps the remote client, reads the chain at its RPCs
+        return (settings.facilitators, settings.verify, tuple(sorted(rpc_urls(settings).items())))
+    return (settings.facilitators, settings.verify)
 
 
 def upstream_key(settings: Settings) -> tuple[object, ...]:

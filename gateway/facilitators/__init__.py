@@ -26,9 +26,10 @@ def open_facilitator(
 
     remote = [f for f in settings.facilitators if isinstance(f, RemoteFacilitatorSettings)]
     if settings.verify == "local":
+        from gateway.facilitators.chain import rpc_urls
         from gateway.facilitators.local_verify import LocalVerify
 
-        return LocalVerify(RemoteFacilitator(remote, on_failure))
+        return LocalVerify(RemoteFacilitator(remote, on_failure), rpc_urls=rpc_urls(settings))
     return RemoteFacilitator(remote, on_failure)
 
 

@@ -81,6 +81,18 @@ def test_rebuild_names_only_the_parts_whose_settings_changed() -> None:
     ]
 
 
+def test_verify_local_is_rebuilt_when_its_rpc_url_changes() -> None:
+    def with_rpc(verify: str, port: int) -> str:
+        rpc = f"networks: {{eip155:84532: {{rpc_url: http://127.0.0.1:{port}}}}}"
+        return config_text(extra=f"verify: {verify}\n{rpc}")
+
+    local = loads(with_rpc("local", 8545))
+    assert rebuild(local, loads(with_rpc("local", 8545))).names() == []
+    assert rebuild(local, loads(with_rpc("local", 8546))).names() == ["facilitator"]
+    remote = loads(with_rpc("facilitator", 8545))  # reconciliation reads it elsewhere
+    assert rebuild(remote, loads(with_rpc("facilitator", 8546))).names() == []
+
+
 def test_a_local_facilitator_is_rebuilt_when_the_routes_networks_change() -> None:
     local = (LocalFacilitatorSettings(rpc_url="http://127.0.0.1:8545", private_key="0x01"),)
     base = dataclasses.replace(loads(config_text()), facilitators=local)

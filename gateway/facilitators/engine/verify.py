@@ -93,6 +93,45 @@ def route(payload: Payload, requirements: Requirements, chain_id: int) -> Route 
 
 
 @dataclass(frozen=True, slots=True)
+class Funds:
+    """What the token says of a payer and an authorization (shared with `verify: local`)."""
+
+    balance: int | None  # None: balanceOf reverted or answered no uint
+    used: bool | None  # None: the token has no authorizationState (not EIP-3009)
+
+
+def funds_calls(token: str, auth: Authorization) -> list[Call]:
+    """`balanceOf(payer)` and `authorizationState(payer, nonce)`, two `eth_call`s for a batch."""
+    reads = [balance_of(token, auth.payer), authorization_state(token, auth.payer, auth.nonce)]
+    return [Call("eth_call", ({"to": c.target, "data": hex_data(c.data)}, "latest")) for c in reads]
+
+
+def decode_funds(balance: Any, used: Any) -> Funds:
+    """The two answers of `funds_calls`; raises the RpcError of a call the node (not the
+    contract) failed."""
+    state = _uint_or_none(used)
+    return Funds(balance=_uint_or_none(balance), used=None if state is None else bool(state))
+
+
+async def read_funds(rpc: RpcClient, token: str, auth: Authorization) -> Funds:
+    """Both reads in ONE JSON-RPC batch (one round trip). Raises RpcError/RpcUnavailable."""
+    balance, used = await rpc.batch(funds_calls(token, auth))
+    return decode_funds(balance, used)
+
+
+def funds_reason(funds: Funds, value: int) -> tuple[str | None, str | None]:
+    """The SDK's reason the token refuses this authorization (nonce first, as the SDK's
+    diagnosis), or (None, None)."""
+    if funds.used is None:
+        return ERR_EIP3009_NOT_SUPPORTED, "authorizationState() failed"
+    if funds.used:
+        return ERR_NONCE_ALREADY_USED, None
+    if funds.balance is not None and funds.balance < value:
+        return ERR_INSUFFICIENT_BALANCE, f"balance {funds.balance} < {value}"
+    return None, None
+
+
+@dataclass(frozen=True, slots=True)
 class ChainView:
     """What one batch read of the chain says about a payment."""
 
@@ -109,23 +148,17 @@ async def read_chain(
     """One JSON-RPC batch. Raises RpcError/RpcUnavailable when the node is the problem."""
     inner, _ = eip3009.inner_signature(auth.signature)
     transfer = transfer_call(route.token, auth, inner)
-    reads = [
-        balance_of(route.token, auth.payer),
-        authorization_state(route.token, auth.payer, auth.nonce),
-    ]
-    calls = [Call("eth_getCode", (auth.payer, "latest"))]
-    calls += [
-        Call("eth_call", ({"to": c.target, "data": hex_data(c.data)}, "latest")) for c in reads
-    ]
+    calls = [Call("eth_getCode", (auth.payer, "latest")), *funds_calls(route.token, auth)]
     sim_tx = {"from": settler, "to": transfer.target, "data": hex_data(transfer.data)}
     calls.append(Call("eth_call", (sim_tx, "latest")))
     if ask_token:
         calls.append(Call("eth_getCode", (route.token, "latest")))
     code, balance, used, sim, *token = await rpc.batch(calls)
+    funds = decode_funds(balance, used)
     return ChainView(
         payer_has_code=_code(code),
-        balance=_uint_or_none(balance),
-        used=None if _uint_or_none(used) is None else bool(_uint_or_none(used)),
+        balance=funds.balance,
+        used=funds.used,
         simulation=_revert(sim),
         token_has_code=_code(token[0]) if token else None,
     )
@@ -156,21 +189,16 @@ def _revert(answer: Any) -> RpcError | None:
     return None
 
 
-def chain_reason(  # noqa: PLR0911  one answer per chain fact, checked in the SDK's order
-    view: ChainView, sig: Sig, value: int
-) -> tuple[str | None, str | None]:
+def chain_reason(view: ChainView, sig: Sig, value: int) -> tuple[str | None, str | None]:
     """(the SDK's reason to refuse, a message), or (None, None): the payment is good."""
     if view.token_has_code is False:
         return ERR_ASSET_NOT_DEPLOYED_CONTRACT, "the asset has no code"
     reason = eip3009.signature_reason(sig, view.payer_has_code)
     if reason is not None:
         return reason, None
-    if view.used is None:
-        return ERR_EIP3009_NOT_SUPPORTED, "authorizationState() failed"
-    if view.used:
-        return ERR_NONCE_ALREADY_USED, None
-    if view.balance is not None and view.balance < value:
-        return ERR_INSUFFICIENT_BALANCE, f"balance {view.balance} < {value}"
+    reason, message = funds_reason(Funds(view.balance, view.used), value)
+    if reason is not None:
+        return reason, message
     if view.simulation is not None:
         message = revert_text(view.simulation.message, view.simulation.revert_data)
         return refusal_reason(message), message
