@@ -43,7 +43,7 @@ from x402.schemas.hooks import ServerPaymentRequiredContext
 from gateway.config.settings import RouteSettings, Settings
 from gateway.errors import SignInRefused
 from gateway.payment.requirements import requirements_v2
-from gateway.payment.siwx_proof import Checksums, signer_of
+from gateway.payment.siwx_proof import Wallets, signer_of
 from gateway.store.sessions import SessionStore, SignIn
 
 HEADER = SIGN_IN_WITH_X  # the request header a proof travels in
@@ -57,10 +57,10 @@ class Sessions:
     """The SIWX side of one generation: the 402 declaration and the sign-in check."""
 
     def __init__(
-        self, settings: Settings, store: SessionStore, checksums: Checksums | None = None
+        self, settings: Settings, store: SessionStore, wallets: Wallets | None = None
     ) -> None:
         self.store = store
-        self.checksums = checksums if checksums is not None else Checksums()
+        self.wallets = wallets if wallets is not None else Wallets()
         self.origin = normalize_configured_origin(settings.public_url or "http://localhost")
         # Only its declaration enrichment is used; see the module's docstring for why its
         # hooks are not (their storage is never called).
@@ -111,7 +111,7 @@ class Sessions:
         call spends the nonce and reads the payment record."""
         payload = _parse(header)
         await self._check_fields(payload, route, path)
-        payer = signer_of(payload, self.checksums)
+        payer = signer_of(payload, self.wallets)
         answer = await self.store.sign_in(route.name, payer, payload.nonce, NONCE_TTL)
         if answer is SignIn.NONCE_USED:
             raise SignInRefused("this sign-in was already used", reason="siwx_nonce_used")
