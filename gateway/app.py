@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import json
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -98,31 +99,50 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
             record.claim = claim
             await gw.payments.verify(claim)
             gw.metrics.verified()
-            if route.settle == "before":
-                await gw.payments.settle(claim)
-            sent = time.perf_counter()
-            upstream = await forward(
-                add_headers={
-                    gw.settings.payer_header: matched.payer,
-                    "X-Request-Id": record.request_id,
-                }
-            )
-            claim.timings.origin = time.perf_counter() - sent
-            if upstream.status >= 400:
-                # Nothing is charged for an origin failure. A paid HEAD is charged as a GET:
-                # the origin ran its GET handler for it (Express does), so it bought a response.
-                await gw.payments.abandon(claim, f"origin answered {upstream.status}")
-                return await relay(
-                    request, upstream, paid_headers(gw, request, upstream), paid=True
-                )
-            return await settle_and_relay(
-                request, gw, upstream, claim=claim, ticket=ticket, record=record, started=started
+            if claim.skip is not None:  # the scheme answers itself (a channel's refund)
+                return await answered_by_scheme(request, gw, claim)
+            return await forward_paid(
+                request, gw, claim, forward=forward, ticket=ticket, record=record, started=started
             )
     except GatewayError as exc:
         record.error = exc
         if resource is not None and isinstance(exc, PaymentError):
             resource = await with_sign_in(gw, resource)
         return answers.error_response(request, exc, resource, record.request_id, gw.cors)
+
+
+async def forward_paid(  # noqa: PLR0913  the request, its payment and its origin's answer
+    request: web.Request,
+    gw: Generation,
+    claim: Claim,
+    *,
+    forward: Callable[..., Awaitable[ClientResponse]],
+    ticket: Ticket | None,
+    record: RequestRecord,
+    started: float,
+) -> web.StreamResponse:
+    """A verified payment: settled first if the route says so, then forwarded to the origin;
+    its answer relayed (an origin failure charges nothing) and settled (`settle_and_relay`)."""
+    route, matched = record.route, claim.matched
+    assert route is not None
+    if route.settle == "before":
+        await gw.payments.settle(claim)
+    sent = time.perf_counter()
+    upstream = await forward(
+        add_headers={
+            gw.settings.payer_header: matched.payer,
+            "X-Request-Id": record.request_id,
+        }
+    )
+    claim.timings.origin = time.perf_counter() - sent
+    if upstream.status >= 400:
+        # Nothing is charged for an origin failure. A paid HEAD is charged as a GET:
+        # the origin ran its GET handler for it (Express does), so it bought a response.
+        await gw.payments.abandon(claim, f"origin answered {upstream.status}")
+        return await relay(request, upstream, paid_headers(gw, request, upstream), paid=True)
+    return await settle_and_relay(
+        request, gw, upstream, claim=claim, ticket=ticket, record=record, started=started
+    )
 
 
 async def settle_and_relay(  # noqa: PLR0913  the request, its payment and its origin's answer
@@ -162,6 +182,25 @@ async def settle_and_relay(  # noqa: PLR0913  the request, its payment and its o
     receipt = receipt_headers(claim.settled, matched.version)
     extra = {**paid_headers(gw, request, upstream), **receipt, **timing(gw, claim, started)}
     return await gw.retries.relay(ticket, request, upstream, extra, receipt)
+
+
+async def answered_by_scheme(
+    request: web.Request, gw: Generation, claim: Claim
+) -> web.StreamResponse:
+    """A verified payment its scheme answers itself (a batch-settlement cooperative refund:
+    the payer closes its channel): settled (the refund, through the facilitator), never
+    forwarded to the origin; the scheme's body with the receipt, as the SDK's server does."""
+    settled = await gw.payments.settle(claim)
+    assert claim.skip is not None
+    body = claim.skip.body if claim.skip.body is not None else {}
+    headers = {
+        "Content-Type": claim.skip.content_type or "application/json",
+        **PRIVATE,
+        **gw.cors.allow_origin(request.headers.get("Origin")),
+        **receipt_headers(settled, claim.matched.version),
+    }
+    data = body if isinstance(body, str | bytes) else json.dumps(body)
+    return web.Response(status=200, body=data, headers=headers)
 
 
 async def payment_step(

@@ -26,6 +26,7 @@ from gateway.facilitators.engine import EngineFacilitator
 from gateway.observe.logs import get_logger
 from gateway.observe.metrics import Metrics
 from gateway.payment.challenge import PreparedChallenges
+from gateway.payment.channels import Channels
 from gateway.payment.engine import Facilitator, Payments
 from gateway.payment.limits import RateLimiter
 from gateway.payment.price_hook import HttpPriceSource
@@ -41,6 +42,7 @@ from gateway.proxy.upstream import Upstream
 from gateway.serving.state import InFlight
 from gateway.store import PaymentStore, open_store
 from gateway.store.buckets import TokenBuckets
+from gateway.store.channels import open_channel_storage
 from gateway.store.kept import KeptResponses
 from gateway.store.sessions import open_sessions
 from gateway.store.spend import SpendCounters
@@ -185,6 +187,20 @@ def _sessions(
     return Sessions(settings, open_sessions(store), Wallets())
 
 
+def _channels(settings: Settings, payments: Payments, previous: Generation | None) -> None:
+    """Batch-settlement for the routes with `channel:`, its state beside the payment
+    records (the same Redis when they are there; this process's memory otherwise). A
+    generation that shares the previous one's store shares its channel state too: a memory
+    store's is only in that object, and the channels' vouchers are money not yet claimed."""
+    if not any(route.channel is not None for route in settings.routes):
+        return
+    before = previous.payments if previous is not None else None
+    if before is not None and before.channels is not None and before.store is payments.store:
+        payments.use_channels(Channels(settings, before.channels.storage, owned=False))
+        return
+    payments.use_channels(Channels(settings, open_channel_storage(settings.store)))
+
+
 @dataclass(frozen=True, slots=True)
 class _Builder:
     """One build: each part is made anew (and undone on failure) or taken from `previous`."""
@@ -220,10 +236,12 @@ class _Builder:
         window = settle_timeout(self.settings)
         if (previous := self._reuses("facilitator")) is not None:
             payments = Payments(previous.payments.facilitator, store, chain, window)
+            _channels(self.settings, payments, self.previous)
             problems = await payments.refresh()
         else:
             facilitator = self.parts.facilitator(self.settings, self.metrics)
             payments = Payments(facilitator, store, chain, window)
+            _channels(self.settings, payments, self.previous)
             self.undo.push_async_callback(payments.close)
             problems = await payments.start()
         for problem in problems:

@@ -85,6 +85,18 @@ def facilitator_key(settings: Settings) -> tuple[object, ...]:
     return (settings.facilitators, settings.verify)
 
 
+def channels_key(settings: Settings) -> tuple[object, ...]:
+    """What the payments' batch-settlement schemes are built from (gateway/payment/channels.py:
+    registered with the payments, so a change builds new payments; the channel state is kept)."""
+    offered = {
+        (req.network, req.pay_to)
+        for route in settings.routes
+        if route.channel is not None
+        for req in route.accepts
+    }
+    return (settings.channels, tuple(sorted(offered))) if offered else ()
+
+
 def upstream_key(settings: Settings) -> tuple[object, ...]:
     return (settings.timeouts, settings.limits, settings.trusted_proxies)
 
@@ -92,7 +104,8 @@ def upstream_key(settings: Settings) -> tuple[object, ...]:
 def rebuild(old: Settings, new: Settings) -> Rebuild:
     """Which parts of the running generation the new settings cannot share."""
     return Rebuild(
-        facilitator=facilitator_key(old) != facilitator_key(new),
+        facilitator=facilitator_key(old) != facilitator_key(new)
+        or channels_key(old) != channels_key(new),
         store=old.store != new.store,
         upstream=upstream_key(old) != upstream_key(new),
     )

@@ -6,6 +6,7 @@ the `Reader`, all of them, each with its line; a section that cannot be read yie
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ import yaml
 
 from gateway import formats
 from gateway.config import values as cv
+from gateway.config.channels import compile_channels
 from gateway.config.cors import compile_cors
 from gateway.config.facilitators import compile_facilitators
 from gateway.config.networks import compile_networks
@@ -72,6 +74,7 @@ TOP_LEVEL_KEYS = frozenset(
         "routes",
     }
     | {"idempotency"}
+    | {"channels"}
 )
 IDEMPOTENCY_KEYS = frozenset({"keep_body", "keep_for", "required"})
 ASSET_KEYS = frozenset({"address", "name", "version", "decimals", "symbol", "transfer"})
@@ -100,7 +103,8 @@ def compile_document(reader: Reader, root: yaml.Node) -> Settings | None:
     top.require(("upstream", "routes"))
     listen, admin = _addresses(top)
     upstream = top.read("upstream", using(cv.parse_origin), "", on_null="error")
-    defaults = _route_defaults(reader, top)
+    channels = compile_channels(reader, top.get("channels"))
+    defaults = dataclasses.replace(_route_defaults(reader, top), channels=channels)
     store, workers = _store_and_workers(top)
     facilitators = compile_facilitators(reader, top.get("facilitator"))
     routes = _routes(reader, top, defaults)
@@ -130,6 +134,7 @@ def compile_document(reader: Reader, root: yaml.Node) -> Settings | None:
         idempotency=_idempotency(reader, top.get("idempotency")),
         cors=compile_cors(reader, top.get("cors")),
         verify=top.read("verify", choice(VERIFY_MODES), "facilitator"),
+        channels=channels,
     )
 
 

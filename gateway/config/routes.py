@@ -14,6 +14,7 @@ import yaml
 from gateway import formats
 from gateway.config import pricing
 from gateway.config import values as cv
+from gateway.config.channels import route_channel, with_channel
 from gateway.config.discovery import compile_discovery
 from gateway.config.dynamic import hook_price, price_rules
 from gateway.config.mcp import compile_mcp
@@ -33,6 +34,7 @@ from gateway.config.reader import (
 from gateway.config.settings import (
     AccessSettings,
     AssetSpec,
+    ChannelsSettings,
     Metered,
     Requirement,
     RouteSettings,
@@ -48,6 +50,7 @@ ROUTE_KEYS = frozenset(
     | {"mcp"}
     | {"access"}
     | {"asset", "stream_usage"}
+    | {"channel"}
 )
 ACCESS_KEYS = frozenset({"for"})
 ACCEPT_KEYS = frozenset(
@@ -72,6 +75,7 @@ class RouteDefaults:
     # Top-level keys already reported as wrong: their fallout is not reported again.
     broken: frozenset[str] = frozenset()
     assets: Mapping[str, AssetSpec] = field(default_factory=lambda: MappingProxyType({}))
+    channels: ChannelsSettings = field(default_factory=ChannelsSettings)  # `channel:` terms
 
 
 def compile_routes(
@@ -122,11 +126,12 @@ def _route(
     settle = entry.read("settle", _settle, after)
     if metered is not None and settle == "before":
         entry.error("settle", "a metered (upto) price is settled after the origin stated usage")
+    channel = route_channel(reader, entry, accepts, price_text)
     route = RouteSettings(
         index=index,
         path=path or "",
         methods=methods,
-        accepts=accepts,
+        accepts=with_channel(accepts, channel, defaults.channels),
         description=entry.read("description", text, ""),
         mime_type=entry.read("mime_type", using(_mime), "application/json"),
         upstream=entry.read("upstream", using(cv.parse_origin), None),
@@ -134,6 +139,7 @@ def _route(
         price_text=price_text or "free",
         source=Source(reader.filename, node.start_mark.line + 1),
         metered=metered,
+        channel=channel,
         access=_access(reader, entry, bool(accepts)),
         rate_limits=route_rates(
             reader, entry.get("limits"), entry.where("limits"), free=price_text == "free"

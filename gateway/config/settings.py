@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -85,6 +86,26 @@ class AccessSettings:
     again, for `seconds` after the payment."""
 
     seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelTerms:
+    """`channel: {min_deposit: "$1.00"}`: the route also takes batch-settlement vouchers
+    (one deposit on chain, then an off-chain voucher per call) at its own price."""
+
+    min_deposit: Decimal  # dollars; at least the route's price
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelsSettings:
+    """`channels: {claim_every: 60s, claim_over: "$5", withdraw_delay: 1h}`: when the
+    gateway claims served vouchers on chain, and the withdraw delay its channels carry."""
+
+    claim_every: float = 60.0  # seconds between claims
+    claim_over: Decimal = Decimal(5)  # dollars unclaimed in one channel: claim sooner
+    withdraw_delay: int = 3600  # seconds; the contract's bounds are 900 to 2,592,000
+    # The receiver authorizer's key (signs claims and refunds); None: the facilitator's.
+    authorizer_key: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +206,7 @@ class RouteSettings:
     price_by: tuple[PriceRule, ...] = ()
     mcp: McpPricing | None = None  # an MCP endpoint: priced per tool, the route itself is free
     metered: Metered | None = None  # an `upto` price: the origin states the amount
+    channel: ChannelTerms | None = None  # also batch-settlement vouchers (issue 14)
 
     @property
     def dynamic(self) -> bool:
@@ -316,3 +338,4 @@ class Settings:
     verify: str = (
         "facilitator"  # "local": checked in process (gateway/facilitators/local_verify.py)
     )
+    channels: ChannelsSettings = ChannelsSettings()  # batch-settlement claims (issue 14)

@@ -89,6 +89,12 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         default="FACILITATOR_PRIVATE_KEY",
         help="name of the environment variable holding the settlement key (never argv)",
     )
+    parser.add_argument(
+        "--authorizer-key-env",
+        default="FACILITATOR_AUTHORIZER_KEY",
+        help="variable holding the batch-settlement receiver authorizer's key (signs claims "
+        "and refunds; advertised in /supported); unset: the settlement key signs them",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0: any free port")
     parser.add_argument(
@@ -99,7 +105,10 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def serve(args: argparse.Namespace, key: str) -> None:
-    facilitator = LocalFacilitator(args.rpc_url, key, args.network or ["eip155:84532"])
+    authorizer = os.environ.get(args.authorizer_key_env) or key
+    facilitator = LocalFacilitator(
+        args.rpc_url, key, args.network or ["eip155:84532"], authorizer_key=authorizer
+    )
     facilitator.register_extension(lambda signer: sponsor_approvals(signer, key, args.rpc_url))
     await facilitator.start()
     await asyncio.wait_for(_wait_for_node(facilitator), args.ready_timeout)

@@ -46,7 +46,10 @@ def open_engine(
     if local.delegate_key is not None:
         networks = sorted({req.network for r in settings.routes for req in r.accepts})
         delegate = ThreadDelegate.sdk_exact(
-            local.rpc_url, local.delegate_key, networks or [settings.network]
+            local.rpc_url,
+            local.delegate_key,
+            networks or [settings.network],
+            settings.channels.authorizer_key,
         )
     return EngineFacilitator(
         engine_options(local, chain_id(settings.network)), delegate=delegate, observer=observer

@@ -26,6 +26,8 @@ from web3 import Web3
 from web3.exceptions import ProviderConnectionError, TimeExhausted
 from x402 import x402FacilitatorSync
 from x402.mechanisms.evm import FacilitatorWeb3Signer
+from x402.mechanisms.evm.batch_settlement.authorizer_signer import LocalAuthorizerSigner
+from x402.mechanisms.evm.batch_settlement.facilitator.scheme import BatchSettlementEvmFacilitator
 from x402.mechanisms.evm.constants import (
     ERR_FAILED_TO_GET_ASSET_INFO,
     ERR_FAILED_TO_VERIFY_SIGNATURE,
@@ -89,6 +91,7 @@ class LocalFacilitator:
         max_workers: int = 4,
         confirmation_timeout: float = 30.0,
         simulate_in_settle: bool = False,
+        authorizer_key: str | None = None,
     ) -> None:
         """`networks`: the CAIP-2 networks served as v2 (e.g. ["eip155:84532"]); the SDK
         also registers every legacy v1 name (e.g. "base-sepolia") on the same signer.
@@ -115,6 +118,14 @@ class LocalFacilitator:
         # `upto` (Permit2, v2 only): settles up to the signed maximum; /supported names this
         # signer as the facilitator the payer's witness must bind.
         self._facilitator.register(list(self._networks), UptoEvmFacilitatorScheme(self._signer))
+        # `batch-settlement` (channel deposits, claims, refunds): with `authorizer_key`,
+        # /supported advertises its address as `receiverAuthorizer` and it signs the claims
+        # and refunds of servers without a key of their own.
+        authorizer = LocalAuthorizerSigner(authorizer_key) if authorizer_key else None
+        self._facilitator.register(
+            list(self._networks),
+            BatchSettlementEvmFacilitator(self._signer, authorizer_signer=authorizer),
+        )
         # The signer caches the chain id, so readiness asks the node through its own client.
         self._probe = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 5}))
         self._max_workers = max_workers

@@ -26,7 +26,12 @@ from x402.schemas.v1 import PaymentRequiredV1
 from gateway.config.settings import Requirement, RouteSettings, Settings
 from gateway.payment.discovery import bazaar_extension, declaration
 from gateway.payment.networks import is_testnet
-from gateway.payment.requirements import completed, requirements_v1, requirements_v2
+from gateway.payment.requirements import (
+    completed,
+    incomplete,
+    requirements_v1,
+    requirements_v2,
+)
 from gateway.payment.terms import is_permit2
 from gateway.proxy.headers import X402_EXPOSED, is_trusted
 
@@ -232,10 +237,12 @@ class PreparedChallenges:
         prepared = self._v2.get(route.index)
         if prepared is None or self._accepts.get(route.index) is not route.accepts:
             prepared = requirements_v2(route)
-        if route.metered is None or self.supported is None:
+        if route.metered is None and route.channel is None:
             return prepared
-        supported = self.supported()
-        return [completed(req, supported) for req in prepared]
+        if self.supported is not None:
+            supported = self.supported()
+            prepared = [completed(req, supported) for req in prepared]
+        return [req for req in prepared if not incomplete(req)]
 
     def payment_required(
         self,
@@ -253,6 +260,7 @@ class PreparedChallenges:
             return _encode(route, reqs, resource_url, error, merged)
         # A metered route's terms name the facilitator, which /supported may change.
         settler = str(reqs[0].extra.get("facilitatorAddress", "")) if route.metered else ""
+        settler += str(reqs[-1].extra.get("receiverAuthorizer", "")) if route.channel else ""
         amounts = tuple(r.amount for r in route.accepts)
         key = (route.index, resource_url, error, amounts, settler)
         hit = self._cache.get(key)

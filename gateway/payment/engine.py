@@ -17,14 +17,18 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from x402 import x402ResourceServer
+from x402.mechanisms.evm.batch_settlement import SCHEME_BATCH_SETTLEMENT
+from x402.mechanisms.evm.batch_settlement.errors import ERR_CUMULATIVE_AMOUNT_MISMATCH
 from x402.mechanisms.evm.constants import ERR_PERMIT2_ALLOWANCE_REQUIRED, SCHEME_UPTO
 from x402.mechanisms.evm.exact.register import register_exact_evm_server
 from x402.mechanisms.evm.upto import UptoEvmServerScheme
 from x402.schemas import (
+    PaymentAbortedError,
     PaymentPayload,
     PaymentRequirements,
     SchemeNotFoundError,
     SettleResponse,
+    SkipHandlerDirective,
     SupportedResponse,
     VerifyResponse,
 )
@@ -42,12 +46,19 @@ from gateway.errors import (
     StoreUnavailable,
 )
 from gateway.observe.logs import get_logger
+from gateway.payment.channel_terms import is_refund
+from gateway.payment.channels import (
+    CORRECTIVE,
+    Channels,
+    RefusedBeforeSettle,
+    corrective_headers,
+)
 from gateway.payment.claims import MAY_BE_CHARGED, Verdict, on_conflict
 from gateway.payment.match import MatchedPayment, claim_ttl
 from gateway.payment.receipts import receipt_headers
 from gateway.payment.reconcile import SETTLE_MARGIN, ChainReader
 from gateway.payment.recovery import Reconciler, reconcile_recent
-from gateway.payment.requirements import completed
+from gateway.payment.requirements import completed, incomplete, requirement_v2
 from gateway.store import PaymentRecord, PaymentStore
 from gateway.store.records import Status
 
@@ -60,6 +71,14 @@ INLINE_RECONCILE_TIMEOUT = 3.0
 # The background reconciler: every ~30 s (jittered: replicas out of step), the newest records.
 RECONCILE_EVERY = 30.0
 RECONCILE_RECENT = 1000
+# Schemes whose requirements are completed from the facilitator's /supported `extra`.
+_COMPLETED = (SCHEME_UPTO, SCHEME_BATCH_SETTLEMENT)
+
+
+def charged_amount(matched: MatchedPayment) -> int:
+    """What a payment charges at most: a channel's cooperative refund, nothing."""
+    payload = matched.payload.payload
+    return 0 if isinstance(payload, dict) and is_refund(payload) else matched.requirement.amount
 
 
 class Facilitator(Protocol):
@@ -116,6 +135,8 @@ class Claim:
     timings: StepTimings = field(default_factory=StepTimings)
     # The settlement, as a task of its own: it outlives a request that is cancelled.
     settlement: asyncio.Task[SettleResponse] | None = None
+    # The scheme answers the request itself (a channel's cooperative refund): not forwarded.
+    skip: SkipHandlerDirective | None = None
 
 
 class Payments:
@@ -137,6 +158,12 @@ class Payments:
         upto: Any = UptoEvmServerScheme()  # type: ignore[no-untyped-call]  # SDK untyped
         self.server.register("eip155:*", upto)
         self._ready = False
+        self.channels: Channels | None = None  # batch-settlement, when a route takes it
+
+    def use_channels(self, channels: Channels) -> None:
+        """Take batch-settlement payments (gateway/payment/channels.py); before `start()`."""
+        channels.register(self.server)
+        self.channels = channels
 
     # --- life --------------------------------------------------------------------------
 
@@ -183,16 +210,27 @@ class Payments:
 
     def unsupported(self, routes: tuple[RouteSettings, ...]) -> list[str]:
         """Routes no facilitator can take payment for: one line each."""
-        kinds = {(k.scheme, k.network) for k in self.facilitator.get_supported().kinds}
+        supported = self.facilitator.get_supported()
+        kinds = {(k.scheme, k.network) for k in supported.kinds}
         return [
             f"routes[{r.index}] {r.path}: no facilitator supports {req.scheme} on {req.network}"
             for r in routes
             for req in r.accepts
             if (req.scheme, req.network) not in kinds
+        ] + [
+            f"routes[{r.index}] {r.path}: {req.scheme} on {req.network} is not offered: no "
+            "receiver authorizer (set channels.authorizer_key, or use a facilitator that "
+            "advertises one)"
+            for r in routes
+            for req in r.accepts
+            if (req.scheme, req.network) in kinds
+            and incomplete(completed(requirement_v2(req), supported))
         ]
 
     async def close(self) -> None:
         await self.facilitator.close()
+        if self.channels is not None:
+            await self.channels.close()
 
     # --- the request path --------------------------------------------------------------
 
@@ -204,7 +242,7 @@ class Payments:
             request_id=request_id,
             route=route.name,
             payer=matched.payer,
-            amount=str(matched.requirement.amount),
+            amount=str(charged_amount(matched)),
             asset=matched.requirement.asset,
             network=matched.requirement.network,
             nonce=matched.identity.nonce,
@@ -228,6 +266,8 @@ class Payments:
             )
             conflict.retry_after = IN_FLIGHT_RETRY_AFTER
             raise conflict
+        if matched.requirement.scheme == SCHEME_BATCH_SETTLEMENT:
+            raise await self._voucher_used(matched)
         raise self._already_used(held, matched)
 
     async def _judge(self, key: str, held: PaymentRecord) -> tuple[PaymentRecord, Verdict]:
@@ -240,6 +280,16 @@ class Payments:
         if held.status in MAY_BE_CHARGED:
             return held, Verdict.IN_FLIGHT  # not known yet: wait (Retry-After)
         return held, on_conflict(held.status, holder_alive=False)
+
+    async def _voucher_used(self, matched: MatchedPayment) -> PaymentError:
+        """A channel voucher (or deposit) whose amount was already charged: the SDK's own
+        answer, a corrective 402 with the channel's state, from which a client that lost its
+        state signs the next voucher (a 409 would leave it stuck on the old amount)."""
+        reason = ERR_CUMULATIVE_AMOUNT_MISMATCH
+        headers = await self._corrective_for(matched, reason)
+        return PaymentError(
+            "this voucher's amount was already charged", reason=reason, headers=headers
+        )
 
     @staticmethod
     def _already_used(held: PaymentRecord, matched: MatchedPayment) -> PaymentConflict:
@@ -302,12 +352,31 @@ class Payments:
             )
         except SchemeNotFoundError as exc:
             raise PaymentError(str(exc), reason="unsupported_scheme") from exc
+        except PaymentAbortedError as exc:
+            # A scheme's before-verify hook refused it (a channel voucher on a stale amount).
+            headers = await self._corrective(claim, exc.reason)
+            raise PaymentError(str(exc), reason=exc.reason, headers=headers) from exc
         finally:
             claim.timings.verify = time.perf_counter() - started
         if not result.is_valid:
             reason = result.verify.invalid_reason or "invalid_payment"
             error = AllowanceRequired if reason == ERR_PERMIT2_ALLOWANCE_REQUIRED else PaymentError
-            raise error(result.verify.invalid_message or reason, reason=reason)
+            headers = await self._corrective(claim, reason)
+            raise error(result.verify.invalid_message or reason, reason=reason, headers=headers)
+        claim.skip = result.skip_handler
+
+    async def _corrective(self, claim: Claim, reason: str) -> dict[str, str]:
+        """A channel voucher on a stale cumulative amount: the 402 carries the channel's
+        state for the payer's client to resynchronise (the SDK's corrective 402)."""
+        return await self._corrective_for(claim.matched, reason)
+
+    async def _corrective_for(self, matched: MatchedPayment, reason: str) -> dict[str, str]:
+        payload = matched.payload
+        if reason not in CORRECTIVE or not isinstance(payload, PaymentPayload):
+            return {}
+        reqs = self._completed(matched)
+        assert isinstance(reqs, PaymentRequirements)
+        return await corrective_headers(self.server, payload, reqs, reason)
 
     async def settle(self, claim: Claim, amount: int | None = None) -> SettleResponse:
         """Settle once and record the outcome, in a task of its own: a client that goes
@@ -324,9 +393,15 @@ class Payments:
         self, claim: Claim, amount: int | None = None
     ) -> PaymentRequirements | PaymentRequirementsV1:
         """The route's requirements for the facilitator: an `upto` one completed with the
-        facilitator's address, and settled for `amount`."""
-        reqs = claim.matched.requirements
-        if not isinstance(reqs, PaymentRequirements) or reqs.scheme != SCHEME_UPTO:
+        facilitator's address, and settled for `amount`; a `batch-settlement` one completed
+        with the facilitator's receiver authorizer when the gateway has none of its own."""
+        return self._completed(claim.matched, amount)
+
+    def _completed(
+        self, matched: MatchedPayment, amount: int | None = None
+    ) -> PaymentRequirements | PaymentRequirementsV1:
+        reqs = matched.requirements
+        if not isinstance(reqs, PaymentRequirements) or reqs.scheme not in _COMPLETED:
             return reqs
         reqs = completed(reqs, self.facilitator.get_supported())
         return reqs if amount is None else reqs.model_copy(update={"amount": str(amount)})
@@ -363,6 +438,13 @@ class Payments:
             # No facilitator was reached (remote and local raise it only then): not charged.
             await self._record(claim, "failed", reason=exc.reason)
             raise
+        except (PaymentAbortedError, RefusedBeforeSettle) as exc:
+            # A scheme's before-settle hook refused it before anything moved (a channel whose
+            # reservation lapsed and was taken by another request; a refund with nothing
+            # left to refund): not charged, not served.
+            reason = exc.reason if isinstance(exc, PaymentAbortedError) else str(exc)
+            await self._record(claim, "failed", reason=reason)
+            raise SettlementFailed(str(exc), reason=reason) from exc
         finally:
             claim.timings.settle = time.perf_counter() - started
         if result.success:
@@ -395,7 +477,16 @@ class Payments:
     async def release(self, claim: Claim) -> None:
         """Nothing was charged: the payer may use the same authorization again."""
         if claim.settled is None and not claim.outcome_unknown:
+            await self._cancel_channel(claim)
             await self.store.release(claim.key, claim.record.request_id)
+
+    async def _cancel_channel(self, claim: Claim) -> None:
+        """A channel payment's reservation is cleared (its channel free for the next call)."""
+        payload, reqs = claim.matched.payload, self._requirements(claim)
+        if self.channels is None or reqs.scheme != SCHEME_BATCH_SETTLEMENT:
+            return
+        assert isinstance(payload, PaymentPayload) and isinstance(reqs, PaymentRequirements)
+        await self.channels.cancel(self.server, payload, reqs)
 
     async def refund_due(self, claim: Claim, why: str) -> None:
         """Settled before forwarding, then the origin failed: the operator owes a refund."""

@@ -10,8 +10,9 @@ the authorization's own fields are checked in `gateway.payment.terms`):
   and payTo as addresses (case-insensitive), amount as an integer, maxTimeoutSeconds exactly
   (as the SDK's server does), and the route's `extra` (EIP-712 name/version, transfer method)
   must be contained in `accepted.extra`, so `extra` cannot move the signature's domain.
-- Only the `exact` and `upto` schemes on EVM networks are matched (`upto` is Permit2 only; its
-  authorization is for the route's maximum, its spender the upto proxy). A requirement whose
+- Only the `exact`, `upto` and `batch-settlement` schemes on EVM networks are matched (`upto`
+  is Permit2 only; its authorization is for the route's maximum, its spender the upto proxy;
+  a channel's deposit or voucher is checked by `gateway.payment.channel_terms`). A requirement whose
   extra says `assetTransferMethod: permit2` takes a Permit2 payload; every other takes
   EIP-3009. A payload of the other shape is `unsupported_payload`. v1 has no Permit2 (nor
   does the SDK's v1 client).
@@ -36,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from eth_utils.address import to_checksum_address
+from x402.mechanisms.evm.batch_settlement import SCHEME_BATCH_SETTLEMENT
 from x402.mechanisms.evm.constants import (
     ERR_INVALID_SIGNATURE,
     ERR_UNSUPPORTED_SCHEME,
@@ -48,6 +50,7 @@ from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 from gateway.config.settings import Requirement, RouteSettings
 from gateway.errors import PaymentError
 from gateway.formats import chain_id, is_address
+from gateway.payment.channel_terms import channel_payment
 from gateway.payment.decode import DecodedPayment
 from gateway.payment.eip3009 import Domain, Malformed, Sig, check_signature, parse
 from gateway.payment.networks import caip_from_v1
@@ -136,7 +139,9 @@ def _unsupported(route: RouteSettings, scheme: str) -> NoReturn:
 def _chain(req: Requirement) -> int:
     """The chain of a requirement this module can check: `exact` or `upto` on an EVM network."""
     cid = chain_id(req.network)
-    checkable = req.scheme == SCHEME_EXACT or (req.scheme == SCHEME_UPTO and is_permit2(req))
+    checkable = req.scheme in (SCHEME_EXACT, SCHEME_BATCH_SETTLEMENT) or (
+        req.scheme == SCHEME_UPTO and is_permit2(req)
+    )
     if not checkable or cid is None:
         raise PaymentError(
             f"the gateway cannot take {req.scheme} payments on {req.network}",
@@ -163,6 +168,8 @@ def _match_v2(route: RouteSettings, payload: PaymentPayload) -> MatchedPayment:
             reason=MISMATCH,
         )
     cid = _chain(req)
+    if req.scheme == SCHEME_BATCH_SETTLEMENT:
+        return _match_channel(req, cid, payload)
     terms = parse_terms(req, payload.payload)
     check_terms(req, terms)
     if terms.token is None:
@@ -175,6 +182,20 @@ def _match_v2(route: RouteSettings, payload: PaymentPayload) -> MatchedPayment:
         identity=PaymentIdentity(cid, req.asset.lower(), terms.payer, terms.nonce),
         payer=to_checksum_address(terms.payer),
         valid_before=terms.valid_before,
+    )
+
+
+def _match_channel(req: Requirement, cid: int, payload: PaymentPayload) -> MatchedPayment:
+    """A channel deposit or voucher (gateway/payment/channel_terms.py)."""
+    paid = channel_payment(req, payload.payload)
+    return MatchedPayment(
+        version=2,
+        payload=payload,
+        requirements=requirement_v2(req),
+        requirement=req,
+        identity=PaymentIdentity(cid, req.asset.lower(), paid.payer, paid.nonce),
+        payer=to_checksum_address(paid.payer),
+        valid_before=paid.valid_before,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from x402.mechanisms.evm.batch_settlement import SCHEME_BATCH_SETTLEMENT
 from x402.mechanisms.evm.constants import SCHEME_UPTO
 from x402.schemas import PaymentRequirements, SupportedResponse
 from x402.schemas.v1 import PaymentRequirementsV1
@@ -53,6 +54,8 @@ def offered_v1(req: Requirement) -> str | None:
     (no v1 name for its network, or a transfer method v1 clients cannot sign)."""
     if req.extra.get("assetTransferMethod") == _PERMIT2:
         return None
+    if req.scheme == SCHEME_BATCH_SETTLEMENT:
+        return None  # payment channels are v2 only (the SDK has no v1 batch-settlement)
     return v1_name(req.network)
 
 
@@ -93,12 +96,26 @@ def facilitator_extra(supported: SupportedResponse, scheme: str, network: str) -
     return {}
 
 
+# What a scheme's terms take from the facilitator's /supported `extra`, when not configured.
+_FROM_FACILITATOR = {
+    SCHEME_UPTO: "facilitatorAddress",
+    SCHEME_BATCH_SETTLEMENT: "receiverAuthorizer",
+}
+
+
 def completed(req: PaymentRequirements, supported: SupportedResponse) -> PaymentRequirements:
-    """`req`, an `upto` one completed with the facilitator's `facilitatorAddress` (as the
-    SDK's `UptoEvmScheme.enhance_payment_requirements` does); others as they are."""
-    if req.scheme != SCHEME_UPTO:
+    """`req` completed from the facilitator's /supported, as the SDK's server schemes do: an
+    `upto` one with its `facilitatorAddress`, a `batch-settlement` one without a configured
+    authorizer with the facilitator's `receiverAuthorizer`; others as they are."""
+    field = _FROM_FACILITATOR.get(req.scheme)
+    if field is None or field in (req.extra or {}):
         return req
-    address = facilitator_extra(supported, req.scheme, req.network).get("facilitatorAddress")
+    address = facilitator_extra(supported, req.scheme, req.network).get(field)
     if not isinstance(address, str):
         return req  # not known yet: the payer's client cannot sign until it is
-    return req.model_copy(update={"extra": {**(req.extra or {}), "facilitatorAddress": address}})
+    return req.model_copy(update={"extra": {**(req.extra or {}), field: address}})
+
+
+def incomplete(req: PaymentRequirements) -> bool:
+    """A `batch-settlement` requirement no authorizer is known for yet: not offered."""
+    return req.scheme == SCHEME_BATCH_SETTLEMENT and "receiverAuthorizer" not in (req.extra or {})

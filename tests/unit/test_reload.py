@@ -237,3 +237,25 @@ async def test_a_reload_asked_for_while_starting_runs_once_started(tmp_path: Pat
         assert paid is not None and paid.accepts[0].amount == 4000
     finally:
         await holder.close()
+
+
+def test_payments_are_rebuilt_when_the_channels_change() -> None:
+    from decimal import Decimal
+
+    from gateway.config.settings import ChannelsSettings, ChannelTerms
+
+    base = loads(config_text())
+    priced = next(route for route in base.routes if not route.free)
+    with_channel = dataclasses.replace(
+        base,
+        routes=tuple(
+            dataclasses.replace(r, channel=ChannelTerms(Decimal(1))) if r is priced else r
+            for r in base.routes
+        ),
+    )
+    assert rebuild(base, with_channel).names() == ["facilitator"]  # payments built anew
+    assert rebuild(with_channel, with_channel).names() == []
+    delay = dataclasses.replace(with_channel, channels=ChannelsSettings(withdraw_delay=900))
+    assert rebuild(with_channel, delay).names() == ["facilitator"]
+    # without a channel route the channels' own settings change nothing
+    assert rebuild(base, dataclasses.replace(base, channels=delay.channels)).names() == []

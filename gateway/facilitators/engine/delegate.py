@@ -91,15 +91,31 @@ class ThreadDelegate:
         self._pool: ThreadPoolExecutor | None = None
 
     @classmethod
-    def sdk_exact(cls, rpc_url: str, private_key: str, networks: Sequence[str]) -> ThreadDelegate:
-        """The SDK's own `exact` EVM facilitator (EIP-3009 and Permit2) on one node and key."""
+    def sdk_exact(
+        cls,
+        rpc_url: str,
+        private_key: str,
+        networks: Sequence[str],
+        authorizer_key: str | None = None,
+    ) -> ThreadDelegate:
+        """The SDK's own `exact` EVM facilitator (EIP-3009 and Permit2) on one node and key,
+        and its `batch-settlement` one (channel deposits, claims, refunds), whose receiver
+        authorizer is `authorizer_key` (the gateway's `channels.authorizer_key`) or else this
+        key: it only signs EIP-712 claims and refunds, and /supported advertises it."""
         from x402 import x402FacilitatorSync
         from x402.mechanisms.evm import FacilitatorWeb3Signer
+        from x402.mechanisms.evm.batch_settlement.authorizer_signer import LocalAuthorizerSigner
+        from x402.mechanisms.evm.batch_settlement.facilitator.scheme import (
+            BatchSettlementEvmFacilitator,
+        )
         from x402.mechanisms.evm.exact import register_exact_evm_facilitator
 
         facilitator = x402FacilitatorSync()
         signer = FacilitatorWeb3Signer(private_key=private_key, rpc_url=rpc_url)
         register_exact_evm_facilitator(facilitator, signer, list(networks))
+        authorizer = LocalAuthorizerSigner(authorizer_key or private_key)
+        batch = BatchSettlementEvmFacilitator(signer, authorizer_signer=authorizer)
+        facilitator.register(list(networks), batch)
         return cls(facilitator)
 
     async def start(self) -> None:

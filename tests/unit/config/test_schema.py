@@ -13,6 +13,7 @@ import yaml
 
 from gateway import config
 from gateway.config import (
+    channels,
     cors,
     discovery,
     document,
@@ -48,6 +49,8 @@ SECTIONS: dict[str, frozenset[str]] = {
     "$defs.meteredPrice": metered.UPTO_KEYS,
     "$defs.route.properties.stream_usage": metered.STREAM_USAGE_KEYS,
     "$defs.route.properties.access": config_routes.ACCESS_KEYS,
+    "properties.channels": channels.CHANNELS_KEYS,
+    "$defs.route.properties.channel": channels.CHANNEL_KEYS,
     "$defs.network_rpc": networks.NETWORK_KEYS,
     "$defs.routeLimits": rates.ROUTE_LIMIT_KEYS,
     "$defs.discovery": discovery.DISCOVERY_KEYS,

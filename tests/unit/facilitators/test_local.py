@@ -156,3 +156,19 @@ def test_rpc_failures_are_told_from_bugs() -> None:
     loop_a, loop_b = ValueError("a"), ValueError("b")
     loop_a.__cause__, loop_b.__cause__ = loop_b, loop_a
     assert not _is_rpc_failure(loop_a)
+
+
+def test_batch_settlement_is_served_with_the_authorizer_it_is_given() -> None:
+    from eth_account import Account
+
+    key = "0x" + "77" * 32
+    with_key = LocalFacilitator(dead_rpc(), ANVIL_KEYS[1], [NETWORK], authorizer_key=key)
+    (kind,) = [k for k in with_key.get_supported().kinds if k.scheme == "batch-settlement"]
+    assert (kind.network, kind.extra) == (
+        NETWORK,
+        {"receiverAuthorizer": Account.from_key(key).address},
+    )
+    # without one it still takes deposits; servers then sign their own claims and refunds
+    plain = LocalFacilitator(dead_rpc(), ANVIL_KEYS[1], [NETWORK])
+    (kind,) = [k for k in plain.get_supported().kinds if k.scheme == "batch-settlement"]
+    assert not kind.extra

@@ -276,3 +276,55 @@ def test_a_permit2_route_declares_sponsored_approval_and_others_declare_nothing(
     assert list(declared) == ["erc20ApprovalGasSponsoring"]
     plain, _ = payment_required(route(), URL, "e")
     assert decode_payment_required_header(plain["PAYMENT-REQUIRED"]).extensions is None
+
+
+# --- payment channels (batch-settlement) ------------------------------------------------
+
+AUTHORIZER = "0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65"
+CHANNEL_EXTRA = {"name": "USDC", "version": "2", "withdrawDelay": 3600, "minDeposit": "1000000"}
+
+
+def _channel_route(**extra: Any) -> Any:
+    from decimal import Decimal
+
+    from gateway.config.settings import ChannelTerms
+
+    batch = requirement(scheme="batch-settlement", extra=MappingProxyType(CHANNEL_EXTRA | extra))
+    return route(requirement(), batch, channel=ChannelTerms(Decimal(1)))
+
+
+def _offered(challenges: PreparedChallenges, priced: Any) -> tuple[PaymentRequired, Any]:
+    head, body = challenges.payment_required(priced, URL, "e")
+    required = decode_payment_required_header(head["PAYMENT-REQUIRED"])
+    assert isinstance(required, PaymentRequired)
+    return required, json.loads(body)
+
+
+def _supported(**extra: Any) -> Any:
+    from x402.schemas import SupportedKind, SupportedResponse
+
+    kind = SupportedKind(
+        x402_version=2, scheme="batch-settlement", network="eip155:84532", extra=extra or None
+    )
+    return lambda: SupportedResponse(kinds=[kind])
+
+
+def test_a_channel_route_offers_batch_settlement_beside_exact_in_v2_only() -> None:
+    priced = _channel_route(receiverAuthorizer=AUTHORIZER)
+    required, v1_body = _offered(PreparedChallenges(settings(priced)), priced)
+    assert [a.scheme for a in required.accepts] == ["exact", "batch-settlement"]
+    assert required.accepts[1].extra == CHANNEL_EXTRA | {"receiverAuthorizer": AUTHORIZER}
+    assert [a["scheme"] for a in v1_body["accepts"]] == ["exact"]  # no v1 batch-settlement
+
+
+def test_without_its_own_authorizer_a_channel_route_names_the_facilitators() -> None:
+    priced = _channel_route()
+    challenges = PreparedChallenges(
+        settings(priced), supported=_supported(receiverAuthorizer=AUTHORIZER)
+    )
+    required, _ = _offered(challenges, priced)
+    assert required.accepts[1].extra["receiverAuthorizer"] == AUTHORIZER
+    # none known yet (facilitator down, or it advertises none): exact alone is offered
+    for unknown in (_supported(), None):
+        required, _ = _offered(PreparedChallenges(settings(priced), supported=unknown), priced)
+        assert [a.scheme for a in required.accepts] == ["exact"]

@@ -153,9 +153,11 @@ def test_v2_unknown_scheme_is_unsupported() -> None:
 
 
 def test_v2_a_scheme_the_gateway_cannot_check_is_unsupported() -> None:
+    # batch-settlement is checked (tests/unit/payment/test_channel_terms.py): an exact-shaped
+    # payload on it is not a channel payment at all
     priced = route(requirement(scheme="batch-settlement"))
     data = v2_dict(scheme="batch-settlement")
-    assert refused(priced, v2(data)).reason == "unsupported_scheme"
+    assert refused(priced, v2(data)).reason == "invalid_batch_settlement_evm_payload_type"
     # upto is Permit2 only: an upto requirement without it is never matched
     assert refused(route(requirement(scheme="upto")), v2(v2_dict(scheme="upto"))).reason == (
         "unsupported_scheme"

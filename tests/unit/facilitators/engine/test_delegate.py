@@ -82,3 +82,16 @@ def test_the_sdks_exact_facilitator_is_one_call_away() -> None:
     )
     kinds = {(k.x402_version, k.network) for k in delegate.get_supported().kinds}
     assert (2, NETWORK) in kinds and (1, "base-sepolia") in kinds
+
+
+def test_the_delegate_takes_channel_deposits_with_a_receiver_authorizer() -> None:
+    from eth_account import Account
+
+    own, gateway_key = "0x" + "33" * 32, "0x" + "44" * 32
+    for authorizer, expected in ((None, own), (gateway_key, gateway_key)):
+        delegate = ThreadDelegate.sdk_exact(
+            f"http://127.0.0.1:{free_port()}", own, [NETWORK], authorizer
+        )
+        (kind,) = [k for k in delegate.get_supported().kinds if k.scheme == "batch-settlement"]
+        assert kind.network == NETWORK
+        assert kind.extra == {"receiverAuthorizer": Account.from_key(expected).address}

@@ -1,0 +1,190 @@
+"""The money-moving terms of a `batch-settlement` payment (a channel deposit or voucher),
+parsed and checked against the route's own requirement before any claim or SDK call.
+
+A payload names its channel by `channelConfig` (payer, payerAuthorizer, receiver,
+receiverAuthorizer, token, withdrawDelay, salt) and `voucher.channelId`, the EIP-712 hash of
+that config on this chain: the id must be the config's, and the config must pay the route's
+recipient in the route's token under the route's channel terms, else the voucher could be
+for someone else's channel. Whether the voucher's cumulative amount is the next one, its
+signature and the channel's balance are the SDK's server scheme's to judge (against the
+channel state in the store), a deposit's transfer the facilitator's.
+
+Identity: a voucher is one payment per (channel, cumulative amount): the SDK's client signs
+each call's voucher for exactly the channel's charged total plus the price, so two requests
+carrying the same pair are copies of one payment, whatever their signature bytes. A deposit
+carries its first voucher, so it has the same identity as that voucher: a channel's call is
+bought once, by a deposit or by a voucher. The pair is hashed into the 32-byte `nonce` slot
+of `PaymentIdentity`, tagged so it can never equal an EIP-3009 or Permit2 nonce.
+
+A cooperative refund (`type: refund`: the payer closes the channel, its voucher is for what
+was already charged, and it may name a partial `amount`) charges nothing: its identity is
+tagged apart from the vouchers' (its voucher's amount was bought already), and its claim is
+kept only while it is in flight.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from eth_utils.crypto import keccak
+from x402.mechanisms.evm.batch_settlement.errors import (
+    ERR_CHANNEL_ID_MISMATCH,
+    ERR_INVALID_PAYLOAD_TYPE,
+    ERR_RECEIVER_AUTHORIZER_MISMATCH,
+    ERR_RECEIVER_MISMATCH,
+    ERR_TOKEN_MISMATCH,
+    ERR_WITHDRAW_DELAY_MISMATCH,
+)
+from x402.mechanisms.evm.batch_settlement.types import ChannelConfig
+from x402.mechanisms.evm.batch_settlement.utils import compute_channel_id
+
+from gateway.config.settings import Requirement
+from gateway.errors import MalformedPayment, PaymentError
+from gateway.formats import ADDRESS
+
+KINDS = ("deposit", "voucher", "refund")
+# How long a voucher's claim is kept: past any request in flight with it (the SDK holds a
+# channel reservation 10 min at most). A copy arriving later meets the channel state instead
+# (its amount is charged already: the corrective 402).
+VOUCHER_CLAIM_SECONDS = 600
+
+_BYTES32 = re.compile(r"0x[0-9a-fA-F]{64}")
+_HEX = re.compile(r"0x(?:[0-9a-fA-F]{2})*")
+_UINT = re.compile(r"[0-9]{1,39}")
+_UINT128_MAX = 2**128 - 1
+_TAG = b"x402-gateway:batch-settlement:voucher"
+_REFUND_TAG = b"x402-gateway:batch-settlement:refund"
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelPayment:
+    """What the gateway needs of a checked channel payment."""
+
+    kind: str  # deposit | voucher | refund
+    channel_id: str  # 0x + 64 lowercase hex
+    payer: str  # lowercase 0x hex
+    cumulative: int  # the voucher's maxClaimableAmount
+    nonce: str  # its identity in the claim store: 0x + 64 hex
+    valid_before: int  # until when its claim is kept
+
+
+def _malformed(detail: str) -> NoReturn:
+    raise MalformedPayment(detail, reason="invalid_payload")
+
+
+def _text(obj: Any, key: str, where: str, pattern: re.Pattern[str], what: str) -> str:
+    value = obj.get(key) if isinstance(obj, dict) else None
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        _malformed(f"{where}.{key}: must be {what}")
+    return value
+
+
+def _config(raw: dict[str, Any]) -> ChannelConfig:
+    where = "payload.channelConfig"
+    cfg = raw.get("channelConfig")
+    for key in ("payer", "payerAuthorizer", "receiver", "receiverAuthorizer", "token"):
+        _text(cfg, key, where, ADDRESS, "a 0x address")
+    _text(cfg, "salt", where, _BYTES32, "0x + 32 bytes of hex")
+    delay = cfg.get("withdrawDelay") if isinstance(cfg, dict) else None
+    if (
+        isinstance(delay, bool)
+        or not isinstance(delay, int | str)
+        or not _UINT.fullmatch(str(delay))
+    ):
+        _malformed(f"{where}.withdrawDelay: must be a whole number of seconds")
+    assert isinstance(cfg, dict)
+    return ChannelConfig.from_dict(cfg)
+
+
+def _voucher(raw: dict[str, Any]) -> tuple[str, int]:
+    where = "payload.voucher"
+    voucher = raw.get("voucher")
+    channel_id = _text(voucher, "channelId", where, _BYTES32, "0x + 32 bytes of hex").lower()
+    _text(voucher, "signature", where, _HEX, "0x hex bytes")
+    amount = int(_text(voucher, "maxClaimableAmount", where, _UINT, "a decimal integer string"))
+    if amount > _UINT128_MAX:
+        _malformed(f"{where}.maxClaimableAmount: larger than a uint128")
+    return channel_id, amount
+
+
+def _refuse(message: str, reason: str) -> NoReturn:
+    raise PaymentError(message, reason=reason)
+
+
+def _check_config(req: Requirement, config: ChannelConfig, channel_id: str) -> None:
+    """The channel pays this route's recipient in its token, on its terms, and is the one
+    its id names on this chain."""
+    if config.receiver.lower() != req.pay_to.lower():
+        _refuse(f"the channel pays {config.receiver}, not {req.pay_to}", ERR_RECEIVER_MISMATCH)
+    if config.token.lower() != req.asset.lower():
+        _refuse(f"the channel holds token {config.token}, not {req.asset}", ERR_TOKEN_MISMATCH)
+    if config.withdraw_delay != req.extra.get("withdrawDelay"):
+        _refuse(
+            f"the channel's withdraw delay is {config.withdraw_delay} s, the route's "
+            f"{req.extra.get('withdrawDelay')} s",
+            ERR_WITHDRAW_DELAY_MISMATCH,
+        )
+    authorizer = req.extra.get("receiverAuthorizer")
+    if isinstance(authorizer, str) and config.receiver_authorizer.lower() != authorizer.lower():
+        _refuse("the channel names another receiver authorizer", ERR_RECEIVER_AUTHORIZER_MISMATCH)
+    if compute_channel_id(config, req.network).lower() != channel_id:
+        _refuse("voucher.channelId is not the id of channelConfig", ERR_CHANNEL_ID_MISMATCH)
+
+
+def voucher_nonce(channel_id: str, cumulative: int, refund: int | None = None) -> str:
+    """The identity of the voucher (channel, cumulative amount) as a 32-byte hex nonce; of a
+    refund: (channel, its voucher's amount, the amount refunded; 0 for all of it)."""
+    body = bytes.fromhex(channel_id[2:]) + cumulative.to_bytes(16, "big")
+    if refund is None:
+        return "0x" + keccak(_TAG + body).hex()
+    return "0x" + keccak(_REFUND_TAG + body + refund.to_bytes(16, "big")).hex()
+
+
+def is_refund(payload: dict[str, Any]) -> bool:
+    """A cooperative refund: it charges nothing, and the gateway answers it itself."""
+    return payload.get("type") == "refund"
+
+
+def _refund_amount(raw: dict[str, Any]) -> int:
+    if raw.get("amount") is None:
+        return 0  # everything left in the channel
+    amount = int(_text(raw, "amount", "payload", _UINT, "a decimal integer string"))
+    if amount > _UINT128_MAX:
+        _malformed("payload.amount: larger than a uint128")
+    return amount
+
+
+def channel_payment(
+    req: Requirement, raw: dict[str, Any], now: float | None = None
+) -> ChannelPayment:
+    """The checked terms of a `batch-settlement` payload paying `req`; `MalformedPayment`
+    (400) when it is not shaped as one, `PaymentError` (402) when it pays something else."""
+    kind = raw.get("type")
+    if kind not in KINDS:
+        shown = kind[:20] if isinstance(kind, str) else type(kind).__name__
+        _refuse(
+            f"payload type {shown!r} is not taken here (deposit, voucher or refund)",
+            ERR_INVALID_PAYLOAD_TYPE,
+        )
+    config = _config(raw)
+    channel_id, cumulative = _voucher(raw)
+    if kind == "deposit":
+        deposit = raw.get("deposit")
+        _text(deposit, "amount", "payload.deposit", _UINT, "a decimal integer string")
+        if not isinstance(deposit, dict) or not isinstance(deposit.get("authorization"), dict):
+            _malformed("payload.deposit.authorization: missing")
+    refund = _refund_amount(raw) if kind == "refund" else None
+    _check_config(req, config, channel_id)
+    moment = int(time.time() if now is None else now)
+    return ChannelPayment(
+        kind=str(kind),
+        channel_id=channel_id,
+        payer=config.payer.lower(),
+        cumulative=cumulative,
+        nonce=voucher_nonce(channel_id, cumulative, refund),
+        # a refund's claim lasts while it is in flight: a later one is a new refund
+        valid_before=moment + (0 if refund is not None else VOUCHER_CLAIM_SECONDS),
+    )

@@ -1,0 +1,182 @@
+"""A batch-settlement deposit or voucher matched against the route's own requirement
+(gateway/payment/channel_terms.py through match_requirement): vouchers signed by the SDK's
+own client code, channel ids computed by the SDK."""
+
+from __future__ import annotations
+
+import time
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+from x402.mechanisms.evm.batch_settlement.client.voucher import sign_voucher
+from x402.mechanisms.evm.batch_settlement.types import ChannelConfig
+from x402.mechanisms.evm.batch_settlement.utils import compute_channel_id
+from x402.mechanisms.evm.signers import EthAccountSigner
+from x402.schemas import PaymentPayload
+
+from gateway.errors import MalformedPayment, PaymentError
+from gateway.payment.channel_terms import VOUCHER_CLAIM_SECONDS, voucher_nonce
+from gateway.payment.decode import DecodedPayment
+from gateway.payment.match import match_requirement
+from tests.unit.wire_helpers import (
+    ASSET,
+    OTHER_ASSET,
+    OTHER_PAY_TO,
+    PAY_TO,
+    URL,
+    accepted,
+    new_account,
+    requirement,
+    route,
+)
+
+AUTHORIZER = "0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65"
+NETWORK = "eip155:84532"
+BATCH = requirement(
+    scheme="batch-settlement",
+    extra=MappingProxyType(
+        {
+            "name": "USDC",
+            "version": "2",
+            "withdrawDelay": 900,
+            "minDeposit": "1000000",
+            "receiverAuthorizer": AUTHORIZER,
+        }
+    ),
+)
+PAYER = new_account()
+
+
+def config(**changes: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "payer": PAYER.address,
+        "payerAuthorizer": PAYER.address,
+        "receiver": PAY_TO,
+        "receiverAuthorizer": AUTHORIZER,
+        "token": ASSET,
+        "withdrawDelay": 900,
+        "salt": "0x" + "00" * 32,
+    }
+    fields.update(changes)
+    return fields
+
+
+def voucher_payload(amount: int = 3000, cfg: dict[str, Any] | None = None) -> dict[str, Any]:
+    cfg = cfg or config()
+    channel_id = compute_channel_id(ChannelConfig.from_dict(cfg), NETWORK)
+    fields = sign_voucher(EthAccountSigner(PAYER), channel_id, amount, NETWORK)
+    return {"type": "voucher", "channelConfig": cfg, "voucher": fields.to_dict()}
+
+
+def paying(raw: dict[str, Any], req: Any = BATCH) -> DecodedPayment:
+    data = {"x402Version": 2, "accepted": accepted(req), "payload": raw, "resource": {"url": URL}}
+    return DecodedPayment(2, PaymentPayload.model_validate(data), "PAYMENT-SIGNATURE")
+
+
+CHANNEL_ROUTE = route(requirement(), BATCH)
+
+
+def test_a_voucher_is_matched_with_its_channel_and_cumulative_amount_as_identity() -> None:
+    raw = voucher_payload(3000)
+    matched = match_requirement(CHANNEL_ROUTE, paying(raw), URL)
+    assert matched.requirement is BATCH
+    assert matched.payer == PAYER.address
+    channel_id = raw["voucher"]["channelId"].lower()
+    assert matched.identity.nonce == voucher_nonce(channel_id, 3000)
+    assert matched.identity.payer == PAYER.address.lower()
+    assert matched.requirements.scheme == "batch-settlement"
+
+
+def test_two_vouchers_of_one_channel_are_two_payments_and_copies_are_one() -> None:
+    three = match_requirement(CHANNEL_ROUTE, paying(voucher_payload(3000)), URL)
+    again = match_requirement(CHANNEL_ROUTE, paying(voucher_payload(3000)), URL)
+    four = match_requirement(CHANNEL_ROUTE, paying(voucher_payload(4000)), URL)
+    assert three.identity.key == again.identity.key
+    assert three.identity.key != four.identity.key
+
+
+def test_a_deposit_has_the_identity_of_its_first_voucher() -> None:
+    raw = voucher_payload(1000)
+    deposit = {**raw, "type": "deposit", "deposit": {"amount": "1000000", "authorization": {}}}
+    as_deposit = match_requirement(CHANNEL_ROUTE, paying(deposit), URL)
+    as_voucher = match_requirement(CHANNEL_ROUTE, paying(raw), URL)
+    assert as_deposit.identity == as_voucher.identity
+    # a voucher never expires: its claim is kept for VOUCHER_CLAIM_SECONDS
+    assert abs(as_deposit.valid_before - time.time() - VOUCHER_CLAIM_SECONDS) < 5
+
+
+@pytest.mark.parametrize(
+    ("cfg", "reason"),
+    [
+        (config(receiver=OTHER_PAY_TO), "invalid_batch_settlement_evm_receiver_mismatch"),
+        (config(token=OTHER_ASSET), "invalid_batch_settlement_evm_token_mismatch"),
+        (config(withdrawDelay=901), "invalid_batch_settlement_evm_withdraw_delay_mismatch"),
+        (
+            config(receiverAuthorizer=OTHER_PAY_TO),
+            "invalid_batch_settlement_evm_receiver_authorizer_mismatch",
+        ),
+    ],
+)
+def test_a_channel_for_other_terms_is_refused(cfg: dict[str, Any], reason: str) -> None:
+    with pytest.raises(PaymentError) as caught:
+        match_requirement(CHANNEL_ROUTE, paying(voucher_payload(cfg=cfg)), URL)
+    assert caught.value.reason == reason
+
+
+def test_a_channel_id_that_is_not_its_config_is_refused() -> None:
+    raw = voucher_payload()
+    raw["channelConfig"] = config(salt="0x" + "01" * 32)  # the id is still the old config's
+    with pytest.raises(PaymentError) as caught:
+        match_requirement(CHANNEL_ROUTE, paying(raw), URL)
+    assert caught.value.reason == "invalid_batch_settlement_evm_channel_id_mismatch"
+
+
+def test_a_refund_is_its_own_payment_charging_nothing_claimed_while_in_flight() -> None:
+    voucher = match_requirement(CHANNEL_ROUTE, paying(voucher_payload(3000)), URL)
+    whole = match_requirement(
+        CHANNEL_ROUTE, paying({**voucher_payload(3000), "type": "refund"}), URL
+    )
+    part = {**voucher_payload(3000), "type": "refund", "amount": "500"}
+    partial = match_requirement(CHANNEL_ROUTE, paying(part), URL)
+    # its voucher is for what was charged already: never the same payment as that voucher
+    assert len({voucher.identity.key, whole.identity.key, partial.identity.key}) == 3
+    assert abs(whole.valid_before - time.time()) < 5  # kept only while in flight
+    for amount in ("-1", "x", str(2**128)):
+        with pytest.raises(MalformedPayment):
+            match_requirement(CHANNEL_ROUTE, paying({**part, "amount": amount}), URL)
+
+
+def test_an_unknown_type_is_not_taken() -> None:
+    for kind in ("claim", "settle", None):
+        with pytest.raises(PaymentError) as caught:
+            match_requirement(CHANNEL_ROUTE, paying({**voucher_payload(), "type": kind}), URL)
+        assert caught.value.reason == "invalid_batch_settlement_evm_payload_type"
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        lambda raw: raw["voucher"].update(maxClaimableAmount="-1"),
+        lambda raw: raw["voucher"].update(maxClaimableAmount=str(2**128)),
+        lambda raw: raw["voucher"].update(channelId="0x12"),
+        lambda raw: raw["voucher"].pop("signature"),
+        lambda raw: raw["channelConfig"].update(payer="nope"),
+        lambda raw: raw["channelConfig"].update(withdrawDelay=True),
+        lambda raw: raw["channelConfig"].update(salt="0x00"),
+        lambda raw: raw.pop("channelConfig"),
+        lambda raw: raw.update(type="deposit"),  # without its deposit
+    ],
+)
+def test_a_payload_not_shaped_as_a_channel_payment_is_malformed(broken: Any) -> None:
+    raw = voucher_payload()
+    broken(raw)
+    with pytest.raises(MalformedPayment):
+        match_requirement(CHANNEL_ROUTE, paying(raw), URL)
+
+
+def test_the_exact_requirement_of_a_channel_route_still_takes_exact_payments() -> None:
+    priced = route(requirement(), BATCH)
+    # a voucher sent as an exact payment is read as an exact one: no authorization in it
+    with pytest.raises(MalformedPayment, match=r"payload\.authorization"):
+        match_requirement(priced, paying(voucher_payload(), req=requirement()), URL)
