@@ -20,6 +20,7 @@ BIG_PATH = "/big.bin"
 PAID_SMALL_PATH = "/paid.json"
 PAID_BIG_PATH = "/paid-big.bin"
 REPORT_PATH = "/report.json"  # section E's route with SIWX access (bench/sessions.py)
+CHANNEL_PATH = "/channel.json"  # section E's route with a payment channel (issue 14)
 # What a typical JSON API answers: a couple of hundred bytes.
 SMALL_BODY = json.dumps(
     {
@@ -111,7 +112,7 @@ def start_origin(group: ProcGroup, workdir: Path, port: int, big_bytes: int) -> 
     prefix = workdir / "nginx-origin"
     root = prefix / "www"
     root.mkdir(parents=True, exist_ok=True)
-    for small in (SMALL_PATH, PAID_SMALL_PATH, REPORT_PATH):
+    for small in (SMALL_PATH, PAID_SMALL_PATH, REPORT_PATH, CHANNEL_PATH):
         (root / small.lstrip("/")).write_bytes(SMALL_BODY)
     for name in (BIG_PATH, PAID_BIG_PATH):
         with (root / name.lstrip("/")).open("wb") as big:

@@ -272,7 +272,7 @@ def _routes(d: dict[str, Any]) -> list[str]:
 def _repeat(e: dict[str, Any]) -> list[str]:
     if not e:
         return []
-    out = ["## E. Repeat calls (SIWX window)", "", *_status(e)]
+    out = ["## E. Repeat calls (SIWX window, payment channel)", "", *_status(e)]
     kinds = e.get("kinds", {})
     if not kinds:
         return out
@@ -304,6 +304,20 @@ def _repeat(e: dict[str, Any]) -> list[str]:
         out += [
             "SIWX sign-in on a redis store (one round trip) minus free at p50: "
             f"{_fmt(e.get('siwx_redis_minus_free_p50_us'))} µs",
+            "",
+        ]
+    steps = [
+        f"{kind}: " + ", ".join(f"{n} {_dist(d)}" for n, d in k["server_timing_us"].items())
+        for kind, k in kinds.items()
+        if k.get("server_timing_us")
+    ]
+    if steps:
+        out += ["Gateway steps (Server-Timing, µs p50 / p99): " + "; ".join(steps), ""]
+    if "channel_minus_free_p50_us" in e:
+        met = "met" if e.get("channel_met") else "not met"
+        out += [
+            f"Channel voucher minus free at p50: {_fmt(e.get('channel_minus_free_p50_us'))} µs "
+            f"(target ≤ {_fmt(e.get('target_us'))} µs: {met})",
             "",
         ]
     return out

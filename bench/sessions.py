@@ -1,5 +1,6 @@
-"""Section E: repeat calls inside a Sign-In-With-X window, beside a free request and an
-`exact` paid request, through one gateway, read by one client, in the same run.
+"""Section E: repeat calls inside a Sign-In-With-X window and inside a payment channel
+(batch-settlement), beside a free request and an `exact` paid request, through one gateway,
+read by one client, in the same run.
 
 anvil + the test USDC + the facilitator HTTP server (section B's environment), one gateway
 with three routes on the same origin body: free, `exact` paid, and paid with
@@ -10,7 +11,11 @@ payment each. Measured at concurrency 1: latency at the client (p50 / p99) and t
 CPU per request for each kind, in interleaved rounds; the facilitator's transactions during
 each kind's batches (counted on chain: zero for the sign-ins).
 
-Target: a sign-in costs at most a free request + 0.2 ms at p50.
+Channel (bench/channel_calls.py): one payer deposits once through the SDK's batch-settlement
+client; then, before the clock, it signs one voucher per call (the next cumulative amount
+each), sent in order.
+
+Target: a sign-in, and a call inside a channel, cost at most a free request + 0.2 ms at p50.
 
 A second gateway, same config on a redis-server store (what replicas share), measures the
 same sign-in there ("SIWX sign-in (redis)": one store round trip, a Lua script), in the same
@@ -39,7 +44,7 @@ from x402.extensions.sign_in_with_x import (
 from x402.http.utils import decode_payment_required_header
 from x402.mechanisms.evm import EthAccountSigner
 
-from bench import nginx, paid_route
+from bench import channel_calls, nginx, paid_route
 from bench.gateway_proc import start_gateway
 from bench.paid_client import dist, send_all
 from bench.procs import ProcGroup, cpu_seconds_fine, free_port
@@ -62,9 +67,17 @@ def session_config(env: paid_route.PaidEnv, upstream: str, port: int) -> dict[st
         **config,
         "listen": f"127.0.0.1:{port}",
         "public_url": f"http://127.0.0.1:{port}",  # SIWX proofs are bound to it
+        # Claims are off the request path: none during the measurement (no claim tx, no
+        # claim round's CPU in the gateway's figures).
+        "channels": {"claim_every": "1h", "claim_over": "$5"},
         "routes": [
             {"path": nginx.PAID_SMALL_PATH, "price": paid_route.PRICE},
             {"path": nginx.REPORT_PATH, "price": paid_route.PRICE, "access": {"for": "1h"}},
+            {
+                "path": nginx.CHANNEL_PATH,
+                "price": paid_route.PRICE,
+                "channel": {"min_deposit": channel_calls.MIN_DEPOSIT},
+            },
             {"path": "/*", "price": "free"},
         ],
     }
@@ -110,12 +123,16 @@ async def _measure(
     )
     proofs = await _signed_in_member(report_url, env, n)
     exact = await paid_route.sign_payments(paid_url, env, env.payers[:n])
-    log(f"E signed {n} SIWX proofs and {n} exact payments (before the clock)")
+    channel_url, channel_payer = url + nginx.CHANNEL_PATH, env.payers[n]
+    deposit = await channel_calls.open_channel(channel_url, env, channel_payer)
+    vouchers = channel_calls.contiguous(channel_calls.vouchers(deposit, channel_payer, n), ROUNDS)
+    log(f"E signed {n} SIWX proofs, {n} exact payments and {n} vouchers (before the clock)")
 
     batches: dict[str, tuple[str, list[dict[str, str]], int]] = {
         "free": (free_url, [{}] * n, pid),
         "SIWX sign-in": (report_url, proofs, pid),
         "exact paid": (paid_url, exact, pid),
+        "channel voucher": (channel_url, [], pid),  # in order: contiguous slices, below
     }
     if redis_gateway is not None:
         redis_url, redis_pid = redis_gateway
@@ -126,12 +143,12 @@ async def _measure(
             redis_pid,
         )
     seen: dict[str, dict[str, Any]] = {
-        kind: {"latency": [], "cpu": 0.0, "requests": 0, "txs": 0} for kind in batches
+        kind: {"latency": [], "cpu": 0.0, "requests": 0, "txs": 0, "timing": []} for kind in batches
     }
     # Interleaved rounds: a neighbour's burst of CPU lands on every kind alike.
     for round_ in range(ROUNDS):
         for kind, (target, headers, served_by) in batches.items():
-            chunk = headers[round_::ROUNDS]
+            chunk = vouchers[round_] if kind == "channel voucher" else headers[round_::ROUNDS]
             txs = demo_chain.tx_count(env.chain.rpc_url, env.chain.facilitator_address)
             cpu = cpu_seconds_fine(served_by)
             records, _ = await send_all(target, chunk, 1)
@@ -142,6 +159,7 @@ async def _measure(
             )
             got["requests"] += len(records)
             got["latency"] += [r["total_us"] for r in records if r["status"] == 200]
+            got["timing"] += [r["timing"] for r in records if r["status"] == 200]
     out = {
         kind: {
             "requests": got["requests"],
@@ -149,17 +167,21 @@ async def _measure(
             "latency_us": dist(got["latency"]),
             "gateway_cpu_us_per_request": rounded(got["cpu"] / max(1, got["requests"]) * 1e6),
             "facilitator_txs": got["txs"],
+            "server_timing_us": _steps(got["timing"]),
         }
         for kind, got in seen.items()
     }
     over = _over_free(out, "SIWX sign-in")
+    channel_over = _over_free(out, "channel voucher")
     return {
         "params": params.__dict__,
         "kinds": out,
         "siwx_minus_free_p50_us": over,
         "siwx_redis_minus_free_p50_us": _over_free(out, REDIS_KIND),
+        "channel_minus_free_p50_us": channel_over,
         "target_us": TARGET_OVER_FREE_US,
         "met": over is not None and over <= TARGET_OVER_FREE_US,
+        "channel_met": channel_over is not None and channel_over <= TARGET_OVER_FREE_US,
     }
 
 
@@ -169,6 +191,12 @@ def _over_free(out: dict[str, Any], kind: str) -> float | None:
     return rounded(p50 - free_p50) if p50 is not None and free_p50 else None
 
 
+def _steps(timings: list[dict[str, float]]) -> dict[str, Any]:
+    """The gateway's own Server-Timing steps (verify, origin, settle), p50 / p99 each."""
+    names = sorted({name for t in timings for name in t})
+    return {name: dist([t[name] for t in timings if name in t]) for name in names}
+
+
 def run_section(
     group: ProcGroup,
     workdir: Path,
@@ -176,7 +204,7 @@ def run_section(
     params: RepeatParams,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    env = paid_route.start_env(group, params.requests + 1, log)
+    env = paid_route.start_env(group, params.requests + 2, log)  # + SIWX member, channel
     try:
         port = free_port()
         proc, _ = start_gateway(
@@ -184,7 +212,7 @@ def run_section(
         )
         try:
             redis_gateway = _start_redis_gateway(group, workdir, env, upstream)
-            log("E repeat calls: free, SIWX sign-in (memory, redis), exact paid")
+            log("E repeat calls: free, SIWX sign-in (memory, redis), exact paid, channel voucher")
             return asyncio.run(
                 _measure(f"http://127.0.0.1:{port}", proc.pid, env, params, log, redis_gateway)
             )

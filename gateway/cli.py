@@ -1,4 +1,4 @@
-"""`x402-gateway`: serve | check | routes | payments | facilitator | demo."""
+"""`x402-gateway`: serve | check | routes | payments | channels | facilitator | demo."""
 
 from __future__ import annotations
 
@@ -33,10 +33,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_demo(once=args.once)
     if args.command == "facilitator":
         return _facilitator(args)
+    if args.command == "channels":
+        from gateway.channels_cli import config_path
+
+        args.config = config_path(args)  # `--config` also after `claim` / `refund`
     settings = _load(_config_path(args, parser))
     if settings is None:
         return 1
     command = {"check": _check, "routes": _routes, "payments": _list_payments, "serve": _serve}
+    command["channels"] = _channels
     return command[args.command](settings, args)
 
 
@@ -67,6 +72,12 @@ def _list_payments(settings: Settings, args: argparse.Namespace) -> int:
     if args.reconcile:
         return asyncio.run(reconcile_payments(settings, args.limit))
     return asyncio.run(_payments(settings, args.limit, args.format))
+
+
+def _channels(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway import channels_cli
+
+    return channels_cli.main(settings, args)
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -122,6 +133,9 @@ def _parser() -> argparse.ArgumentParser:
     from gateway.facilitator_cli import add_parser
 
     add_parser(sub)
+    from gateway.channels_cli import add_parser as add_channels_parser
+
+    add_channels_parser(sub)
     demo = sub.add_parser("demo", help="the offline demo: local chain, token, a paid request")
     demo.add_argument("--once", action="store_true", help="run the walkthrough once and exit")
     return p
@@ -194,6 +208,10 @@ def check(settings: Settings, *, online: bool) -> int:
             file=sys.stderr,
         )
     for line in reconcile_gaps(settings):
+        print(f"warning: {line}", file=sys.stderr)
+    from gateway.payment.channel_service import schedule_warnings
+
+    for line in schedule_warnings(settings):
         print(f"warning: {line}", file=sys.stderr)
     if online:
         problems = asyncio.run(_check_online(settings))

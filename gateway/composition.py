@@ -19,6 +19,8 @@ import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from x402.mechanisms.evm.batch_settlement.server import ChannelStorage
+
 from gateway.config.settings import Settings
 from gateway.facilitators import open_facilitator
 from gateway.facilitators.chain import open_chain, settle_timeout
@@ -26,6 +28,7 @@ from gateway.facilitators.engine import EngineFacilitator
 from gateway.observe.logs import get_logger
 from gateway.observe.metrics import Metrics
 from gateway.payment.challenge import PreparedChallenges
+from gateway.payment.channel_service import ClaimService, settings_key, start_claims, wanted
 from gateway.payment.channels import Channels
 from gateway.payment.engine import Facilitator, Payments
 from gateway.payment.limits import RateLimiter
@@ -43,6 +46,7 @@ from gateway.serving.state import InFlight
 from gateway.store import PaymentStore, open_store
 from gateway.store.buckets import TokenBuckets
 from gateway.store.channels import open_channel_storage
+from gateway.store.claim_lock import open_claim_lock
 from gateway.store.kept import KeptResponses
 from gateway.store.sessions import open_sessions
 from gateway.store.spend import SpendCounters
@@ -58,6 +62,11 @@ Close = Callable[[], Awaitable[None]]
 
 def default_store(settings: Settings) -> PaymentStore:
     return open_store(settings.store)
+
+
+def default_channels(settings: Settings) -> ChannelStorage:
+    """Batch-settlement channel state, beside the payment records."""
+    return open_channel_storage(settings.store)
 
 
 def default_facilitator(settings: Settings, metrics: Metrics) -> Facilitator:
@@ -76,6 +85,7 @@ class Parts:
     upstream: Callable[[Settings], Upstream] = Upstream
     chain: Callable[[Settings], ChainReader | None] = open_chain  # None: no RPC configured
     prices: Callable[[], PriceSource] = HttpPriceSource
+    channels: Callable[[Settings], ChannelStorage] = default_channels
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,10 +122,12 @@ class Generation:
     retries: Retries
     users: InFlight = dataclasses.field(default_factory=InFlight)  # its requests in flight
     sessions: Sessions | None = None  # SIWX sign-in, when a route has `access`
+    claims: ClaimService | None = None  # the channel claim schedule (issue 14)
 
     def shared_parts(self) -> list[tuple[object, Close]]:
         """(part, close) for each part a generation may share with another."""
         return [
+            *([(claims, claims.close)] if (claims := self.claims) is not None else []),
             (self.refresher, canceller(self.refresher)),
             (self.upstream, self.upstream.close),
             (self.payments.facilitator, self.payments.close),
@@ -144,6 +156,7 @@ async def build(
         store = builder.store()
         payments, refresher = await builder.payments(store)
         upstream = await builder.upstream()
+        claims = builder.claims(store, payments)
         for problem in payments.unsupported(settings.routes):
             log.error("route_unsupported", problem=problem, generation=generation)
         built = Generation(
@@ -167,6 +180,7 @@ async def build(
             retries=Retries(
                 settings.idempotency, store if isinstance(store, KeptResponses) else None
             ),
+            claims=claims,
         )
         undo.pop_all()  # started: from now on whoever retires it closes its parts
     return built
@@ -249,6 +263,31 @@ class _Builder:
         refresher = asyncio.create_task(payments.background())  # refresh, reconcile
         self.undo.push_async_callback(canceller(refresher))
         return payments, refresher
+
+    def claims(self, store: PaymentStore, payments: Payments) -> ClaimService | None:
+        """The claim schedule: the running one when this generation changes none of its
+        parts, else a new one (sharing the lock, so the two never claim at once)."""
+        previous = self.previous.claims if self.previous is not None else None
+        if (
+            previous is not None
+            and self.previous is not None
+            and self.previous.payments is payments
+            and previous.settings_key == settings_key(self.settings)
+        ):
+            return previous
+        if not wanted(self.settings):
+            return None
+        same_store = self.previous is not None and self.previous.payments.store is store
+        lock = previous.lock if previous is not None and same_store else open_claim_lock(store)
+        if payments.channels is not None:  # the channels the routes serve (gateway/payment)
+            storage, owned = payments.channels.storage, False
+        else:  # no channel route now (a Redis store): channels served before are still owed
+            storage, owned = self.parts.channels(self.settings), True
+        claims = start_claims(
+            self.settings, storage, payments.facilitator, lock, self.metrics.channels, owned=owned
+        )
+        self.undo.push_async_callback(claims.close)
+        return claims
 
     async def upstream(self) -> Upstream:
         if (previous := self._reuses("upstream")) is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import os
 from collections.abc import Awaitable
 from typing import Any
@@ -226,6 +227,9 @@ class LiveGateway:
                 in_use.add(id(part))
                 await close()
         self._alive.remove(old)
+        # Start-up froze the first generation (gateway.serving.runner): let a retired one's
+        # cycles be collected (full collections scan everything again, as without freeze).
+        gc.unfreeze()
         log.debug("generation_retired", generation=old.generation)
 
     async def _watch(self, path: str) -> None:

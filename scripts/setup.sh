@@ -24,6 +24,8 @@ if [ ! -f "$stamp" ]; then
   if [ $want_test = 1 ]; then .venv/bin/pip install -q -e '.[test]'; else .venv/bin/pip install -q -e .; fi
   touch "$stamp"
 fi
+# py-spy, for `python -m bench.gateway_cpu --profile` (a wheel: no compiler needed)
+if [ $want_bench = 1 ] && [ ! -x .venv/bin/py-spy ]; then .venv/bin/pip install -q -e '.[bench]'; fi
 
 # npm tools: anvil, solc-js; for the browser tests @x402/fetch + @x402/evm, esbuild (bundles
 # the paying page) and playwright-core (drives Debian's chromium). Re-run when the lock changes.

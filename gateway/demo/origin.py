@@ -101,6 +101,15 @@ async def get_report(request: web.Request) -> web.Response:
     )
 
 
+async def get_weather(request: web.Request) -> web.Response:
+    """Current conditions: the cheap, frequent call a payment channel is for."""
+    city = request.match_info["city"]
+    today = forecast(city, days=1)[0]
+    return web.json_response(
+        {"city": city, "now": today["conditions"], "served_to": _payer(request)}
+    )
+
+
 async def post_translate(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > MAX_TRANSLATE_BODY:
         raise web.HTTPRequestEntityTooLarge(
@@ -128,6 +137,7 @@ def create_origin_app() -> web.Application:
     app.router.add_get("/api/forecast/{city}", get_forecast)
     app.router.add_post("/api/translate", post_translate)
     app.router.add_get("/api/report/{city}", get_report)
+    app.router.add_get("/api/weather/{city}", get_weather)
     return app
 
 

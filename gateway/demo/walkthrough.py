@@ -4,10 +4,11 @@ anvil with a test USDC, the demo origin (which knows nothing of payments), and t
 in front of it (`x402-gateway serve --config config/demo.yaml`, its facilitator in-process);
 then, printed for a person: a free request, an unpaid one (the 402 challenge decoded), a
 paid one made with the SDK's own client (the transaction, balances before and after), and
-a replay of that payment (refused, nothing charged), and a payment in a token without EIP-3009
-(USDT) through Permit2, first-time approval included. Without `--once` it then keeps the
-stack running for curl and a browser until Ctrl-C. Every step is checked: the exit code
-is 0 only when each went as shown.
+a replay of that payment (refused, nothing charged), a payment in a token without EIP-3009
+(USDT) through Permit2, first-time approval included, and a payment channel: one deposit,
+100 calls on off-chain vouchers (no transaction each), then the gateway's claim. Without
+`--once` it then keeps the stack running for curl and a browser until Ctrl-C. Every step is
+checked: the exit code is 0 only when each went as shown.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from x402.http.utils import decode_payment_required_header, decode_payment_respo
 from x402.schemas import PaymentPayload, PaymentPayloadV1, PaymentRequirements
 
 from .chain import ChainError, LocalChain, balance_of, rpc_call, tx_count
+from .channel_step import channel_step
 from .payer import make_x402_client, pay_challenge
 from .permit2_step import permit2_step
 from .stack import PAYER_KEY, DemoError, Stack, choose_ports, config_path
@@ -350,6 +352,7 @@ def run_demo(once: bool) -> int:
         if paid is not None:
             walk.replay(*paid)
         permit2_step(out, walk.http, stack, chain)
+        channel_step(out, walk.http, stack, chain)
         ok = not out.failures
         summary = "every step went as shown" if ok else f"{len(out.failures)} step(s) failed"
         out.heading(

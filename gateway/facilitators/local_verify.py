@@ -31,7 +31,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
-from eth_utils.address import to_checksum_address
 from x402.schemas import SettleResponse, SupportedResponse, VerifyResponse
 
 from gateway import formats
@@ -136,7 +135,7 @@ class LocalVerify:
             return VerifyResponse(
                 is_valid=False, invalid_reason=eip3009.ERR_INVALID_PAYLOAD, invalid_message=str(exc)
             )
-        payer = to_checksum_address(auth.payer)
+        payer = eip3009.checksummed(auth.payer)
         if isinstance(rt, str):
             return VerifyResponse(is_valid=False, invalid_reason=rt, payer=payer)
         return self._terms(Passed(chain, rt, auth, payer))

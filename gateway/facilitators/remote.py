@@ -22,10 +22,9 @@ ready merely because time passed.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import aiohttp
@@ -39,6 +38,7 @@ from x402.schemas import (
     VerifyResponse,
 )
 from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
+from yarl import URL
 
 from gateway.config.settings import RemoteFacilitatorSettings
 from gateway.errors import FacilitatorUnavailable, SettlementPending
@@ -67,6 +67,17 @@ class _Endpoint:
     asleep_until: float = 0.0
     supported: SupportedResponse | None = None
     failed: bool = False  # failed, and has not answered since
+    # Built once from the frozen settings, not per call: the URL of each operation (parsed
+    # once), the POST headers, the timeout.
+    urls: dict[str, URL] = field(init=False)
+    headers: dict[str, str] = field(init=False, repr=False)  # may carry secrets
+    timeout: aiohttp.ClientTimeout = field(init=False)
+
+    def __post_init__(self) -> None:
+        base = self.settings.url.rstrip("/")
+        self.urls = {op: URL(f"{base}/{op}") for op in ("verify", "settle")}
+        self.headers = {**self.settings.headers, "Content-Type": "application/json"}
+        self.timeout = aiohttp.ClientTimeout(total=self.settings.timeout)
 
 
 class RemoteFacilitator:
@@ -215,24 +226,25 @@ class RemoteFacilitator:
         payload: PaymentPayload | PaymentPayloadV1,
         requirements: PaymentRequirements | PaymentRequirementsV1,
     ) -> bytes:
-        return json.dumps(
-            {
-                "x402Version": payload.x402_version,
-                "paymentPayload": payload.model_dump(by_alias=True, exclude_none=True),
-                "paymentRequirements": requirements.model_dump(by_alias=True, exclude_none=True),
-            },
-            separators=(",", ":"),
-        ).encode()
+        # Each model straight to JSON bytes (pydantic-core), spliced: the same document as
+        # json.dumps(model_dump(...)) without a Python dict tree built and re-encoded per call.
+        return b"".join(
+            (
+                b'{"x402Version":',
+                str(int(payload.x402_version)).encode(),
+                b',"paymentPayload":',
+                payload.model_dump_json(by_alias=True, exclude_none=True).encode(),
+                b',"paymentRequirements":',
+                requirements.model_dump_json(by_alias=True, exclude_none=True).encode(),
+                b"}",
+            )
+        )
 
     async def _post(self, endpoint: _Endpoint, op: str, body: bytes, model: type[ModelT]) -> ModelT:
         assert self._session is not None, "start() first"
-        cfg = endpoint.settings
         try:
             async with self._session.post(
-                f"{cfg.url.rstrip('/')}/{op}",
-                data=body,
-                headers={**cfg.headers, "Content-Type": "application/json"},
-                timeout=aiohttp.ClientTimeout(total=cfg.timeout),
+                endpoint.urls[op], data=body, headers=endpoint.headers, timeout=endpoint.timeout
             ) as resp:
                 raw = await resp.content.read(MAX_ANSWER)
                 status = resp.status

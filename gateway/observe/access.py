@@ -6,6 +6,8 @@ the time went and the transaction; never the payment itself (its signature or pa
 
 from __future__ import annotations
 
+import logging
+
 from gateway.observe.logs import get_logger
 from gateway.observe.record import RequestRecord
 
@@ -43,6 +45,8 @@ def sign_in_fields(record: RequestRecord) -> dict[str, object]:
 
 
 def write(record: RequestRecord) -> None:
+    if not access.is_enabled_for(logging.INFO):
+        return  # `log_level` above info: no line, so nothing to gather for it
     paid = payment_fields(record) if record.carried_payment else sign_in_fields(record)
     access.info(
         "request",

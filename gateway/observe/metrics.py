@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Protocol
 from urllib.parse import urlsplit
 
+from cachetools import LRUCache
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -35,6 +36,7 @@ from gateway.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from gateway.observe.channel_metrics import ChannelMetrics
 from gateway.observe.record import RequestRecord
 from gateway.payment.outcome import VERIFIED
 
@@ -133,7 +135,11 @@ class Metrics:
             "x402_gateway_config_reload_failures", "Config reloads rejected", registry=r
         )
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        # Labelled children looked up once per label values, not per payment (labels() takes
+        # a lock and re-stringifies); bounded: a reason may come from a facilitator's answer.
+        self._payment_children: LRUCache[tuple[object, ...], Counter] = LRUCache(maxsize=512)
         self.engine = EngineMetrics(r)
+        self.channels = ChannelMetrics(r)  # batch-settlement claims (issue 14)
         self.sign_ins = Counter(
             "x402_gateway_sign_ins",
             "SIWX sign-ins (access: {for: ...}) by route pattern: signed_in, or refused "
@@ -173,7 +179,7 @@ class Metrics:
     def observe_payment(self, record: RequestRecord) -> None:
         """Count a request that carried a payment: its outcome, step times and revenue."""
         outcome = record.outcome()
-        self.payments.labels(outcome.name, outcome.reason).inc()
+        self._child(self.payments, outcome.name, outcome.reason).inc()
         claim = record.claim
         if claim is None:
             return
@@ -189,11 +195,19 @@ class Metrics:
             req = claim.matched.requirement
             # The record holds what was settled (a metered payment: less than the maximum).
             settled = int(claim.record.amount)
-            self.revenue.labels(req.asset, req.network, record.label).inc(settled)
+            self._child(self.revenue, req.asset, req.network, record.label).inc(settled)
 
     def verified(self) -> None:
         """The facilitator accepted a payment (not a final outcome)."""
-        self.payments.labels(VERIFIED, "").inc()
+        self._child(self.payments, VERIFIED, "").inc()
+
+    def _child(self, family: Counter, *values: str) -> Counter:
+        """`family.labels(*values)`, from the cache (payments and revenue share it)."""
+        key = (family, *values)
+        child = self._payment_children.get(key)
+        if child is None:
+            child = self._payment_children[key] = family.labels(*values)
+        return child
 
     def facilitator_failed(self, url: str, operation: str) -> None:
         """The facilitator client's failure callback (one endpoint, one call)."""

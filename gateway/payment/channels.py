@@ -55,6 +55,8 @@ from x402.mechanisms.evm.batch_settlement.server.scheme import (
 )
 from x402.mechanisms.evm.batch_settlement.server.storage import ChannelStorage
 from x402.mechanisms.evm.batch_settlement.types import is_refund_payload
+from x402.mechanisms.evm.exact.register import register_exact_evm_server
+from x402.mechanisms.evm.upto import UptoEvmServerScheme
 from x402.schemas import (
     PaymentPayload,
     PaymentRequirements,
@@ -244,6 +246,12 @@ class Channels:
         for network, scheme in self.schemes.items():
             registered: Any = scheme  # the SDK's SchemeNetworkServer protocol, by duck typing
             server.register(network, registered)
+            # The SDK looks a scheme up in the network's own entry when there is one, with
+            # no fall-back to "eip155:*": without these, `exact` and `upto` payments on this
+            # network (any route, the channel route's own `exact` too) would find no scheme.
+            register_exact_evm_server(server, network)
+            upto: Any = UptoEvmServerScheme()  # type: ignore[no-untyped-call]  # SDK untyped
+            server.register(network, upto)
 
     def sdk_scheme(self, network: str) -> BatchSettlementEvmScheme | None:
         """The SDK's own scheme for `network` (for its channel manager: claims, refunds)."""

@@ -36,7 +36,6 @@ import functools
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from eth_utils.address import to_checksum_address
 from x402.mechanisms.evm.batch_settlement import SCHEME_BATCH_SETTLEMENT
 from x402.mechanisms.evm.constants import (
     ERR_INVALID_SIGNATURE,
@@ -52,7 +51,14 @@ from gateway.errors import PaymentError
 from gateway.formats import chain_id, is_address
 from gateway.payment.channel_terms import channel_payment
 from gateway.payment.decode import DecodedPayment
-from gateway.payment.eip3009 import Domain, Malformed, Sig, check_signature, parse
+from gateway.payment.eip3009 import (
+    Domain,
+    Malformed,
+    Sig,
+    check_signature,
+    checksummed,
+    parse,
+)
 from gateway.payment.networks import caip_from_v1
 from gateway.payment.requirements import offered_v1, requirement_v1, requirement_v2, thaw
 from gateway.payment.terms import (
@@ -180,7 +186,7 @@ def _match_v2(route: RouteSettings, payload: PaymentPayload) -> MatchedPayment:
         requirements=requirement_v2(req),
         requirement=req,
         identity=PaymentIdentity(cid, req.asset.lower(), terms.payer, terms.nonce),
-        payer=to_checksum_address(terms.payer),
+        payer=checksummed(terms.payer),
         valid_before=terms.valid_before,
     )
 
@@ -194,7 +200,7 @@ def _match_channel(req: Requirement, cid: int, payload: PaymentPayload) -> Match
         requirements=requirement_v2(req),
         requirement=req,
         identity=PaymentIdentity(cid, req.asset.lower(), paid.payer, paid.nonce),
-        payer=to_checksum_address(paid.payer),
+        payer=checksummed(paid.payer),
         valid_before=paid.valid_before,
     )
 
@@ -213,7 +219,7 @@ def _match_v1(route: RouteSettings, payload: PaymentPayloadV1, resource_url: str
         requirements=requirement_v1(route, req, v1_network, resource_url),
         requirement=req,
         identity=PaymentIdentity(cid, req.asset.lower(), terms.payer, terms.nonce),
-        payer=to_checksum_address(terms.payer),
+        payer=checksummed(terms.payer),
         valid_before=terms.valid_before,
     )
 

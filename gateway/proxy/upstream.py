@@ -310,6 +310,10 @@ async def relay_watched(  # noqa: PLR0913  relay()'s inputs plus the watching op
         headers = _client_headers(resp, extra_headers, expose_x402=expose_x402, paid=paid)
         if open_ended:
             headers.popall("Content-Length", None)
+        body = _arrived_whole(request, resp) if tap is None and not open_ended else None
+        if body is not None:
+            out, ending = await _send_whole(request, resp, headers, body)
+            return out, ending
         out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=headers)
         try:
             await out.prepare(request)
@@ -350,6 +354,33 @@ def _client_headers(
     if expose_x402 or paid:
         hh.expose_x402_headers(headers)
     return headers
+
+
+async def _send_whole(
+    request: web.BaseRequest, resp: aiohttp.ClientResponse, headers: CIMultiDict[str], body: bytes
+) -> tuple[web.StreamResponse, Ending]:
+    """A body that is already in memory goes out with the head, in one write (a
+    StreamResponse sends its head on prepare(), then each chunk: a syscall each)."""
+    out = web.Response(status=resp.status, reason=resp.reason, headers=headers, body=body)
+    try:
+        await out.prepare(request)
+        await out.write_eof()
+    except ConnectionResetError:
+        return out, "client_gone"  # nothing to answer, nobody to tell
+    return out, "complete"
+
+
+def _arrived_whole(request: web.BaseRequest, resp: aiohttp.ClientResponse) -> bytes | None:
+    """The origin's whole body when it has already arrived with the head (a small answer
+    usually does) and is framed by its Content-Length; None otherwise (streamed as it comes).
+    Nothing is read or waited for here: only what aiohttp already holds."""
+    if request.method == "HEAD" or resp.status in NO_BODY_STATUS:
+        return None
+    length, content = resp.content_length, resp.content
+    # All of it received (total_bytes: fed so far, none read yet) and its end seen.
+    if length is None or not content.is_eof() or content.total_bytes != length:
+        return None
+    return content.read_nowait()
 
 
 async def _stream_body(

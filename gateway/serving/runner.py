@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -58,6 +59,7 @@ HANDLER_CANCELLATION = True
 BACKLOG = 1024
 FORCED_CLEANUP_TIMEOUT = 5.0  # after a second signal, app cleanup gets this long
 ADMIN_SHUTDOWN_TIMEOUT = 1.0
+GC_YOUNG_THRESHOLD = 20_000  # allocations between young-generation collections (default 700)
 
 AppFactory = Callable[[Settings], web.Application]
 AdminFactory = Callable[[web.Application], web.Application]
@@ -201,6 +203,15 @@ class Worker:
         state.attach_listener(self._accept)
         if self._make_admin is not None:
             await self._start_admin(self._make_admin(app))
+        # What start-up built (modules, settings, the first generation's parts) lives as long
+        # as the process: out of the collector's reach, a full collection scans only what
+        # requests leave behind instead of ~120k objects (tens of ms each time, issue 13).
+        # A reload unfreezes (gateway.reload): the retired generation stays collectable.
+        gc.freeze()
+        # A paid request allocates a few thousand container objects that mostly die young by
+        # reference count: a young-generation pass every 700 allocations (the default) ran
+        # several times per request for little; every 20,000 it finds the same cycles.
+        gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
         self._accept.start()
         for host, port in self._accept.addresses:
             log.info("listening", host=host, port=port, worker=self.index, pid=os.getpid())

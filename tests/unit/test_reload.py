@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,7 @@ async def test_replaced_parts_close_only_when_no_generation_uses_them(
     record_closes(g1.upstream, "upstream1", closed)
     record_closes(g1.payments, "facilitator1", closed)
     record_closes(g1.payments.store, "store", closed)
+    gc.freeze()  # as the runner does once started
     async with g1.users.track():  # a request of generation 1 in flight
         path.write_text(config_text(price="$0.002"))  # g2 shares g1's parts
         assert await holder.reload()
@@ -195,6 +197,8 @@ async def test_replaced_parts_close_only_when_no_generation_uses_them(
         assert closed == []  # g2 retired, but g1 still needs the old parts
     await asyncio.sleep(0.05)
     assert sorted(closed) == ["facilitator1", "upstream1"]
+    # what start-up froze (g1 among it) is collectable again once g1 has retired
+    assert gc.get_freeze_count() == 0
     record_closes(g3.upstream, "upstream3", closed)
     await holder.close()
     assert sorted(closed) == ["facilitator1", "store", "upstream1", "upstream3"]

@@ -75,3 +75,14 @@ async def test_translate_body_is_bounded(client: TestClient) -> None:
 
 def test_translate_keeps_unknown_words() -> None:
     assert translate("Hello gateway", "de") == "hallo gateway"
+
+
+async def test_weather_is_today_s_forecast_for_the_payer(client: TestClient) -> None:
+    response = await client.get("/api/weather/lisbon", headers={"X-Payer": "0xabc"})
+    assert response.status == 200
+    body = await response.json()
+    assert body == {
+        "city": "lisbon",
+        "now": forecast("lisbon", 1)[0]["conditions"],
+        "served_to": "0xabc",
+    }

@@ -9,7 +9,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from pydantic import BaseModel
 from x402.schemas import PaymentPayload, PaymentRequirements
+from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
 from gateway.config.settings import RemoteFacilitatorSettings
 from gateway.errors import FacilitatorUnavailable, SettlementPending
@@ -228,6 +230,42 @@ async def test_ping_fails_when_nothing_answers() -> None:
 def test_request_body_is_json() -> None:
     body = json.loads(RemoteFacilitator._body(PAYLOAD, REQ))
     assert set(body) == {"x402Version", "paymentPayload", "paymentRequirements"}
+
+
+def _dumped(payload: BaseModel, requirements: BaseModel, version: int) -> dict[str, object]:
+    """The body as the SDK's HTTPFacilitatorClient writes it: model_dump, then json."""
+    return {
+        "x402Version": version,
+        "paymentPayload": payload.model_dump(by_alias=True, exclude_none=True),
+        "paymentRequirements": requirements.model_dump(by_alias=True, exclude_none=True),
+    }
+
+
+def test_request_body_is_the_models_dumped_v2_and_v1() -> None:
+    """The spliced JSON (model_dump_json per model) is the same document as the dumped dicts,
+    non-ASCII text, nested payloads and 78-digit integers included."""
+    req = REQ.model_copy(update={"extra": {"name": "USD Coin", "version": "2", "note": "é✓"}})
+    payload = PaymentPayload(
+        payload={"signature": "0x00", "authorization": {"value": str(2**256 - 1), "n": [1, 2]}},
+        accepted=req,
+        extensions={"x": {"info": {"id": "ü"}}},
+    )
+    assert json.loads(RemoteFacilitator._body(payload, req)) == _dumped(payload, req, 2)
+    req1 = PaymentRequirementsV1(
+        scheme="exact",
+        network="base-sepolia",
+        max_amount_required="1000",
+        resource="http://gw/paid/ü",
+        description="Ünïcode — price",
+        mime_type="application/json",
+        pay_to="0x" + "22" * 20,
+        max_timeout_seconds=60,
+        asset="0x036CbD53842c5426634e7929541eC2318f3dCF7e",
+    )
+    payload1 = PaymentPayloadV1(
+        scheme="exact", network="base-sepolia", payload={"signature": "0x00"}
+    )
+    assert json.loads(RemoteFacilitator._body(payload1, req1)) == _dumped(payload1, req1, 1)
 
 
 class Clock:

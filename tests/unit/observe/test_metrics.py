@@ -73,6 +73,15 @@ def test_every_documented_metric_is_exposed_with_its_type() -> None:
         "x402_gateway_engine_batch_size": "histogram",
         "x402_gateway_engine_receipt_seconds": "histogram",
         "x402_gateway_sign_ins": "counter",
+        "x402_gateway_channel_unclaimed_atomic_units": "gauge",
+        "x402_gateway_channels_open": "gauge",
+        "x402_gateway_channels_withdrawal_pending": "gauge",
+        "x402_gateway_channels_unknown_network": "gauge",
+        "x402_gateway_channel_claims": "counter",
+        "x402_gateway_channel_claimed_vouchers": "counter",
+        "x402_gateway_channel_claimed_atomic_units": "counter",
+        "x402_gateway_channel_settles": "counter",
+        "x402_gateway_channel_last_claim_timestamp_seconds": "gauge",
     }
 
 
@@ -290,3 +299,21 @@ def test_engine_metrics_read_the_attached_engine_at_scrape_time() -> None:
     assert 'x402_gateway_engine_events_total{event="replaced"} 1.0' in body
     assert "x402_gateway_engine_batch_size_sum 10.0" in body
     assert "x402_gateway_engine_receipt_seconds_count 1.0" in body
+
+
+def test_labelled_payment_children_are_cached_bounded_and_still_count_right() -> None:
+    """verified() and the outcome counter reuse their labelled children; more label values
+    than the cache holds evict old ones, and a re-bound child keeps counting the same series."""
+    metrics = Metrics()
+    for _ in range(3):
+        metrics.verified()
+    for i in range(600):  # more reasons than the cache keeps
+        metrics._child(metrics.payments, "invalid", f"reason_{i}").inc()
+    metrics._child(metrics.payments, "invalid", "reason_0").inc()  # evicted, bound again
+    metrics.verified()
+    got = samples(metrics)
+    key = "x402_gateway_payments_total"
+    assert got[(key, frozenset({("outcome", "verified"), ("reason", "")}))] == 4
+    assert got[(key, frozenset({("outcome", "invalid"), ("reason", "reason_0")}))] == 2
+    assert got[(key, frozenset({("outcome", "invalid"), ("reason", "reason_599")}))] == 1
+    assert len(metrics._payment_children) <= 512

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from eth_abi.abi import encode
 from eth_account.messages import encode_typed_data
+from eth_utils.address import to_checksum_address
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from x402.mechanisms.evm.constants import (
@@ -312,3 +313,22 @@ def test_local_verdict_on_an_sdk_payment_with_other_terms() -> None:
         payment.payload, DOMAIN, pay_to=PAY_TO, amount=1000, now=int(time.time())
     )
     assert verdict.reason == ERR_AUTHORIZATION_VALUE_MISMATCH
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=20, max_size=20))
+def test_checksummed_is_eth_utils_eip55(raw: bytes) -> None:
+    """The payer's EIP-55 form (the `X-Payer` header, receipts, logs) is eth-utils' exactly."""
+    lower = "0x" + raw.hex()
+    assert eip3009.checksummed(lower) == to_checksum_address(lower)
+
+
+def test_checksummed_known_vectors() -> None:
+    # EIP-55's own examples
+    for address in (
+        "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed",
+        "0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359",
+        "0xdbF03B407c01E7cD3CBea99509d93f8DDDC8C6FB",
+        "0xD1220A0cf47c7B9Be7A2E6BA89F429762e7b9aDb",
+    ):
+        assert eip3009.checksummed(address.lower()) == address

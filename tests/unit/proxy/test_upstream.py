@@ -24,12 +24,12 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestServer, make_mocked_request
 from yarl import URL
 
 from gateway.config.settings import Address, Limits, Settings, Timeouts
 from gateway.errors import GatewayError
-from gateway.proxy.upstream import Upstream, relay
+from gateway.proxy.upstream import Upstream, _arrived_whole, relay
 
 CHUNK = 64 * 1024
 DROP = ("PAYMENT-SIGNATURE", "X-PAYMENT", "X-Payer")
@@ -444,6 +444,41 @@ async def test_response_content_length_preserved(rig: Rig) -> None:
         assert resp.headers["Content-Length"] == "300000"
         assert "Transfer-Encoding" not in resp.headers
         assert len(await resp.read()) == 300000
+
+
+async def test_small_response_already_arrived_is_relayed_whole(rig: Rig) -> None:
+    """A small answer (here in memory with its head) goes out with the head in one write:
+    the same status, headers, Content-Length and bytes as when streamed."""
+    raw = await raw_exchange(rig.proxy.port, b"GET /bytes/1000 HTTP/1.1\r\nHost: x\r\n\r\n")
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    fields = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    assert lines[0] == "HTTP/1.1 200 OK"
+    assert fields["content-length"] == "1000" and "transfer-encoding" not in fields
+    assert fields["content-type"] == "application/octet-stream"
+    assert fields["payment-response"] == "pr"
+    assert "PAYMENT-RESPONSE" in fields["access-control-expose-headers"]
+    assert body == b"a" * 1000
+    await assert_pool_free(rig)
+
+
+async def test_only_a_whole_framed_body_already_here_is_taken_at_once(rig: Rig) -> None:
+    """`_arrived_whole` takes nothing that has not arrived: a body still coming (chunked, or
+    gated by the origin) is streamed; a HEAD or a 204 has none."""
+    base = f"http://127.0.0.1:{rig.origin.port}"
+    fake = make_mocked_request("GET", "/")
+    async with aiohttp.ClientSession() as session:
+        async with session.get(base + "/bytes/64") as resp:
+            await asyncio.wait_for(resp.content.wait_eof(), 5)  # all of it here, none read
+            assert _arrived_whole(fake, resp) == b"a" * 64
+        async with session.get(base + "/gated") as resp:
+            assert _arrived_whole(fake, resp) is None  # chunked, its end not here
+            rig.origin_state.release.set()
+            await resp.read()
+        async with session.get(base + "/status/204") as resp:
+            assert _arrived_whole(fake, resp) is None
+        async with session.head(base + "/bytes/64") as resp:
+            assert _arrived_whole(make_mocked_request("HEAD", "/"), resp) is None
 
 
 async def test_response_without_length_is_chunked(rig: Rig) -> None:

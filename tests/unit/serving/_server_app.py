@@ -7,6 +7,7 @@ Logs (JSON lines on stdout) say where it listens; the tests read them.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import sys
@@ -60,7 +61,11 @@ def make_app(settings: Settings, startup_delay: float = 0.0) -> web.Application:
         yield
         log.info("app_cleanup")
 
+    async def frozen(request: web.Request) -> web.Response:
+        return web.Response(text=f"{gc.get_freeze_count()} {gc.get_threshold()[0]}")
+
     app.router.add_get("/ok", ok)
+    app.router.add_get("/frozen", frozen)
     app.router.add_get("/sleep", sleep)
     app.cleanup_ctx.append(lifespan)
     if startup_delay:

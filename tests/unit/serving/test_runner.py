@@ -137,6 +137,18 @@ def test_idle_keepalive_connection_does_not_hold_up_shutdown(serve: Serve) -> No
         assert read_all(sock) == b""
 
 
+def test_what_start_up_built_is_frozen_out_of_the_collectors_reach(serve: Serve) -> None:
+    """Modules, settings and the app's parts are moved to the permanent generation once
+    started, so full collections scan only what requests leave behind; young collections
+    run every GC_YOUNG_THRESHOLD allocations, not every 700."""
+    srv = serve({})
+    status, body = get(srv.port, "/frozen")
+    assert status == 200
+    frozen, young = (int(n) for n in body.split())
+    assert frozen > 10_000  # the imports alone: aiohttp, structlog, pydantic...
+    assert young == server.GC_YOUNG_THRESHOLD
+
+
 def test_signal_during_a_stuck_startup_stops_the_process(serve: Serve) -> None:
     srv = serve({"startup_delay": 60})
     srv.wait_event("startup_begun")

@@ -1,0 +1,109 @@
+"""`python -m bench.client_floor`: what one HTTP round trip costs the calling process, the
+floor under the gateway's CPU per paid request (issue 13 item 5).
+
+A paid request with `verify: facilitator` makes three client round trips (POST /verify, the
+origin, POST /settle) besides answering its own client; a free request makes one. This
+measures, in this process (uvloop, as the gateway runs), the CPU per sequential round trip of
+an aiohttp `ClientSession` (the gateway's client) POSTing a payment-sized JSON body (~1.5 KB)
+to a small aiohttp server in another process and reading its JSON answer, and the same with
+a bare asyncio protocol writing and reading the bytes (no HTTP library: the kernel's and the
+event loop's share alone). CPU is `time.process_time()` of this process; the median of
+`--rounds` rounds is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import uvloop
+
+from bench.procs import ProcGroup, free_port
+
+BODY = b'{"x402Version":2,"paymentPayload":' + b'{"k":"' + b"a" * 1400 + b'"}}'
+JSON = {"Content-Type": "application/json"}
+ANSWER = b'{"isValid":true,"payer":"0x' + b"1" * 40 + b'"}'
+SERVER = f"""
+import sys
+from aiohttp import web
+async def ok(request):
+    await request.read()
+    return web.Response(body={ANSWER!r}, content_type="application/json")
+app = web.Application()
+app.router.add_post("/verify", ok)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+"""
+
+
+async def with_aiohttp(url: str, n: int) -> float:
+    async with aiohttp.ClientSession() as session:
+        for _ in range(10):  # the connection opened and warm
+            async with session.post(url, data=BODY) as resp:
+                await resp.read()
+        started = time.process_time()
+        for _ in range(n):
+            async with session.post(
+                url, data=BODY, headers={"Content-Type": "application/json"}
+            ) as resp:
+                await resp.read()
+        return (time.process_time() - started) / n
+
+
+async def with_bare_protocol(port: int, n: int) -> float:
+    request = (
+        b"POST /verify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(BODY)).encode() + b"\r\n\r\n" + BODY
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+
+        async def once() -> None:
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+
+        for _ in range(10):
+            await once()
+        started = time.process_time()
+        for _ in range(n):
+            await once()
+        return (time.process_time() - started) / n
+    finally:
+        writer.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.client_floor")
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-client-floor-"))
+    group = ProcGroup(workdir)
+    port = free_port()
+    try:
+        group.start("server", [sys.executable, "-c", SERVER, str(port)], port=port)
+        url = f"http://127.0.0.1:{port}/verify"
+        figures: dict[str, list[float]] = {"aiohttp": [], "bare": []}
+        for _ in range(args.rounds):
+            figures["aiohttp"].append(uvloop.run(with_aiohttp(url, args.requests)))
+            figures["bare"].append(uvloop.run(with_bare_protocol(port, args.requests)))
+    finally:
+        group.close()
+    for name, values in figures.items():
+        us = [v * 1e6 for v in values]
+        print(
+            f"{name}: {statistics.median(us):.1f} µs CPU per round trip (median of"
+            f" {len(us)}; min {min(us):.1f}, max {max(us):.1f})"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

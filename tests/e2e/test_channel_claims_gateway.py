@@ -1,0 +1,268 @@
+"""The claim schedule inside real `x402-gateway` processes (issue 14): the SDK's own Python
+batch-settlement client pays over HTTP, the gateway verifies vouchers locally and its
+background schedule claims them through the SDK facilitator over HTTP, on anvil with the
+x402 contracts; channel state in a real redis-server. Counted on chain.
+
+The gateways hold their own receiver authorizer (`channels.authorizer_key`, a fresh key that
+never sends); the session facilitator (anvil #1) sends the deposit, claim and settle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis as sync_redis
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
+from x402 import x402Client
+from x402.client_base import prefer_scheme
+from x402.http.clients.httpx import PaymentError as ClientPaymentError
+from x402.http.clients.httpx import x402HttpxClient
+from x402.mechanisms.evm.batch_settlement import (
+    BATCH_SETTLEMENT_ADDRESS,
+    ERC3009_DEPOSIT_COLLECTOR_ADDRESS,
+)
+from x402.mechanisms.evm.batch_settlement.abi import BATCH_SETTLEMENT_ABI
+
+from gateway.demo import chain as chainlib
+from gateway.demo import x402_sdk as sdk
+from gateway.store.channels import RedisChannelStorage
+from tests.e2e.conftest import Chain
+from tests.e2e.fault_parts import gateway_config
+from tests.e2e.gateway_proc import GATEWAY, GatewayProcess, Origin
+from tests.procs import RedisServer
+
+pytestmark = pytest.mark.e2e
+
+PRICE = 1_000  # $0.001 in the test USDC
+
+
+@pytest.fixture
+def db(redis: RedisServer) -> str:
+    """A database of its own on the session's redis-server: only this test's channels."""
+    url = redis.url.rsplit("/", 1)[0] + "/5"
+    client = sync_redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+    return url
+
+
+def config(
+    chain: Chain, origin: Origin, pay_to: str, facilitator_url: str, store: str, **channels: str
+) -> dict[str, Any]:
+    routes = [{"path": "/paid/*", "price": "$0.001", "channel": {"min_deposit": "$1.00"}}]
+    settings = {"withdraw_delay": "15m", "authorizer_key": "${CHANNEL_AUTHORIZER_KEY}"}
+    return gateway_config(
+        chain,
+        origin.url,
+        pay_to,
+        {"url": facilitator_url, "timeout": "10s"},
+        store,
+        routes=routes,
+        channels={**settings, **channels},
+    )
+
+
+def authorizer_env() -> dict[str, str]:
+    account: LocalAccount = Account.create()
+    return {"CHANNEL_AUTHORIZER_KEY": "0x" + bytes(account.key).hex()}
+
+
+def channel_client(chain: Chain, payer: LocalAccount) -> x402Client:
+    client = sdk.make_payer_client(payer, chain.rpc_url, [(chain.network, chain.token)])
+    client.register_policy(prefer_scheme("batch-settlement"))
+    return client
+
+
+def mined_calls(rpc_url: str, first: int) -> Counter[str]:
+    """What every transaction mined since block `first` did: `deposit` (through the deposit
+    collector) or the batch-settlement function it called; anything else by its address."""
+    w3 = chainlib.web3_for(rpc_url)
+    batch = w3.eth.contract(address=BATCH_SETTLEMENT_ADDRESS, abi=BATCH_SETTLEMENT_ABI)
+    calls: Counter[str] = Counter()
+    for number in range(first, w3.eth.block_number + 1):
+        for tx in w3.eth.get_block(number, full_transactions=True)["transactions"]:
+            to = Web3.to_checksum_address(tx["to"])
+            if to == ERC3009_DEPOSIT_COLLECTOR_ADDRESS:
+                calls["deposit"] += 1
+            elif to == BATCH_SETTLEMENT_ADDRESS:
+                calls[batch.decode_function_input(tx["input"])[0].fn_name] += 1
+            else:
+                calls[to] += 1
+    return calls
+
+
+async def wait_for(check: Callable[[], bool], timeout: float) -> bool:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.2)
+    return True
+
+
+def metric(gw: GatewayProcess, name: str) -> float:
+    with urllib.request.urlopen(gw.admin_url + "/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    lines = [line for line in text.splitlines() if line.startswith(name)]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+
+
+def run_cli(gw: GatewayProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    """`x402-gateway ARGS --config` the gateway's own config file, its environment."""
+    argv = [GATEWAY, *args, "--config", str(gw.config_path)]
+    return subprocess.run(argv, check=False, env=gw.env, capture_output=True, text=True, timeout=60)
+
+
+def the_channel(store: str, payer: str) -> Any:
+    storage = RedisChannelStorage(store)
+    try:
+        (channel,) = [c for c in storage.list() if c.channel_config.payer.lower() == payer.lower()]
+    finally:
+        storage.close()
+    return channel
+
+
+async def test_200_calls_then_one_claim_transaction_and_the_payee_paid_exactly(
+    chain: Chain,
+    origin: Origin,
+    facilitator_url: str,
+    db: str,
+    make_payer: Callable[..., LocalAccount],
+    tmp_path: Path,
+) -> None:
+    pay_to = str(chainlib.new_account().address)
+    payer = make_payer(2_000_000)
+    # claim_over = 200 calls: the schedule claims right after the 200th, not before.
+    cfg = config(chain, origin, pay_to, facilitator_url, db, claim_every="1h", claim_over="$0.20")
+    gw = GatewayProcess(cfg, tmp_path, env=authorizer_env()).start()
+    try:
+        start = chainlib.block_number(chain.rpc_url) + 1
+        async with x402HttpxClient(channel_client(chain, payer), timeout=30) as http:
+            for i in range(200):
+                answer = await http.get(f"{gw.url}/paid/call-{i}")
+                assert answer.status_code == 200, answer.text
+        assert await wait_for(lambda: chain.balance_of(pay_to) > 0, timeout=30), gw.logs()
+        await asyncio.sleep(6)  # a full round more (every 5 s): it must send nothing
+        assert chain.balance_of(pay_to) == 200 * PRICE
+        calls = mined_calls(chain.rpc_url, start)
+        assert calls == {"deposit": 1, "claimWithSignature": 1, "settle": 1}, calls
+        channel = the_channel(db, payer.address)
+        assert int(channel.total_claimed) == int(channel.charged_cumulative_amount) == 200 * PRICE
+        assert metric(gw, 'x402_gateway_channel_claims_total{outcome="claimed",reason="over"}') == 1
+        assert metric(gw, "x402_gateway_channel_claimed_atomic_units_total") == 200 * PRICE
+        assert metric(gw, "x402_gateway_channel_unclaimed_atomic_units") == 0
+    finally:
+        gw.stop()
+
+    # The operator's view and a cooperative refund, from the command line (same config).
+    listed = run_cli(gw, "channels", "--format", "jsonl")
+    (row,) = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert (row["charged"], row["claimed"], row["unclaimed"]) == (200 * PRICE, 200 * PRICE, 0)
+    refunded = run_cli(gw, "channels", "refund", row["channel"])
+    assert refunded.returncode == 0, refunded.stderr
+    assert chain.balance_of(payer.address) == 2_000_000 - 200 * PRICE  # the rest came back
+    assert chain.balance_of(pay_to) == 200 * PRICE
+    assert mined_calls(chain.rpc_url, start)["refundWithSignature"] == 1
+    assert run_cli(gw, "channels", "--format", "jsonl").stdout == ""  # closed: forgotten
+
+
+async def test_a_gateway_sigkilled_mid_run_loses_no_voucher(
+    chain: Chain,
+    origin: Origin,
+    facilitator_url: str,
+    db: str,
+    make_payer: Callable[..., LocalAccount],
+    tmp_path: Path,
+) -> None:
+    pay_to = str(chainlib.new_account().address)
+    payer = make_payer(2_000_000)
+    env = authorizer_env()
+    cfg = config(chain, origin, pay_to, facilitator_url, db, claim_every="2s", claim_over="$5")
+    first = GatewayProcess(cfg, tmp_path, env=env).start()
+    served = 0
+
+    async def pay_until_killed() -> None:
+        nonlocal served
+        async with x402HttpxClient(channel_client(chain, payer), timeout=30) as http:
+            while True:
+                try:
+                    answer = await http.get(f"{first.url}/paid/run-{served}")
+                except (httpx.TransportError, ClientPaymentError):
+                    return  # the gateway is gone (the SDK wraps it when it was paying)
+                if answer.status_code != 200:
+                    return
+                served += 1
+
+    client = asyncio.create_task(pay_until_killed())
+    try:
+        assert await wait_for(lambda: served >= 150 or client.done(), timeout=120)
+        assert first.proc is not None
+        os.kill(first.proc.pid, signal.SIGKILL)  # mid-run: vouchers were coming in
+        await asyncio.wait_for(client, timeout=30)
+    finally:
+        first.stop()
+    assert served >= 150
+    at_kill = the_channel(db, payer.address)
+    charged = int(at_kill.charged_cumulative_amount)
+    # Every answered call is charged; at most the one in flight at the kill beyond them.
+    assert served * PRICE <= charged <= (served + 1) * PRICE
+    assert int(at_kill.total_claimed) < charged  # the dead gateway left vouchers unclaimed
+
+    second = GatewayProcess(cfg, tmp_path, env=env).start()  # the same config, restarted
+    try:
+        paid = await wait_for(lambda: chain.balance_of(pay_to) == charged, timeout=60)
+        assert paid, (chain.balance_of(pay_to), charged, second.logs()[-3000:])
+    finally:
+        second.stop()
+    channel = the_channel(db, payer.address)
+    assert int(channel.total_claimed) == charged
+    assert chain.balance_of(pay_to) == charged  # nothing claimed twice
+
+
+async def test_channels_claim_on_demand_while_the_gateway_serves(
+    chain: Chain,
+    origin: Origin,
+    facilitator_url: str,
+    db: str,
+    make_payer: Callable[..., LocalAccount],
+    tmp_path: Path,
+) -> None:
+    pay_to = str(chainlib.new_account().address)
+    payer = make_payer(2_000_000)
+    cfg = config(chain, origin, pay_to, facilitator_url, db, claim_every="1h", claim_over="$5")
+    gw = GatewayProcess(cfg, tmp_path, env=authorizer_env()).start()
+    try:
+        async with x402HttpxClient(channel_client(chain, payer), timeout=30) as http:
+            for i in range(30):
+                assert (await http.get(f"{gw.url}/paid/asked-{i}")).status_code == 200
+        assert chain.balance_of(pay_to) == 0  # the schedule waits an hour
+        start = chainlib.block_number(chain.rpc_url) + 1
+        asked = run_cli(gw, "channels", "claim", "--all")
+        assert asked.returncode == 0, asked.stderr
+        (outcome,) = [json.loads(line) for line in asked.stdout.splitlines()]
+        assert (outcome["reason"], outcome["vouchers"], outcome["amount"]) == ("asked", 1, 30_000)
+        assert outcome["error"] is None and len(outcome["claims"]) == 1 and outcome["settle"]
+        assert chain.balance_of(pay_to) == 30 * PRICE
+        assert mined_calls(chain.rpc_url, start) == {"claimWithSignature": 1, "settle": 1}
+        # The gateway serves on, on the same channel, and the next claim takes only the rest.
+        async with x402HttpxClient(channel_client(chain, payer), timeout=30) as http:
+            answer = await http.get(f"{gw.url}/paid/after")
+        assert answer.status_code == 200, answer.text
+        again = run_cli(gw, "channels", "claim", "--all")
+        assert [json.loads(line)["amount"] for line in again.stdout.splitlines()] == [PRICE]
+        assert chain.balance_of(pay_to) == 31 * PRICE
+    finally:
+        gw.stop()
