@@ -26,26 +26,22 @@ from eth_hash.auto import keccak
 from x402.extensions.sign_in_with_x import SIWxPayload
 
 from gateway.errors import SignInRefused
+from gateway.payment.eip3009 import checksummed
 
 WALLETS_KEPT = 10_000  # addresses whose EIP-55 answer and public key are kept (LRU)
 _ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141  # secp256k1's n
 
 
 def is_checksummed(address: str) -> bool:
-    """EIP-55: each hex letter upper-case where the keccak of the lower-case address has a
-    nibble >= 8 (eth_utils' `is_checksum_address` does it behind decorators at ~10x the
-    cost; the unit tests compare the two)."""
+    """EIP-55: a 0x address of 40 hex digits, each letter upper-case where the keccak of the
+    lower-case hex has a nibble >= 8 (`eip3009.checksummed`; the unit tests compare it with
+    eth_utils' `is_checksum_address`)."""
     if len(address) != 42 or not address.startswith("0x"):
         return False
-    digits = address[2:]
-    lower = digits.lower()
-    if any(c not in "0123456789abcdef" for c in lower):
+    lower = address.lower()
+    if any(c not in "0123456789abcdef" for c in lower[2:]):
         return False
-    nibbles = keccak(lower.encode()).hex()
-    return all(
-        d == (c.upper() if int(n, 16) >= 8 else c)
-        for d, c, n in zip(digits, lower, nibbles[:40], strict=True)
-    )
+    return checksummed(lower) == address
 
 
 class Wallets:
