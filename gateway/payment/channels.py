@@ -67,6 +67,7 @@ from x402.schemas import (
 from gateway.config.settings import Settings
 from gateway.observe.logs import get_logger
 from gateway.payment.channel_fast import FastVouchers
+from gateway.payment.channel_terms import ChannelIds
 from gateway.store.channel_writer import ChannelWriter
 
 log = get_logger("gateway.channels")
@@ -251,6 +252,7 @@ class Channels:
             )
             for network, receiver in receivers.items()
         }
+        self.ids = ChannelIds()  # each channel's id computed once (gateway.payment.match)
         # A plain voucher on a fresh channel, served on the loop (gateway/payment/channel_fast.py).
         self.fast = (
             FastVouchers(writer, config_ttl_ms(self.schemes), reservation)

@@ -47,7 +47,7 @@ from gateway.errors import (
 )
 from gateway.observe.logs import get_logger
 from gateway.payment.channel_fast import Hold
-from gateway.payment.channel_terms import is_refund
+from gateway.payment.channel_terms import ChannelIds, is_refund
 from gateway.payment.channels import (
     CORRECTIVE,
     Channels,
@@ -162,6 +162,11 @@ class Payments:
         self.server.register("eip155:*", upto)
         self._ready = False
         self.channels: Channels | None = None  # batch-settlement, when a route takes it
+
+    @property
+    def channel_ids(self) -> ChannelIds | None:
+        """The channel ids this generation has computed (for `match_requirement`)."""
+        return self.channels.ids if self.channels is not None else None
 
     def use_channels(self, channels: Channels) -> None:
         """Take batch-settlement payments (gateway/payment/channels.py); before `start()`."""
