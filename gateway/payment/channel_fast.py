@@ -24,6 +24,7 @@ untouched, and the SDK's path decides, with its own reasons and corrective 402.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -36,14 +37,22 @@ from x402.mechanisms.evm.batch_settlement.errors import (
     ERR_MISSING_CHANNEL,
 )
 from x402.mechanisms.evm.batch_settlement.facilitator.utils import validate_channel_config
-from x402.mechanisms.evm.batch_settlement.server.storage import Channel, PendingRequest
+from x402.mechanisms.evm.batch_settlement.server.storage import (
+    Channel,
+    ChannelUpdateResult,
+    PendingRequest,
+)
 from x402.mechanisms.evm.batch_settlement.utils import channel_id_binding_error
 from x402.mechanisms.evm.utils import create_nonce, get_evm_chain_id
 from x402.schemas import PaymentAbortedError, PaymentRequirements, SettleResponse
 
+from gateway.errors import StoreUnavailable
+from gateway.observe.logs import get_logger
 from gateway.payment.eip3009 import Domain
 from gateway.payment.voucher_check import Voucher, domain, parse_plain, signed_by_authorizer
 from gateway.store.channel_writer import ChannelWriter
+
+log = get_logger("gateway.channels")
 
 CACHED_CONFIGS = 4096  # (channel, requirement) pairs whose binding was checked
 # The SDK's bounds on a reservation's lifetime (verify.py `_pending_expires_at`).
@@ -51,12 +60,15 @@ MIN_PENDING_MS = 5_000
 MAX_PENDING_MS = 10 * 60 * 1000
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Hold:
-    """A voucher whose channel this request has reserved."""
+    """A voucher whose channel this request reserves (its pending request's id)."""
 
     voucher: Voucher
     pending_id: str
+    # The reservation's write, as a task of its own: a request cancelled while it is in
+    # flight must wait for it before clearing what it may have written (`cancel`).
+    writing: asyncio.Task[ChannelUpdateResult] | None = None
 
 
 def _now_ms() -> int:
@@ -121,12 +133,21 @@ class FastVouchers:
             self._domains[network] = found
         return found
 
-    async def reserve(self, voucher: Voucher, reqs: PaymentRequirements) -> Hold | None:
-        """Reserve the voucher's channel; None when the SDK's path must decide."""
-        pending_id = create_nonce()
-        step = _Reserve(voucher, int(reqs.amount), pending_id, self._ttl_ms, self._lifetime(reqs))
-        result = await self._writer.update(voucher.channel_id, step)
-        return Hold(voucher, pending_id) if result.status == "updated" else None
+    @staticmethod
+    def hold(voucher: Voucher) -> Hold:
+        """A new reservation for `voucher`, not yet written (`reserve`)."""
+        return Hold(voucher, create_nonce())
+
+    async def reserve(self, hold: Hold, reqs: PaymentRequirements) -> bool:
+        """Reserve the voucher's channel; False when the SDK's path must decide. The write
+        is shielded: a caller cancelled meanwhile hands `hold` to `cancel`, which waits."""
+        voucher = hold.voucher
+        step = _Reserve(
+            voucher, int(reqs.amount), hold.pending_id, self._ttl_ms, self._lifetime(reqs)
+        )
+        hold.writing = asyncio.ensure_future(self._writer.update(voucher.channel_id, step))
+        result = await asyncio.shield(hold.writing)
+        return result.status == "updated"
 
     def _lifetime(self, reqs: PaymentRequirements) -> int:
         seconds = reqs.max_timeout_seconds or 0
@@ -164,8 +185,19 @@ class FastVouchers:
         )
 
     async def cancel(self, hold: Hold) -> None:
-        """Clear this request's reservation (if it is still the channel's)."""
-        await self._writer.update(hold.voucher.channel_id, _Cancel(hold.pending_id))
+        """Clear this request's reservation (if it is still the channel's), once its write
+        has ended."""
+        writing = hold.writing
+        if writing is not None:
+            await asyncio.wait([writing])
+            if not writing.cancelled():
+                writing.exception()  # raised to the request already (or it was cancelled)
+        try:
+            await self._writer.update(hold.voucher.channel_id, _Cancel(hold.pending_id))
+        except StoreUnavailable as exc:
+            # The reservation lapses by itself (its bounded lifetime); the claim's release
+            # goes on, as after the SDK's own cancellation hooks.
+            log.warning("channel_reservation_not_cleared", error=exc.detail)
 
 
 class _Reserve:

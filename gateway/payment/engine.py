@@ -386,8 +386,11 @@ class Payments:
         voucher = fast.plain(claim.matched.payload.payload, reqs)  # type: ignore[arg-type]
         if voucher is None or not isinstance(reqs, PaymentRequirements):
             return False
-        claim.hold = await fast.reserve(voucher, reqs)
-        return claim.hold is not None
+        claim.hold = fast.hold(voucher)  # set first: a hang-up meanwhile releases it
+        if await fast.reserve(claim.hold, reqs):
+            return True
+        claim.hold = None
+        return False
 
     async def _settle_payment(self, claim: Claim, amount: int | None) -> SettleResponse:
         """The SDK's settlement, or the fast path's charge of a reserved voucher."""

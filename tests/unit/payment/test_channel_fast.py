@@ -3,6 +3,7 @@ SDK's path on the same channel: same stored state, same receipt, same refusals."
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import threading
 import time
@@ -198,4 +199,42 @@ async def test_a_reservation_lost_before_settling_charges_nothing() -> None:
             await p.settle(claim)
     assert lost.value.reason == "invalid_batch_settlement_evm_channel_busy"
     assert stable(storage)["chargedCumulativeAmount"] == str(PRICE)
+    await p.close()
+
+
+class SlowWriter(MemoryChannelWriter):
+    """A store round trip that takes 0.3 s."""
+
+    async def update(self, channel_id: str, update: Any) -> Any:
+        await asyncio.sleep(0.3)
+        return await super().update(channel_id, update)
+
+
+async def test_a_client_hanging_up_while_its_reservation_is_written_leaves_the_channel_free() -> (
+    None
+):
+    storage = InMemoryChannelStorage()
+    seed(storage, charged=PRICE)
+    p = Payments(ChannelFacilitator(), MemoryStore())
+    gateway = settings(PRICED, channels=ChannelsSettings(authorizer_key=KEY))
+    p.use_channels(Channels(gateway, storage, writer=SlowWriter(storage)))
+    assert await p.start() == []
+    m = matched(2 * PRICE)
+
+    async def request() -> None:
+        async with p.claimed(m, PRICED, "req-1") as claim:
+            await p.verify(claim)  # the reservation's round trip: 0.3 s
+            await asyncio.sleep(10)  # never reached before the hang-up
+
+    task = asyncio.create_task(request())
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    channel = storage.get(channel_id())
+    # the release waited for the reservation still being written, then cleared it
+    assert channel is not None and channel.pending_request is None
+    assert channel.charged_cumulative_amount == str(PRICE)
+    settled, held = await serve(p, 2 * PRICE, "req-2")  # the same voucher buys its call
+    assert held and settled.success
     await p.close()
