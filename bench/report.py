@@ -277,8 +277,9 @@ def _repeat(e: dict[str, Any]) -> list[str]:
     if not kinds:
         return out
     out.append(
-        "One gateway, one client, one request at a time; µs as p50 / p99; gateway CPU per "
-        "request from /proc; facilitator transactions counted on chain during each batch."
+        "One gateway (the redis row: a second one on a redis-server store), one client, one "
+        "request at a time; µs as p50 / p99; gateway CPU per request from /proc; facilitator "
+        "transactions counted on chain during each batch."
     )
     out.append("")
     header = ["kind", "ok/requests", "latency", "gateway CPU µs/req", "txs"]
@@ -299,6 +300,12 @@ def _repeat(e: dict[str, Any]) -> list[str]:
         f"(target ≤ {_fmt(e.get('target_us'))} µs: {'met' if e.get('met') else 'not met'})",
         "",
     ]
+    if e.get("siwx_redis_minus_free_p50_us") is not None:
+        out += [
+            "SIWX sign-in on a redis store (one round trip) minus free at p50: "
+            f"{_fmt(e.get('siwx_redis_minus_free_p50_us'))} µs",
+            "",
+        ]
     steps = [
         f"{kind}: " + ", ".join(f"{n} {_dist(d)}" for n, d in k["server_timing_us"].items())
         for kind, k in kinds.items()

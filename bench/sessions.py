@@ -17,6 +17,10 @@ each), sent in order.
 
 Target: a sign-in, and a call inside a channel, cost at most a free request + 0.2 ms at p50.
 
+A second gateway, same config on a redis-server store (what replicas share), measures the
+same sign-in there ("SIWX sign-in (redis)": one store round trip, a Lua script), in the same
+interleaved rounds; skipped when redis-server is not installed.
+
 Why the gateway checks the signature itself (gateway/payment/sessions.py): the SDK's own
 `verify_siwx_signature` costs about 9 ms of CPU per proof in `siwe`'s URI grammar check.
 """
@@ -24,6 +28,7 @@ Why the gateway checks the signature itself (gateway/payment/sessions.py): the S
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +53,7 @@ from gateway.demo import chain as demo_chain
 
 TARGET_OVER_FREE_US = 200.0
 ROUNDS = 4  # each kind's requests are sent in this many interleaved batches
+REDIS_KIND = "SIWX sign-in (redis)"
 
 
 @dataclass(frozen=True)
@@ -88,8 +94,26 @@ async def siwx_proof(session: aiohttp.ClientSession, url: str, account: LocalAcc
     return encode_siwx_header(await create_siwx_payload(info, EthAccountSigner(account), url))
 
 
+async def _signed_in_member(
+    report_url: str, env: paid_route.PaidEnv, n: int
+) -> list[dict[str, str]]:
+    """The member pays for the SIWX route once, then signs `n` proofs (one per challenge)."""
+    member = env.payers[-1]
+    (pay_once,) = await paid_route.sign_payments(report_url, env, [member])
+    paid, _ = await send_all(report_url, [pay_once], 1)
+    if not (paid and paid[0]["status"] == 200 and paid[0]["settled"]):
+        raise RuntimeError(f"the one payment for the SIWX route failed: {paid}")
+    async with aiohttp.ClientSession() as session:
+        return [{SIGN_IN_WITH_X: await siwx_proof(session, report_url, member)} for _ in range(n)]
+
+
 async def _measure(
-    url: str, pid: int, env: paid_route.PaidEnv, params: RepeatParams, log: Callable[[str], None]
+    url: str,
+    pid: int,
+    env: paid_route.PaidEnv,
+    params: RepeatParams,
+    log: Callable[[str], None],
+    redis_gateway: tuple[str, int] | None = None,
 ) -> dict[str, Any]:
     n = params.requests
     report_url, paid_url, free_url = (
@@ -97,37 +121,39 @@ async def _measure(
         url + nginx.PAID_SMALL_PATH,
         url + nginx.SMALL_PATH,
     )
-    member = env.payers[-1]
-    (pay_once,) = await paid_route.sign_payments(report_url, env, [member])
-    paid, _ = await send_all(report_url, [pay_once], 1)
-    if not (paid and paid[0]["status"] == 200 and paid[0]["settled"]):
-        raise RuntimeError(f"the one payment for the SIWX route failed: {paid}")
-    async with aiohttp.ClientSession() as session:
-        proofs = [{SIGN_IN_WITH_X: await siwx_proof(session, report_url, member)} for _ in range(n)]
+    proofs = await _signed_in_member(report_url, env, n)
     exact = await paid_route.sign_payments(paid_url, env, env.payers[:n])
     channel_url, channel_payer = url + nginx.CHANNEL_PATH, env.payers[n]
     deposit = await channel_calls.open_channel(channel_url, env, channel_payer)
     vouchers = channel_calls.contiguous(channel_calls.vouchers(deposit, channel_payer, n), ROUNDS)
     log(f"E signed {n} SIWX proofs, {n} exact payments and {n} vouchers (before the clock)")
 
-    batches = {
-        "free": (free_url, [{}] * n),
-        "SIWX sign-in": (report_url, proofs),
-        "exact paid": (paid_url, exact),
-        "channel voucher": (channel_url, []),  # in order: contiguous slices, below
+    batches: dict[str, tuple[str, list[dict[str, str]], int]] = {
+        "free": (free_url, [{}] * n, pid),
+        "SIWX sign-in": (report_url, proofs, pid),
+        "exact paid": (paid_url, exact, pid),
+        "channel voucher": (channel_url, [], pid),  # in order: contiguous slices, below
     }
+    if redis_gateway is not None:
+        redis_url, redis_pid = redis_gateway
+        redis_report = redis_url + nginx.REPORT_PATH
+        batches[REDIS_KIND] = (
+            redis_report,
+            await _signed_in_member(redis_report, env, n),
+            redis_pid,
+        )
     seen: dict[str, dict[str, Any]] = {
         kind: {"latency": [], "cpu": 0.0, "requests": 0, "txs": 0, "timing": []} for kind in batches
     }
     # Interleaved rounds: a neighbour's burst of CPU lands on every kind alike.
     for round_ in range(ROUNDS):
-        for kind, (target, headers) in batches.items():
+        for kind, (target, headers, served_by) in batches.items():
             chunk = vouchers[round_] if kind == "channel voucher" else headers[round_::ROUNDS]
             txs = demo_chain.tx_count(env.chain.rpc_url, env.chain.facilitator_address)
-            cpu = cpu_seconds_fine(pid)
+            cpu = cpu_seconds_fine(served_by)
             records, _ = await send_all(target, chunk, 1)
             got = seen[kind]
-            got["cpu"] += cpu_seconds_fine(pid) - cpu
+            got["cpu"] += cpu_seconds_fine(served_by) - cpu
             got["txs"] += (
                 demo_chain.tx_count(env.chain.rpc_url, env.chain.facilitator_address) - txs
             )
@@ -145,20 +171,24 @@ async def _measure(
         }
         for kind, got in seen.items()
     }
-    free_p50 = out["free"]["latency_us"]["p50"]
-    siwx_p50 = out["SIWX sign-in"]["latency_us"]["p50"]
-    over = rounded(siwx_p50 - free_p50) if siwx_p50 is not None and free_p50 else None
-    channel_p50 = out["channel voucher"]["latency_us"]["p50"]
-    channel_over = rounded(channel_p50 - free_p50) if channel_p50 is not None and free_p50 else None
+    over = _over_free(out, "SIWX sign-in")
+    channel_over = _over_free(out, "channel voucher")
     return {
         "params": params.__dict__,
         "kinds": out,
         "siwx_minus_free_p50_us": over,
+        "siwx_redis_minus_free_p50_us": _over_free(out, REDIS_KIND),
         "channel_minus_free_p50_us": channel_over,
         "target_us": TARGET_OVER_FREE_US,
         "met": over is not None and over <= TARGET_OVER_FREE_US,
         "channel_met": channel_over is not None and channel_over <= TARGET_OVER_FREE_US,
     }
+
+
+def _over_free(out: dict[str, Any], kind: str) -> float | None:
+    free_p50 = out["free"]["latency_us"]["p50"]
+    p50 = out[kind]["latency_us"]["p50"] if kind in out else None
+    return rounded(p50 - free_p50) if p50 is not None and free_p50 else None
 
 
 def _steps(timings: list[dict[str, float]]) -> dict[str, Any]:
@@ -181,9 +211,29 @@ def run_section(
             group, workdir, "gateway-sessions", session_config(env, upstream, port)
         )
         try:
-            log("E repeat calls: free, SIWX sign-in, exact paid, channel voucher")
-            return asyncio.run(_measure(f"http://127.0.0.1:{port}", proc.pid, env, params, log))
+            redis_gateway = _start_redis_gateway(group, workdir, env, upstream)
+            log("E repeat calls: free, SIWX sign-in (memory, redis), exact paid, channel voucher")
+            return asyncio.run(
+                _measure(f"http://127.0.0.1:{port}", proc.pid, env, params, log, redis_gateway)
+            )
         finally:
             group.stop(proc)
     finally:
         paid_route.stop_env(env)
+
+
+def _start_redis_gateway(
+    group: ProcGroup, workdir: Path, env: paid_route.PaidEnv, upstream: str
+) -> tuple[str, int] | None:
+    """The same gateway on a redis-server store (the group stops both): (URL, pid)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        return None
+    redis_port = free_port()
+    argv = [binary, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", ""]
+    argv += ["--appendonly", "no", "--dir", str(workdir)]
+    group.start("redis-sessions", argv, port=redis_port)
+    port = free_port()
+    config = {**session_config(env, upstream, port), "store": f"redis://127.0.0.1:{redis_port}/0"}
+    proc, _ = start_gateway(group, workdir, "gateway-sessions-redis", config)
+    return f"http://127.0.0.1:{port}", proc.pid

@@ -256,19 +256,28 @@ async def route_at_price(
 
 
 async def signed_in(
-    gw: Generation, route: RouteSettings, path: str, headers: Mapping[str, str]
+    gw: Generation, route: RouteSettings, path: str, headers: Mapping[str, str], ip: str
 ) -> str | None:
     """The payer a SIWX proof signs in to this route, or None to go on to payment. A refused
-    proof is the answer (402, with why) unless the request also carries a payment."""
+    proof is the answer (402, with why) unless the request also carries a payment. A sign-in
+    counts against the client IP's rates as a paid call does, once: before its proof is read
+    (a flood of proofs costs no curve operation), or, beside a payment, once it is accepted
+    (a refused one goes on to the payment, which is counted there)."""
     proof = headers.get(SIWX_HEADER)
     if proof is None or gw.sessions is None or route.access is None:
         return None
+    paying = any(name in headers for name in PAYMENT_HEADERS)
+    if not paying:
+        await gw.limiter.check(route, ip)
     try:
-        return await gw.sessions.sign_in(route, path, proof)
+        payer = await gw.sessions.sign_in(route, path, proof)
     except SignInRefused:
-        if any(name in headers for name in PAYMENT_HEADERS):
+        if paying:
             return None
         raise
+    if paying:
+        await gw.limiter.check(route, ip)
+    return payer
 
 
 async def sign_in_or_pay(  # noqa: PLR0913  the request's parts; `path`, `ip` keyword-only
@@ -283,9 +292,10 @@ async def sign_in_or_pay(  # noqa: PLR0913  the request's parts; `path`, `ip` ke
 ) -> tuple[MatchedPayment, Ticket | None] | web.StreamResponse:
     """The origin's answer for a payer signed in with SIWX (it paid for this route within its
     access window: `X-Payer` as for a paid call, nothing settled); else `payment_step()`."""
-    payer = await signed_in(gw, resource.route, path, request.headers)
+    payer = await signed_in(gw, resource.route, path, request.headers, ip)
     if payer is None:
         return await payment_step(request, gw, resource, ip)
+    record.signed_in = payer  # counted and logged as a sign-in (gateway.observe)
     upstream = await forward(
         add_headers={gw.settings.payer_header: payer, "X-Request-Id": record.request_id}
     )

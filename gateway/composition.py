@@ -38,6 +38,7 @@ from gateway.payment.reconcile import ChainReader
 from gateway.payment.retries import Retries
 from gateway.payment.sessions import HEADER as SIWX_HEADER
 from gateway.payment.sessions import Sessions
+from gateway.payment.siwx_proof import Wallets
 from gateway.proxy.cors import CorsPolicy
 from gateway.proxy.routes import RouteTable
 from gateway.proxy.upstream import Upstream
@@ -197,8 +198,8 @@ def _sessions(
         return None
     shared = previous.sessions if previous is not None else None
     if shared is not None and previous is not None and previous.payments.store is store:
-        return Sessions(settings, shared.store)
-    return Sessions(settings, open_sessions(store))
+        return Sessions(settings, shared.store, shared.wallets)
+    return Sessions(settings, open_sessions(store), Wallets())
 
 
 def _channels(settings: Settings, payments: Payments, previous: Generation | None) -> None:

@@ -37,10 +37,10 @@ DECIMALS = 6
 CLAIM_WAIT = 30.0  # the schedule reads the channels every 5 s
 
 
-def mined(rpc_url: str, first: int, last: int) -> list[tuple[str, str]]:
-    """(transaction hash, what it did) for every transaction in blocks first..last."""
+def mined(rpc_url: str, first: int, last: int) -> list[tuple[str, str, int]]:
+    """(transaction hash, what it did, gas used) for every transaction in blocks first..last."""
     batch = Web3().eth.contract(address=BATCH_SETTLEMENT_ADDRESS, abi=BATCH_SETTLEMENT_ABI)
-    found: list[tuple[str, str]] = []
+    found: list[tuple[str, str, int]] = []
     for number in range(first, last + 1):
         block = rpc_call(rpc_url, "eth_getBlockByNumber", [hex(number), True])
         for tx in block["transactions"]:
@@ -51,7 +51,8 @@ def mined(rpc_url: str, first: int, last: int) -> list[tuple[str, str]]:
                 what = batch.decode_function_input(tx["input"])[0].fn_name
             else:
                 what = f"a call to {to}"
-            found.append((tx["hash"], what))
+            receipt = rpc_call(rpc_url, "eth_getTransactionReceipt", [tx["hash"]])
+            found.append((tx["hash"], what, int(receipt["gasUsed"], 16)))
     return found
 
 
@@ -99,26 +100,28 @@ def channel_step(out: Printer, http: httpx.Client, stack: Stack, chain: LocalCha
     during = mined(chain.rpc_url, first, block_number(chain.rpc_url))
     out.field("calls", f"{CALLS} in {elapsed:.1f} s: {statuses.count(200)} answered 200")
     out.field("payments", f"{kinds.count('deposit')} deposit, {kinds.count('voucher')} vouchers")
-    for tx_hash, what in during:
-        out.field("mined", f"{what}  {tx_hash}")
+    for tx_hash, what, gas in during:
+        out.field("mined", f"{what}  {tx_hash}  ({gas:,} gas)")
     out.check(
         statuses == [200] * CALLS and kinds == ["deposit"] + ["voucher"] * (CALLS - 1),
         f"{CALLS} x 200: one deposit, then a voucher per call",
         f"statuses {sorted(set(statuses))}, payments {kinds[:3]}...",
     )
     out.check(
-        [what for _, what in during] == ["deposit"],
+        [what for _, what, _ in during] == ["deposit"],
         f"one transaction on chain for {CALLS} calls (the deposit): no per-call transaction",
         f"mined during the calls: {during}",
     )
-    _claimed(out, stack, chain, first + len(during), (payee_before, CALLS * price))
+    deposit_gas = sum(gas for _, _, gas in during)
+    _claimed(out, stack, chain, first + len(during), (payee_before, CALLS * price, deposit_gas))
 
 
 def _claimed(
-    out: Printer, stack: Stack, chain: LocalChain, first: int, money: tuple[int, int]
+    out: Printer, stack: Stack, chain: LocalChain, first: int, money: tuple[int, int, int]
 ) -> None:
-    """`money`: the payee's balance before the calls, and what the vouchers owe it."""
-    before, owed = money
+    """`money`: the payee's balance before the calls, what the vouchers owe it, and the gas
+    the deposit used."""
+    before, owed, deposit_gas = money
     out.note("the gateway's claim schedule claims the vouchers (channels.claim_over: $0.10)")
     deadline = time.monotonic() + CLAIM_WAIT
     payee = before
@@ -126,11 +129,15 @@ def _claimed(
         time.sleep(0.25)
         payee = balance_of(chain.rpc_url, chain.token, stack.payee)
     after: list[Any] = mined(chain.rpc_url, first, block_number(chain.rpc_url))
-    for tx_hash, what in after:
-        out.field("mined", f"{what}  {tx_hash}")
+    for tx_hash, what, gas in after:
+        out.field("mined", f"{what}  {tx_hash}  ({gas:,} gas)")
     out.field("payee", f"{usd(before, DECIMALS)} -> {usd(payee, DECIMALS)}")
+    gas = deposit_gas + sum(gas for _, _, gas in after)
+    out.field(
+        "gas", f"{gas:,} for {CALLS} calls (deposit + claim + settle): {gas // CALLS:,} per call"
+    )
     out.check(
-        [what for _, what in after] == ["claimWithSignature", "settle"],
+        [what for _, what, _ in after] == ["claimWithSignature", "settle"],
         f"one claim transaction for {CALLS} vouchers, then one settle to the payee",
         f"mined after the calls: {after}",
     )

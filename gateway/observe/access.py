@@ -36,10 +36,20 @@ def payment_fields(record: RequestRecord) -> dict[str, object]:
     return fields
 
 
+def sign_in_fields(record: RequestRecord) -> dict[str, object]:
+    """The access-line fields of a SIWX sign-in: who signed in, or why it was refused."""
+    sign_in = record.sign_in
+    if sign_in is None:
+        return {}
+    if record.signed_in is not None:
+        return {"sign_in": sign_in.name, "payer": record.signed_in}
+    return {"sign_in": sign_in.name, "sign_in_reason": sign_in.reason}
+
+
 def write(record: RequestRecord) -> None:
     if not access.is_enabled_for(logging.INFO):
         return  # `log_level` above info: no line, so nothing to gather for it
-    paid = payment_fields(record) if record.carried_payment else {}
+    paid = payment_fields(record) if record.carried_payment else sign_in_fields(record)
     access.info(
         "request",
         request_id=record.request_id,

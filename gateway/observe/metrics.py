@@ -140,6 +140,13 @@ class Metrics:
         self._payment_children: LRUCache[tuple[object, ...], Counter] = LRUCache(maxsize=512)
         self.engine = EngineMetrics(r)
         self.channels = ChannelMetrics(r)  # batch-settlement claims (issue 14)
+        self.sign_ins = Counter(
+            "x402_gateway_sign_ins",
+            "SIWX sign-ins (access: {for: ...}) by route pattern: signed_in, or refused "
+            "with its reason",
+            ["route", "outcome", "reason"],
+            registry=r,
+        )
 
     def observe_request(
         self, route: str, method: str, status: int, seconds: float, error: GatewayError | None
@@ -166,6 +173,8 @@ class Metrics:
         )
         if record.carried_payment:
             self.observe_payment(record)
+        elif (sign_in := record.sign_in) is not None:
+            self.sign_ins.labels(record.label, sign_in.name, sign_in.reason).inc()
 
     def observe_payment(self, record: RequestRecord) -> None:
         """Count a request that carried a payment: its outcome, step times and revenue."""

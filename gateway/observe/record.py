@@ -8,11 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.config.settings import RouteSettings
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, SignInRefused
 from gateway.payment.engine import Claim, StepTimings
 from gateway.payment.outcome import Outcome, classify
 
 NO_RESPONSE = 499  # the status logged when no response was sent (the client went away)
+SIGNED_IN, SIGN_IN_REFUSED = "signed_in", "refused"  # a SIWX sign-in's outcomes
 
 
 @dataclass(slots=True)
@@ -27,6 +28,7 @@ class RequestRecord:
     status: int | None = None  # None: no response was sent
     sent: int = 0  # body bytes sent
     seconds: float = 0.0  # the whole request, to the last byte
+    signed_in: str | None = None  # the payer a SIWX proof signed in (served, nothing paid)
 
     @property
     def label(self) -> str:
@@ -49,7 +51,19 @@ class RequestRecord:
     def carried_payment(self) -> bool:
         """A priced route that got as far as a payment (claimed, or refused with a reason)."""
         priced = self.route is not None and not self.route.free
+        if isinstance(self.error, SignInRefused):
+            return False  # a sign-in, not a payment: see `sign_in`
         return priced and (self.claim is not None or self.error is not None)
+
+    @property
+    def sign_in(self) -> Outcome | None:
+        """A SIWX sign-in's outcome: `signed_in`, or `refused` with its reason (a proof
+        refused beside a payment is not one: the request went on to pay)."""
+        if self.signed_in is not None:
+            return Outcome(SIGNED_IN, "")
+        if isinstance(self.error, SignInRefused):
+            return Outcome(SIGN_IN_REFUSED, self.error.reason)
+        return None
 
     def outcome(self) -> Outcome:
         status = self.claim.record.status if self.claim is not None else None

@@ -5,12 +5,13 @@ Built on the SDK's `x402.extensions.sign_in_with_x`: its resource-server extensi
 402's `sign-in-with-x` declaration (fresh nonce, issuedAt, `domain`/`uri` on `public_url`),
 and its public `parse_siwx_header` and `validate_siwx_message` read and check a proof. What
 the gateway does differently from the SDK's request hook, and why:
-- the signature is checked here (EIP-4361 text, EIP-191 recovery with coincurve; see "the
-  signature" below): the SDK's `verify_siwx_signature` spends about 9 ms of CPU per proof in
-  the `siwe` package's URI grammar, which would make every proof a cheap way to burn the
-  gateway's CPU; the unit tests hold the two to the same answers on the SDK's own proofs;
+- the signature is checked in gateway/payment/siwx_proof.py (EIP-4361 text, EIP-191
+  recovery with coincurve): the SDK's `verify_siwx_signature` spends about 9 ms of CPU per
+  proof in the `siwe` package's URI grammar, which would make every proof a cheap way to
+  burn the gateway's CPU; the unit tests hold the two to the same answers on the SDK's own proofs;
 - the nonce is spent atomically in the store (`SET NX`), not checked and then recorded, so a
-  proof sent to two replicas at once signs in once;
+  proof sent to two replicas at once signs in once; the same store call (one Lua script in
+  Redis) reads the payment record, so a sign-in costs one round trip;
 - payments are recorded per route (the priced pattern), with the route's window as expiry;
 - the proof must name the requested path and one of the route's networks;
 - the signature is checked before the payment records are read, so nobody but the wallet's
@@ -21,12 +22,9 @@ the gateway does differently from the SDK's request hook, and why:
 from __future__ import annotations
 
 import inspect
-import re
 from typing import Any
 from urllib.parse import urlparse
 
-from coincurve import PublicKey
-from eth_hash.auto import keccak
 from x402.extensions.sign_in_with_x import (
     SIGN_IN_WITH_X,
     CreateSIWxResourceServerExtensionOptions,
@@ -45,7 +43,8 @@ from x402.schemas.hooks import ServerPaymentRequiredContext
 from gateway.config.settings import RouteSettings, Settings
 from gateway.errors import SignInRefused
 from gateway.payment.requirements import requirements_v2
-from gateway.store.sessions import SessionStore
+from gateway.payment.siwx_proof import Wallets, signer_of
+from gateway.store.sessions import SessionStore, SignIn
 
 HEADER = SIGN_IN_WITH_X  # the request header a proof travels in
 MAX_HEADER = 8192  # bytes; bounded before it is decoded
@@ -57,8 +56,11 @@ NONCE_TTL = 2 * PROOF_SECONDS
 class Sessions:
     """The SIWX side of one generation: the 402 declaration and the sign-in check."""
 
-    def __init__(self, settings: Settings, store: SessionStore) -> None:
+    def __init__(
+        self, settings: Settings, store: SessionStore, wallets: Wallets | None = None
+    ) -> None:
         self.store = store
+        self.wallets = wallets if wallets is not None else Wallets()
         self.origin = normalize_configured_origin(settings.public_url or "http://localhost")
         # Only its declaration enrichment is used; see the module's docstring for why its
         # hooks are not (their storage is never called).
@@ -75,6 +77,11 @@ class Sessions:
                     expiration_seconds=PROOF_SECONDS,
                 )
             )[SIGN_IN_WITH_X]
+            for route in settings.routes
+            if route.access is not None
+        }
+        self._chains = {
+            route.index: frozenset(_networks(route))
             for route in settings.routes
             if route.access is not None
         }
@@ -98,141 +105,43 @@ class Sessions:
         return {SIGN_IN_WITH_X: info}
 
     async def sign_in(self, route: RouteSettings, path: str, header: str) -> str:
-        """The payer a proof signs in, or `SignInRefused` with the reason."""
+        """The payer a proof signs in, or `SignInRefused` with the reason. The proof is read
+        once; its signature is checked before the store is asked anything (no nonce spent by
+        a bad proof, no "who paid" answer to anyone but the wallet's owner); then one store
+        call spends the nonce and reads the payment record."""
         payload = _parse(header)
+        await self._check_fields(payload, route, path)
+        payer = signer_of(payload, self.wallets)
+        answer = await self.store.sign_in(route.name, payer, payload.nonce, NONCE_TTL)
+        if answer is SignIn.NONCE_USED:
+            raise SignInRefused("this sign-in was already used", reason="siwx_nonce_used")
+        if answer is SignIn.NOT_PAID:
+            raise SignInRefused("no payment for this route on record", reason="siwx_not_paid")
+        return payer
+
+    async def _check_fields(self, payload: SIWxPayload, route: RouteSettings, path: str) -> None:
+        """The proof's own fields: the SDK's checks (origin, age), then this request's."""
         validation = await validate_siwx_message(payload, self.origin)
         if not validation.is_valid:
             raise SignInRefused(
                 validation.invalid_message or "invalid proof",
                 reason=validation.invalid_reason or "invalid_siwx_message",
             )
-        if urlparse(payload.uri).path != path:
+        signed_path = urlparse(payload.uri).path
+        if signed_path != path:
             raise SignInRefused(
-                f"the proof is for {urlparse(payload.uri).path}, not {path}",
-                reason="invalid_siwx_uri_mismatch",
+                f"the proof is for {signed_path}, not {path}", reason="invalid_siwx_uri_mismatch"
             )
-        if payload.chain_id not in _networks(route):
+        if payload.chain_id not in self._chains.get(route.index, ()):
             raise SignInRefused(
                 f"{payload.chain_id} is not a network of this route",
                 reason="invalid_siwx_unsupported_chain",
             )
-        payer = signer_of(payload)
-        if not await self.store.has_paid(route.name, payer):
-            raise SignInRefused("no payment for this route on record", reason="siwx_not_paid")
-        if not await self.store.spend_nonce(payload.nonce, NONCE_TTL):
-            raise SignInRefused("this sign-in was already used", reason="siwx_nonce_used")
-        return payer
 
     async def paid(self, route: RouteSettings, payer: str) -> None:
         """`payer` paid for `route`: sign-ins are accepted for the route's window."""
         if route.access is not None:
             await self.store.record_payment(route.name, payer, route.access.seconds)
-
-
-# --- the signature --------------------------------------------------------------------
-#
-# A proof in the shape EIP-4361 and the SDK's clients give it (one line per field, an
-# alphanumeric nonce, a checksummed address, an `eip155:<n>` chain, a 65-byte signature) is
-# checked here: its EIP-4361 text is built from its fields and the EIP-191 signer recovered
-# from it. Anything else is refused (the `siwe` package refuses those shapes too), so no proof
-# can make the gateway take a slower road.
-
-_NONCE = re.compile(r"[A-Za-z0-9]{8,}")
-_CHAIN = re.compile(r"eip155:([0-9]{1,20})")
-
-
-def eip4361_message(payload: SIWxPayload, chain_id: str) -> str:
-    """The EIP-4361 ("Sign-In with Ethereum") text of a proof, as the spec lays it out."""
-    head = f"{payload.domain} wants you to sign in with your Ethereum account:\n{payload.address}"
-    head += f"\n\n{payload.statement}" if payload.statement is not None else "\n"
-    lines = [
-        f"URI: {payload.uri}",
-        f"Version: {payload.version}",
-        f"Chain ID: {chain_id}",
-        f"Nonce: {payload.nonce}",
-        f"Issued At: {payload.issued_at}",
-    ]
-    if payload.expiration_time:
-        lines.append(f"Expiration Time: {payload.expiration_time}")
-    if payload.not_before:
-        lines.append(f"Not Before: {payload.not_before}")
-    if payload.request_id is not None:
-        lines.append(f"Request ID: {payload.request_id}")
-    if payload.resources is not None:
-        lines.append("\n".join(["Resources:", *(f"- {r}" for r in payload.resources)]))
-    return head + "\n\n" + "\n".join(lines)
-
-
-def _plain(payload: SIWxPayload) -> str | None:
-    """The numeric chain id when the proof has the plain shape the fast path takes."""
-    chain = _CHAIN.fullmatch(payload.chain_id)
-    fields = [payload.domain, payload.uri, payload.version, payload.issued_at]
-    fields += [payload.statement or "", payload.expiration_time or "", payload.not_before or ""]
-    fields += [payload.request_id or "", *(payload.resources or [])]
-    if chain is None or payload.version != "1" or not _NONCE.fullmatch(payload.nonce):
-        return None
-    if any("\n" in field or "\r" in field for field in fields):
-        return None
-    if not is_checksummed(payload.address):
-        return None
-    return str(int(chain.group(1)))
-
-
-def signer_of(payload: SIWxPayload) -> str:
-    """The proof's address when it signed the proof, else `SignInRefused`."""
-    if _plain(payload) is None or _signature(payload.signature) is None:
-        raise SignInRefused(
-            "not an EIP-4361 proof of an externally owned account", reason="invalid_siwx_message"
-        )
-    if not fast_eoa_check(payload):
-        raise SignInRefused("the signature is not the address's", reason="invalid_siwx_signature")
-    return payload.address
-
-
-def fast_eoa_check(payload: SIWxPayload) -> bool:
-    """True when the plain-shaped proof is signed by its own address (EIP-191 personal_sign,
-    recovered with coincurve: eth_account's `recover_message` does the same through layers
-    of conversions that cost several times the curve operation)."""
-    chain_id = _plain(payload)
-    signature = _signature(payload.signature)
-    if chain_id is None or signature is None:
-        return False
-    text = eip4361_message(payload, chain_id).encode()
-    digest = keccak(b"\x19Ethereum Signed Message:\n" + str(len(text)).encode() + text)
-    try:
-        public = PublicKey.from_signature_and_message(signature, digest, hasher=None)
-    except ValueError:
-        return False
-    signer = keccak(public.format(compressed=False)[1:])[-20:]
-    return signer.hex() == payload.address[2:].lower()
-
-
-def _signature(text: str) -> bytes | None:
-    """65 bytes r || s || v (v 27/28 or 0/1) as coincurve wants them (v as 0/1), or None."""
-    try:
-        raw = bytes.fromhex(text.removeprefix("0x"))
-    except ValueError:
-        return None
-    if len(raw) != 65 or raw[64] not in (0, 1, 27, 28):
-        return None
-    return raw[:64] + bytes([raw[64] % 27 if raw[64] >= 27 else raw[64]])
-
-
-def is_checksummed(address: str) -> bool:
-    """EIP-55: each hex letter upper-case where the keccak of the lower-case address has a
-    nibble >= 8 (eth_utils' `is_checksum_address` does it behind decorators at ~10x the
-    cost; the unit tests compare the two)."""
-    if len(address) != 42 or not address.startswith("0x"):
-        return False
-    digits = address[2:]
-    lower = digits.lower()
-    if any(c not in "0123456789abcdef" for c in lower):
-        return False
-    nibbles = keccak(lower.encode()).hex()
-    return all(
-        d == (c.upper() if int(n, 16) >= 8 else c)
-        for d, c, n in zip(digits, lower, nibbles[:40], strict=True)
-    )
 
 
 def _networks(route: RouteSettings) -> list[str]:

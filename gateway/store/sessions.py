@@ -4,15 +4,23 @@ spent. Memory for one process; Redis (on the payment store's connection) for rep
 The SDK's `SIWxStorage` has the same two questions but checks a nonce and spends it in two
 calls; here spending is one atomic set-if-absent (`SET NX`), so one signed proof sent to two
 replicas at once is accepted by exactly one of them.
+
+A sign-in asks both in one call (`sign_in`: one Lua script, one round trip): the nonce is
+spent first, then the payment record read. The nonce is spent whatever the record says: a
+proof whose signature checked is single-use, like a payment authorization, so one captured
+before its wallet paid cannot be replayed once it has (the SDK's hook spends it only on a
+grant). The client loses nothing: every 402 carries a fresh challenge.
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import time
 from typing import Protocol
 
 from cachetools import TLRUCache
+from redis.asyncio.cluster import RedisCluster
 
 from .redis import RedisStore
 
@@ -28,6 +36,18 @@ class SessionStore(Protocol):
 
     async def spend_nonce(self, nonce: str, ttl: float) -> bool:
         """True when this call spent `nonce`; False when it was spent before."""
+
+    async def sign_in(self, route: str, payer: str, nonce: str, nonce_ttl: float) -> SignIn:
+        """Spend `nonce` (kept `nonce_ttl` seconds), then, if this call spent it, whether
+        `payer` paid for `route`: atomically, in one store call."""
+
+
+class SignIn(enum.Enum):
+    """What the store says of a sign-in whose signature checked."""
+
+    SIGNED_IN = "signed_in"  # nonce spent by this call, payment on record
+    NOT_PAID = "not_paid"  # nonce spent by this call, no payment on record
+    NONCE_USED = "nonce_used"  # spent before: nothing read
 
 
 def paid_key(route: str, payer: str) -> str:
@@ -58,6 +78,15 @@ class MemorySessions:
         return paid_key(route, payer) in self._paid
 
     async def spend_nonce(self, nonce: str, ttl: float) -> bool:
+        return self._spend(nonce, ttl)
+
+    async def sign_in(self, route: str, payer: str, nonce: str, nonce_ttl: float) -> SignIn:
+        # No await inside: atomic on one event loop, as the script is in Redis.
+        if not self._spend(nonce, nonce_ttl):
+            return SignIn.NONCE_USED
+        return SignIn.SIGNED_IN if paid_key(route, payer) in self._paid else SignIn.NOT_PAID
+
+    def _spend(self, nonce: str, ttl: float) -> bool:
         # No await between the check and the write: atomic on one event loop.
         if nonce in self._nonces:
             return False
@@ -65,11 +94,23 @@ class MemorySessions:
         return True
 
 
+# KEYS: the nonce, the payment record; ARGV: the nonce's ttl in ms.
+# Returns -1: nonce spent before; 1: spent now, paid; 0: spent now, not paid.
+_SIGN_IN = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return -1 end
+return redis.call('EXISTS', KEYS[2])
+"""
+_SIGN_IN_ANSWERS = {-1: SignIn.NONCE_USED, 1: SignIn.SIGNED_IN, 0: SignIn.NOT_PAID}
+
+
 class RedisSessions:
     """Shared by every replica; fails closed (`StoreUnavailable`) as the payment store does."""
 
     def __init__(self, store: RedisStore) -> None:
         self._store = store
+        # Both keys of a sign-in are in one slot only off a cluster: there, two commands.
+        self._cluster = isinstance(store.client, RedisCluster)
+        self._sign_in = store.client.register_script(_SIGN_IN)
 
     async def record_payment(self, route: str, payer: str, ttl: float) -> None:
         client = self._store.client
@@ -83,6 +124,15 @@ class RedisSessions:
         client = self._store.client
         spent = await self._store.call(client.set(NONCE_PREFIX + nonce, "1", nx=True, px=_ms(ttl)))
         return bool(spent)
+
+    async def sign_in(self, route: str, payer: str, nonce: str, nonce_ttl: float) -> SignIn:
+        if self._cluster:
+            if not await self.spend_nonce(nonce, nonce_ttl):
+                return SignIn.NONCE_USED
+            return SignIn.SIGNED_IN if await self.has_paid(route, payer) else SignIn.NOT_PAID
+        keys = [NONCE_PREFIX + nonce, paid_key(route, payer)]
+        answer = await self._store.call(self._sign_in(keys=keys, args=[_ms(nonce_ttl)]))
+        return _SIGN_IN_ANSWERS[int(answer)]
 
 
 def open_sessions(store: object) -> SessionStore:

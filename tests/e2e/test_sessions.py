@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import httpx
 import pytest
 import yaml
 from eth_account.signers.local import LocalAccount
+from prometheus_client.parser import text_string_to_metric_families
 from x402.extensions.sign_in_with_x import (
     SIGN_IN_WITH_X,
     CreateSIWxClientExtensionOptions,
@@ -27,7 +29,7 @@ from x402.extensions.sign_in_with_x import (
 from x402.http.clients import x402HttpxClient
 from x402.mechanisms.evm import EthAccountSigner
 
-from gateway.demo.payer import make_x402_client, payment_required_of
+from gateway.demo.payer import make_x402_client, pay_challenge, payment_required_of
 from tests.e2e.conftest import Chain
 from tests.e2e.fault_parts import gateway_config
 from tests.e2e.gateway_proc import GatewayProcess, Origin
@@ -281,6 +283,121 @@ async def test_the_sdk_client_will_not_sign_for_another_origin(
                 assert r.status_code == 200, r.text
                 assert "PAYMENT-RESPONSE" in r.headers
         assert chain.tx_count(chain.facilitator_address) == txs + 2
+    finally:
+        gw.stop()
+
+
+# --- counted, logged and rate-limited as a paid call --------------------------------------
+
+CLIENT_IP = "203.0.113.7"  # the client a trusted proxy (127.0.0.1) names in X-Forwarded-For
+PER_IP = 4
+
+
+def _metric(gw: GatewayProcess, name: str, **labels: str) -> float:
+    text = httpx.get(gw.admin_url + "/metrics", timeout=10).text
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def _access_lines(gw: GatewayProcess, path: str) -> list[dict[str, Any]]:
+    lines = [json.loads(line) for line in gw.logs().splitlines() if line.startswith("{")]
+    return [e for e in lines if e.get("logger") == "gateway.access" and e.get("path") == path]
+
+
+def _access_lines_until(
+    gw: GatewayProcess, path: str, last: Callable[[dict[str, Any]], bool]
+) -> list[dict[str, Any]]:
+    """The access lines of `path` once one matches `last` (a line is written after its
+    response's last byte, so it may come a moment after the client has the response)."""
+    deadline = time.monotonic() + 10
+    while True:
+        lines = _access_lines(gw, path)
+        if any(last(e) for e in lines):
+            return lines
+        assert time.monotonic() < deadline, lines
+        time.sleep(0.05)
+
+
+async def _proof_from(gw: GatewayProcess, account: LocalAccount, path: str, ip: str) -> str:
+    """A SIWX proof for a challenge fetched as client `ip` (each its own rate bucket)."""
+    async with httpx.AsyncClient(timeout=10) as http:
+        r = await http.get(gw.url + path, headers={"X-Forwarded-For": ip})
+    assert r.status_code == 402, r.text
+    siwx = (payment_required_of(r.headers, r.content).extensions or {})[SIGN_IN_WITH_X]
+    chain = siwx["supportedChains"][0]
+    info = {**siwx["info"], "chainId": chain["chainId"], "type": chain["type"]}
+    return encode_siwx_header(
+        await create_siwx_payload(info, EthAccountSigner(account), gw.url + path)
+    )
+
+
+async def test_sign_ins_are_counted_logged_and_share_the_ip_rate_with_paid_calls(
+    chain: Chain,
+    origin: Origin,
+    pay_to: str,
+    facilitator_url: str,
+    make_payer: Callable[..., LocalAccount],
+    tmp_path: Path,
+) -> None:
+    cfg = {
+        **_config(chain, origin, pay_to, facilitator_url, "memory"),
+        "limits": {"per_ip": f"{PER_IP}/m"},
+        "trusted_proxies": ["127.0.0.1"],
+    }
+    gw = GatewayProcess(cfg, tmp_path)
+    _with_public_url(gw, gw.url).start()
+    try:
+        payer, other = make_payer(), make_payer()
+        path = "/reports/limited"
+        await pay_once(chain, gw, payer, path)  # as 127.0.0.1: a bucket of its own
+        calls, txs = len(origin.log.for_path(path)), chain.tx_count(chain.facilitator_address)
+        as_client = {"X-Forwarded-For": CLIENT_IP}
+        async with httpx.AsyncClient(timeout=30) as http:
+            for i in range(PER_IP):
+                proof = await _proof_from(gw, payer, path, f"198.51.100.{i + 1}")
+                r = await http.get(gw.url + path, headers={**as_client, SIGN_IN_WITH_X: proof})
+                assert r.status_code == 200, r.text
+            # Over the client's rate: a sign-in is refused before its proof is read...
+            proof = await _proof_from(gw, payer, path, "198.51.100.99")
+            over = await http.get(gw.url + path, headers={**as_client, SIGN_IN_WITH_X: proof})
+            assert over.status_code == 429 and over.headers["Retry-After"]
+            # ... and so is a paid call from that client: one bucket for both.
+            unpaid = await http.get(
+                gw.url + "/paid/x", headers={"X-Forwarded-For": "198.51.100.98"}
+            )
+            client = make_x402_client(other, [(chain.network, chain.token)])
+            headers, _ = await pay_challenge(client, unpaid.headers, unpaid.content)
+            paid = await http.get(gw.url + "/paid/x", headers={**as_client, **headers})
+            assert paid.status_code == 429
+            # Another client is not held back; a proof used twice is refused and counted.
+            elsewhere = {"X-Forwarded-For": "198.51.100.97", SIGN_IN_WITH_X: proof}
+            assert (await http.get(gw.url + path, headers=elsewhere)).status_code == 200
+            again = await http.get(gw.url + path, headers=elsewhere)
+            assert (again.status_code, reason(again)) == (402, "siwx_nonce_used")
+        assert len(origin.log.for_path(path)) == calls + PER_IP + 1
+        assert chain.tx_count(chain.facilitator_address) == txs
+        assert (
+            _metric(gw, "x402_gateway_sign_ins_total", route="/reports/*", outcome="signed_in")
+            == PER_IP + 1
+        )
+        assert (
+            _metric(gw, "x402_gateway_sign_ins_total", outcome="refused", reason="siwx_nonce_used")
+            == 1
+        )
+        lines = _access_lines_until(
+            gw, path, lambda e: e.get("sign_in_reason") == "siwx_nonce_used"
+        )
+        signed = [e for e in lines if e.get("sign_in") == "signed_in"]
+        assert len(signed) == PER_IP + 1
+        assert {e["payer"].lower() for e in signed} == {payer.address.lower()}
+        assert all("payment" not in e for e in signed)
+        refused = [e for e in lines if e.get("sign_in") == "refused"]
+        assert [e["sign_in_reason"] for e in refused][-1] == "siwx_nonce_used"
+        assert [e["status"] for e in lines if e["status"] == 429] == [429]
     finally:
         gw.stop()
 

@@ -72,6 +72,7 @@ def test_every_documented_metric_is_exposed_with_its_type() -> None:
         "x402_gateway_config_reload_failures": "counter",
         "x402_gateway_engine_batch_size": "histogram",
         "x402_gateway_engine_receipt_seconds": "histogram",
+        "x402_gateway_sign_ins": "counter",
         "x402_gateway_channel_unclaimed_atomic_units": "gauge",
         "x402_gateway_channels_open": "gauge",
         "x402_gateway_channels_withdrawal_pending": "gauge",

@@ -22,7 +22,8 @@ from x402.mechanisms.evm import EthAccountSigner
 
 from gateway.config import loads
 from gateway.errors import SignInRefused
-from gateway.payment.sessions import Sessions, eip4361_message, fast_eoa_check, is_checksummed
+from gateway.payment.sessions import Sessions
+from gateway.payment.siwx_proof import eip4361_message, fast_eoa_check, is_checksummed
 from gateway.store.sessions import MemorySessions
 
 PUBLIC = "https://api.example.com"
@@ -226,3 +227,49 @@ async def test_the_fast_path_takes_both_recovery_id_spellings(sessions: Sessions
     assert fast_eoa_check(plain.model_copy(update={"signature": low_v}))
     assert not fast_eoa_check(plain.model_copy(update={"signature": plain.signature[:-2] + "05"}))
     assert not fast_eoa_check(plain.model_copy(update={"signature": "0xzz"}))
+
+
+# --- what spends a nonce ------------------------------------------------------------------
+
+
+async def challenge(sessions: Sessions, path: str = "/reports/a") -> dict[str, Any]:
+    extensions = await sessions.extensions(REPORTS, PUBLIC + path)
+    assert extensions is not None
+    siwx = extensions[SIGN_IN_WITH_X]
+    chain = siwx["supportedChains"][0]
+    return {**siwx["info"], "chainId": chain["chainId"], "type": chain["type"]}
+
+
+async def test_a_proof_that_fails_its_checks_spends_no_nonce(sessions: Sessions) -> None:
+    payer, other = Account.create(), Account.create()
+    await sessions.paid(REPORTS, payer.address)
+    info = await challenge(sessions)
+    url = PUBLIC + "/reports/a"
+    forged = (await create_siwx_payload(info, EthAccountSigner(other), url)).model_copy(
+        update={"address": payer.address}
+    )
+    wrong_path = await create_siwx_payload(info, EthAccountSigner(payer), url)
+    for header, path in (
+        (encode_siwx_header(forged), "/reports/a"),
+        (encode_siwx_header(wrong_path), "/reports/b"),
+    ):
+        with pytest.raises(SignInRefused):
+            await sessions.sign_in(REPORTS, path, header)
+    # The owner's own proof with that challenge's nonce still signs in.
+    genuine = encode_siwx_header(await create_siwx_payload(info, EthAccountSigner(payer), url))
+    assert await sessions.sign_in(REPORTS, "/reports/a", genuine) == payer.address
+
+
+async def test_a_proof_refused_for_want_of_payment_is_spent(sessions: Sessions) -> None:
+    payer = Account.create()
+    header = encode_siwx_header(await signed(sessions, payer))
+    with pytest.raises(SignInRefused) as refused:
+        await sessions.sign_in(REPORTS, "/reports/a", header)
+    assert refused.value.reason == "siwx_not_paid"
+    await sessions.paid(REPORTS, payer.address)
+    # Replayed once the wallet has paid (someone who saw it go by): still single-use.
+    with pytest.raises(SignInRefused) as refused:
+        await sessions.sign_in(REPORTS, "/reports/a", header)
+    assert refused.value.reason == "siwx_nonce_used"
+    fresh = encode_siwx_header(await signed(sessions, payer))
+    assert await sessions.sign_in(REPORTS, "/reports/a", fresh) == payer.address

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
 
 import pytest
 
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
-from gateway.store.sessions import MemorySessions, RedisSessions, SessionStore, open_sessions
+from gateway.store.sessions import (
+    MemorySessions,
+    RedisSessions,
+    SessionStore,
+    SignIn,
+    open_sessions,
+)
 from tests.procs import RedisServer
+
+T = TypeVar("T")
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -50,3 +59,69 @@ async def test_fifty_spends_of_one_nonce_one_wins(sessions: SessionStore) -> Non
     nonce = uuid.uuid4().hex
     spent = await asyncio.gather(*(sessions.spend_nonce(nonce, 60) for _ in range(50)))
     assert spent.count(True) == 1
+
+
+# --- one call per sign-in: the nonce spent, then the payment read -------------------------
+
+
+async def test_a_sign_in_spends_the_nonce_then_reads_the_payment(sessions: SessionStore) -> None:
+    payer = "0x" + uuid.uuid4().hex[:40].ljust(40, "d")
+    await sessions.record_payment("/reports/*", payer, 60)
+    nonce = uuid.uuid4().hex
+    assert await sessions.sign_in("/reports/*", payer, nonce, 60) is SignIn.SIGNED_IN
+    assert await sessions.sign_in("/reports/*", payer, nonce, 60) is SignIn.NONCE_USED
+    # The same spent set as spend_nonce(): one nonce, one use, whichever call spends it.
+    assert not await sessions.spend_nonce(nonce, 60)
+    other = uuid.uuid4().hex
+    assert await sessions.spend_nonce(other, 60)
+    assert await sessions.sign_in("/reports/*", payer, other, 60) is SignIn.NONCE_USED
+
+
+async def test_a_sign_in_without_payment_still_spends_its_nonce(sessions: SessionStore) -> None:
+    payer = "0x" + uuid.uuid4().hex[:40].ljust(40, "e")
+    nonce = uuid.uuid4().hex
+    assert await sessions.sign_in("/reports/*", payer, nonce, 60) is SignIn.NOT_PAID
+    # Paying afterwards does not revive that proof: a captured one cannot be replayed.
+    await sessions.record_payment("/reports/*", payer, 60)
+    assert await sessions.sign_in("/reports/*", payer, nonce, 60) is SignIn.NONCE_USED
+    assert await sessions.sign_in("/other/*", payer, uuid.uuid4().hex, 60) is SignIn.NOT_PAID
+
+
+async def test_fifty_sign_ins_with_one_nonce_one_wins(sessions: SessionStore) -> None:
+    payer = "0x" + uuid.uuid4().hex[:40].ljust(40, "f")
+    await sessions.record_payment("/reports/*", payer, 60)
+    nonce = uuid.uuid4().hex
+    answers = await asyncio.gather(
+        *(sessions.sign_in("/reports/*", payer, nonce, 60) for _ in range(50))
+    )
+    assert answers.count(SignIn.SIGNED_IN) == 1
+    assert answers.count(SignIn.NONCE_USED) == 49
+
+
+async def test_a_spent_nonce_is_forgotten_after_its_ttl(sessions: SessionStore) -> None:
+    payer = "0x" + uuid.uuid4().hex[:40].ljust(40, "1")
+    nonce = uuid.uuid4().hex
+    assert await sessions.sign_in("/reports/*", payer, nonce, 0.05) is SignIn.NOT_PAID
+    await asyncio.sleep(0.2)
+    assert await sessions.spend_nonce(nonce, 60)
+
+
+async def test_a_redis_sign_in_is_one_round_trip(redis: RedisServer) -> None:
+    store = RedisStore(redis.url)
+    sessions = open_sessions(store)
+    payer = "0x" + uuid.uuid4().hex[:40].ljust(40, "2")
+    await sessions.record_payment("/reports/*", payer, 60)
+    await sessions.sign_in("/reports/*", payer, uuid.uuid4().hex, 60)  # loads the script
+    calls: list[object] = []
+    real = store.call
+
+    async def counted(command: Awaitable[T]) -> T:
+        calls.append(command)
+        return await real(command)
+
+    store.call = counted  # type: ignore[method-assign]
+    try:
+        assert await sessions.sign_in("/reports/*", payer, uuid.uuid4().hex, 60) is SignIn.SIGNED_IN
+    finally:
+        await store.close()
+    assert len(calls) == 1

@@ -463,3 +463,26 @@ async def test_a_closed_stores_holder_is_gone_once_its_heartbeat_expires(
         assert 0 < ttl <= ALIVE_TTL * 1000  # no longer renewed: gone within ALIVE_TTL
     finally:
         await other.close()
+
+
+async def test_a_busy_store_fails_closed_after_the_command_timeout(
+    redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every command slot taken: the next command waits at most COMMAND_TIMEOUT, then fails
+    closed (busy, not down); a free slot is taken at once (no timer armed)."""
+    from gateway.store import redis as redis_store
+
+    monkeypatch.setattr(redis_store, "COMMAND_TIMEOUT", 0.05)
+    store = RedisStore(redis.url)
+    try:
+        assert await store.call(store.client.exists("x")) == 0
+        for _ in range(redis_store.MAX_CONCURRENT):
+            await store._slots.acquire()
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="in flight"):
+            await store.call(store.client.exists("x"))
+        assert time.monotonic() - started < 1
+        store._slots.release()
+        assert await store.call(store.client.exists("x")) == 0
+    finally:
+        await store.close()

@@ -1,0 +1,116 @@
+"""gateway.payment.siwx_proof: what `Wallets` keeps per address (EIP-55 answers, public keys)
+and the verify path a known wallet's proofs take (the recovery path is held to the SDK's
+check in test_sessions.py)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from coincurve import PublicKey
+from eth_account import Account
+from eth_utils.address import to_checksum_address
+from x402.extensions.sign_in_with_x import SIWxPayload, encode_siwx_header
+
+from gateway.config import loads
+from gateway.errors import SignInRefused
+from gateway.payment.sessions import Sessions
+from gateway.payment.siwx_proof import Wallets, fast_eoa_check, is_checksummed, signer_of
+from gateway.store.sessions import MemorySessions
+from tests.unit.payment.test_sessions import CONFIG, REPORTS, signed
+
+ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+
+
+def test_kept_answers_are_the_checks_answers() -> None:
+    wallets = Wallets(maxsize=8)
+    good = to_checksum_address(os.urandom(20))
+    bad = good[:2] + good[2:].swapcase() if good[2:].lower() != good[2:] else good
+    for address in (good, good.lower(), bad, "0x1234", "not an address", good):
+        assert wallets.checksummed(address) == is_checksummed(address)
+        assert wallets.checksummed(address) == is_checksummed(address)  # the kept answer
+
+
+def test_what_is_kept_is_bounded() -> None:
+    wallets = Wallets(maxsize=16)
+    for _ in range(100):
+        wallets.checksummed(to_checksum_address(os.urandom(20)))
+    assert len(wallets) == 16
+
+
+@pytest.fixture
+def sessions() -> Sessions:
+    return Sessions(loads(CONFIG), MemorySessions())
+
+
+def twin(payload: SIWxPayload) -> SIWxPayload:
+    """The same signature with s as n - s and the other recovery id (ECDSA malleability):
+    a recovery gives the same key for it."""
+    raw = bytes.fromhex(payload.signature.removeprefix("0x"))
+    s = ORDER - int.from_bytes(raw[32:64], "big")
+    v = 27 + (1 - (raw[64] - 27))
+    return payload.model_copy(
+        update={"signature": "0x" + (raw[:32] + s.to_bytes(32, "big") + bytes([v])).hex()}
+    )
+
+
+async def test_a_known_wallet_is_verified_against_its_kept_key(sessions: Sessions) -> None:
+    payer, other = Account.create(), Account.create()
+    wallets = Wallets()
+    first = await signed(sessions, payer)
+    assert wallets.key(payer.address) is None
+    assert signer_of(first, wallets) == payer.address
+    kept = wallets.key(payer.address)
+    assert kept is not None and kept.format() == PublicKey.from_secret(payer.key).format()
+    # The next proofs take the verify path, and give the recovery's answers.
+    second = await signed(sessions, payer)
+    forged = (await signed(sessions, other)).model_copy(update={"address": payer.address})
+    altered = second.model_copy(update={"nonce": "0" * 16})
+    for proof in (second, twin(second), forged, altered):
+        expected = fast_eoa_check(proof)
+        if expected:
+            assert signer_of(proof, wallets) == payer.address
+        else:
+            with pytest.raises(SignInRefused) as refused:
+                signer_of(proof, wallets)
+            assert refused.value.reason == "invalid_siwx_signature"
+    assert [fast_eoa_check(p) for p in (second, twin(second), forged, altered)] == [
+        True,
+        True,
+        False,
+        False,
+    ]
+    assert wallets.key(payer.address) is kept
+
+
+async def test_a_forged_proof_never_teaches_a_key(sessions: Sessions) -> None:
+    payer, other = Account.create(), Account.create()
+    wallets = Wallets()
+    forged = (await signed(sessions, other)).model_copy(update={"address": payer.address})
+    with pytest.raises(SignInRefused):
+        signer_of(forged, wallets)
+    assert wallets.key(payer.address) is None
+    assert wallets.key(other.address) is None
+
+
+async def test_out_of_range_signatures_are_refused_by_the_verify_path(sessions: Sessions) -> None:
+    payer = Account.create()
+    wallets = Wallets()
+    signer_of(await signed(sessions, payer), wallets)
+    proof = await signed(sessions, payer)
+    raw = bytes.fromhex(proof.signature.removeprefix("0x"))
+    for r, s in ((0, 1), (1, 0), (ORDER, 1), (1, ORDER)):
+        bad = "0x" + (r.to_bytes(32, "big") + s.to_bytes(32, "big") + raw[64:]).hex()
+        with pytest.raises(SignInRefused):
+            signer_of(proof.model_copy(update={"signature": bad}), wallets)
+
+
+async def test_a_sessions_object_keeps_the_wallets_it_checked() -> None:
+    wallets = Wallets()
+    sessions = Sessions(loads(CONFIG), MemorySessions(), wallets)
+    account = Account.create()
+    await sessions.paid(REPORTS, account.address)
+    for _ in range(3):
+        header = encode_siwx_header(await signed(sessions, account))
+        assert await sessions.sign_in(REPORTS, "/reports/a", header) == account.address
+    assert len(wallets) == 1 and wallets.key(account.address) is not None
