@@ -45,6 +45,7 @@ from gateway.proxy.upstream import Upstream
 from gateway.serving.state import InFlight
 from gateway.store import PaymentStore, open_store
 from gateway.store.buckets import TokenBuckets
+from gateway.store.channel_writer import open_channel_writer
 from gateway.store.channels import open_channel_storage
 from gateway.store.claim_lock import open_claim_lock
 from gateway.store.kept import KeptResponses
@@ -210,9 +211,13 @@ def _channels(settings: Settings, payments: Payments, previous: Generation | Non
         return
     before = previous.payments if previous is not None else None
     if before is not None and before.channels is not None and before.store is payments.store:
-        payments.use_channels(Channels(settings, before.channels.storage, owned=False))
+        storage = before.channels.storage
+        writer = open_channel_writer(storage, payments.store)
+        payments.use_channels(Channels(settings, storage, owned=False, writer=writer))
         return
-    payments.use_channels(Channels(settings, open_channel_storage(settings.store)))
+    storage = open_channel_storage(settings.store)
+    writer = open_channel_writer(storage, payments.store)
+    payments.use_channels(Channels(settings, storage, writer=writer))
 
 
 @dataclass(frozen=True, slots=True)

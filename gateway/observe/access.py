@@ -31,6 +31,8 @@ def payment_fields(record: RequestRecord) -> dict[str, object]:
         fields[f"{step}_ms"] = round(seconds * 1000, 3)
     if claim.settled is not None and claim.settled.success:
         fields["transaction"] = claim.settled.transaction
+    if claim.hold is not None:
+        fields["voucher"] = "fast"  # served by gateway/payment/channel_fast.py, not the SDK hooks
     return fields
 
 

@@ -66,6 +66,9 @@ from x402.schemas import (
 
 from gateway.config.settings import Settings
 from gateway.observe.logs import get_logger
+from gateway.payment.channel_fast import FastVouchers
+from gateway.payment.channel_terms import ChannelIds
+from gateway.store.channel_writer import ChannelWriter
 
 log = get_logger("gateway.channels")
 
@@ -213,8 +216,16 @@ class Channels:
     """The batch-settlement schemes of one generation (one per network with a channel
     route), their channel storage and their thread pool."""
 
-    def __init__(self, settings: Settings, storage: ChannelStorage, *, owned: bool = True) -> None:
-        """`owned`: close `storage` with this generation (False: a later one shares it)."""
+    def __init__(
+        self,
+        settings: Settings,
+        storage: ChannelStorage,
+        *,
+        owned: bool = True,
+        writer: ChannelWriter | None = None,
+    ) -> None:
+        """`owned`: close `storage` with this generation (False: a later one shares it);
+        `writer`: changes `storage` from the loop (the voucher fast path; None: none)."""
         self.storage = storage
         self._owned = owned
         self._pool = concurrent.futures.ThreadPoolExecutor(
@@ -241,6 +252,13 @@ class Channels:
             )
             for network, receiver in receivers.items()
         }
+        self.ids = ChannelIds()  # each channel's id computed once (gateway.payment.match)
+        # A plain voucher on a fresh channel, served on the loop (gateway/payment/channel_fast.py).
+        self.fast = (
+            FastVouchers(writer, config_ttl_ms(self.schemes), reservation)
+            if writer is not None and self.schemes
+            else None
+        )
 
     def register(self, server: x402ResourceServer) -> None:
         for network, scheme in self.schemes.items():
@@ -279,6 +297,11 @@ class Channels:
         close = getattr(self.storage, "close", None)
         if self._owned and callable(close):
             await asyncio.to_thread(close)
+
+
+def config_ttl_ms(schemes: dict[str, ThreadedScheme]) -> int:
+    """How long the SDK trusts a channel's on-chain state (one config for every network)."""
+    return min(scheme.inner.get_onchain_state_ttl_ms() for scheme in schemes.values())
 
 
 def reservation_seconds(settings: Settings) -> int:

@@ -46,7 +46,8 @@ from gateway.errors import (
     StoreUnavailable,
 )
 from gateway.observe.logs import get_logger
-from gateway.payment.channel_terms import is_refund
+from gateway.payment.channel_fast import Hold
+from gateway.payment.channel_terms import ChannelIds, is_refund
 from gateway.payment.channels import (
     CORRECTIVE,
     Channels,
@@ -137,6 +138,8 @@ class Claim:
     settlement: asyncio.Task[SettleResponse] | None = None
     # The scheme answers the request itself (a channel's cooperative refund): not forwarded.
     skip: SkipHandlerDirective | None = None
+    # A plain channel voucher reserved by the fast path (gateway/payment/channel_fast.py).
+    hold: Hold | None = None
 
 
 class Payments:
@@ -159,6 +162,11 @@ class Payments:
         self.server.register("eip155:*", upto)
         self._ready = False
         self.channels: Channels | None = None  # batch-settlement, when a route takes it
+
+    @property
+    def channel_ids(self) -> ChannelIds | None:
+        """The channel ids this generation has computed (for `match_requirement`)."""
+        return self.channels.ids if self.channels is not None else None
 
     def use_channels(self, channels: Channels) -> None:
         """Take batch-settlement payments (gateway/payment/channels.py); before `start()`."""
@@ -346,6 +354,9 @@ class Payments:
         if not self._ready:
             raise FacilitatorUnavailable("no facilitator has answered /supported yet")
         started = time.perf_counter()
+        if await self._fast_voucher(claim):
+            claim.timings.verify = time.perf_counter() - started
+            return
         try:
             result = await self.server.verify_payment(
                 claim.matched.payload, self._requirements(claim)
@@ -364,6 +375,30 @@ class Payments:
             headers = await self._corrective(claim, reason)
             raise error(result.verify.invalid_message or reason, reason=reason, headers=headers)
         claim.skip = result.skip_handler
+
+    async def _fast_voucher(self, claim: Claim) -> bool:
+        """A plain voucher on a channel with fresh state: checked and its channel reserved
+        on the loop (one store round trip); False when the SDK's path must decide."""
+        fast = self.channels.fast if self.channels is not None else None
+        if fast is None or claim.matched.requirement.scheme != SCHEME_BATCH_SETTLEMENT:
+            return False
+        reqs = self._requirements(claim)
+        voucher = fast.plain(claim.matched.payload.payload, reqs)  # type: ignore[arg-type]
+        if voucher is None or not isinstance(reqs, PaymentRequirements):
+            return False
+        claim.hold = fast.hold(voucher)  # set first: a hang-up meanwhile releases it
+        if await fast.reserve(claim.hold, reqs):
+            return True
+        claim.hold = None
+        return False
+
+    async def _settle_payment(self, claim: Claim, amount: int | None) -> SettleResponse:
+        """The SDK's settlement, or the fast path's charge of a reserved voucher."""
+        reqs = self._requirements(claim, amount)
+        fast = self.channels.fast if self.channels is not None else None
+        if claim.hold is not None and fast is not None and isinstance(reqs, PaymentRequirements):
+            return await fast.commit(claim.hold, reqs)
+        return await self.server.settle_payment(claim.matched.payload, reqs)
 
     async def _corrective(self, claim: Claim, reason: str) -> dict[str, str]:
         """A channel voucher on a stale cumulative amount: the 402 carries the channel's
@@ -427,9 +462,7 @@ class Payments:
         await self._enter_settling(claim)
         started = time.perf_counter()
         try:
-            result = await self.server.settle_payment(
-                claim.matched.payload, self._requirements(claim, amount)
-            )
+            result = await self._settle_payment(claim, amount)
         except SettlementPending as exc:
             claim.outcome_unknown = True
             await self._record(claim, "settlement_pending", reason=exc.detail)
@@ -484,6 +517,9 @@ class Payments:
         """A channel payment's reservation is cleared (its channel free for the next call)."""
         payload, reqs = claim.matched.payload, self._requirements(claim)
         if self.channels is None or reqs.scheme != SCHEME_BATCH_SETTLEMENT:
+            return
+        if claim.hold is not None and self.channels.fast is not None:
+            await self.channels.fast.cancel(claim.hold)
             return
         assert isinstance(payload, PaymentPayload) and isinstance(reqs, PaymentRequirements)
         await self.channels.cancel(self.server, payload, reqs)

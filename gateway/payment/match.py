@@ -49,7 +49,7 @@ from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 from gateway.config.settings import Requirement, RouteSettings
 from gateway.errors import PaymentError
 from gateway.formats import chain_id, is_address
-from gateway.payment.channel_terms import channel_payment
+from gateway.payment.channel_terms import ChannelIds, channel_payment
 from gateway.payment.decode import DecodedPayment
 from gateway.payment.eip3009 import (
     Domain,
@@ -156,7 +156,9 @@ def _chain(req: Requirement) -> int:
     return cid
 
 
-def _match_v2(route: RouteSettings, payload: PaymentPayload) -> MatchedPayment:
+def _match_v2(
+    route: RouteSettings, payload: PaymentPayload, ids: ChannelIds | None = None
+) -> MatchedPayment:
     accepted = payload.accepted
     if all(r.scheme != accepted.scheme for r in route.accepts):
         _unsupported(route, accepted.scheme)
@@ -175,7 +177,7 @@ def _match_v2(route: RouteSettings, payload: PaymentPayload) -> MatchedPayment:
         )
     cid = _chain(req)
     if req.scheme == SCHEME_BATCH_SETTLEMENT:
-        return _match_channel(req, cid, payload)
+        return _match_channel(req, cid, payload, ids)
     terms = parse_terms(req, payload.payload)
     check_terms(req, terms)
     if terms.token is None:
@@ -191,9 +193,11 @@ def _match_v2(route: RouteSettings, payload: PaymentPayload) -> MatchedPayment:
     )
 
 
-def _match_channel(req: Requirement, cid: int, payload: PaymentPayload) -> MatchedPayment:
+def _match_channel(
+    req: Requirement, cid: int, payload: PaymentPayload, ids: ChannelIds | None
+) -> MatchedPayment:
     """A channel deposit or voucher (gateway/payment/channel_terms.py)."""
-    paid = channel_payment(req, payload.payload)
+    paid = channel_payment(req, payload.payload, ids=ids)
     return MatchedPayment(
         version=2,
         payload=payload,
@@ -295,14 +299,18 @@ def _check_signature(req: Requirement, cid: int, payload: dict[str, Any]) -> Non
 
 
 def match_requirement(
-    route: RouteSettings, payment: DecodedPayment, resource_url: str
+    route: RouteSettings,
+    payment: DecodedPayment,
+    resource_url: str,
+    channel_ids: ChannelIds | None = None,
 ) -> MatchedPayment:
     """The route's own requirement `payment` pays, or `PaymentError` (402) saying what differs;
-    `MalformedPayment` (400) when the scheme payload is not shaped as its scheme requires."""
+    `MalformedPayment` (400) when the scheme payload is not shaped as its scheme requires.
+    `channel_ids`: the generation's cache of channel ids (None: each computed anew)."""
     if route.free:
         raise PaymentError("this route is free: it takes no payment", reason=MISMATCH)
     if isinstance(payment.payload, PaymentPayload):
-        return _match_v2(route, payment.payload)
+        return _match_v2(route, payment.payload, channel_ids)
     return _match_v1(route, payment.payload, resource_url)
 
 

@@ -188,6 +188,14 @@ async def test_one_deposit_then_two_hundred_calls_on_vouchers(
     assert int(channel.signed_max_claimable) == CALLS * PRICE
     assert int(channel.balance) == deposit
     assert channel.pending_request is None
+    # every voucher after the deposit took the fast path (checked and charged on the loop)
+    lines = [
+        r
+        for gw in replicas
+        for r in (json.loads(x) for x in gw.logs().splitlines() if x.startswith("{"))
+        if r.get("event") == "request" and str(r.get("path", "")).startswith("/paid/infer-")
+    ]
+    assert sum(r.get("voucher") == "fast" for r in lines) == CALLS - 1
 
 
 async def _open_channel(

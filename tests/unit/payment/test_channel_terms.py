@@ -16,7 +16,7 @@ from x402.mechanisms.evm.signers import EthAccountSigner
 from x402.schemas import PaymentPayload
 
 from gateway.errors import MalformedPayment, PaymentError
-from gateway.payment.channel_terms import VOUCHER_CLAIM_SECONDS, voucher_nonce
+from gateway.payment.channel_terms import VOUCHER_CLAIM_SECONDS, ChannelIds, voucher_nonce
 from gateway.payment.decode import DecodedPayment
 from gateway.payment.match import match_requirement
 from tests.unit.wire_helpers import (
@@ -129,6 +129,21 @@ def test_a_channel_id_that_is_not_its_config_is_refused() -> None:
     raw["channelConfig"] = config(salt="0x" + "01" * 32)  # the id is still the old config's
     with pytest.raises(PaymentError) as caught:
         match_requirement(CHANNEL_ROUTE, paying(raw), URL)
+    assert caught.value.reason == "invalid_batch_settlement_evm_channel_id_mismatch"
+
+
+def test_cached_channel_ids_are_the_sdks_and_a_changed_config_is_hashed_anew() -> None:
+    ids = ChannelIds()
+    good = voucher_payload()
+    first = match_requirement(CHANNEL_ROUTE, paying(good), URL, ids)
+    again = match_requirement(CHANNEL_ROUTE, paying(voucher_payload(4000)), URL, ids)
+    assert first.identity.nonce != again.identity.nonce
+    cfg = ChannelConfig.from_dict(good["channelConfig"])
+    assert ids.of(cfg, NETWORK) == compute_channel_id(cfg, NETWORK).lower()
+    forged = voucher_payload()
+    forged["channelConfig"] = config(salt="0x" + "01" * 32)  # the id is still the old config's
+    with pytest.raises(PaymentError) as caught:
+        match_requirement(CHANNEL_ROUTE, paying(forged), URL, ids)
     assert caught.value.reason == "invalid_batch_settlement_evm_channel_id_mismatch"
 
 
