@@ -52,6 +52,9 @@ def main(settings: Settings, args: argparse.Namespace) -> int:
     if settings.store == "memory":
         print("error: store: memory keeps channels inside the gateway process", file=sys.stderr)
         return EXIT_FAILED
+    if not channel_store(settings.store):
+        print("error: channels live in one Redis server; this store holds none", file=sys.stderr)
+        return EXIT_FAILED
     if args.action == "claim":
         if not args.all and not args.ids:
             print("error: channels claim needs --all or channel ids", file=sys.stderr)
@@ -60,6 +63,14 @@ def main(settings: Settings, args: argparse.Namespace) -> int:
     if args.action == "refund":
         return asyncio.run(_act(settings, "refund", args.ids))
     return asyncio.run(_list(settings, args.format))
+
+
+def channel_store(store: str) -> bool:
+    """Whether channels can live in `store`: one Redis server, not Sentinel or Cluster
+    (`gateway/store/channels.py`)."""
+    from gateway.store.redis_url import parse_redis_url
+
+    return parse_redis_url(store).kind == "single"
 
 
 def _stderr_logger() -> Any:

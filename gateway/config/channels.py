@@ -33,7 +33,14 @@ from gateway import formats
 from gateway.config import pricing
 from gateway.config import values as cv
 from gateway.config.reader import Reader, Scalar, Section, duration, using
-from gateway.config.settings import AssetSpec, ChannelsSettings, ChannelTerms, Requirement
+from gateway.config.settings import (
+    AssetSpec,
+    ChannelsSettings,
+    ChannelTerms,
+    Requirement,
+    RouteSettings,
+)
+from gateway.store.redis_url import parse_redis_url
 
 CHANNEL_KEYS = frozenset({"min_deposit"})
 BATCH_SETTLEMENT = SCHEME_BATCH_SETTLEMENT
@@ -167,3 +174,22 @@ def with_channel(
         extra["receiverAuthorizer"] = authorizer
     batch = dataclasses.replace(req, scheme=BATCH_SETTLEMENT, extra=MappingProxyType(extra))
     return (req, batch)
+
+
+def channels_need_one_redis(top: Section, store: str, routes: tuple[RouteSettings, ...]) -> None:
+    """Channel state lives in one Redis server (`gateway/store/channels.py`): a Sentinel or
+    Cluster store cannot hold it yet, so a channel route on one is refused here, not by a
+    failed start."""
+    route = next((r for r in routes if r.channel is not None), None)
+    if route is None or store == "memory":
+        return
+    try:
+        kind = parse_redis_url(store).kind
+    except ValueError:
+        return  # the store's own reader reported it
+    if kind != "single":
+        top.error(
+            "store",
+            f"routes[{route.index}].channel keeps channel state in one Redis server "
+            f"(redis://, rediss:// or unix://); a {kind} store cannot hold it yet",
+        )

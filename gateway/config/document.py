@@ -16,7 +16,7 @@ import yaml
 
 from gateway import formats
 from gateway.config import values as cv
-from gateway.config.channels import compile_channels
+from gateway.config.channels import channels_need_one_redis, compile_channels
 from gateway.config.cors import compile_cors
 from gateway.config.facilitators import compile_facilitators
 from gateway.config.networks import compile_networks
@@ -109,6 +109,7 @@ def compile_document(reader: Reader, root: yaml.Node) -> Settings | None:
     facilitators = compile_facilitators(reader, top.get("facilitator"))
     routes = _routes(reader, top, defaults)
     _access_needs_public_url(top, routes)
+    channels_need_one_redis(top, store, routes)
     return Settings(
         source=reader.filename,
         listen=listen,

@@ -24,6 +24,7 @@ from gateway.payment.channel_claims import ClaimPolicy
 from gateway.payment.channel_scheduler import ClaimScheduler
 from gateway.payment.engine import Facilitator
 from gateway.store.claim_lock import ClaimLock
+from gateway.store.redis_url import parse_redis_url
 
 log = get_logger("gateway.channels")
 
@@ -47,8 +48,12 @@ class ClaimService:
 
 
 def wanted(settings: Settings) -> bool:
-    """Whether this gateway may hold channels to claim."""
-    return settings.store != "memory" or any(r.channel is not None for r in settings.routes)
+    """Whether this gateway may hold channels to claim: a channel route, or a store channels
+    can live in (one Redis server; a Sentinel or Cluster store holds none: the config refuses
+    channel routes on one)."""
+    if any(r.channel is not None for r in settings.routes):
+        return True
+    return settings.store != "memory" and parse_redis_url(settings.store).kind == "single"
 
 
 def schedule_warnings(settings: Settings) -> list[str]:

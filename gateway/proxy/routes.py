@@ -253,6 +253,20 @@ def _priced_allow(
     return ALL_METHODS if every else allowed | {"OPTIONS"}
 
 
+def price_cell(route: RouteSettings) -> str:
+    """A route's price as `check` shows it: a hook's price is the hook's (its template's
+    amount is a placeholder), and each way to pay that is not `exact` names its scheme (a
+    channel route offers `exact` and `batch-settlement` at the same price)."""
+    if route.free:
+        return "free"
+    if route.price_hook is not None:
+        return route.price_text
+    return " | ".join(
+        format_price(a) if a.scheme == "exact" else f"{a.scheme} {format_price(a)}"
+        for a in route.accepts
+    )
+
+
 def route_rows(settings: Settings) -> list[dict[str, str]]:
     """The route table as text cells (`x402-gateway routes` and `check`, the admin `/routes`)."""
     return [
@@ -260,7 +274,7 @@ def route_rows(settings: Settings) -> list[dict[str, str]]:
             "index": str(r.index),
             "methods": ",".join(sorted(r.methods)) if r.methods else "*",
             "path": r.path,
-            "price": "free" if r.free else " | ".join(format_price(a) for a in r.accepts),
+            "price": price_cell(r),
             "settle": "-" if r.free else r.settle,
             "upstream": r.upstream or settings.upstream,
         }

@@ -117,3 +117,13 @@ def test_check_warns_of_a_claim_interval_too_close_to_the_withdraw_delay(
     err = capsys.readouterr().err
     assert "channels.claim_every (600s) is more than a third of withdraw_delay (900s)" in err
     assert "store: memory keeps channel state in this process" in err
+
+
+def test_a_sentinel_store_has_no_channels_to_show(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "gateway.yaml"
+    text = CONFIG.format(store="redis+sentinel://127.0.0.1:1/mymaster")
+    path.write_text(text.replace('    channel: {min_deposit: "$1.00"}\n', ""))
+    assert main(["channels", "--config", str(path)]) == 1
+    assert "channels live in one Redis server" in capsys.readouterr().err

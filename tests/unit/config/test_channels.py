@@ -184,3 +184,25 @@ def test_without_a_key_the_authorizer_is_left_to_the_facilitator() -> None:
     route = loads(_route('channel: {min_deposit: "$1"}')).routes[-1]
     assert "receiverAuthorizer" not in route.accepts[1].extra
     assert route.accepts[1].extra["withdrawDelay"] == 3600
+
+
+@pytest.mark.parametrize(
+    "store",
+    [
+        "redis+sentinel://127.0.0.1:26379/mymaster",
+        "redis://127.0.0.1:7000,127.0.0.1:7001?cluster=true",
+    ],
+)
+def test_a_channel_route_needs_one_redis_server(store: str) -> None:
+    channel = 'channel: {min_deposit: "$1.00"}'
+    text = (
+        text_with(store=f'"{store}"  {MARK}')
+        + "  - path: /v1/infer/*\n"
+        + (f'    price: "$0.001"\n    {channel}\n')
+    )
+    (message,) = errors(text)
+    assert message.startswith(f"gateway.yaml:{marked_line(text)} store: routes[1].channel")
+    assert "one Redis server" in message
+    # without the channel route the same store loads; a single server takes channels
+    assert loads(text.replace(channel, "")).store == store
+    assert loads(text.replace(store, "redis://127.0.0.1:6379/0")).routes[1].channel is not None

@@ -380,3 +380,31 @@ def test_priced_allow_refuses_what_path_parameters_would_change() -> None:
     table = RouteTable(_routes(("/paid/*", ["GET"])))
     with pytest.raises(AmbiguousPath):
         table.priced_allow("/paid;x/y")
+
+
+def test_price_cells_name_the_hook_and_every_scheme_but_exact() -> None:
+    from gateway.config import loads
+    from gateway.proxy.routes import price_cell
+
+    settings = loads(
+        """
+upstream: http://127.0.0.1:9
+facilitator: {url: http://127.0.0.1:9}
+pay_to: "0x209693bc6afc0c5328ba36faf03c514ef312287c"
+channels: {authorizer_key: "0x%s"}
+routes:
+  - {path: /plain/*, price: "$0.001"}
+  - {path: /channel/*, price: "$0.001", channel: {min_deposit: "$1"}}
+  - {path: /hook/*, price: {hook: "http://127.0.0.1:9100/price"}}
+  - {path: /free/*, price: free}
+"""
+        % ("11" * 32)
+    )
+    cells = [price_cell(route) for route in settings.routes]
+    usdc = "$0.001 (1000 atomic units of USDC)"
+    assert cells == [
+        usdc,
+        f"{usdc} | batch-settlement {usdc}",
+        "hook http://127.0.0.1:9100/price",
+        "free",
+    ]
