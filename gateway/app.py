@@ -45,10 +45,10 @@ from gateway.observe.metrics import Metrics
 from gateway.observe.record import RequestRecord
 from gateway.payment.challenge import ERROR_PAYMENT_REQUIRED
 from gateway.payment.decode import decode_payment
-from gateway.payment.engine import Claim
 from gateway.payment.limits import client_ip
 from gateway.payment.match import MatchedPayment, match_requirement
 from gateway.payment.metering import settle_amount
+from gateway.payment.paid_claim import Claim
 from gateway.payment.receipts import receipt_headers
 from gateway.payment.retries import Ticket
 from gateway.payment.sessions import HEADER as SIWX_HEADER
