@@ -26,6 +26,8 @@ Requirements = PaymentRequirements | PaymentRequirementsV1
 
 
 class ChannelPayments:
+    """The batch-settlement steps of `Payments`, on its server and facilitator's /supported."""
+
     def __init__(
         self, server: x402ResourceServer, supported: Callable[[], SupportedResponse]
     ) -> None:

@@ -30,6 +30,8 @@ log = get_logger("gateway.payments")
 
 
 class Books:
+    """Writes each change of a claim's record to the store, in the order money moves."""
+
     def __init__(self, store: PaymentStore) -> None:
         self.store = store
 
