@@ -6,6 +6,8 @@ The map of the package, in the order a request meets it:
 - `gateway.serving`: the process (runner phases, listener, workers, admin) and its shared
   state (`serving.state`: requests in flight, draining, the reload hook);
 - `gateway.app` (here): `entry()` -> `handle()` -> `finish()`, one `RequestRecord` per request;
+  `gateway.paid`: a verified payment forwarded, settled and relayed (or answered by its
+  scheme); `gateway.sign_in`: Sign-In-With-X, pay once then sign in;
 - `gateway.composition`: one generation's parts built from settings (`Parts` is the seam);
   `gateway.reload`: swapping generations on SIGHUP or `--watch`;
 - `gateway.proxy`: canonical paths, the route table, header hygiene, the streaming relay;
@@ -19,40 +21,27 @@ The map of the package, in the order a request meets it:
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
-import json
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import ClientResponse, web
 
 from gateway import answers, mcp_tools, wellknown
-from gateway.composition import PAYMENT_HEADERS, Generation, Parts
+from gateway.composition import Generation, Parts
 from gateway.config.settings import RouteSettings, Settings
-from gateway.errors import (
-    GatewayError,
-    MethodNotAllowed,
-    PaymentError,
-    SignInRefused,
-    StoreUnavailable,
-)
+from gateway.errors import GatewayError, MethodNotAllowed, PaymentError
 from gateway.observe import access
-from gateway.observe.logs import get_logger
 from gateway.observe.metrics import Metrics
 from gateway.observe.record import RequestRecord
+from gateway.paid import answered_by_scheme, forward_paid, paid_headers
 from gateway.payment.challenge import ERROR_PAYMENT_REQUIRED
 from gateway.payment.decode import decode_payment
-from gateway.payment.engine import Claim
 from gateway.payment.limits import client_ip
 from gateway.payment.match import MatchedPayment, match_requirement
-from gateway.payment.metering import settle_amount
-from gateway.payment.receipts import receipt_headers
 from gateway.payment.retries import Ticket
-from gateway.payment.sessions import HEADER as SIWX_HEADER
-from gateway.payment.streamed import relay_metered_stream, streams_usage
 from gateway.proxy.headers import is_trusted
 from gateway.proxy.paths import canonicalize
 from gateway.proxy.routes import route_rows
@@ -60,11 +49,7 @@ from gateway.proxy.upstream import relay
 from gateway.reload import LiveGateway
 from gateway.serving.admin import FunctionCheck, make_admin_app
 from gateway.serving.state import RELOAD, SERVER_STATE, attach_state
-
-# A paid answer is for its payer alone: no shared cache (nor a CDN, whose own directives
-# the relay strips) may keep it and hand it to someone who did not pay (issue 12 item 7).
-PRIVATE = {"Cache-Control": "private, no-store"}
-log = get_logger("gateway.sessions")
+from gateway.sign_in import signed_in, with_sign_in
 
 LIVE = web.AppKey("gateway_live", LiveGateway)  # the current generation: LIVE.current
 METRICS = web.AppKey("metrics", Metrics)
@@ -109,98 +94,6 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
         if resource is not None and isinstance(exc, PaymentError):
             resource = await with_sign_in(gw, resource)
         return answers.error_response(request, exc, resource, record.request_id, gw.cors)
-
-
-async def forward_paid(  # noqa: PLR0913  the request, its payment and its origin's answer
-    request: web.Request,
-    gw: Generation,
-    claim: Claim,
-    *,
-    forward: Callable[..., Awaitable[ClientResponse]],
-    ticket: Ticket | None,
-    record: RequestRecord,
-    started: float,
-) -> web.StreamResponse:
-    """A verified payment: settled first if the route says so, then forwarded to the origin;
-    its answer relayed (an origin failure charges nothing) and settled (`settle_and_relay`)."""
-    route, matched = record.route, claim.matched
-    assert route is not None
-    if route.settle == "before":
-        await gw.payments.settle(claim)
-    sent = time.perf_counter()
-    upstream = await forward(
-        add_headers={
-            gw.settings.payer_header: matched.payer,
-            "X-Request-Id": record.request_id,
-        }
-    )
-    claim.timings.origin = time.perf_counter() - sent
-    if upstream.status >= 400:
-        # Nothing is charged for an origin failure. A paid HEAD is charged as a GET:
-        # the origin ran its GET handler for it (Express does), so it bought a response.
-        await gw.payments.abandon(claim, f"origin answered {upstream.status}")
-        return await relay(request, upstream, paid_headers(gw, request, upstream), paid=True)
-    return await settle_and_relay(
-        request, gw, upstream, claim=claim, ticket=ticket, record=record, started=started
-    )
-
-
-async def settle_and_relay(  # noqa: PLR0913  the request, its payment and its origin's answer
-    request: web.Request,
-    gw: Generation,
-    upstream: ClientResponse,
-    *,
-    claim: Claim,
-    ticket: Ticket | None,
-    record: RequestRecord,
-    started: float,
-) -> web.StreamResponse:
-    """The origin answered < 400: settle (what a metered route's origin stated), then relay;
-    a metered stream is relayed first and settled after its last byte."""
-    route, matched = record.route, claim.matched
-    assert route is not None
-    if streams_usage(route, upstream.headers):
-        # The amount comes with the stream's end: settled after the last byte.
-        return await relay_metered_stream(
-            request,
-            upstream,
-            payments=gw.payments,
-            claim=claim,
-            route=route,
-            extra_headers=paid_headers(gw, request, upstream),
-        )
-    if claim.settled is None:
-        try:
-            amount = settle_amount(route, matched.requirement, upstream.headers, record.request_id)
-            await gw.payments.settle(claim, amount)
-        except GatewayError:
-            await gw.upstream.discard(upstream)  # settlement failed: serve nothing
-            raise
-    assert claim.settled is not None
-    await gw.limiter.count_spend(matched.payer, matched.requirement, time.time())
-    await remember_payment(gw, route, matched.payer)
-    receipt = receipt_headers(claim.settled, matched.version)
-    extra = {**paid_headers(gw, request, upstream), **receipt, **timing(gw, claim, started)}
-    return await gw.retries.relay(ticket, request, upstream, extra, receipt)
-
-
-async def answered_by_scheme(
-    request: web.Request, gw: Generation, claim: Claim
-) -> web.StreamResponse:
-    """A verified payment its scheme answers itself (a batch-settlement cooperative refund:
-    the payer closes its channel): settled (the refund, through the facilitator), never
-    forwarded to the origin; the scheme's body with the receipt, as the SDK's server does."""
-    settled = await gw.payments.settle(claim)
-    assert claim.skip is not None
-    body = claim.skip.body if claim.skip.body is not None else {}
-    headers = {
-        "Content-Type": claim.skip.content_type or "application/json",
-        **PRIVATE,
-        **gw.cors.allow_origin(request.headers.get("Origin")),
-        **receipt_headers(settled, claim.matched.version),
-    }
-    data = body if isinstance(body, str | bytes) else json.dumps(body)
-    return web.Response(status=200, body=data, headers=headers)
 
 
 async def payment_step(
@@ -252,34 +145,6 @@ async def route_at_price(
     return route
 
 
-# --- Sign-In-With-X (`access: {for: ...}`): pay once, then sign in ---------------------
-
-
-async def signed_in(
-    gw: Generation, route: RouteSettings, path: str, headers: Mapping[str, str], ip: str
-) -> str | None:
-    """The payer a SIWX proof signs in to this route, or None to go on to payment. A refused
-    proof is the answer (402, with why) unless the request also carries a payment. A sign-in
-    counts against the client IP's rates as a paid call does, once: before its proof is read
-    (a flood of proofs costs no curve operation), or, beside a payment, once it is accepted
-    (a refused one goes on to the payment, which is counted there)."""
-    proof = headers.get(SIWX_HEADER)
-    if proof is None or gw.sessions is None or route.access is None:
-        return None
-    paying = any(name in headers for name in PAYMENT_HEADERS)
-    if not paying:
-        await gw.limiter.check(route, ip)
-    try:
-        payer = await gw.sessions.sign_in(route, path, proof)
-    except SignInRefused:
-        if paying:
-            return None
-        raise
-    if paying:
-        await gw.limiter.check(route, ip)
-    return payer
-
-
 async def sign_in_or_pay(  # noqa: PLR0913  the request's parts; `path`, `ip` keyword-only
     request: web.Request,
     gw: Generation,
@@ -302,25 +167,6 @@ async def sign_in_or_pay(  # noqa: PLR0913  the request's parts; `path`, `ip` ke
     return await relay(request, upstream, paid_headers(gw, request, upstream), paid=True)
 
 
-async def with_sign_in(gw: Generation, resource: answers.PricedResource) -> answers.PricedResource:
-    """The resource with a fresh SIWX challenge in its 402, for a route with `access`."""
-    if gw.sessions is None:
-        return resource
-    extensions = await gw.sessions.extensions(resource.route, resource.url)
-    return dataclasses.replace(resource, extensions=extensions)
-
-
-async def remember_payment(gw: Generation, route: RouteSettings, payer: str) -> None:
-    """Settled: the payer may sign in to `route` for its access window. The payer is served
-    whatever happens here; without the record it pays again next time, never the reverse."""
-    if gw.sessions is None or route.access is None:
-        return
-    try:
-        await gw.sessions.paid(route, payer)
-    except StoreUnavailable as exc:
-        log.error("access_record_failed", route=route.name, payer=payer, error=exc.detail)
-
-
 def find_route(gw: Generation, method: str, path: str) -> RouteSettings | None:
     found = gw.routes.match(method, path)
     if found.route is None and found.allowed:
@@ -329,26 +175,6 @@ def find_route(gw: Generation, method: str, path: str) -> RouteSettings | None:
             f"{method} is not routed here; use {allow}", headers={"Allow": allow}
         )
     return found.route
-
-
-def paid_headers(gw: Generation, request: web.Request, upstream: ClientResponse) -> dict[str, str]:
-    """What a relayed answer on a priced path gets on top of the origin's: `private,
-    no-store`, and the gateway's CORS headers when the origin sent none (the gateway
-    answered this path's preflight, so a page that paid must be let to read the answer)."""
-    if "Access-Control-Allow-Origin" in upstream.headers:
-        return PRIVATE
-    return {**PRIVATE, **gw.cors.allow_origin(request.headers.get("Origin"))}
-
-
-def timing(gw: Generation, claim: Claim, started: float) -> dict[str, str]:
-    """The opt-in `Server-Timing` header: where a paid request's time went up to the response
-    head (verify, origin, settle), and `gw`, the gateway's own share of it."""
-    if not gw.settings.server_timing:
-        return {}
-    total = time.perf_counter() - started
-    steps = claim.timings.spans()
-    spans = {**steps, "gw": total - sum(steps.values()), "total": total}
-    return {"Server-Timing": ", ".join(f"{k};dur={v * 1000:.3f}" for k, v in spans.items())}
 
 
 class RequestIds:

@@ -30,7 +30,8 @@ from gateway.observe.metrics import Metrics
 from gateway.payment.challenge import PreparedChallenges
 from gateway.payment.channel_service import ClaimService, settings_key, start_claims, wanted
 from gateway.payment.channels import Channels
-from gateway.payment.engine import Facilitator, Payments
+from gateway.payment.engine import Payments
+from gateway.payment.facilitator import Facilitator
 from gateway.payment.limits import RateLimiter
 from gateway.payment.price_hook import HttpPriceSource
 from gateway.payment.prices import Prices, PriceSource

@@ -28,9 +28,9 @@ from gateway.composition import Generation
 from gateway.config.settings import RateLimits, Requirement, RouteSettings
 from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, PaymentError
 from gateway.payment.decode import DecodedPayment, nesting_exceeds
-from gateway.payment.engine import Claim
 from gateway.payment.limits import client_ip
 from gateway.payment.match import match_requirement
+from gateway.payment.paid_claim import Claim
 from gateway.payment.requirements import requirements_v2
 from gateway.proxy.upstream import relay
 

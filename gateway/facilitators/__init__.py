@@ -9,7 +9,7 @@ from gateway.config.settings import LocalFacilitatorSettings, RemoteFacilitatorS
 
 if TYPE_CHECKING:
     from gateway.facilitators.engine import EngineFacilitator, EngineOptions, Observer
-    from gateway.payment.engine import Facilitator
+    from gateway.payment.facilitator import Facilitator
 
 
 def open_facilitator(

@@ -46,7 +46,7 @@ from gateway.facilitators.engine.verify import (
     route,
 )
 from gateway.observe.logs import get_logger
-from gateway.payment.engine import Facilitator
+from gateway.payment.facilitator import Facilitator
 from gateway.payment.networks import caip_from_v1, v1_name
 
 CHAIN_READ_TIMEOUT = 1.0  # seconds: past this, the facilitator's /verify is quicker anyway

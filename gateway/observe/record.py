@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from gateway.config.settings import RouteSettings
 from gateway.errors import GatewayError, SignInRefused
-from gateway.payment.engine import Claim, StepTimings
 from gateway.payment.outcome import Outcome, classify
+from gateway.payment.paid_claim import Claim, StepTimings
 
 NO_RESPONSE = 499  # the status logged when no response was sent (the client went away)
 SIGNED_IN, SIGN_IN_REFUSED = "signed_in", "refused"  # a SIWX sign-in's outcomes

@@ -8,14 +8,17 @@ Pure modules (no sockets, no store, no facilitator; tested without I/O):
 - `outcome`: what became of a request that carried a payment (for metrics and logs).
 
 Then `engine`, where money moves: claim, verify, settle, release (`Payments`), on the SDK's
-`x402ResourceServer` and a `Facilitator`.
+`x402ResourceServer` and a `Facilitator` (`facilitator`); beside it a request's `Claim`
+(`paid_claim`), its books (`settlement`), the channel side (`channel_payments`) and the
+work off the request path (`lifecycle`).
 """
 
 from __future__ import annotations
 
 from gateway.payment.challenge import ERROR_PAYMENT_REQUIRED, PreparedChallenges
 from gateway.payment.decode import MAX_JSON_DEPTH, DecodedPayment, decode_payment
-from gateway.payment.engine import Claim, Facilitator, Payments
+from gateway.payment.engine import Payments
+from gateway.payment.facilitator import Facilitator
 from gateway.payment.match import (
     MISMATCH,
     MatchedPayment,
@@ -23,6 +26,7 @@ from gateway.payment.match import (
     claim_ttl,
     match_requirement,
 )
+from gateway.payment.paid_claim import Claim
 from gateway.payment.receipts import receipt_headers
 from gateway.payment.terms import UNSUPPORTED_PAYLOAD
 

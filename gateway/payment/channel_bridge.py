@@ -34,7 +34,7 @@ from x402.schemas import (
 )
 
 from gateway.payment.channel_claims import Target
-from gateway.payment.engine import Facilitator
+from gateway.payment.facilitator import Facilitator
 
 T = TypeVar("T")
 

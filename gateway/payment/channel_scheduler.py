@@ -53,7 +53,7 @@ from gateway.payment.channel_claims import (
     due,
     unclaimed,
 )
-from gateway.payment.engine import Facilitator
+from gateway.payment.facilitator import Facilitator
 from gateway.store.claim_lock import ClaimLock, Lease, keep_renewing
 
 log = get_logger("gateway.channels")

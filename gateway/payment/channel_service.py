@@ -22,7 +22,7 @@ from gateway.observe.channel_metrics import ChannelMetrics
 from gateway.observe.logs import get_logger
 from gateway.payment.channel_claims import ClaimPolicy
 from gateway.payment.channel_scheduler import ClaimScheduler
-from gateway.payment.engine import Facilitator
+from gateway.payment.facilitator import Facilitator
 from gateway.store.claim_lock import ClaimLock
 from gateway.store.redis_url import parse_redis_url
 

@@ -119,3 +119,21 @@ def completed(req: PaymentRequirements, supported: SupportedResponse) -> Payment
 def incomplete(req: PaymentRequirements) -> bool:
     """A `batch-settlement` requirement no authorizer is known for yet: not offered."""
     return req.scheme == SCHEME_BATCH_SETTLEMENT and "receiverAuthorizer" not in (req.extra or {})
+
+
+# Schemes whose requirements are completed from the facilitator's /supported `extra`.
+_COMPLETED = (SCHEME_UPTO, SCHEME_BATCH_SETTLEMENT)
+
+
+def for_facilitator(
+    reqs: PaymentRequirements | PaymentRequirementsV1,
+    supported: SupportedResponse,
+    amount: int | None = None,
+) -> PaymentRequirements | PaymentRequirementsV1:
+    """A route's requirements for the facilitator: an `upto` one completed with the
+    facilitator's address, and settled for `amount`; a `batch-settlement` one completed with
+    the facilitator's receiver authorizer when the gateway has none of its own."""
+    if not isinstance(reqs, PaymentRequirements) or reqs.scheme not in _COMPLETED:
+        return reqs
+    reqs = completed(reqs, supported)
+    return reqs if amount is None else reqs.model_copy(update={"amount": str(amount)})

@@ -34,8 +34,9 @@ from x402.schemas import SettleResponse
 from gateway.config.settings import RouteSettings
 from gateway.errors import GatewayError
 from gateway.observe.logs import get_logger
-from gateway.payment.engine import Claim, Payments
+from gateway.payment.engine import Payments
 from gateway.payment.metering import OVERRIDES_HEADER, Usage, logged, stated_amount, usage
+from gateway.payment.paid_claim import Claim
 from gateway.proxy.sse import LastEvent, event, is_event_stream
 from gateway.proxy.upstream import relay_watched
 

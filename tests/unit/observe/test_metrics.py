@@ -30,8 +30,8 @@ from gateway.observe.access import payment_fields
 from gateway.observe.metrics import Metrics, dependency_of, safe_url
 from gateway.observe.record import RequestRecord
 from gateway.payment import decode_payment, match_requirement
-from gateway.payment.engine import Claim, StepTimings
 from gateway.payment.outcome import payment_outcome
+from gateway.payment.paid_claim import Claim, StepTimings
 from gateway.store import PaymentRecord
 from tests.unit.wire_helpers import URL, headers, new_account, requirement, route, sdk_v2_payment
 

@@ -270,7 +270,7 @@ async def test_a_client_hanging_up_while_its_reservation_is_written_leaves_the_c
 
 
 def test_a_cooperative_refund_is_recorded_as_charging_nothing() -> None:
-    from gateway.payment.engine import charged_amount
+    from gateway.payment.paid_claim import charged_amount
 
     refund = {**voucher_payload(PRICE, CONFIG), "type": "refund"}
     data = {
