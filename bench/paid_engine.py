@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -340,8 +340,13 @@ def table_lines(results: dict[str, Any]) -> list[str]:
                     f" {cpu_.get('facilitator', '(in gateway)')} | {ratio} |"
                 )
     lines += ["", "On chain (every payment of every cell, warm-ups included):", ""]
-    lines += [
-        "| variant | payments | 200s | transfers | double charges | unpaid 200s |"
+    return lines + on_chain_lines(results, "variant")
+
+
+def on_chain_lines(results: dict[str, Any], label: str) -> list[str]:
+    """The on-chain count of every payment, one row per gateway (`label` names the column)."""
+    lines = [
+        f"| {label} | payments | 200s | transfers | double charges | unpaid 200s |"
         " charged, not served |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -369,22 +374,29 @@ def section(quick: bool, log: Any) -> dict[str, Any]:
     return asyncio.run(run(QUICK if quick else FULL, log))
 
 
+def write_results(
+    results: dict[str, Any], stem: str, markdown: Callable[[dict[str, Any]], str], *, quick: bool
+) -> None:
+    """Stamp a run (when, machine, load, profile), write `<stem>-latest.json/.md`, print it."""
+    results |= {
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
+        "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+        "profile": "quick" if quick else "full",
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{stem}-latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    text = markdown(results)
+    (RESULTS / f"{stem}-latest.md").write_text(text)
+    print(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.paid_engine")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     results = asyncio.run(run(QUICK if args.quick else FULL, lambda m: print(m, flush=True)))
-    results |= {
-        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
-        "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
-        "profile": "quick" if args.quick else "full",
-    }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "paid-engine-latest.json").write_text(json.dumps(results, indent=2) + "\n")
-    text = markdown(results)
-    (RESULTS / "paid-engine-latest.md").write_text(text)
-    print(text)
+    write_results(results, "paid-engine", markdown, quick=args.quick)
     bad = [n for n, c in results["on_chain"].items() if c["double_charges"] or c["unpaid_200s"]]
     return 1 if bad else 0
 

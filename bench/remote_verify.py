@@ -23,9 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -46,15 +43,16 @@ from bench.paid_engine import (
     fund,
     gateway_config,
     on_chain,
+    on_chain_lines,
     settler_keys,
     sign,
     start_origin,
+    write_results,
 )
 from bench.procs import ProcGroup, free_port
 from bench.stats import percentile, rounded
 from gateway.demo import chain as chainlib
 
-RESULTS = Path(__file__).resolve().parent / "results"
 DELAY_MS = 50.0  # one way, each direction
 FACILITATORS = ("sdk", "engine")
 MODES = ("facilitator", "local")
@@ -272,17 +270,7 @@ def table_lines(results: dict[str, Any]) -> list[str]:
     for name, d in results.get("p50_cut", {}).items():
         lines.append(f"| {name} | {d['p50_cut_ms']} | {d['verify_p50_cut_ms']} |")
     lines += ["", "On chain (every payment, warm-ups included):", ""]
-    lines += [
-        "| gateway | payments | 200s | transfers | double charges | unpaid 200s |"
-        " charged, not served |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for name, c in results.get("on_chain", {}).items():
-        lines.append(
-            f"| {name} | {c['payments']} | {c['served_200']} | {c['transfers']} |"
-            f" {c['double_charges']} | {c['unpaid_200s']} | {c['charged_not_served']} |"
-        )
-    return lines
+    return lines + on_chain_lines(results, "gateway")
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -306,17 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     results = asyncio.run(run(QUICK if args.quick else FULL, lambda m: print(m, flush=True)))
-    results |= {
-        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
-        "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
-        "profile": "quick" if args.quick else "full",
-    }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "remote-verify-latest.json").write_text(json.dumps(results, indent=2) + "\n")
-    text = markdown(results)
-    (RESULTS / "remote-verify-latest.md").write_text(text)
-    print(text)
+    write_results(results, "remote-verify", markdown, quick=args.quick)
     checks = results["on_chain"].values()
     bad = [c for c in checks if c["double_charges"] or c["unpaid_200s"] or c["charged_not_served"]]
     return 1 if bad else 0
