@@ -20,8 +20,7 @@ since the target's last claim and anything is owed.
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -156,36 +155,6 @@ def _due(target: Target, owing: Sequence[Channel], reason: str) -> Due:
 def atomic(dollars: Decimal, decimals: int) -> int:
     """`claim_over` in a token's atomic units (a stablecoin: one unit is one dollar)."""
     return int(dollars * (Decimal(10) ** decimals))
-
-
-class Retry:
-    """A target's failures in a row: the next attempt waits longer each time (jittered,
-    capped); one success resets it. A failed claim is never dropped, only delayed."""
-
-    def __init__(
-        self,
-        base: float = BACKOFF_BASE,
-        cap: float = BACKOFF_CAP,
-        jitter: Callable[[], float] = random.random,
-    ) -> None:
-        self._base, self._cap, self._jitter = base, cap, jitter
-        self.failures = 0
-        self.not_before = 0.0
-        self.last_error = ""
-
-    def ready(self, now: float) -> bool:
-        return now >= self.not_before
-
-    def failed(self, now: float, error: str) -> float:
-        self.failures += 1
-        self.last_error = error
-        full = min(self._cap, self._base * 2.0 ** min(self.failures - 1, 30))
-        delay = full * (0.5 + self._jitter() / 2)
-        self.not_before = now + delay
-        return delay
-
-    def succeeded(self) -> None:
-        self.failures, self.not_before, self.last_error = 0, 0.0, ""
 
 
 def _channel_id(config: ChannelConfig, network: str) -> str:

@@ -43,10 +43,11 @@ from gateway.observe.channel_metrics import ChannelMetrics
 from gateway.observe.logs import get_logger
 from gateway.payment.channel_bridge import off_loop, sdk_manager
 from gateway.payment.channel_claims import (
+    BACKOFF_BASE,
+    BACKOFF_CAP,
     ClaimPolicy,
     Due,
     Grouper,
-    Retry,
     Target,
     asked,
     atomic,
@@ -54,6 +55,7 @@ from gateway.payment.channel_claims import (
     unclaimed,
 )
 from gateway.payment.facilitator import Facilitator
+from gateway.store.backoff import Backoff
 from gateway.store.claim_lock import ClaimLock, Lease, keep_renewing
 
 log = get_logger("gateway.channels")
@@ -91,7 +93,7 @@ class ClaimScheduler:
     clock: Callable[[], float] = time.time
     logger: Any = None  # None: the gateway's log ("gateway.channels")
     _grouper: Grouper = field(init=False)
-    _retries: dict[Target, Retry] = field(default_factory=dict, init=False)
+    _retries: dict[Target, Backoff] = field(default_factory=dict, init=False)
     _managers: dict[Target, BatchSettlementChannelManager] = field(default_factory=dict, init=False)
     _first_seen: dict[Target, float] = field(default_factory=dict, init=False)
     _round: asyncio.Task[list[Outcome]] | None = field(default=None, init=False)
@@ -179,7 +181,7 @@ class ClaimScheduler:
         now = self.clock()
         planned = []
         for target, channels in sorted(groups.items()):
-            if not self._retry(target).ready(now):
+            if self._retry(target).wait_left(now):
                 continue
             found = due(
                 target,
@@ -312,8 +314,10 @@ class ClaimScheduler:
             return int(mark)
         return int(self._first_seen.setdefault(target, now) * 1000)
 
-    def _retry(self, target: Target) -> Retry:
-        return self._retries.setdefault(target, Retry())
+    def _retry(self, target: Target) -> Backoff:
+        """A target's failures in a row: the next attempt waits longer each time (jittered,
+        capped); one success resets it. A failed claim is never dropped, only delayed."""
+        return self._retries.setdefault(target, Backoff(BACKOFF_BASE, BACKOFF_CAP))
 
     def _count_claim(self, outcome: str, reason: str, transactions: int = 1) -> None:
         if self.metrics is not None:

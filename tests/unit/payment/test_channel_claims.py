@@ -6,7 +6,8 @@ from decimal import Decimal
 
 from x402.mechanisms.evm.batch_settlement.utils import normalize_channel_id
 
-from gateway.payment.channel_claims import Grouper, Retry, Target, asked, atomic, due, unclaimed
+from gateway.payment.channel_claims import Grouper, Target, asked, atomic, due, unclaimed
+from gateway.store.backoff import Backoff
 from tests.unit.payment.channel_fakes import AUTHORIZER, NETWORK, RECEIVER, TOKEN, new_channel
 
 OTHER = "eip155:8453"
@@ -82,11 +83,12 @@ def test_claim_over_in_atomic_units() -> None:
 
 
 def test_retry_waits_longer_each_failure_capped_and_resets() -> None:
-    retry = Retry(base=2.0, cap=10.0, jitter=lambda: 1.0)
-    assert retry.ready(0.0)
+    # The claim schedule's retries are the store's Backoff (gateway/store/backoff.py).
+    retry = Backoff(base=2.0, cap=10.0, jitter=lambda: 1.0)
+    assert retry.wait_left(0.0) == 0
     delays = [retry.failed(100.0, "boom") for _ in range(5)]
     assert delays == [2.0, 4.0, 8.0, 10.0, 10.0]
-    assert not retry.ready(109.9) and retry.ready(110.0)
+    assert retry.wait_left(109.9) > 0 and retry.wait_left(110.0) == 0
     assert retry.last_error == "boom"
     retry.succeeded()
-    assert retry.ready(0.0) and retry.failures == 0
+    assert retry.wait_left(0.0) == 0 and not retry.failing
