@@ -44,8 +44,9 @@ from x402.mechanisms.evm.batch_settlement.types import ChannelConfig
 from x402.mechanisms.evm.batch_settlement.utils import compute_channel_id
 
 from gateway.config.settings import Requirement
-from gateway.errors import MalformedPayment, PaymentError
+from gateway.errors import PaymentError
 from gateway.formats import ADDRESS
+from gateway.payment.terms import malformed, text_field
 
 KINDS = ("deposit", "voucher", "refund")
 # How long a voucher's claim is kept: past any request in flight with it (the SDK holds a
@@ -93,30 +94,19 @@ class ChannelPayment:
     valid_before: int  # until when its claim is kept
 
 
-def _malformed(detail: str) -> NoReturn:
-    raise MalformedPayment(detail, reason="invalid_payload")
-
-
-def _text(obj: Any, key: str, where: str, pattern: re.Pattern[str], what: str) -> str:
-    value = obj.get(key) if isinstance(obj, dict) else None
-    if not isinstance(value, str) or not pattern.fullmatch(value):
-        _malformed(f"{where}.{key}: must be {what}")
-    return value
-
-
 def _config(raw: dict[str, Any]) -> ChannelConfig:
     where = "payload.channelConfig"
     cfg = raw.get("channelConfig")
     for key in ("payer", "payerAuthorizer", "receiver", "receiverAuthorizer", "token"):
-        _text(cfg, key, where, ADDRESS, "a 0x address")
-    _text(cfg, "salt", where, _BYTES32, "0x + 32 bytes of hex")
+        text_field(cfg, key, where, ADDRESS, "a 0x address")
+    text_field(cfg, "salt", where, _BYTES32, "0x + 32 bytes of hex")
     delay = cfg.get("withdrawDelay") if isinstance(cfg, dict) else None
     if (
         isinstance(delay, bool)
         or not isinstance(delay, int | str)
         or not _UINT.fullmatch(str(delay))
     ):
-        _malformed(f"{where}.withdrawDelay: must be a whole number of seconds")
+        malformed(f"{where}.withdrawDelay: must be a whole number of seconds")
     assert isinstance(cfg, dict)
     return ChannelConfig.from_dict(cfg)
 
@@ -124,11 +114,13 @@ def _config(raw: dict[str, Any]) -> ChannelConfig:
 def _voucher(raw: dict[str, Any]) -> tuple[str, int]:
     where = "payload.voucher"
     voucher = raw.get("voucher")
-    channel_id = _text(voucher, "channelId", where, _BYTES32, "0x + 32 bytes of hex").lower()
-    _text(voucher, "signature", where, _HEX, "0x hex bytes")
-    amount = int(_text(voucher, "maxClaimableAmount", where, _UINT, "a decimal integer string"))
+    channel_id = text_field(voucher, "channelId", where, _BYTES32, "0x + 32 bytes of hex").lower()
+    text_field(voucher, "signature", where, _HEX, "0x hex bytes")
+    amount = int(
+        text_field(voucher, "maxClaimableAmount", where, _UINT, "a decimal integer string")
+    )
     if amount > _UINT128_MAX:
-        _malformed(f"{where}.maxClaimableAmount: larger than a uint128")
+        malformed(f"{where}.maxClaimableAmount: larger than a uint128")
     return channel_id, amount
 
 
@@ -176,9 +168,9 @@ def is_refund(payload: dict[str, Any]) -> bool:
 def _refund_amount(raw: dict[str, Any]) -> int:
     if raw.get("amount") is None:
         return 0  # everything left in the channel
-    amount = int(_text(raw, "amount", "payload", _UINT, "a decimal integer string"))
+    amount = int(text_field(raw, "amount", "payload", _UINT, "a decimal integer string"))
     if amount > _UINT128_MAX:
-        _malformed("payload.amount: larger than a uint128")
+        malformed("payload.amount: larger than a uint128")
     return amount
 
 
@@ -199,9 +191,9 @@ def channel_payment(
     channel_id, cumulative = _voucher(raw)
     if kind == "deposit":
         deposit = raw.get("deposit")
-        _text(deposit, "amount", "payload.deposit", _UINT, "a decimal integer string")
+        text_field(deposit, "amount", "payload.deposit", _UINT, "a decimal integer string")
         if not isinstance(deposit, dict) or not isinstance(deposit.get("authorization"), dict):
-            _malformed("payload.deposit.authorization: missing")
+            malformed("payload.deposit.authorization: missing")
     refund = _refund_amount(raw) if kind == "refund" else None
     _check_config(req, config, channel_id, ids)
     moment = int(time.time() if now is None else now)

@@ -48,25 +48,25 @@ class Terms:
     nonce: str
 
 
-def _malformed(detail: str) -> NoReturn:
+def malformed(detail: str) -> NoReturn:
     raise MalformedPayment(detail, reason="invalid_payload")
 
 
-def _str_field(obj: Any, key: str, where: str, pattern: re.Pattern[str], what: str) -> str:
+def text_field(obj: Any, key: str, where: str, pattern: re.Pattern[str], what: str) -> str:
     value = obj.get(key) if isinstance(obj, dict) else None
     if not isinstance(value, str) or not pattern.fullmatch(value):
-        _malformed(f"{where}.{key}: must be {what}")
+        malformed(f"{where}.{key}: must be {what}")
     return value
 
 
 def _address(obj: Any, key: str, where: str) -> str:
-    return _str_field(obj, key, where, ADDRESS, "a 0x address").lower()
+    return text_field(obj, key, where, ADDRESS, "a 0x address").lower()
 
 
 def _uint(obj: Any, key: str, where: str) -> int:
-    value = int(_str_field(obj, key, where, UINT, "a decimal integer string"))
+    value = int(text_field(obj, key, where, UINT, "a decimal integer string"))
     if value > _UINT256_MAX:
-        _malformed(f"{where}.{key}: larger than a uint256")
+        malformed(f"{where}.{key}: larger than a uint256")
     return value
 
 
@@ -75,8 +75,8 @@ def eip3009_terms(payload: dict[str, Any]) -> Terms:
     where = "payload.authorization"
     auth = payload.get("authorization")
     if not isinstance(auth, dict):
-        _malformed(f"{where}: missing (an EIP-3009 authorization is expected)")
-    _str_field(payload, "signature", "payload", _HEX, "0x hex bytes")
+        malformed(f"{where}: missing (an EIP-3009 authorization is expected)")
+    text_field(payload, "signature", "payload", _HEX, "0x hex bytes")
     _uint(auth, "validAfter", where)
     return Terms(
         payer=_address(auth, "from", where),
@@ -85,7 +85,7 @@ def eip3009_terms(payload: dict[str, Any]) -> Terms:
         spender=None,
         value=_uint(auth, "value", where),
         valid_before=_uint(auth, "validBefore", where),
-        nonce=_str_field(auth, "nonce", where, _NONCE32, "0x + 32 bytes of hex").lower(),
+        nonce=text_field(auth, "nonce", where, _NONCE32, "0x + 32 bytes of hex").lower(),
     )
 
 
@@ -93,8 +93,8 @@ def _permit2_terms(payload: dict[str, Any]) -> Terms:
     where = "payload.permit2Authorization"
     auth = payload.get("permit2Authorization")
     if not isinstance(auth, dict):
-        _malformed(f"{where}: missing (a Permit2 authorization is expected)")
-    _str_field(payload, "signature", "payload", _HEX, "0x hex bytes")
+        malformed(f"{where}: missing (a Permit2 authorization is expected)")
+    text_field(payload, "signature", "payload", _HEX, "0x hex bytes")
     permitted, witness = auth.get("permitted"), auth.get("witness")
     _uint(witness, "validAfter", f"{where}.witness")
     return Terms(
