@@ -50,11 +50,10 @@ class LoopFacilitator:
     async def verify(
         self, payload: PaymentPayload, requirements: PaymentRequirements
     ) -> VerifyResponse:
-        work = self._facilitator.verify(payload, requirements)
-        result: VerifyResponse = await asyncio.wrap_future(
-            asyncio.run_coroutine_threadsafe(work, self._loop)
-        )
-        return result
+        return await self._on_gateway_loop(self._facilitator.verify(payload, requirements))
+
+    async def _on_gateway_loop(self, work: Coroutine[Any, Any, T]) -> T:
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, self._loop))
 
     def get_supported(self) -> SupportedResponse:
         return self._facilitator.get_supported()
@@ -62,11 +61,7 @@ class LoopFacilitator:
     async def settle(
         self, payload: PaymentPayload, requirements: PaymentRequirements
     ) -> SettleResponse:
-        work = self._facilitator.settle(payload, requirements)
-        result: SettleResponse = await asyncio.wrap_future(
-            asyncio.run_coroutine_threadsafe(work, self._loop)
-        )
-        return result
+        return await self._on_gateway_loop(self._facilitator.settle(payload, requirements))
 
 
 def sdk_manager(
