@@ -25,6 +25,7 @@ from gateway.config.settings import Settings
 from gateway.facilitators import open_facilitator
 from gateway.facilitators.chain import open_chain, settle_timeout
 from gateway.facilitators.engine import EngineFacilitator
+from gateway.facilitators.local_verify import LocalVerify
 from gateway.observe.logs import get_logger
 from gateway.observe.metrics import Metrics
 from gateway.payment.challenge import PreparedChallenges
@@ -264,6 +265,8 @@ class _Builder:
             _channels(self.settings, payments, self.previous)
             self.undo.push_async_callback(payments.close)
             problems = await payments.start()
+        if isinstance(payments.facilitator, LocalVerify):  # one signature check per payment
+            payments.signatures = payments.facilitator.signatures
         for problem in problems:
             log.warning("facilitator_unavailable", problem=problem, generation=self.generation)
         refresher = asyncio.create_task(payments.background())  # refresh, reconcile
