@@ -11,9 +11,8 @@ from x402.http.utils import encode_payment_signature_header
 from x402.mechanisms.evm.constants import ERR_INVALID_SIGNATURE
 
 from gateway.errors import PaymentError
-from gateway.payment import decode_payment, match_requirement
 from gateway.facilitators.local_verify import LocalVerify
-from gateway.payment import eip3009
+from gateway.payment import decode_payment, eip3009, match_requirement
 from gateway.payment.eip3009 import Domain, Sig, SignatureChecks, recover
 from gateway.payment.match import domain_of, local_signature_reason
 from tests.unit.wire_helpers import (
