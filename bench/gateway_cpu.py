@@ -218,12 +218,27 @@ def packages(raw: Path) -> list[list[Any]]:
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        leaf = stack.rsplit(";", 1)[-1]
-        path = "/" + leaf.partition(" (")[2]
-        where = next((label for key, label in _PACKAGES if key in leaf or key in path), "other")
-        found[where] += int(count)
+        found[_package(stack.split(";"))] += int(count)
         total += int(count)
     return [[k, round(100 * v / max(1, total), 1)] for k, v in found.most_common()]
+
+
+def _package(frames: list[str]) -> str:
+    """The package a stack's sample is charged to. With `--native` stacks, the leaf may be C:
+    `epoll_pwait` (a thread py-spy sees runnable there is waiting for a CPU or just woken: on
+    a loaded machine this is wait, not work; `perf` shows the loop's C code at ~4 % of the
+    CPU) and socket reads/writes stand apart; other C frames (the interpreter, a C extension)
+    are charged to the nearest Python frame above them."""
+    leaf = frames[-1]
+    if leaf.startswith("epoll_pwait") or leaf.startswith("epoll_wait"):
+        return "epoll_pwait: runnable in the loop's wait (py-spy --native)"
+    if leaf.split(" (")[0] in ("write", "read", "send", "recv", "sendmsg", "recvfrom", "writev"):
+        return "socket syscalls (libc write/read)"
+    for frame in reversed(frames):
+        path = "/" + frame.partition(" (")[2]
+        if ".py:" in path or path.endswith(".py)") or frame is frames[0]:
+            return next((label for key, label in _PACKAGES if key in frame or key in path), "other")
+    return "other"
 
 
 def summarize(raws: list[Path]) -> str:
