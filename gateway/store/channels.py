@@ -21,6 +21,7 @@ Cluster would need every channel key and the index in one hash slot: not support
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import TypeVar
@@ -121,6 +122,15 @@ def open_channel_storage(store_url: str) -> ChannelStorage:
     if store_url == "memory":
         return InMemoryChannelStorage()
     return RedisChannelStorage(store_url)
+
+
+async def close_channel_storage(storage: ChannelStorage) -> None:
+    """Close a channel storage that holds connections (the Redis one); off the loop, since
+    its client is synchronous. Whoever opened it closes it, once nothing uses it
+    (gateway/composition.py: the generations that share it)."""
+    close = getattr(storage, "close", None)  # the SDK's protocol has none; ours has
+    if callable(close):
+        await asyncio.to_thread(close)
 
 
 def _key(channel_id: str) -> str:
