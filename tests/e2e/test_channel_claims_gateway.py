@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 import redis as sync_redis
+import yaml
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
@@ -264,5 +265,58 @@ async def test_channels_claim_on_demand_while_the_gateway_serves(
         again = run_cli(gw, "channels", "claim", "--all")
         assert [json.loads(line)["amount"] for line in again.stdout.splitlines()] == [PRICE]
         assert chain.balance_of(pay_to) == 31 * PRICE
+    finally:
+        gw.stop()
+
+
+async def test_vouchers_on_one_channel_across_a_reload_are_all_served_and_claimed(
+    chain: Chain,
+    origin: Origin,
+    facilitator_url: str,
+    db: str,
+    make_payer: Callable[..., LocalAccount],
+    tmp_path: Path,
+) -> None:
+    """A reload that builds new payments (the channels' settings changed) keeps the channel
+    state: the retired generation closes none of what the new one reads, and the vouchers
+    served before and after it are all charged and claimed."""
+    pay_to = str(chainlib.new_account().address)
+    payer = make_payer(2_000_000)
+    cfg = config(chain, origin, pay_to, facilitator_url, db, claim_every="1h", claim_over="$5")
+    gw = GatewayProcess(cfg, tmp_path, env=authorizer_env()).start()
+    try:
+        async with x402HttpxClient(channel_client(chain, payer), timeout=30) as http:
+            for i in range(20):
+                answer = await http.get(f"{gw.url}/paid/before-{i}")
+                assert answer.status_code == 200, answer.text
+            written = yaml.safe_load(gw.config_path.read_text())
+            written["channels"]["claim_every"] = "2h"  # new payments and channels
+            gw.config_path.write_text(yaml.safe_dump(written, sort_keys=False))
+            assert gw.proc is not None
+            os.kill(gw.proc.pid, signal.SIGHUP)
+            reloaded = await wait_for(
+                lambda: metric(gw, "x402_gateway_config_generation") == 2, timeout=20
+            )
+            assert reloaded, gw.logs()[-3000:]
+            await asyncio.sleep(1)  # generation 1 has no request in flight: it retires now
+            for i in range(20):
+                answer = await http.get(f"{gw.url}/paid/after-{i}")
+                assert answer.status_code == 200, answer.text
+        events = [json.loads(x) for x in gw.logs().splitlines() if x.startswith("{")]
+        (done,) = [e for e in events if e.get("event") == "config_reloaded"]
+        assert done["rebuilt"] == ["facilitator"], done
+        served = [
+            c
+            for c in origin.log.calls
+            if "/paid/before-" in c["path"] or "/paid/after-" in c["path"]
+        ]
+        assert len(served) == 40
+        channel = the_channel(db, payer.address)
+        assert int(channel.charged_cumulative_amount) == 40 * PRICE
+        asked = run_cli(gw, "channels", "claim", "--all")
+        assert asked.returncode == 0, asked.stderr
+        (outcome,) = [json.loads(line) for line in asked.stdout.splitlines()]
+        assert (outcome["amount"], outcome["error"]) == (40 * PRICE, None), outcome
+        assert chain.balance_of(pay_to) == 40 * PRICE  # every served voucher, paid on chain
     finally:
         gw.stop()
