@@ -147,10 +147,12 @@ class Generation:
         ]
 
     def channel_storages(self) -> list[ChannelStorage]:
-        """The channel storage(s) this generation reads: its channels' and its claim
-        schedule's (one object when it has both)."""
+        """The channel storage(s) this generation reads: its channels', its reconciler's
+        and its claim schedule's (one object when it has them all)."""
+        charges = self.payments.reconciler.channels
         found = [
             *([channels.storage] if (channels := self.payments.channels) is not None else []),
+            *([charges.storage] if charges is not None else []),
             *([claims.scheduler.storage] if (claims := self.claims) is not None else []),
         ]
         return list({id(storage): storage for storage in found}.values())
@@ -294,6 +296,8 @@ class _Builder:
         """Batch-settlement for the routes with `channel:` (the same Redis as the payment
         records when they are there; this process's memory otherwise)."""
         if not any(route.channel is not None for route in self.settings.routes):
+            if wanted(self.settings):  # channels served before: their records still reconcile
+                payments.read_channels(self.channel_storage(payments.store))
             return
         storage = self.channel_storage(payments.store)
         channels = Channels(
@@ -317,10 +321,10 @@ class _Builder:
             return None
         same_store = self.previous is not None and self.previous.payments.store is store
         lock = previous.lock if previous is not None and same_store else open_claim_lock(store)
-        if payments.channels is not None:  # the channels the routes serve (gateway/payment)
-            storage = payments.channels.storage
-        else:  # no channel route now (a Redis store): channels served before are still owed
-            storage = self.channel_storage(store)
+        # The channel state the payments read (the routes' channels; with no channel route
+        # and a Redis store, those served before: still owed), else opened for the claims.
+        charges = payments.reconciler.channels
+        storage = charges.storage if charges is not None else self.channel_storage(store)
         claims = start_claims(
             self.settings, storage, payments.facilitator, lock, self.metrics.channels
         )
