@@ -25,6 +25,7 @@ from gateway.config.settings import Settings
 from gateway.facilitators import open_facilitator
 from gateway.facilitators.chain import open_chain, settle_timeout
 from gateway.facilitators.engine import EngineFacilitator
+from gateway.facilitators.local_verify import LocalVerify
 from gateway.observe.logs import get_logger
 from gateway.observe.metrics import Metrics
 from gateway.payment.challenge import PreparedChallenges
@@ -75,6 +76,8 @@ def default_facilitator(settings: Settings, metrics: Metrics) -> Facilitator:
     facilitator = open_facilitator(settings, metrics.facilitator_failed, metrics.engine.observe)
     if isinstance(facilitator, EngineFacilitator):
         metrics.engine.attach(facilitator, facilitator.stats.snapshot)
+    if isinstance(facilitator, LocalVerify):
+        facilitator.on_chain_read = metrics.chain_read
     return facilitator
 
 
