@@ -1,10 +1,11 @@
 """The claim schedule inside real `x402-gateway` processes (issue 14): the SDK's own Python
 batch-settlement client pays over HTTP, the gateway verifies vouchers locally and its
-background schedule claims them through the SDK facilitator over HTTP, on anvil with the
+background schedule claims them through a facilitator over HTTP, on anvil with the
 x402 contracts; channel state in a real redis-server. Counted on chain.
 
 The gateways hold their own receiver authorizer (`channels.authorizer_key`, a fresh key that
-never sends); the session facilitator (anvil #1) sends the deposit, claim and settle.
+never sends); the session facilitator (anvil #1, `x402-gateway`'s own: a claim pays the
+receiver out in the same transaction) sends the deposit and the claim.
 """
 
 from __future__ import annotations
@@ -159,7 +160,9 @@ async def test_200_calls_then_one_claim_transaction_and_the_payee_paid_exactly(
         await asyncio.sleep(6)  # a full round more (every 5 s): it must send nothing
         assert chain.balance_of(pay_to) == 200 * PRICE
         calls = mined_calls(chain.rpc_url, start)
-        assert calls == {"deposit": 1, "claimWithSignature": 1, "settle": 1}, calls
+        # One claim transaction: the facilitator (ours) claims and pays out in one multicall;
+        # the schedule's settle then finds nothing to settle and sends nothing.
+        assert calls == {"deposit": 1, "multicall": 1}, calls
         channel = the_channel(db, payer.address)
         assert int(channel.total_claimed) == int(channel.charged_cumulative_amount) == 200 * PRICE
         assert metric(gw, 'x402_gateway_channel_claims_total{outcome="claimed",reason="over"}') == 1
@@ -255,9 +258,11 @@ async def test_channels_claim_on_demand_while_the_gateway_serves(
         assert asked.returncode == 0, asked.stderr
         (outcome,) = [json.loads(line) for line in asked.stdout.splitlines()]
         assert (outcome["reason"], outcome["vouchers"], outcome["amount"]) == ("asked", 1, 30_000)
-        assert outcome["error"] is None and len(outcome["claims"]) == 1 and outcome["settle"]
+        # The claim paid the payee out itself (one multicall): no separate settle was needed.
+        assert outcome["error"] is None and len(outcome["claims"]) == 1
+        assert outcome["settle"] is None
         assert chain.balance_of(pay_to) == 30 * PRICE
-        assert mined_calls(chain.rpc_url, start) == {"claimWithSignature": 1, "settle": 1}
+        assert mined_calls(chain.rpc_url, start) == {"multicall": 1}
         # The gateway serves on, on the same channel, and the next claim takes only the rest.
         async with x402HttpxClient(channel_client(chain, payer), timeout=30) as http:
             answer = await http.get(f"{gw.url}/paid/after")
