@@ -10,8 +10,10 @@ one transaction: the claim, then the payout of every (receiver, token) the claim
 transaction as that multicall. Everything else stays the SDK's: the claim's simulation,
 the authorizer's signature and address checks, the receipt and the response; deposits,
 refunds and settles go through untouched. The multicall is simulated first; when it would
-revert (a payout with nothing to pay: the claim moved nothing new) the plain claim is sent,
-as the SDK would. The schedule's later `settle` then finds nothing to settle and sends nothing.
+revert the plain claim is sent, as the SDK would (the real contract's `settle` returns quietly
+when nothing is owed; the demo chain's stand-in reverts `NothingToSettle`, so there a claim that
+moves nothing new goes alone). The schedule's later `settle` then finds nothing to settle and
+sends nothing.
 """
 
 from __future__ import annotations
