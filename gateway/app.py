@@ -30,9 +30,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import ClientResponse, web
 
 from gateway import answers, mcp_tools, wellknown
-from gateway.composition import Generation, Parts
+from gateway.composition import Parts
 from gateway.config.settings import RouteSettings, Settings
 from gateway.errors import GatewayError, MethodNotAllowed, PaymentError
+from gateway.generation import Generation
 from gateway.observe import access
 from gateway.observe.metrics import Metrics
 from gateway.observe.record import RequestRecord

@@ -1,8 +1,8 @@
 """Hot reload (SIGHUP, `serve --watch`): the live generation, and swapping in a new one.
 
-A `Generation` (gateway/composition.py) is everything one config's requests share. A request
-takes the current generation once, when it starts, and keeps it to its end, so a reload never
-changes the table under a request in flight.
+A `Generation` (gateway/generation.py, built by gateway/composition.py) is everything one
+config's requests share. A request takes the current generation once, when it starts, and
+keeps it to its end, so a reload never changes the table under a request in flight.
 
 A reload reads the file off the event loop, validates it (an invalid file changes nothing:
 its errors are logged, `x402_gateway_config_reload_failures_total` counts it), builds the
@@ -22,11 +22,12 @@ import os
 from collections.abc import Awaitable
 from typing import Any
 
-from gateway.composition import Generation, Parts, Rebuild, Reuse, build
+from gateway.composition import Parts, Rebuild, Reuse, build
 from gateway.config import load
 from gateway.config.settings import LocalFacilitatorSettings, Settings
 from gateway.errors import ConfigError
 from gateway.facilitators.chain import rpc_urls
+from gateway.generation import Generation
 from gateway.observe.logs import get_logger
 from gateway.observe.metrics import Metrics
 
