@@ -18,6 +18,7 @@ beyond a free request, and redis-py's per-command pool work was about half its c
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import hashlib
 import time
@@ -28,7 +29,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import NoScriptError
 
-from .redis import RedisStore
+from .redis import COMMAND_TIMEOUT, RedisStore
 
 PAID_PREFIX = "x402:siwx:paid:"
 NONCE_PREFIX = "x402:siwx:nonce:"
@@ -175,18 +176,25 @@ class RedisSessions:
         self._kept += 1
         try:
             conn: AbstractConnection = await pool.get_connection()  # type: ignore[no-untyped-call]
-            return conn
         except BaseException:
             self._kept -= 1
             raise
+        # One deadline per command, set in `_evalsha`: redis-py's own socket timeout runs
+        # each write as a task of its own (`asyncio.wait_for`) and arms a second timer for
+        # the read, a measurable share of the call's CPU.
+        conn.socket_timeout = None
+        return conn
 
     async def _evalsha(self, conn: AbstractConnection, keys: list[str], args: list[int]) -> int:
-        try:
-            await conn.send_command("EVALSHA", self._sign_in.sha, len(keys), *keys, *args)
-            return int(await conn.read_response())
-        except NoScriptError:  # Redis restarted or its scripts flushed: EVAL loads it again
-            await conn.send_command("EVAL", _SIGN_IN, len(keys), *keys, *args)
-            return int(await conn.read_response())
+        # A timeout cancels the read: redis-py then closes the connection (an answer may be
+        # on its way) and the TimeoutError is retried once, then fails closed, as the pool's.
+        async with asyncio.timeout(COMMAND_TIMEOUT):
+            try:
+                await conn.send_command("EVALSHA", self._sign_in.sha, len(keys), *keys, *args)
+                return int(await conn.read_response())
+            except NoScriptError:  # Redis restarted or its scripts flushed: EVAL loads it
+                await conn.send_command("EVAL", _SIGN_IN, len(keys), *keys, *args)
+                return int(await conn.read_response())
 
 
 def open_sessions(store: object) -> SessionStore:

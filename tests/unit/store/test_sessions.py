@@ -9,6 +9,9 @@ from typing import TypeVar
 
 import pytest
 
+from gateway.errors import StoreUnavailable
+from gateway.store import sessions as sessions_module
+from gateway.store.backoff import Backoff
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
 from gateway.store.sessions import (
@@ -189,3 +192,25 @@ async def test_closing_the_store_closes_the_sign_in_connections(redis: RedisServ
     finally:
         await watcher.close()
     assert len(clients) == 1  # the watcher itself
+
+
+async def test_a_redis_sign_in_that_gets_no_answer_fails_closed_then_recovers(
+    redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No answer within the command timeout: the sign-in fails closed (503, not a sign-in),
+    the connection that waited is closed, and the next sign-in gets its own answer."""
+    monkeypatch.setattr(sessions_module, "COMMAND_TIMEOUT", 0.2)
+    store = RedisStore(redis.url, backoff=Backoff(base=0.01, cap=0.01))
+    sessions = open_sessions(store)
+    payer = "0x" + uuid.uuid4().hex[:40].ljust(40, "6")
+    try:
+        await sessions.record_payment("/reports/*", payer, 60)
+        await store.client.client_pause(1000)
+        with pytest.raises(StoreUnavailable):
+            await sessions.sign_in("/reports/*", payer, uuid.uuid4().hex, 60)
+        await asyncio.sleep(1.0)  # the pause is over: the held answers are sent
+        nonce = uuid.uuid4().hex
+        assert await sessions.sign_in("/reports/*", payer, nonce, 60) is SignIn.SIGNED_IN
+        assert await sessions.sign_in("/reports/*", payer, nonce, 60) is SignIn.NONCE_USED
+    finally:
+        await store.close()
