@@ -219,6 +219,15 @@ class LiveGateway:
     async def _retire(self, old: Generation) -> None:
         """Once `old` has no request in flight, close what no other live generation uses."""
         await old.users.wait_idle()
+        await self._close_unshared(old)
+        # Start-up froze the first generation (gateway.serving.runner): let a retired one's
+        # cycles be collected (full collections scan everything again, as without freeze).
+        gc.unfreeze()
+        log.debug("generation_retired", generation=old.generation)
+
+    async def _close_unshared(self, old: Generation) -> None:
+        """Close each part of `old` that no other live generation lists (a part shared
+        with a later generation is closed with the last one), and forget `old`."""
         in_use = {
             id(part) for gen in self._alive if gen is not old for part, _ in gen.shared_parts()
         }
@@ -227,10 +236,6 @@ class LiveGateway:
                 in_use.add(id(part))
                 await close()
         self._alive.remove(old)
-        # Start-up froze the first generation (gateway.serving.runner): let a retired one's
-        # cycles be collected (full collections scan everything again, as without freeze).
-        gc.unfreeze()
-        log.debug("generation_retired", generation=old.generation)
 
     async def _watch(self, path: str) -> None:
         """`serve --watch`: reload when the file changes (polled: no extra dependency)."""
@@ -255,10 +260,7 @@ class LiveGateway:
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
-            closed: set[int] = set()
-            for gen in self._alive:
-                for part, close in gen.shared_parts():
-                    if id(part) not in closed:
-                        closed.add(id(part))
-                        await close()
-            self._alive.clear()
+            # Oldest first, like retirements: a part the newer ones share (the channel
+            # storage their claim schedule reads) closes after all its users have.
+            for gen in list(self._alive):
+                await self._close_unshared(gen)

@@ -111,6 +111,8 @@ class LocalVerify:
         self.local_verdicts = 0  # how many verifies skipped the round trip (for tests)
         self.chain_reads = 0  # balance + nonce reads answered
         self.chain_failures = 0  # reads that failed: the facilitator verified instead
+        # (network, outcome) per chain read: ok, fallback, or the refusal reason (metrics)
+        self.on_chain_read: Callable[[str, str], None] = lambda _network, _outcome: None
 
     async def verify(self, payload: Payload, requirements: Requirements) -> VerifyResponse:
         checked = self.judge(payload, requirements)
@@ -157,7 +159,9 @@ class LocalVerify:
         rpc = self._rpcs.get(passed.chain)
         if rpc is None:
             return VerifyResponse(is_valid=True, payer=passed.payer)
+        network = f"eip155:{passed.chain}"
         if time.monotonic() < self._resting.get(passed.chain, 0.0):
+            self.on_chain_read(network, "fallback")
             return None
         try:
             funds = await read_funds(rpc, passed.route.token, passed.auth)
@@ -167,10 +171,14 @@ class LocalVerify:
             # the message may name the URL, and RPC URLs often carry an API key
             problem = str(exc).replace(rpc.url, "<rpc_url>")
             log.warning("local_verify_rpc_failed", chain=passed.chain, problem=problem)
+            self.on_chain_read(network, "fallback")
             return None
         self.chain_reads += 1
         self._resting.pop(passed.chain, None)
-        return chain_verdict(funds, passed.auth.value, passed.payer)
+        verdict = chain_verdict(funds, passed.auth.value, passed.payer)
+        outcome = "fallback" if verdict is None else verdict.invalid_reason or "ok"
+        self.on_chain_read(network, outcome)
+        return verdict
 
     async def settle(self, payload: Payload, requirements: Requirements) -> SettleResponse:
         return await self.inner.settle(payload, requirements)
