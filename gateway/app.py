@@ -108,7 +108,9 @@ async def payment_step(
         await gw.limiter.check(route, ip)
         resource = await with_sign_in(gw, resource)  # a route with `access` offers SIWX too
         return answers.challenge_response(request, resource, ERROR_PAYMENT_REQUIRED, cors=gw.cors)
-    matched = match_requirement(route, payment, resource.url, gw.payments.channel_ids)
+    matched = match_requirement(
+        route, payment, resource.url, gw.payments.channel_ids, gw.payments.signatures
+    )
     ticket = await gw.retries.start(matched)
     if isinstance(ticket, web.Response):
         return ticket

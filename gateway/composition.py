@@ -278,6 +278,8 @@ class _Builder:
             payments = Payments(facilitator, store, chain, window)
             self.channels(payments)
             problems = await payments.start()
+        if isinstance(payments.facilitator, LocalVerify):  # one signature check per payment
+            payments.signatures = payments.facilitator.signatures
         for problem in problems:
             log.warning("facilitator_unavailable", problem=problem, generation=self.generation)
         refresher = asyncio.create_task(payments.background())  # refresh, reconcile

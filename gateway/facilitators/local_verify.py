@@ -91,7 +91,7 @@ def chain_rpc_urls(urls: Mapping[str, str]) -> dict[int, str]:
 class LocalVerify:
     """The facilitator `inner`, with `verify` answered in process where it can be."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913  the wrapped facilitator, then keyword-only knobs
         self,
         inner: Facilitator,
         *,
@@ -99,8 +99,12 @@ class LocalVerify:
         rpc_timeout: float = CHAIN_READ_TIMEOUT,
         cooldown: float = COOLDOWN,
         clock: Callable[[], float] = time.time,
+        signatures: eip3009.SignatureChecks | None = None,
     ) -> None:
         self.inner = inner
+        # The verdicts the matcher found for the same payloads (gateway.payment.match):
+        # the composition root hands this to the request path too, so one recovery serves both.
+        self.signatures = signatures or eip3009.SignatureChecks()
         self._clock = clock
         self._urls = chain_rpc_urls(rpc_urls or {})
         self._rpc_timeout = rpc_timeout
@@ -149,7 +153,7 @@ class LocalVerify:
         )
         if reason is not None:
             return VerifyResponse(is_valid=False, invalid_reason=reason, payer=passed.payer)
-        if eip3009.check_signature(auth, rt.domain) is not eip3009.Sig.MATCH:
+        if self.signatures.check(auth, rt.domain) is not eip3009.Sig.MATCH:
             return None  # maybe a contract wallet (EIP-1271): the chain decides
         return passed
 

@@ -43,6 +43,7 @@ from gateway.payment.channel_payments import ChannelPayments
 from gateway.payment.channel_terms import ChannelIds, charged_voucher
 from gateway.payment.channels import Channels
 from gateway.payment.claims import MAY_BE_CHARGED, Verdict, on_conflict
+from gateway.payment.eip3009 import SignatureChecks
 from gateway.payment.facilitator import Facilitator
 from gateway.payment.lifecycle import RECONCILE_EVERY, RECONCILE_RECENT, Supported
 from gateway.payment.lifecycle import keep_reconciling as reconcile_in_background
@@ -85,6 +86,9 @@ class Payments:
         self.supported = Supported(facilitator, self.server)
         self.books = Books(store)
         self.channel_payments = ChannelPayments(self.server, facilitator.get_supported)
+        # `verify: local`: the signature verdicts the matcher shares with the facilitator
+        # wrapper (set by the composition root; None: the facilitator checks on its own).
+        self.signatures: SignatureChecks | None = None
 
     @property
     def channels(self) -> Channels | None:
