@@ -90,6 +90,14 @@ async def sign_many(target: Target, local: Any, payers: Sequence[LocalAccount], 
     return signed
 
 
+def user_sys(pid: int) -> tuple[float, float]:
+    """utime and stime of pid (its threads included; 10 ms ticks: summed over many requests)."""
+    fields = Path(f"/proc/{pid}/stat").read_text()
+    rest = fields[fields.rindex(")") + 2 :].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(rest[11]) / tick, int(rest[12]) / tick
+
+
 def idle_rate(pid: int) -> float:
     """CPU seconds per second the gateway spends with nothing sent to it."""
     before = cpu_seconds_fine(pid)
@@ -99,11 +107,14 @@ def idle_rate(pid: int) -> float:
 
 async def batch(target: Target, signed: list[Any], concurrency: int, idle: float) -> dict[str, Any]:
     pid = target.pids["gateway"]
-    before = cpu_seconds_fine(pid)
+    before, (user0, sys0) = cpu_seconds_fine(pid), user_sys(pid)
     records, wall = await send(target.url, signed, concurrency)
     used = cpu_seconds_fine(pid) - before
+    user1, sys1 = user_sys(pid)
     n = max(1, len(records))
     return {
+        "user_s": rounded(user1 - user0, 3),
+        "sys_s": rounded(sys1 - sys0, 3),
         "requests": len(records),
         "statuses": dict(Counter(r["status"] for r in records)),
         "wall_s": rounded(wall, 3),
@@ -154,11 +165,12 @@ def on_chain(local: Any, target: Target) -> dict[str, int]:
 class Profiler:
     """py-spy attached to the gateway for a window; raw (collapsed) stacks to a file."""
 
-    def __init__(self, pid: int, out: Path, rate: int) -> None:
+    def __init__(self, pid: int, out: Path, rate: int, native: bool = False) -> None:
         spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         self.out = out
+        argv = [spy, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw"]
         self.proc = subprocess.Popen(
-            [spy, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw", "-o", out],
+            [*argv, "-o", out, *(["--native"] if native else [])],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,
@@ -206,12 +218,27 @@ def packages(raw: Path) -> list[list[Any]]:
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        leaf = stack.rsplit(";", 1)[-1]
-        path = "/" + leaf.partition(" (")[2]
-        where = next((label for key, label in _PACKAGES if key in leaf or key in path), "other")
-        found[where] += int(count)
+        found[_package(stack.split(";"))] += int(count)
         total += int(count)
     return [[k, round(100 * v / max(1, total), 1)] for k, v in found.most_common()]
+
+
+def _package(frames: list[str]) -> str:
+    """The package a stack's sample is charged to. With `--native` stacks, the leaf may be C:
+    `epoll_pwait` (a thread py-spy sees runnable there is waiting for a CPU or just woken: on
+    a loaded machine this is wait, not work; `perf` shows the loop's C code at ~4 % of the
+    CPU) and socket reads/writes stand apart; other C frames (the interpreter, a C extension)
+    are charged to the nearest Python frame above them."""
+    leaf = frames[-1]
+    if leaf.startswith("epoll_pwait") or leaf.startswith("epoll_wait"):
+        return "epoll_pwait: runnable in the loop's wait (py-spy --native)"
+    if leaf.split(" (")[0] in ("write", "read", "send", "recv", "sendmsg", "recvfrom", "writev"):
+        return "socket syscalls (libc write/read)"
+    for frame in reversed(frames):
+        path = "/" + frame.partition(" (")[2]
+        if ".py:" in path or path.endswith(".py)") or frame is frames[0]:
+            return next((label for key, label in _PACKAGES if key in frame or key in path), "other")
+    return "other"
 
 
 def summarize(raws: list[Path]) -> str:
@@ -291,13 +318,59 @@ async def profiled_round(
     """One more paid batch with py-spy attached (not counted in the figures: sampling
     costs the process), its top functions; the raw stacks are kept in `raw`."""
     signed = await sign_many(target, local, payers, each)
-    spy = Profiler(target.pids["gateway"], raw, args.rate)
+    spy = Profiler(target.pids["gateway"], raw, args.rate, args.native)
     paid = await batch(target, signed, args.concurrency, 0.0)
     err = spy.stop()
     target.records += paid.pop("records")
+    if args.strace:
+        # Syscalls per request: one more free and one more paid batch under `strace -c -f`.
+        free_calls = await traced(
+            target, args, lambda: free_cpu(target, len(signed), args.concurrency, 0.0)
+        )
+        again = await sign_many(target, local, payers, each)
+        paid_calls = await traced(
+            target, args, lambda: batch(target, again, args.concurrency, 0.0), keep=True
+        )
+        return top_functions(raw) | {
+            "requests": paid["requests"],
+            "cpu_us_per_req": paid["raw_us"],
+            "syscalls": {"free": free_calls, "paid": paid_calls},
+        }
     if not raw.exists():
         return {"error": err[-2000:]}
     return top_functions(raw) | {"requests": paid["requests"], "cpu_us_per_req": paid["raw_us"]}
+
+
+async def traced(
+    target: Target, args: argparse.Namespace, run_batch: Callable[[], Any], keep: bool = False
+) -> dict[str, Any]:
+    """`strace -c -f` attached to the gateway for one batch: syscalls per request, by name."""
+    out = Path(tempfile.mkstemp(prefix="strace-", suffix=".txt")[1])
+    proc = subprocess.Popen(
+        ["strace", "-c", "-f", "-o", str(out), "-p", str(target.pids["gateway"])],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    await asyncio.sleep(1.0)
+    done = await run_batch()
+    records = done.pop("records")
+    if keep:
+        target.records += records
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=30)
+    n = max(1, len(records))
+    calls: dict[str, Any] = {}
+    for line in out.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] not in ("total",):
+            calls[parts[-1]] = rounded(int(parts[3]) / n, 2)
+    out.unlink()
+    return {
+        "per_request": dict(sorted(calls.items(), key=lambda kv: -kv[1])),
+        "total": rounded(sum(calls.values()), 1),
+        "requests": n,
+    }
 
 
 def start_target(
@@ -359,7 +432,7 @@ async def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         ]
         each = max(1, args.payments // args.payers)
         spied = max(1, args.profile_payments // args.payers) if args.profile else 0
-        fund = 2_000 * len(targets) * (each * args.rounds + spied + 1)  # 1,000 a payment
+        fund = 2_000 * len(targets) * (each * args.rounds + spied * 2 + 1)  # 1,000 a payment
         with ThreadPoolExecutor(8) as pool:
             payers = list(pool.map(lambda _: local.new_payer(fund), range(args.payers)))
         log(f"G {len(payers)} payers funded; facilitator pid {fac_pid}")
@@ -397,6 +470,11 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 "max": max(values),
             }
     out["paid_minus_free_us"] = rounded(out["paid_us"]["median"] - out["free_us"]["median"], 1)
+    for kind in ("paid", "free"):  # user/system split, summed over the rounds (10 ms ticks)
+        n = sum(r[kind]["requests"] for r in rows) or 1
+        user = sum(r[kind].get("user_s", 0.0) for r in rows)
+        system = sum(r[kind].get("sys_s", 0.0) for r in rows)
+        out[f"{kind}_user_sys_us"] = [rounded(user / n * 1e6, 1), rounded(system / n * 1e6, 1)]
     return out
 
 
@@ -464,9 +542,18 @@ def markdown(results: dict[str, Any]) -> str:
             f" {r['paid']['median']} ({r['paid']['min']}-{r['paid']['max']}), free"
             f" {r['free']['median']} ({r['free']['min']}-{r['free']['max']})",
         ]
+    lines += ["", "| gateway | paid: user µs/req | system µs/req | free: user | system |"]
+    lines.append("| --- | --- | --- | --- | --- |")
+    for name, t in results["targets"].items():
+        (pu, ps), (fu, fs) = t["summary"]["paid_user_sys_us"], t["summary"]["free_user_sys_us"]
+        lines.append(f"| {name} | {pu} | {ps} | {fu} | {fs} |")
     lines.append("")
     for name, t in results["targets"].items():
         lines.append(f"On chain, {name}: {json.dumps(t['on_chain'])}")
+    for name, t in results["targets"].items():
+        for kind, calls in t.get("profile", {}).get("syscalls", {}).items():
+            top = ", ".join(f"{k} {v}" for k, v in list(calls["per_request"].items())[:8])
+            lines.append(f"Syscalls per {kind} request, {name}: {calls['total']} ({top})")
     lines.append("")
     for name, t in results["targets"].items():
         if "profile" in t:
@@ -497,6 +584,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=Path, help="py-spy each gateway; the table here")
     parser.add_argument("--profile-payments", type=int, default=600)
     parser.add_argument("--rate", type=int, default=1000, help="py-spy samples per second")
+    parser.add_argument("--native", action="store_true", help="py-spy --native (C frames)")
+    parser.add_argument(
+        "--strace", action="store_true", help="with --profile: syscalls per request (strace -c)"
+    )
     parser.add_argument("--name", default="latest", help="results/gateway-cpu-NAME.{json,md}")
     parser.add_argument(
         "--summarize", type=Path, nargs="+", help="only print py-spy raw files' samples by package"

@@ -30,9 +30,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import ClientResponse, web
 
 from gateway import answers, mcp_tools, wellknown
-from gateway.composition import Generation, Parts
+from gateway.composition import Parts
 from gateway.config.settings import RouteSettings, Settings
 from gateway.errors import GatewayError, MethodNotAllowed, PaymentError
+from gateway.generation import Generation
 from gateway.observe import access
 from gateway.observe.metrics import Metrics
 from gateway.observe.record import RequestRecord
@@ -108,7 +109,9 @@ async def payment_step(
         await gw.limiter.check(route, ip)
         resource = await with_sign_in(gw, resource)  # a route with `access` offers SIWX too
         return answers.challenge_response(request, resource, ERROR_PAYMENT_REQUIRED, cors=gw.cors)
-    matched = match_requirement(route, payment, resource.url, gw.payments.channel_ids)
+    matched = match_requirement(
+        route, payment, resource.url, gw.payments.channel_ids, gw.payments.signatures
+    )
     ticket = await gw.retries.start(matched)
     if isinstance(ticket, web.Response):
         return ticket

@@ -254,29 +254,36 @@ async def reconcile_payments(settings: Settings, limit: int) -> int:
 
     from gateway.facilitators.chain import open_chain, settle_timeout
     from gateway.observe.logs import configure_logging
+    from gateway.payment.channel_service import wanted
     from gateway.payment.reconcile import SETTLE_MARGIN
     from gateway.payment.recovery import Reconciler, reconcile_recent
     from gateway.store import open_store
+    from gateway.store.channels import ChannelCharges, close_channel_storage, open_channel_storage
 
     if settings.store == "memory":
         print("error: store: memory keeps records inside the gateway process", file=sys.stderr)
         return 1
     chain = open_chain(settings)
-    if chain is None:
+    if chain is None and not wanted(settings):  # channel payments need no chain read
         for line in reconcile_gaps(settings):
             print(f"error: {line}", file=sys.stderr)
         return 1
     configure_logging("warning")  # JSON lines; the changes themselves are printed below
     store = open_store(settings.store)
     window = settle_timeout(settings) + SETTLE_MARGIN
+    # Channel payments' records are reconciled against the channel state beside the store.
+    charges = ChannelCharges(open_channel_storage(settings.store)) if wanted(settings) else None
     try:
-        changed = await reconcile_recent(Reconciler(store, chain, window, 10.0), limit)
+        changed = await reconcile_recent(Reconciler(store, chain, window, 10.0, charges), limit)
     except StoreUnavailable as exc:
         print(f"error: {exc.detail}", file=sys.stderr)
         return 1
     finally:
         await store.close()
-        await chain.close()
+        if chain is not None:
+            await chain.close()
+        if charges is not None:
+            await close_channel_storage(charges.storage)
     for old, new in changed:
         row = {"request_id": old.request_id, "payer": old.payer, "nonce": old.nonce}
         print(json.dumps({**row, "was": old.status, "now": new.status, "tx": new.transaction}))

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from x402.mechanisms.evm.batch_settlement.server import ChannelStorage
@@ -25,6 +24,8 @@ from gateway.config.settings import Settings
 from gateway.facilitators import open_facilitator
 from gateway.facilitators.chain import open_chain, settle_timeout
 from gateway.facilitators.engine import EngineFacilitator
+from gateway.facilitators.local_verify import LocalVerify
+from gateway.generation import PAYMENT_HEADERS, Generation, canceller, storage_closer
 from gateway.observe.logs import get_logger
 from gateway.observe.metrics import Metrics
 from gateway.payment.challenge import PreparedChallenges
@@ -43,7 +44,6 @@ from gateway.payment.siwx_proof import Wallets
 from gateway.proxy.cors import CorsPolicy
 from gateway.proxy.routes import RouteTable
 from gateway.proxy.upstream import Upstream
-from gateway.serving.state import InFlight
 from gateway.store import PaymentStore, open_store
 from gateway.store.buckets import TokenBuckets
 from gateway.store.channel_writer import open_channel_writer
@@ -56,10 +56,6 @@ from gateway.store.spend import SpendCounters
 # The events of building a generation have always been the reload logger's: operators filter
 # on logger names, so they stay.
 log = get_logger("gateway.reload")
-
-PAYMENT_HEADERS = ("PAYMENT-SIGNATURE", "X-PAYMENT")
-
-Close = Callable[[], Awaitable[None]]
 
 
 def default_store(settings: Settings) -> PaymentStore:
@@ -75,6 +71,8 @@ def default_facilitator(settings: Settings, metrics: Metrics) -> Facilitator:
     facilitator = open_facilitator(settings, metrics.facilitator_failed, metrics.engine.observe)
     if isinstance(facilitator, EngineFacilitator):
         metrics.engine.attach(facilitator, facilitator.stats.snapshot)
+    if isinstance(facilitator, LocalVerify):
+        facilitator.on_chain_read = metrics.chain_read
     return facilitator
 
 
@@ -103,40 +101,6 @@ class Rebuild:
 
 
 EVERYTHING = Rebuild(facilitator=True, store=True, upstream=True)
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class Generation:
-    """Everything one generation's requests share."""
-
-    settings: Settings
-    routes: RouteTable
-    challenges: PreparedChallenges
-    upstream: Upstream
-    payments: Payments
-    metrics: Metrics
-    drop_headers: tuple[str, ...]
-    cors: CorsPolicy  # the `cors:` policy of the gateway's own answers
-    generation: int
-    refresher: asyncio.Task[None]
-    limiter: RateLimiter
-    prices: Prices
-    retries: Retries
-    users: InFlight = dataclasses.field(default_factory=InFlight)  # its requests in flight
-    sessions: Sessions | None = None  # SIWX sign-in, when a route has `access`
-    claims: ClaimService | None = None  # the channel claim schedule (issue 14)
-
-    def shared_parts(self) -> list[tuple[object, Close]]:
-        """(part, close) for each part a generation may share with another."""
-        return [
-            *([(claims, claims.close)] if (claims := self.claims) is not None else []),
-            (self.refresher, canceller(self.refresher)),
-            (self.upstream, self.upstream.close),
-            (self.payments.facilitator, self.payments.close),
-            (self.payments.store, self.payments.store.close),
-            *([(chain, chain.close)] if (chain := self.payments.chain) is not None else []),
-            (self.prices, self.prices.close),
-        ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,22 +167,14 @@ def _sessions(
     return Sessions(settings, open_sessions(store), Wallets())
 
 
-def _channels(settings: Settings, payments: Payments, previous: Generation | None) -> None:
-    """Batch-settlement for the routes with `channel:`, its state beside the payment
-    records (the same Redis when they are there; this process's memory otherwise). A
-    generation that shares the previous one's store shares its channel state too: a memory
-    store's is only in that object, and the channels' vouchers are money not yet claimed."""
-    if not any(route.channel is not None for route in settings.routes):
-        return
-    before = previous.payments if previous is not None else None
-    if before is not None and before.channels is not None and before.store is payments.store:
-        storage = before.channels.storage
-        writer = open_channel_writer(storage, payments.store)
-        payments.use_channels(Channels(settings, storage, owned=False, writer=writer))
-        return
-    storage = open_channel_storage(settings.store)
-    writer = open_channel_writer(storage, payments.store)
-    payments.use_channels(Channels(settings, storage, writer=writer))
+def _shared_storage(previous: Generation | None, store: PaymentStore) -> ChannelStorage | None:
+    """The channel storage of `previous`, when it may be shared: a generation that shares
+    the previous one's store shares its channel state too (a memory store's is only in that
+    object, and the channels' vouchers are money not yet claimed)."""
+    if previous is None or previous.payments.store is not store:
+        return None
+    storages = previous.channel_storages()
+    return storages[0] if storages else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,19 +212,46 @@ class _Builder:
         window = settle_timeout(self.settings)
         if (previous := self._reuses("facilitator")) is not None:
             payments = Payments(previous.payments.facilitator, store, chain, window)
-            _channels(self.settings, payments, self.previous)
+            self.channels(payments)
             problems = await payments.refresh()
         else:
             facilitator = self.parts.facilitator(self.settings, self.metrics)
+            self.undo.push_async_callback(facilitator.close)
             payments = Payments(facilitator, store, chain, window)
-            _channels(self.settings, payments, self.previous)
-            self.undo.push_async_callback(payments.close)
+            self.channels(payments)
             problems = await payments.start()
+        if isinstance(payments.facilitator, LocalVerify):  # one signature check per payment
+            payments.signatures = payments.facilitator.signatures
         for problem in problems:
             log.warning("facilitator_unavailable", problem=problem, generation=self.generation)
         refresher = asyncio.create_task(payments.background())  # refresh, reconcile
         self.undo.push_async_callback(canceller(refresher))
         return payments, refresher
+
+    def channel_storage(self, store: PaymentStore) -> ChannelStorage:
+        """The channel state beside the payment records: the previous generation's when it
+        shares the store, else opened here (and closed again if this build fails; once
+        started, by whoever retires the last generation that reads it)."""
+        shared = _shared_storage(self.previous, store)
+        if shared is not None:
+            return shared
+        storage = self.parts.channels(self.settings)
+        self.undo.push_async_callback(storage_closer(storage))
+        return storage
+
+    def channels(self, payments: Payments) -> None:
+        """Batch-settlement for the routes with `channel:` (the same Redis as the payment
+        records when they are there; this process's memory otherwise)."""
+        if not any(route.channel is not None for route in self.settings.routes):
+            if wanted(self.settings):  # channels served before: their records still reconcile
+                payments.read_channels(self.channel_storage(payments.store))
+            return
+        storage = self.channel_storage(payments.store)
+        channels = Channels(
+            self.settings, storage, writer=open_channel_writer(storage, payments.store)
+        )
+        self.undo.push_async_callback(channels.close)
+        payments.use_channels(channels)
 
     def claims(self, store: PaymentStore, payments: Payments) -> ClaimService | None:
         """The claim schedule: the running one when this generation changes none of its
@@ -285,12 +268,12 @@ class _Builder:
             return None
         same_store = self.previous is not None and self.previous.payments.store is store
         lock = previous.lock if previous is not None and same_store else open_claim_lock(store)
-        if payments.channels is not None:  # the channels the routes serve (gateway/payment)
-            storage, owned = payments.channels.storage, False
-        else:  # no channel route now (a Redis store): channels served before are still owed
-            storage, owned = self.parts.channels(self.settings), True
+        # The channel state the payments read (the routes' channels; with no channel route
+        # and a Redis store, those served before: still owed), else opened for the claims.
+        charges = payments.reconciler.channels
+        storage = charges.storage if charges is not None else self.channel_storage(store)
         claims = start_claims(
-            self.settings, storage, payments.facilitator, lock, self.metrics.channels, owned=owned
+            self.settings, storage, payments.facilitator, lock, self.metrics.channels
         )
         self.undo.push_async_callback(claims.close)
         return claims
@@ -302,12 +285,3 @@ class _Builder:
         await upstream.start()
         self.undo.push_async_callback(upstream.close)
         return upstream
-
-
-def canceller(task: asyncio.Task[None]) -> Close:
-    async def cancel() -> None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    return cancel

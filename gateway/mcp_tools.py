@@ -24,9 +24,9 @@ import aiohttp
 from aiohttp import web
 from x402.schemas import PaymentPayload, PaymentRequired, ResourceInfo
 
-from gateway.composition import Generation
 from gateway.config.settings import RateLimits, Requirement, RouteSettings
 from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, PaymentError
+from gateway.generation import Generation
 from gateway.payment.decode import DecodedPayment, nesting_exceeds
 from gateway.payment.limits import client_ip
 from gateway.payment.match import match_requirement

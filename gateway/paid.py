@@ -11,9 +11,9 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import ClientResponse, web
 
-from gateway.composition import Generation
 from gateway.config.settings import RouteSettings
 from gateway.errors import GatewayError, StoreUnavailable
+from gateway.generation import Generation
 from gateway.observe.logs import get_logger
 from gateway.observe.record import RequestRecord
 from gateway.payment.metering import settle_amount

@@ -1,8 +1,8 @@
 """Hot reload (SIGHUP, `serve --watch`): the live generation, and swapping in a new one.
 
-A `Generation` (gateway/composition.py) is everything one config's requests share. A request
-takes the current generation once, when it starts, and keeps it to its end, so a reload never
-changes the table under a request in flight.
+A `Generation` (gateway/generation.py, built by gateway/composition.py) is everything one
+config's requests share. A request takes the current generation once, when it starts, and
+keeps it to its end, so a reload never changes the table under a request in flight.
 
 A reload reads the file off the event loop, validates it (an invalid file changes nothing:
 its errors are logged, `x402_gateway_config_reload_failures_total` counts it), builds the
@@ -22,11 +22,12 @@ import os
 from collections.abc import Awaitable
 from typing import Any
 
-from gateway.composition import Generation, Parts, Rebuild, Reuse, build
+from gateway.composition import Parts, Rebuild, Reuse, build
 from gateway.config import load
 from gateway.config.settings import LocalFacilitatorSettings, Settings
 from gateway.errors import ConfigError
 from gateway.facilitators.chain import rpc_urls
+from gateway.generation import Generation
 from gateway.observe.logs import get_logger
 from gateway.observe.metrics import Metrics
 
@@ -219,6 +220,15 @@ class LiveGateway:
     async def _retire(self, old: Generation) -> None:
         """Once `old` has no request in flight, close what no other live generation uses."""
         await old.users.wait_idle()
+        await self._close_unshared(old)
+        # Start-up froze the first generation (gateway.serving.runner): let a retired one's
+        # cycles be collected (full collections scan everything again, as without freeze).
+        gc.unfreeze()
+        log.debug("generation_retired", generation=old.generation)
+
+    async def _close_unshared(self, old: Generation) -> None:
+        """Close each part of `old` that no other live generation lists (a part shared
+        with a later generation is closed with the last one), and forget `old`."""
         in_use = {
             id(part) for gen in self._alive if gen is not old for part, _ in gen.shared_parts()
         }
@@ -227,10 +237,6 @@ class LiveGateway:
                 in_use.add(id(part))
                 await close()
         self._alive.remove(old)
-        # Start-up froze the first generation (gateway.serving.runner): let a retired one's
-        # cycles be collected (full collections scan everything again, as without freeze).
-        gc.unfreeze()
-        log.debug("generation_retired", generation=old.generation)
 
     async def _watch(self, path: str) -> None:
         """`serve --watch`: reload when the file changes (polled: no extra dependency)."""
@@ -255,10 +261,7 @@ class LiveGateway:
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
-            closed: set[int] = set()
-            for gen in self._alive:
-                for part, close in gen.shared_parts():
-                    if id(part) not in closed:
-                        closed.add(id(part))
-                        await close()
-            self._alive.clear()
+            # Oldest first, like retirements: a part the newer ones share (the channel
+            # storage their claim schedule reads) closes after all its users have.
+            for gen in list(self._alive):
+                await self._close_unshared(gen)

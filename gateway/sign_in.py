@@ -10,9 +10,9 @@ import dataclasses
 from collections.abc import Mapping
 
 from gateway import answers
-from gateway.composition import PAYMENT_HEADERS, Generation
 from gateway.config.settings import RouteSettings
 from gateway.errors import SignInRefused
+from gateway.generation import PAYMENT_HEADERS, Generation
 from gateway.payment.sessions import HEADER as SIWX_HEADER
 
 

@@ -3,8 +3,9 @@
 The SDK's own batch-settlement client deposits once on chain, then pays each of 100 calls
 with an off-chain voucher that the gateway checks in process: the chain is read before and
 after, and exactly one transaction (the deposit) was mined meanwhile. The gateway's claim
-schedule then claims the 100 vouchers in one transaction and settles them to the payee
-(`channels: {claim_over: "$0.10"}` in config/demo.yaml makes it do so at once).
+schedule then claims the 100 vouchers and pays the payee out in ONE transaction (the
+contract's `multicall`: `claimWithSignature` + `settle`; `channels: {claim_over: "$0.10"}` in
+config/demo.yaml makes it claim at once).
 """
 
 from __future__ import annotations
@@ -48,12 +49,20 @@ def mined(rpc_url: str, first: int, last: int) -> list[tuple[str, str, int]]:
             if to == ERC3009_DEPOSIT_COLLECTOR_ADDRESS:
                 what = "deposit"
             elif to == BATCH_SETTLEMENT_ADDRESS:
-                what = batch.decode_function_input(tx["input"])[0].fn_name
+                what = _function(batch, tx["input"])
             else:
                 what = f"a call to {to}"
             receipt = rpc_call(rpc_url, "eth_getTransactionReceipt", [tx["hash"]])
             found.append((tx["hash"], what, int(receipt["gasUsed"], 16)))
     return found
+
+
+def _function(batch: Any, data: str) -> str:
+    """The contract function a call data names; a multicall's inner ones, joined by " + "."""
+    function, args = batch.decode_function_input(data)
+    if function.fn_name != "multicall":
+        return str(function.fn_name)
+    return " + ".join(_function(batch, "0x" + bytes(inner).hex()) for inner in args["data"])
 
 
 async def _calls(url: str, chain: LocalChain) -> tuple[list[int], list[str]]:
@@ -134,11 +143,11 @@ def _claimed(
     out.field("payee", f"{usd(before, DECIMALS)} -> {usd(payee, DECIMALS)}")
     gas = deposit_gas + sum(gas for _, _, gas in after)
     out.field(
-        "gas", f"{gas:,} for {CALLS} calls (deposit + claim + settle): {gas // CALLS:,} per call"
+        "gas", f"{gas:,} for {CALLS} calls (deposit + claim with payout): {gas // CALLS:,} per call"
     )
     out.check(
-        [what for _, what, _ in after] == ["claimWithSignature", "settle"],
-        f"one claim transaction for {CALLS} vouchers, then one settle to the payee",
+        [what for _, what, _ in after] == ["claimWithSignature + settle"],
+        f"one transaction claims the {CALLS} vouchers and pays the payee out",
         f"mined after the calls: {after}",
     )
     out.check(

@@ -144,7 +144,8 @@ def check_x402_contracts(rpc_url: str, contracts: X402Contracts) -> None:
         ("ERC3009DepositCollector", contracts.erc3009_deposit_collector),
         ("Permit2DepositCollector", contracts.permit2_deposit_collector),
     ):
-        if _contract(w3, name, address).functions.SETTLEMENT().call() != contracts.batch_settlement:
+        settlement = _contract(w3, name, address).functions.x402BatchSettlement().call()
+        if settlement != contracts.batch_settlement:
             raise ContractsError(f"{name} at {address} does not point at the settlement contract")
     _check_channel_ids(w3, contracts.batch_settlement, chain_id)
 

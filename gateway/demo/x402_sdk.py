@@ -38,6 +38,7 @@ from x402.mechanisms.evm.batch_settlement.server.scheme import (
 )
 from x402.mechanisms.evm.exact import register_exact_evm_client, register_exact_evm_facilitator
 from x402.mechanisms.evm.exact.server import ExactEvmScheme as ExactServerScheme
+from x402.mechanisms.evm.signer import FacilitatorEvmSigner
 from x402.mechanisms.evm.signers import EthAccountSignerWithRPC
 from x402.mechanisms.evm.upto import (
     UptoEvmClientScheme,
@@ -52,6 +53,8 @@ from x402.schemas import (
     ResourceConfig,
     ResourceInfo,
 )
+
+from gateway.facilitators.claim_payout import ClaimPayoutSigner
 
 EXACT = "exact"
 UPTO = "upto"
@@ -130,21 +133,29 @@ class LocalX402:
 
 
 def build_facilitator(
-    rpc_url: str, network: str, facilitator_key: str, authorizer_key: str
+    rpc_url: str,
+    network: str,
+    facilitator_key: str,
+    authorizer_key: str,
+    *,
+    claim_payout: bool = False,
 ) -> tuple[x402FacilitatorSync, FacilitatorWeb3Signer]:
     """The SDK's sync facilitator with every EVM scheme this chain has contracts for.
 
     `authorizer_key` signs the batch-settlement `claimWithSignature`/`refundWithSignature`
     digests; its address is advertised as `receiverAuthorizer` in /supported (`extra`).
+    `claim_payout`: its batch-settlement claims also pay the receiver out, in the same
+    transaction, as the gateway's own facilitators do (gateway/facilitators/claim_payout.py).
     """
     signer = FacilitatorWeb3Signer(private_key=facilitator_key, rpc_url=rpc_url)
     facilitator = x402FacilitatorSync()
     register_exact_evm_facilitator(facilitator, signer, [network])
     facilitator.register([network], UptoEvmFacilitatorScheme(signer))
+    batch_signer: FacilitatorEvmSigner = ClaimPayoutSigner(signer) if claim_payout else signer
     facilitator.register(
         [network],
         BatchSettlementEvmFacilitator(
-            signer, authorizer_signer=LocalAuthorizerSigner(authorizer_key)
+            batch_signer, authorizer_signer=LocalAuthorizerSigner(authorizer_key)
         ),
     )
     sponsor = SponsoringSigner(signer, facilitator_key, rpc_url)

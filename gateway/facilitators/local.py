@@ -48,6 +48,7 @@ from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
 from gateway.config.settings import LocalFacilitatorSettings
 from gateway.errors import FacilitatorUnavailable
+from gateway.facilitators.claim_payout import ClaimPayoutSigner
 
 T = TypeVar("T")
 
@@ -120,11 +121,14 @@ class LocalFacilitator:
         self._facilitator.register(list(self._networks), UptoEvmFacilitatorScheme(self._signer))
         # `batch-settlement` (channel deposits, claims, refunds): with `authorizer_key`,
         # /supported advertises its address as `receiverAuthorizer` and it signs the claims
-        # and refunds of servers without a key of their own.
+        # and refunds of servers without a key of their own. A claim also pays the receiver
+        # out, in the same transaction (gateway/facilitators/claim_payout.py).
         authorizer = LocalAuthorizerSigner(authorizer_key) if authorizer_key else None
         self._facilitator.register(
             list(self._networks),
-            BatchSettlementEvmFacilitator(self._signer, authorizer_signer=authorizer),
+            BatchSettlementEvmFacilitator(
+                ClaimPayoutSigner(self._signer), authorizer_signer=authorizer
+            ),
         )
         # The signer caches the chain id, so readiness asks the node through its own client.
         self._probe = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 5}))

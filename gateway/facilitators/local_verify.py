@@ -91,7 +91,7 @@ def chain_rpc_urls(urls: Mapping[str, str]) -> dict[int, str]:
 class LocalVerify:
     """The facilitator `inner`, with `verify` answered in process where it can be."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913  the wrapped facilitator, then keyword-only knobs
         self,
         inner: Facilitator,
         *,
@@ -99,8 +99,12 @@ class LocalVerify:
         rpc_timeout: float = CHAIN_READ_TIMEOUT,
         cooldown: float = COOLDOWN,
         clock: Callable[[], float] = time.time,
+        signatures: eip3009.SignatureChecks | None = None,
     ) -> None:
         self.inner = inner
+        # The verdicts the matcher found for the same payloads (gateway.payment.match):
+        # the composition root hands this to the request path too, so one recovery serves both.
+        self.signatures = signatures or eip3009.SignatureChecks()
         self._clock = clock
         self._urls = chain_rpc_urls(rpc_urls or {})
         self._rpc_timeout = rpc_timeout
@@ -111,6 +115,8 @@ class LocalVerify:
         self.local_verdicts = 0  # how many verifies skipped the round trip (for tests)
         self.chain_reads = 0  # balance + nonce reads answered
         self.chain_failures = 0  # reads that failed: the facilitator verified instead
+        # (network, outcome) per chain read: ok, fallback, or the refusal reason (metrics)
+        self.on_chain_read: Callable[[str, str], None] = lambda _network, _outcome: None
 
     async def verify(self, payload: Payload, requirements: Requirements) -> VerifyResponse:
         checked = self.judge(payload, requirements)
@@ -147,7 +153,7 @@ class LocalVerify:
         )
         if reason is not None:
             return VerifyResponse(is_valid=False, invalid_reason=reason, payer=passed.payer)
-        if eip3009.check_signature(auth, rt.domain) is not eip3009.Sig.MATCH:
+        if self.signatures.check(auth, rt.domain) is not eip3009.Sig.MATCH:
             return None  # maybe a contract wallet (EIP-1271): the chain decides
         return passed
 
@@ -157,7 +163,9 @@ class LocalVerify:
         rpc = self._rpcs.get(passed.chain)
         if rpc is None:
             return VerifyResponse(is_valid=True, payer=passed.payer)
+        network = f"eip155:{passed.chain}"
         if time.monotonic() < self._resting.get(passed.chain, 0.0):
+            self.on_chain_read(network, "fallback")
             return None
         try:
             funds = await read_funds(rpc, passed.route.token, passed.auth)
@@ -167,10 +175,14 @@ class LocalVerify:
             # the message may name the URL, and RPC URLs often carry an API key
             problem = str(exc).replace(rpc.url, "<rpc_url>")
             log.warning("local_verify_rpc_failed", chain=passed.chain, problem=problem)
+            self.on_chain_read(network, "fallback")
             return None
         self.chain_reads += 1
         self._resting.pop(passed.chain, None)
-        return chain_verdict(funds, passed.auth.value, passed.payer)
+        verdict = chain_verdict(funds, passed.auth.value, passed.payer)
+        outcome = "fallback" if verdict is None else verdict.invalid_reason or "ok"
+        self.on_chain_read(network, outcome)
+        return verdict
 
     async def settle(self, payload: Payload, requirements: Requirements) -> SettleResponse:
         return await self.inner.settle(payload, requirements)

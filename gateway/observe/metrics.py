@@ -147,6 +147,13 @@ class Metrics:
             ["route", "outcome", "reason"],
             registry=r,
         )
+        self.chain_reads = Counter(
+            "x402_gateway_chain_reads",
+            "verify: local chain reads (balance + authorizationState) by network: ok, "
+            "fallback (the facilitator verified instead) or the refusal reason",
+            ["network", "outcome"],
+            registry=r,
+        )
 
     def observe_request(
         self, route: str, method: str, status: int, seconds: float, error: GatewayError | None
@@ -212,6 +219,10 @@ class Metrics:
     def facilitator_failed(self, url: str, operation: str) -> None:
         """The facilitator client's failure callback (one endpoint, one call)."""
         self.facilitator_failures.labels(safe_url(url), operation).inc()
+
+    def chain_read(self, network: str, outcome: str) -> None:
+        """`verify: local`'s callback, once per payment it judged on chain (or fell back)."""
+        self.chain_reads.labels(network, outcome).inc()
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

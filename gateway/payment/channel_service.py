@@ -35,16 +35,14 @@ class ClaimService:
     task: asyncio.Task[None]
     lock: ClaimLock
     settings_key: tuple[object, ...]
-    owned: bool = False  # close the storage too (nobody else uses it)
 
     async def close(self) -> None:
+        """Stop the schedule (after a round in flight); the storage stays open (its opener
+        closes it: gateway/composition.py)."""
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
         await self.scheduler.wait_idle()
-        close = getattr(self.scheduler.storage, "close", None)  # the Redis storage has one
-        if self.owned and callable(close):
-            await asyncio.to_thread(close)
 
 
 def wanted(settings: Settings) -> bool:
@@ -87,22 +85,19 @@ def settings_key(settings: Settings) -> tuple[object, ...]:
     return (settings.channels, tuple(claim_networks(settings)), _decimals(settings))
 
 
-def start_claims(  # noqa: PLR0913  the schedule's parts, and who closes the storage
+def start_claims(
     settings: Settings,
     storage: ChannelStorage,
     facilitator: Facilitator,
     lock: ClaimLock,
     metrics: ChannelMetrics | None,
-    *,
-    owned: bool = False,
 ) -> ClaimService:
-    """A started schedule (must be called on the running loop); `owned`: its storage is
-    closed with it."""
+    """A started schedule (must be called on the running loop)."""
     for problem in schedule_warnings(settings):
         log.warning("channels_config", problem=problem)
     scheduler = make_scheduler(settings, storage, facilitator, lock, metrics)
     task = asyncio.create_task(scheduler.run(), name="channel-claims")
-    return ClaimService(scheduler, task, lock, settings_key(settings), owned)
+    return ClaimService(scheduler, task, lock, settings_key(settings))
 
 
 def make_scheduler(  # noqa: PLR0913  the schedule's parts; metrics and logger optional

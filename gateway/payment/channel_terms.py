@@ -163,6 +163,16 @@ def voucher_nonce(channel_id: str, cumulative: int, refund: int | None = None) -
     return "0x" + keccak(_REFUND_TAG + body + refund.to_bytes(16, "big")).hex()
 
 
+def charged_voucher(raw: Any) -> tuple[str, str] | None:
+    """(channel id, cumulative amount) of a matched deposit or voucher, for its payment
+    record (reconciled against the channel state: gateway/payment/recovery.py); None for a
+    refund (it charges nothing) or a payload that is not a channel's."""
+    if not isinstance(raw, dict) or raw.get("type") not in ("deposit", "voucher"):
+        return None
+    channel_id, cumulative = _voucher(raw)
+    return channel_id, str(cumulative)
+
+
 def is_refund(payload: dict[str, Any]) -> bool:
     """A cooperative refund: it charges nothing, and the gateway answers it itself."""
     return payload.get("type") == "refund"

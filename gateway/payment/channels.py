@@ -221,13 +221,12 @@ class Channels:
         settings: Settings,
         storage: ChannelStorage,
         *,
-        owned: bool = True,
         writer: ChannelWriter | None = None,
     ) -> None:
-        """`owned`: close `storage` with this generation (False: a later one shares it);
-        `writer`: changes `storage` from the loop (the voucher fast path; None: none)."""
+        """`storage` is not closed with these channels: generations may share it (its
+        opener closes it, gateway/composition.py); `writer`: changes `storage` from the loop
+        (the voucher fast path; None: none)."""
         self.storage = storage
-        self._owned = owned
         self._pool = concurrent.futures.ThreadPoolExecutor(
             HOOK_THREADS, thread_name_prefix="x402-channels"
         )
@@ -293,10 +292,8 @@ class Channels:
         await server.create_payment_cancellation_dispatcher(payload, requirements).cancel(options)
 
     async def close(self) -> None:
+        """Stop the hook threads (after the hooks running); the storage stays open."""
         await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=True)
-        close = getattr(self.storage, "close", None)
-        if self._owned and callable(close):
-            await asyncio.to_thread(close)
 
 
 def config_ttl_ms(schemes: dict[str, ThreadedScheme]) -> int:

@@ -15,6 +15,7 @@ refuse a malleable high-s signature, so a local "match" must too).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from functools import cached_property
 from typing import Any
 
 import coincurve
+from cachetools import LRUCache
 from eth_hash.auto import keccak
 from x402.mechanisms.evm.constants import (
     ERR_AUTHORIZATION_VALUE_MISMATCH,
@@ -198,11 +200,14 @@ def recover(message_hash: bytes, signature: bytes) -> str | None:
     return "0x" + keccak(public.format(compressed=False)[1:])[-20:].hex()
 
 
+@functools.lru_cache(maxsize=4096)
 def checksummed(address: str) -> str:
     """EIP-55 of a lower-case 0x address (as `parse` and `recover` give): each hex letter
     upper-case where the keccak of the lower-case hex has a nibble >= 8. eth-utils'
     `to_checksum_address` does the same behind conversion decorators at ~2x the cost, on
-    every paid request (the unit tests compare the two)."""
+    every paid request (the unit tests compare the two). Memoized, bounded: a pure function
+    of its argument, and a payer pays many times (the keccak, ~5 µs through pycryptodome's
+    cffi wrapper, once per payer rather than once or twice per payment)."""
     digits = address[2:]
     nibbles = keccak(digits.encode()).hex()
     return "0x" + "".join(
@@ -230,6 +235,25 @@ def check_signature(auth: Authorization, domain: Domain) -> Sig:
     if len(inner) != 65:
         return Sig.CONTRACT
     return Sig.MATCH if recover(digest(auth, domain), inner) == auth.payer else Sig.MISMATCH
+
+
+class SignatureChecks:
+    """`check_signature` verdicts kept for the payloads in flight: under `verify: local` the
+    matcher (before the claim) and `LocalVerify` (the verify step) judge the same signature
+    of the same request; the second is answered from here, not by a second ECDSA recovery
+    (~35 µs). Keyed by the whole authorization and domain, the inputs of a pure function, so
+    a kept verdict is the one a fresh check would give. Bounded: a few per request in flight.
+    One per facilitator, made by the composition root."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self._kept: LRUCache[tuple[Authorization, Domain], Sig] = LRUCache(maxsize=size)
+
+    def check(self, auth: Authorization, domain: Domain) -> Sig:
+        key = (auth, domain)
+        sig = self._kept.get(key)
+        if sig is None:
+            sig = self._kept[key] = check_signature(auth, domain)
+        return sig
 
 
 def signature_reason(sig: Sig, payer_has_code: bool | None) -> str | None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from x402 import x402ResourceServer
 from x402.mechanisms.evm.batch_settlement import SCHEME_BATCH_SETTLEMENT
+from x402.mechanisms.evm.batch_settlement.server.storage import ChannelStorage
 from x402.mechanisms.evm.constants import ERR_PERMIT2_ALLOWANCE_REQUIRED
 from x402.mechanisms.evm.exact.register import register_exact_evm_server
 from x402.mechanisms.evm.upto import UptoEvmServerScheme
@@ -39,9 +40,10 @@ from gateway.errors import (
 )
 from gateway.observe.logs import get_logger
 from gateway.payment.channel_payments import ChannelPayments
-from gateway.payment.channel_terms import ChannelIds
+from gateway.payment.channel_terms import ChannelIds, charged_voucher
 from gateway.payment.channels import Channels
 from gateway.payment.claims import MAY_BE_CHARGED, Verdict, on_conflict
+from gateway.payment.eip3009 import SignatureChecks
 from gateway.payment.facilitator import Facilitator
 from gateway.payment.lifecycle import RECONCILE_EVERY, RECONCILE_RECENT, Supported
 from gateway.payment.lifecycle import keep_reconciling as reconcile_in_background
@@ -53,6 +55,7 @@ from gateway.payment.recovery import Reconciler
 from gateway.payment.requirements import for_facilitator
 from gateway.payment.settlement import Books
 from gateway.store import PaymentRecord, PaymentStore
+from gateway.store.channels import ChannelCharges
 
 log = get_logger("gateway.payments")
 
@@ -83,6 +86,9 @@ class Payments:
         self.supported = Supported(facilitator, self.server)
         self.books = Books(store)
         self.channel_payments = ChannelPayments(self.server, facilitator.get_supported)
+        # `verify: local`: the signature verdicts the matcher shares with the facilitator
+        # wrapper (set by the composition root; None: the facilitator checks on its own).
+        self.signatures: SignatureChecks | None = None
 
     @property
     def channels(self) -> Channels | None:
@@ -97,6 +103,12 @@ class Payments:
     def use_channels(self, channels: Channels) -> None:
         """Take batch-settlement payments (gateway/payment/channels.py); before `start()`."""
         self.channel_payments.use(channels)
+        self.read_channels(channels.storage)
+
+    def read_channels(self, storage: ChannelStorage) -> None:
+        """Reconcile channel payments' records against `storage`, the channel state (also
+        with no channel route: those served before are in it); before `background()`."""
+        self.reconciler = dataclasses.replace(self.reconciler, channels=ChannelCharges(storage))
 
     # --- life (gateway/payment/lifecycle.py) -------------------------------------------
 
@@ -117,7 +129,7 @@ class Payments:
         self, interval: float = RECONCILE_EVERY, limit: int = RECONCILE_RECENT
     ) -> None:
         """Resolve what dead holders left in flight among the newest records."""
-        if self.chain is None:
+        if self.chain is None and self.reconciler.channels is None:
             return  # nothing to reconcile with (`check` warns)
         await reconcile_in_background(self.reconciler, interval, limit)
 
@@ -134,6 +146,8 @@ class Payments:
     async def claim(self, matched: MatchedPayment, route: RouteSettings, request_id: str) -> Claim:
         """Take the payment's identity in the store, or raise `PaymentConflict`."""
         ttl = claim_ttl(matched, time.time())
+        # A channel payment's charge is in the channel state: its record is reconciled there.
+        channel, cumulative = _channel_of(matched)
         record = PaymentRecord(
             status="claimed",
             request_id=request_id,
@@ -144,6 +158,8 @@ class Payments:
             network=matched.requirement.network,
             nonce=matched.identity.nonce,
             holder=self.store.holder,
+            channel=channel,
+            cumulative=cumulative,
         )
         key = matched.identity.key
         held = await self.store.claim(key, record, ttl)
@@ -293,3 +309,11 @@ class Payments:
     async def refund_due(self, claim: Claim, why: str) -> None:
         """Settled before forwarding, then the origin failed: the operator owes a refund."""
         await self.books.refund_due(claim, why)
+
+
+def _channel_of(matched: MatchedPayment) -> tuple[str | None, str | None]:
+    """A channel deposit's or voucher's channel id and cumulative amount, for its record."""
+    if matched.requirement.scheme != SCHEME_BATCH_SETTLEMENT:
+        return None, None
+    voucher = charged_voucher(matched.payload.payload)
+    return voucher if voucher is not None else (None, None)

@@ -55,6 +55,7 @@ from gateway.payment.eip3009 import (
     Domain,
     Malformed,
     Sig,
+    SignatureChecks,
     check_signature,
     checksummed,
     parse,
@@ -157,7 +158,10 @@ def _chain(req: Requirement) -> int:
 
 
 def _match_v2(
-    route: RouteSettings, payload: PaymentPayload, ids: ChannelIds | None = None
+    route: RouteSettings,
+    payload: PaymentPayload,
+    ids: ChannelIds | None = None,
+    signatures: SignatureChecks | None = None,
 ) -> MatchedPayment:
     accepted = payload.accepted
     if all(r.scheme != accepted.scheme for r in route.accepts):
@@ -181,7 +185,7 @@ def _match_v2(
     terms = parse_terms(req, payload.payload)
     check_terms(req, terms)
     if terms.token is None:
-        _check_signature(req, cid, payload.payload)
+        _check_signature(req, cid, payload.payload, signatures)
     return MatchedPayment(
         version=2,
         payload=payload,
@@ -209,14 +213,19 @@ def _match_channel(
     )
 
 
-def _match_v1(route: RouteSettings, payload: PaymentPayloadV1, resource_url: str) -> MatchedPayment:
+def _match_v1(
+    route: RouteSettings,
+    payload: PaymentPayloadV1,
+    resource_url: str,
+    signatures: SignatureChecks | None = None,
+) -> MatchedPayment:
     candidates = _v1_candidates(route, payload)
     if "permit2Authorization" in payload.payload:
         raise PaymentError("v1 payments are EIP-3009 only", reason=UNSUPPORTED_PAYLOAD)
     cid = _chain(candidates[0][0])
     terms = eip3009_terms(payload.payload)
     req, v1_network = _v1_paid(candidates, terms)
-    _check_signature(req, cid, payload.payload)
+    _check_signature(req, cid, payload.payload, signatures)
     return MatchedPayment(
         version=1,
         payload=payload,
@@ -278,7 +287,12 @@ def _domain(name: str, version: str, cid: int, token: str) -> Domain:
     return Domain(name, version, cid, token)
 
 
-def local_signature_reason(req: Requirement, cid: int, payload: dict[str, Any]) -> str | None:
+def local_signature_reason(
+    req: Requirement,
+    cid: int,
+    payload: dict[str, Any],
+    signatures: SignatureChecks | None = None,
+) -> str | None:
     """`invalid_exact_evm_payload_signature` when the payload carries a plain ECDSA signature
     that is not `from`'s under the route's domain; None when it is, or when only the chain
     can judge it (a smart wallet's signature, ERC-6492, or no domain in `extra`)."""
@@ -289,11 +303,14 @@ def local_signature_reason(req: Requirement, cid: int, payload: dict[str, Any]) 
         auth = parse(payload)
     except Malformed:
         return None  # `terms` has read it already; anything odd is the facilitator's to judge
-    return ERR_INVALID_SIGNATURE if check_signature(auth, domain) is Sig.MISMATCH else None
+    sig = check_signature(auth, domain) if signatures is None else signatures.check(auth, domain)
+    return ERR_INVALID_SIGNATURE if sig is Sig.MISMATCH else None
 
 
-def _check_signature(req: Requirement, cid: int, payload: dict[str, Any]) -> None:
-    reason = local_signature_reason(req, cid, payload)
+def _check_signature(
+    req: Requirement, cid: int, payload: dict[str, Any], signatures: SignatureChecks | None
+) -> None:
+    reason = local_signature_reason(req, cid, payload, signatures)
     if reason is not None:
         raise PaymentError("the signature is not the payer's: refused locally", reason=reason)
 
@@ -303,15 +320,17 @@ def match_requirement(
     payment: DecodedPayment,
     resource_url: str,
     channel_ids: ChannelIds | None = None,
+    signatures: SignatureChecks | None = None,
 ) -> MatchedPayment:
     """The route's own requirement `payment` pays, or `PaymentError` (402) saying what differs;
     `MalformedPayment` (400) when the scheme payload is not shaped as its scheme requires.
-    `channel_ids`: the generation's cache of channel ids (None: each computed anew)."""
+    `channel_ids`: the generation's cache of channel ids (None: each computed anew);
+    `signatures`: the verdicts `verify: local` shares with the facilitator (None: no sharing)."""
     if route.free:
         raise PaymentError("this route is free: it takes no payment", reason=MISMATCH)
     if isinstance(payment.payload, PaymentPayload):
-        return _match_v2(route, payment.payload, channel_ids)
-    return _match_v1(route, payment.payload, resource_url)
+        return _match_v2(route, payment.payload, channel_ids, signatures)
+    return _match_v1(route, payment.payload, resource_url, signatures)
 
 
 def claim_ttl(matched: MatchedPayment, now: float) -> float:

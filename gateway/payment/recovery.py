@@ -1,6 +1,7 @@
 """Reconciling one stale claim against the chain and writing what it says: the I/O around
 `gateway.payment.reconcile.decide`. Used inline by a request that finds a claim whose holder
-died mid-settlement, and by `x402-gateway payments --reconcile`."""
+died mid-settlement, and by `x402-gateway payments --reconcile`. A channel payment's record
+is reconciled against the channel state (`decide_channel`), never the chain."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from gateway.errors import ChainUnavailable
+from gateway.errors import ChainUnavailable, StoreUnavailable
 from gateway.formats import chain_id
 from gateway.observe.logs import get_logger
 from gateway.payment.claims import MAY_BE_CHARGED, Verdict, on_conflict
 from gateway.payment.match import PaymentIdentity
-from gateway.payment.reconcile import Action, ChainReader, ChainState, decide
+from gateway.payment.reconcile import Action, ChainReader, ChainState, decide, decide_channel
 from gateway.store import PaymentRecord, PaymentStore
+from gateway.store.channels import ChannelCharges
 
 log = get_logger("gateway.payments")
 
@@ -27,6 +29,7 @@ class Reconciler:
     chain: ChainReader | None  # None: no RPC, nothing can be reconciled
     window: float  # seconds after `settling` before "not used" is believed
     bound: float  # seconds one chain read may take
+    channels: ChannelCharges | None = None  # the channel state (None: channel records wait)
 
     async def chain_state(self, record: PaymentRecord) -> ChainState | None:
         """What the chain says of the record's authorization; None when it cannot be asked."""
@@ -43,21 +46,14 @@ class Reconciler:
             return None
 
     async def run(self, key: str, held: PaymentRecord) -> PaymentRecord:
-        """The claim's record after asking the chain: `settled` (with the transaction found),
-        `released` (unused, and the settle window is over) or `held` unchanged. A record that
+        """The claim's record after asking the chain (a channel payment's: the channel
+        state): `settled` (with the transaction found), `released` (unused, and the settle
+        window is over) or `held` unchanged. A record that
         changed meanwhile (another replica reconciled it) is left alone."""
         if held.status not in RECONCILABLE:
             return held
-        state = await self.chain_state(held)
-        action = decide(state, settling_since=held.updated_at, now=time.time(), window=self.window)
-        if action is Action.WAIT:
-            return held
-        if action is Action.SETTLED:
-            assert state is not None
-            new = held.with_status("settled", transaction=state.transaction, reason="reconciled")
-        else:
-            new = held.with_status("released", reason="reconciled_unused")
-        if not await self.store.replace(key, held, new, 0):
+        new = await self._resolved(held)
+        if new is None or not await self.store.replace(key, held, new, 0):
             return held
         log.info(
             "payment_reconciled",
@@ -68,6 +64,44 @@ class Reconciler:
             payer=held.payer,
         )
         return new
+
+    async def _resolved(self, held: PaymentRecord) -> PaymentRecord | None:
+        """The record's next state, or None while it is not known."""
+        if held.channel is not None and held.cumulative is not None:
+            return await self._resolved_channel(held, held.channel, int(held.cumulative))
+        state = await self.chain_state(held)
+        action = decide(state, settling_since=held.updated_at, now=time.time(), window=self.window)
+        if action is Action.SETTLED:
+            assert state is not None
+            return held.with_status("settled", transaction=state.transaction, reason="reconciled")
+        if action is Action.RELEASE:
+            return held.with_status("released", reason="reconciled_unused")
+        return None
+
+    async def _resolved_channel(
+        self, held: PaymentRecord, channel: str, cumulative: int
+    ) -> PaymentRecord | None:
+        charged = await self.channel_charged(channel)
+        action = decide_channel(
+            charged, cumulative, settling_since=held.updated_at, now=time.time(), window=self.window
+        )
+        if action is Action.SETTLED:
+            return held.with_status("settled", reason="reconciled_channel_charged")
+        if action is Action.RELEASE:
+            return held.with_status("released", reason="reconciled_channel_uncharged")
+        return None
+
+    async def channel_charged(self, channel: str) -> int | None:
+        """The channel's charged cumulative amount; None when it cannot be read (or the
+        channel is not in the store)."""
+        if self.channels is None:
+            return None
+        try:
+            async with asyncio.timeout(self.bound):
+                return await self.channels.charged(channel)
+        except (TimeoutError, StoreUnavailable) as exc:
+            log.warning("reconcile_channel_unavailable", channel=channel, error=str(exc))
+            return None
 
 
 def claim_key(record: PaymentRecord) -> str:

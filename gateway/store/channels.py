@@ -21,6 +21,7 @@ Cluster would need every channel key and the index in one hash slot: not support
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import TypeVar
@@ -121,6 +122,29 @@ def open_channel_storage(store_url: str) -> ChannelStorage:
     if store_url == "memory":
         return InMemoryChannelStorage()
     return RedisChannelStorage(store_url)
+
+
+class ChannelCharges:
+    """What a channel's state says was charged: the reconciler's question about a channel
+    payment's record (gateway/payment/recovery.py); read off the loop (the storage's client
+    is synchronous)."""
+
+    def __init__(self, storage: ChannelStorage) -> None:
+        self.storage = storage
+
+    async def charged(self, channel_id: str) -> int | None:
+        """The channel's charged cumulative amount (atomic units); None: no such channel."""
+        channel = await asyncio.to_thread(self.storage.get, channel_id)
+        return None if channel is None else int(channel.charged_cumulative_amount)
+
+
+async def close_channel_storage(storage: ChannelStorage) -> None:
+    """Close a channel storage that holds connections (the Redis one); off the loop, since
+    its client is synchronous. Whoever opened it closes it, once nothing uses it
+    (gateway/composition.py: the generations that share it)."""
+    close = getattr(storage, "close", None)  # the SDK's protocol has none; ours has
+    if callable(close):
+        await asyncio.to_thread(close)
 
 
 def _key(channel_id: str) -> str:

@@ -57,6 +57,11 @@ class PaymentRecord:
     holder: str | None = None  # the process holding the claim (its store's heartbeat id)
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
+    # A channel deposit's or voucher's channel id and cumulative amount (atomic units): its
+    # charge is in the channel state, not on chain, and is reconciled there. None: not a
+    # channel payment (or written before these fields: such records read as before).
+    channel: str | None = None
+    cumulative: str | None = None
 
     def with_status(self, status: Status, **changes: Any) -> PaymentRecord:
         return replace(self, status=status, updated_at=time.time(), **changes)

@@ -94,8 +94,11 @@ def build_rig(
     price: int,
     storage: ChannelStorage,
     min_deposit: int = 1_000_000,  # $1.00, as a route's `channel: {min_deposit: "$1.00"}`
+    claim_payout: bool = False,  # claims pay out in the same transaction (our facilitators)
 ) -> ChannelRig:
-    facilitator, signer = sdk.build_facilitator(rpc_url, network, facilitator_key, authorizer_key)
+    facilitator, signer = sdk.build_facilitator(
+        rpc_url, network, facilitator_key, authorizer_key, claim_payout=claim_payout
+    )
     server = x402ResourceServerSync(facilitator)
     scheme: Any = BatchSettlementEvmScheme(
         receiver, BatchSettlementEvmSchemeServerConfig(storage=storage, withdraw_delay=900)

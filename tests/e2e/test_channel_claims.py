@@ -74,8 +74,18 @@ def _scheduler(
     )
 
 
+@pytest.mark.parametrize(
+    ("claim_payout", "claim_calls"),
+    [
+        # The SDK's own facilitator: claimWithSignature, then a separate settle to the payee.
+        (False, {"claimWithSignature": 1, "settle": 1}),
+        # The gateway's facilitators (local, engine): one multicall that claims and pays out.
+        (True, {"multicall": 1}),
+    ],
+    ids=["sdk-facilitator", "claim-pays-out"],
+)
 async def test_200_paid_calls_then_exactly_one_claim_transaction(
-    chain: Chain, db: str, lock_store: RedisStore
+    chain: Chain, db: str, lock_store: RedisStore, claim_payout: bool, claim_calls: dict[str, int]
 ) -> None:
     receiver = str(chainlib.new_account().address)
     storage = RedisChannelStorage(db)
@@ -88,6 +98,7 @@ async def test_200_paid_calls_then_exactly_one_claim_transaction(
         token=chain.token,
         price=PRICE,
         storage=storage,
+        claim_payout=claim_payout,
     )
     client = payer_client(
         chain.local.new_payer(5_000_000), chain.rpc_url, chain.network, chain.token
@@ -112,7 +123,7 @@ async def test_200_paid_calls_then_exactly_one_claim_transaction(
         await sched.wait_idle()
     assert chain.balance_of(receiver) == 200 * PRICE
     calls = contract_calls(chain.rpc_url, start)
-    assert calls == {"deposit": 1, "claimWithSignature": 1, "settle": 1}, calls
+    assert calls == {"deposit": 1, **claim_calls}, calls
     [channel] = [c for c in storage.list() if c.channel_config.receiver.lower() == receiver.lower()]
     assert int(channel.total_claimed) == int(channel.charged_cumulative_amount) == 200 * PRICE
     storage.close()

@@ -1,19 +1,22 @@
 """The claim schedule inside real `x402-gateway` processes (issue 14): the SDK's own Python
 batch-settlement client pays over HTTP, the gateway verifies vouchers locally and its
-background schedule claims them through the SDK facilitator over HTTP, on anvil with the
+background schedule claims them through a facilitator over HTTP, on anvil with the
 x402 contracts; channel state in a real redis-server. Counted on chain.
 
 The gateways hold their own receiver authorizer (`channels.authorizer_key`, a fresh key that
-never sends); the session facilitator (anvil #1) sends the deposit, claim and settle.
+never sends); the session facilitator (anvil #1, `x402-gateway`'s own: a claim pays the
+receiver out in the same transaction) sends the deposit and the claim.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
 import subprocess
+import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable
@@ -23,6 +26,7 @@ from typing import Any
 import httpx
 import pytest
 import redis as sync_redis
+import yaml
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
@@ -38,7 +42,10 @@ from x402.mechanisms.evm.batch_settlement.abi import BATCH_SETTLEMENT_ABI
 
 from gateway.demo import chain as chainlib
 from gateway.demo import x402_sdk as sdk
+from gateway.payment.channel_terms import voucher_nonce
+from gateway.payment.recovery import claim_key
 from gateway.store.channels import RedisChannelStorage
+from gateway.store.redis import RedisStore
 from tests.e2e.conftest import Chain
 from tests.e2e.fault_parts import gateway_config
 from tests.e2e.gateway_proc import GATEWAY, GatewayProcess, Origin
@@ -158,7 +165,9 @@ async def test_200_calls_then_one_claim_transaction_and_the_payee_paid_exactly(
         await asyncio.sleep(6)  # a full round more (every 5 s): it must send nothing
         assert chain.balance_of(pay_to) == 200 * PRICE
         calls = mined_calls(chain.rpc_url, start)
-        assert calls == {"deposit": 1, "claimWithSignature": 1, "settle": 1}, calls
+        # One claim transaction: the facilitator (ours) claims and pays out in one multicall;
+        # the schedule's settle then finds nothing to settle and sends nothing.
+        assert calls == {"deposit": 1, "multicall": 1}, calls
         channel = the_channel(db, payer.address)
         assert int(channel.total_claimed) == int(channel.charged_cumulative_amount) == 200 * PRICE
         assert metric(gw, 'x402_gateway_channel_claims_total{outcome="claimed",reason="over"}') == 1
@@ -254,9 +263,11 @@ async def test_channels_claim_on_demand_while_the_gateway_serves(
         assert asked.returncode == 0, asked.stderr
         (outcome,) = [json.loads(line) for line in asked.stdout.splitlines()]
         assert (outcome["reason"], outcome["vouchers"], outcome["amount"]) == ("asked", 1, 30_000)
-        assert outcome["error"] is None and len(outcome["claims"]) == 1 and outcome["settle"]
+        # The claim paid the payee out itself (one multicall): no separate settle was needed.
+        assert outcome["error"] is None and len(outcome["claims"]) == 1
+        assert outcome["settle"] is None
         assert chain.balance_of(pay_to) == 30 * PRICE
-        assert mined_calls(chain.rpc_url, start) == {"claimWithSignature": 1, "settle": 1}
+        assert mined_calls(chain.rpc_url, start) == {"multicall": 1}
         # The gateway serves on, on the same channel, and the next claim takes only the rest.
         async with x402HttpxClient(channel_client(chain, payer), timeout=30) as http:
             answer = await http.get(f"{gw.url}/paid/after")
@@ -266,3 +277,113 @@ async def test_channels_claim_on_demand_while_the_gateway_serves(
         assert chain.balance_of(pay_to) == 31 * PRICE
     finally:
         gw.stop()
+
+
+async def test_vouchers_on_one_channel_across_a_reload_are_all_served_and_claimed(
+    chain: Chain,
+    origin: Origin,
+    facilitator_url: str,
+    db: str,
+    make_payer: Callable[..., LocalAccount],
+    tmp_path: Path,
+) -> None:
+    """A reload that builds new payments (the channels' settings changed) keeps the channel
+    state: the retired generation closes none of what the new one reads, and the vouchers
+    served before and after it are all charged and claimed."""
+    pay_to = str(chainlib.new_account().address)
+    payer = make_payer(2_000_000)
+    cfg = config(chain, origin, pay_to, facilitator_url, db, claim_every="1h", claim_over="$5")
+    gw = GatewayProcess(cfg, tmp_path, env=authorizer_env()).start()
+    try:
+        async with x402HttpxClient(channel_client(chain, payer), timeout=30) as http:
+            for i in range(20):
+                answer = await http.get(f"{gw.url}/paid/before-{i}")
+                assert answer.status_code == 200, answer.text
+            written = yaml.safe_load(gw.config_path.read_text())
+            written["channels"]["claim_every"] = "2h"  # new payments and channels
+            gw.config_path.write_text(yaml.safe_dump(written, sort_keys=False))
+            assert gw.proc is not None
+            os.kill(gw.proc.pid, signal.SIGHUP)
+            reloaded = await wait_for(
+                lambda: metric(gw, "x402_gateway_config_generation") == 2, timeout=20
+            )
+            assert reloaded, gw.logs()[-3000:]
+            await asyncio.sleep(1)  # generation 1 has no request in flight: it retires now
+            for i in range(20):
+                answer = await http.get(f"{gw.url}/paid/after-{i}")
+                assert answer.status_code == 200, answer.text
+        events = [json.loads(x) for x in gw.logs().splitlines() if x.startswith("{")]
+        (done,) = [e for e in events if e.get("event") == "config_reloaded"]
+        assert done["rebuilt"] == ["facilitator"], done
+        served = [
+            c
+            for c in origin.log.calls
+            if "/paid/before-" in c["path"] or "/paid/after-" in c["path"]
+        ]
+        assert len(served) == 40
+        channel = the_channel(db, payer.address)
+        assert int(channel.charged_cumulative_amount) == 40 * PRICE
+        asked = run_cli(gw, "channels", "claim", "--all")
+        assert asked.returncode == 0, asked.stderr
+        (outcome,) = [json.loads(line) for line in asked.stdout.splitlines()]
+        assert (outcome["amount"], outcome["error"]) == (40 * PRICE, None), outcome
+        assert chain.balance_of(pay_to) == 40 * PRICE  # every served voucher, paid on chain
+    finally:
+        gw.stop()
+
+
+async def test_books_after_a_crash_agree_with_the_channel_state(
+    chain: Chain,
+    origin: Origin,
+    facilitator_url: str,
+    db: str,
+    make_payer: Callable[..., LocalAccount],
+    tmp_path: Path,
+) -> None:
+    """A gateway that died between a voucher's `settling` record and its outcome: the
+    channel state (what the claims collect) had charged it, the chain knows nothing of a
+    voucher. `payments --reconcile` reads the channel state: settled, never released; a
+    voucher whose reservation was never charged is released."""
+    pay_to = str(chainlib.new_account().address)
+    payer = make_payer(2_000_000)
+    cfg = config(chain, origin, pay_to, facilitator_url, db, claim_every="1h", claim_over="$5")
+    cfg["networks"] = {chain.network: {"rpc_url": chain.rpc_url}}  # the chain is asked too
+    gw = GatewayProcess(cfg, tmp_path, env=authorizer_env()).start()
+    try:
+        async with x402HttpxClient(channel_client(chain, payer), timeout=30) as http:
+            for i in range(3):
+                answer = await http.get(f"{gw.url}/paid/books-{i}")
+                assert answer.status_code == 200, answer.text
+    finally:
+        gw.stop()
+    store = RedisStore(db)
+    try:
+        records = [r for r in await store.recent(10) if r.channel is not None]
+        last = max(records, key=lambda r: int(r.cumulative or 0))
+        assert (last.status, last.cumulative) == ("settled", str(3 * PRICE))
+        # The store as the crash left it: the last voucher charged, its outcome never
+        # written, by a holder long gone.
+        crashed = dataclasses.replace(
+            last, status="settling", holder="gone", updated_at=time.time() - 3600
+        )
+        await store.update(claim_key(last), crashed, 600)
+        # ...and the next voucher, reserved and never charged.
+        following = 4 * PRICE
+        never = dataclasses.replace(
+            crashed,
+            request_id="never-charged",
+            cumulative=str(following),
+            nonce=voucher_nonce(str(last.channel), following),
+        )
+        assert await store.claim(claim_key(never), never, 600) is None
+    finally:
+        await store.close()
+    reconciled = run_cli(gw, "payments", "--reconcile", "--limit", "20")
+    assert reconciled.returncode == 0, reconciled.stderr
+    now = {row["request_id"]: row["now"] for row in map(json.loads, reconciled.stdout.splitlines())}
+    assert now == {last.request_id: "settled", "never-charged": "released"}, now
+    channel = the_channel(db, payer.address)
+    assert int(channel.charged_cumulative_amount) == 3 * PRICE
+    asked = run_cli(gw, "channels", "claim", "--all")
+    (outcome,) = [json.loads(line) for line in asked.stdout.splitlines()]
+    assert outcome["amount"] == 3 * PRICE and chain.balance_of(pay_to) == 3 * PRICE

@@ -45,6 +45,14 @@ async def pay(gw: GatewayProcess, chain: Chain, payer: Any, path: str, sign_for:
         return await http.get(gw.url + path, headers=headers)
 
 
+async def chain_reads(gw: GatewayProcess) -> dict[str, float]:
+    """`x402_gateway_chain_reads_total` by outcome, from the gateway's admin /metrics."""
+    async with httpx.AsyncClient(timeout=10) as http:
+        text = (await http.get(gw.admin_url + "/metrics")).text
+    rows = [line for line in text.splitlines() if line.startswith("x402_gateway_chain_reads_total")]
+    return {row.split('outcome="')[1].split('"')[0]: float(row.rsplit(" ", 1)[1]) for row in rows}
+
+
 async def test_verify_local_serves_only_settled_payments(
     chain: Chain, origin: Origin, facilitator_url: str, make_payer: Any, tmp_path: Path
 ) -> None:
@@ -105,6 +113,8 @@ async def test_verify_local_reads_balance_and_nonce_before_the_origin(
             await settle_elsewhere(facilitator_url, payload)
             replayed = await http.get(gw.url + "/paid/chain-spent", headers=headers)
         logs = gw.logs()
+        reads = await chain_reads(gw)
+    assert reads == {"ok": 1, ERR_INSUFFICIENT_BALANCE: 1, ERR_NONCE_ALREADY_USED: 1}, reads
     assert served.status_code == 200, served.text
     settled = decode_payment_response_header(served.headers["PAYMENT-RESPONSE"])
     assert settled.success and chain.balance_of(good.address) == 10_000_000 - PRICE
@@ -133,6 +143,8 @@ async def test_verify_local_without_its_rpc_asks_the_facilitator(
         refused = await pay(gw, chain, poor, "/paid/norpc-poor")
         served = await pay(gw, chain, good, "/paid/norpc-good")
         logs = gw.logs()
+        reads = await chain_reads(gw)
+    assert reads == {"fallback": 2}, reads  # failed, then resting: the facilitator verified
     assert "local_verify_rpc_failed" in logs and "secret-api-key" not in logs
     assert refused.status_code == 402 and refused.json()["error"] == ERR_INSUFFICIENT_BALANCE
     assert origin.log.for_path("/paid/norpc-poor") == []

@@ -182,7 +182,7 @@ async def test_replaced_parts_close_only_when_no_generation_uses_them(
     closed: list[str] = []
     g1 = holder.current
     record_closes(g1.upstream, "upstream1", closed)
-    record_closes(g1.payments, "facilitator1", closed)
+    record_closes(g1.payments.facilitator, "facilitator1", closed)
     record_closes(g1.payments.store, "store", closed)
     gc.freeze()  # as the runner does once started
     async with g1.users.track():  # a request of generation 1 in flight

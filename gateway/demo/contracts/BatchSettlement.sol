@@ -98,7 +98,7 @@ contract BatchSettlement is Multicall, ReentrancyGuardTransient {
 
     event Deposited(bytes32 indexed channelId, address indexed payer, address indexed token, uint128 amount);
     event Claimed(bytes32 indexed channelId, address indexed receiver, uint128 amount, uint128 totalClaimed);
-    event Settled(address receiver, address token, address sender, uint128 amount);
+    event Settled(address indexed receiver, address indexed token, address indexed sender, uint128 amount);
     event Refunded(bytes32 indexed channelId, address indexed payer, uint128 amount);
     event WithdrawInitiated(bytes32 indexed channelId, uint128 amount, uint40 initiatedAt);
     event Withdrawn(bytes32 indexed channelId, address indexed payer, uint128 amount);

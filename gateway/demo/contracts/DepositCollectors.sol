@@ -25,13 +25,14 @@ interface IERC3009Receive {
 
 abstract contract DepositCollector {
     /// Where the x402 SDK expects the settlement contract (a constant, so the code is the
-    /// same wherever it is placed).
-    address public constant SETTLEMENT = 0x4020074e9dF2ce1deE5A9C1b5c3f541D02a10003;
+    /// same wherever it is placed). The getter's name is the one the x402 Foundation's
+    /// collectors expose, so one check reads both.
+    address public constant x402BatchSettlement = 0x4020074e9dF2ce1deE5A9C1b5c3f541D02a10003;
 
     error OnlySettlement();
 
     modifier onlySettlement() {
-        if (msg.sender != SETTLEMENT) revert OnlySettlement();
+        if (msg.sender != x402BatchSettlement) revert OnlySettlement();
         _;
     }
 }

@@ -27,6 +27,7 @@ from x402.schemas import (
 from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
 from ...errors import FacilitatorUnavailable
+from ..claim_payout import ClaimPayoutSigner
 
 T = TypeVar("T")
 Payload = PaymentPayload | PaymentPayloadV1
@@ -114,7 +115,10 @@ class ThreadDelegate:
         signer = FacilitatorWeb3Signer(private_key=private_key, rpc_url=rpc_url)
         register_exact_evm_facilitator(facilitator, signer, list(networks))
         authorizer = LocalAuthorizerSigner(authorizer_key or private_key)
-        batch = BatchSettlementEvmFacilitator(signer, authorizer_signer=authorizer)
+        # A claim also pays the receiver out, in one transaction (facilitators/claim_payout.py).
+        batch = BatchSettlementEvmFacilitator(
+            ClaimPayoutSigner(signer), authorizer_signer=authorizer
+        )
         facilitator.register(list(networks), batch)
         return cls(facilitator)
 

@@ -218,6 +218,20 @@ async def test_supported_merges_and_ping(fakes) -> None:  # type: ignore[no-unty
         await c.close()
 
 
+async def test_supported_is_built_once_and_rebuilt_when_an_endpoint_answers(fakes) -> None:  # type: ignore[no-untyped-def]
+    first, second = await fakes(), await fakes()
+    c = await client(first.url, second.url)
+    try:
+        assert c.get_supported().kinds == []  # nothing answered yet (and this is cached)
+        assert await c._fetch_supported(c._endpoints[0]) == ""  # the first one answers
+        once = c.get_supported()
+        assert len(once.kinds) == 1 and c.get_supported() is once  # not rebuilt per call
+        await c.refresh_supported()  # both answer: the merge has both endpoints' kinds
+        assert len(c.get_supported().kinds) == 2 and c.get_supported() is not once
+    finally:
+        await c.close()
+
+
 async def test_ping_fails_when_nothing_answers() -> None:
     c = await client(DEAD)
     try:

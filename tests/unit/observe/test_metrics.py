@@ -67,6 +67,7 @@ def test_every_documented_metric_is_exposed_with_its_type() -> None:
         "x402_gateway_request_duration_seconds": "histogram",
         "x402_gateway_dependency_errors": "counter",
         "x402_gateway_facilitator_failures": "counter",
+        "x402_gateway_chain_reads": "counter",
         "x402_gateway_in_flight_requests": "gauge",
         "x402_gateway_config_generation": "gauge",
         "x402_gateway_config_reload_failures": "counter",

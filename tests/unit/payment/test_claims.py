@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.payment.claims import Verdict, on_conflict
-from gateway.payment.reconcile import Action, ChainState, decide
+from gateway.payment.reconcile import Action, ChainState, decide, decide_channel
 
 
 @pytest.mark.parametrize(
@@ -42,3 +42,17 @@ def test_on_conflict(status: str, alive: bool, verdict: Verdict) -> None:
 )
 def test_decide(state: ChainState | None, now: float, action: Action) -> None:
     assert decide(state, settling_since=100.0, now=now, window=90.0) is action
+
+
+@pytest.mark.parametrize(
+    ("charged", "now", "action"),
+    [
+        (2000, 101.0, Action.SETTLED),  # the channel charged it: at once, whatever the window
+        (3000, 10_000.0, Action.SETTLED),  # and later vouchers since
+        (1000, 150.0, Action.WAIT),  # not charged yet: a cut-off holder may still charge it
+        (1000, 190.0, Action.RELEASE),  # the window is over: never charged
+        (None, 10_000.0, Action.WAIT),  # no channel state (or unreadable): nothing decided
+    ],
+)
+def test_decide_channel(charged: int | None, now: float, action: Action) -> None:
+    assert decide_channel(charged, 2000, settling_since=100.0, now=now, window=90.0) is action

@@ -11,8 +11,9 @@ from x402.http.utils import encode_payment_signature_header
 from x402.mechanisms.evm.constants import ERR_INVALID_SIGNATURE
 
 from gateway.errors import PaymentError
-from gateway.payment import decode_payment, match_requirement
-from gateway.payment.eip3009 import Domain, recover
+from gateway.facilitators.local_verify import LocalVerify
+from gateway.payment import decode_payment, eip3009, match_requirement
+from gateway.payment.eip3009 import Domain, Sig, SignatureChecks, recover
 from gateway.payment.match import domain_of, local_signature_reason
 from tests.unit.wire_helpers import (
     ASSET,
@@ -120,3 +121,56 @@ def test_match_refuses_a_forged_signature_before_any_claim(sdk: Any) -> None:
             with pytest.raises(PaymentError) as err:
                 match_requirement(PRICED, decoded, URL)
             assert err.value.reason == ERR_INVALID_SIGNATURE
+
+
+# --- `verify: local`: the matcher and LocalVerify share one recovery ---------------------
+
+
+class _Unreachable:
+    """A facilitator `verify: local` must not need for a payment it can judge."""
+
+    async def verify(self, payload: Any, requirements: Any) -> Any:
+        raise AssertionError("the facilitator was asked")
+
+
+def _counting_recoveries(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    seen: list[bytes] = []
+
+    def counted(message_hash: bytes, signature: bytes) -> str | None:
+        seen.append(signature)
+        return recover(message_hash, signature)
+
+    monkeypatch.setattr(eip3009, "recover", counted)
+    return seen
+
+
+async def test_matcher_and_local_verify_recover_a_signature_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    recoveries = _counting_recoveries(monkeypatch)
+    checks = SignatureChecks()
+    verifier = LocalVerify(_Unreachable(), signatures=checks)  # type: ignore[arg-type]
+    for _ in range(2):  # two payments: each recovered once, not twice, and never mixed up
+        _, value = sdk_v2_payment(PRICED, new_account())
+        decoded = decode_payment(headers(("PAYMENT-SIGNATURE", value)), 16384)
+        assert decoded is not None
+        matched = match_requirement(PRICED, decoded, URL, None, checks)
+        verdict = await verifier.verify(matched.payload, matched.requirements)
+        assert verdict.is_valid and verdict.payer == matched.payer
+    assert len(recoveries) == 2 and recoveries[0] != recoveries[1]
+
+
+def test_shared_verdicts_are_the_checks_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kept by the whole (authorization, domain): a tampered twin is judged afresh, and a
+    kept verdict is the one a fresh check gives; the keeping is bounded."""
+    recoveries = _counting_recoveries(monkeypatch)
+    checks = SignatureChecks(size=2)
+    good = eip3009.parse(signed())
+    forged = eip3009.parse({**signed(), "signature": "0x" + good.signature.hex()})
+    assert DOMAIN is not None
+    assert checks.check(good, DOMAIN) is Sig.MATCH
+    assert checks.check(good, DOMAIN) is Sig.MATCH and len(recoveries) == 1
+    assert checks.check(forged, DOMAIN) is Sig.MISMATCH and len(recoveries) == 2
+    other = Domain("Other Coin", "2", CHAIN, ASSET.lower())
+    assert checks.check(good, other) is Sig.MISMATCH and len(recoveries) == 3
+    assert checks.check(good, DOMAIN) is Sig.MATCH and len(recoveries) == 4  # evicted (size 2)

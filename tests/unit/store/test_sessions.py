@@ -9,6 +9,9 @@ from typing import TypeVar
 
 import pytest
 
+from gateway.errors import StoreUnavailable
+from gateway.store import sessions as sessions_module
+from gateway.store.backoff import Backoff
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
 from gateway.store.sessions import (
@@ -125,3 +128,89 @@ async def test_a_redis_sign_in_is_one_round_trip(redis: RedisServer) -> None:
     finally:
         await store.close()
     assert len(calls) == 1
+
+
+async def test_a_redis_sign_in_survives_a_restart_and_flushed_scripts() -> None:
+    """Sign-ins run on connections the store keeps: after Redis restarts (each kept one
+    dropped, its script gone) the next sign-in still gets the right answer, on a new
+    connection, without failing closed."""
+    server = RedisServer().start()
+    store = RedisStore(server.url)
+    sessions = open_sessions(store)
+    payer = "0x" + uuid.uuid4().hex[:40].ljust(40, "3")
+    try:
+        await sessions.record_payment("/reports/*", payer, 60)
+        assert await sessions.sign_in("/reports/*", payer, uuid.uuid4().hex, 60) is SignIn.SIGNED_IN
+        server.stop()
+        restarted = RedisServer()
+        restarted.port = server.port
+        server = restarted.start()
+        nonce = uuid.uuid4().hex
+        assert await sessions.sign_in("/reports/*", payer, nonce, 60) is SignIn.NOT_PAID
+        assert await sessions.sign_in("/reports/*", payer, nonce, 60) is SignIn.NONCE_USED
+        await sessions.record_payment("/reports/*", payer, 60)
+        await store.client.script_flush()
+        assert await sessions.sign_in("/reports/*", payer, uuid.uuid4().hex, 60) is SignIn.SIGNED_IN
+    finally:
+        await store.close()
+        server.stop()
+
+
+async def test_a_cancelled_redis_sign_in_leaves_no_answer_for_the_next(redis: RedisServer) -> None:
+    """A sign-in cancelled while its answer is on the way (a client gone) must not leave that
+    answer on a kept connection for the next sign-in to read as its own."""
+    store = RedisStore(redis.url)
+    sessions = open_sessions(store)
+    payer = "0x" + uuid.uuid4().hex[:40].ljust(40, "4")
+    try:
+        await sessions.record_payment("/reports/*", payer, 60)
+        for _ in range(3):
+            await store.client.client_pause(300)  # the server holds every answer a while
+            task = asyncio.create_task(sessions.sign_in("/reports/*", payer, uuid.uuid4().hex, 60))
+            await asyncio.sleep(0.1)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            nonce = uuid.uuid4().hex
+            assert await sessions.sign_in("/reports/*", payer, nonce, 60) is SignIn.SIGNED_IN
+            assert await sessions.sign_in("/reports/*", payer, nonce, 60) is SignIn.NONCE_USED
+    finally:
+        await store.close()
+
+
+async def test_closing_the_store_closes_the_sign_in_connections(redis: RedisServer) -> None:
+    store = RedisStore(redis.url)
+    sessions = open_sessions(store)
+    payer = "0x" + uuid.uuid4().hex[:40].ljust(40, "5")
+    await asyncio.gather(
+        *(sessions.sign_in("/reports/*", payer, uuid.uuid4().hex, 60) for _ in range(20))
+    )
+    await store.close()
+    watcher = RedisStore(redis.url)
+    try:
+        clients = await watcher.client.client_list()
+    finally:
+        await watcher.close()
+    assert len(clients) == 1  # the watcher itself
+
+
+async def test_a_redis_sign_in_that_gets_no_answer_fails_closed_then_recovers(
+    redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No answer within the command timeout: the sign-in fails closed (503, not a sign-in),
+    the connection that waited is closed, and the next sign-in gets its own answer."""
+    monkeypatch.setattr(sessions_module, "COMMAND_TIMEOUT", 0.2)
+    store = RedisStore(redis.url, backoff=Backoff(base=0.01, cap=0.01))
+    sessions = open_sessions(store)
+    payer = "0x" + uuid.uuid4().hex[:40].ljust(40, "6")
+    try:
+        await sessions.record_payment("/reports/*", payer, 60)
+        await store.client.client_pause(1000)
+        with pytest.raises(StoreUnavailable):
+            await sessions.sign_in("/reports/*", payer, uuid.uuid4().hex, 60)
+        await asyncio.sleep(1.0)  # the pause is over: the held answers are sent
+        nonce = uuid.uuid4().hex
+        assert await sessions.sign_in("/reports/*", payer, nonce, 60) is SignIn.SIGNED_IN
+        assert await sessions.sign_in("/reports/*", payer, nonce, 60) is SignIn.NONCE_USED
+    finally:
+        await store.close()
