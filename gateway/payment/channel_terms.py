@@ -25,13 +25,14 @@ kept only while it is in flight.
 from __future__ import annotations
 
 import dataclasses
+import operator
 import re
 import time
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from cachetools import LRUCache
-from eth_utils.crypto import keccak
+from eth_hash.auto import keccak
 from x402.mechanisms.evm.batch_settlement.errors import (
     ERR_CHANNEL_ID_MISMATCH,
     ERR_INVALID_PAYLOAD_TYPE,
@@ -61,6 +62,8 @@ _UINT128_MAX = 2**128 - 1
 _TAG = b"x402-gateway:batch-settlement:voucher"
 _REFUND_TAG = b"x402-gateway:batch-settlement:refund"
 CACHED_IDS = 4096  # channel configs whose id a `ChannelIds` keeps
+# A config's every field, read at once (per voucher: `dataclasses.fields` walks the class).
+_CONFIG_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(ChannelConfig)))
 
 
 class ChannelIds:
@@ -74,7 +77,7 @@ class ChannelIds:
 
     def of(self, config: ChannelConfig, network: str) -> str:
         """The lower-case 0x id of `config` on `network`."""
-        key = (network, *(getattr(config, f.name) for f in dataclasses.fields(config)))
+        key = (network, *_CONFIG_FIELDS(config))
         found = self._ids.get(key)
         if found is None:
             found = compute_channel_id(config, network).lower()

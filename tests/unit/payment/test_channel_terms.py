@@ -195,3 +195,31 @@ def test_the_exact_requirement_of_a_channel_route_still_takes_exact_payments() -
     # a voucher sent as an exact payment is read as an exact one: no authorization in it
     with pytest.raises(MalformedPayment, match=r"payload\.authorization"):
         match_requirement(priced, paying(voucher_payload(), req=requirement()), URL)
+
+
+def test_a_voucher_nonce_is_the_keccak_of_its_tag_channel_and_amount() -> None:
+    # Pinned to eth-utils' keccak: the nonce keys the claim store across replicas and
+    # versions, so a change of hashing library must not change it.
+    from eth_utils.crypto import keccak as eth_utils_keccak
+
+    channel_id = "0x" + "ab" * 32
+    body = bytes.fromhex(channel_id[2:]) + (3000).to_bytes(16, "big")
+    tag = b"x402-gateway:batch-settlement:voucher"
+    assert voucher_nonce(channel_id, 3000) == "0x" + eth_utils_keccak(tag + body).hex()
+    refund = eth_utils_keccak(
+        b"x402-gateway:batch-settlement:refund" + body + (7).to_bytes(16, "big")
+    )
+    assert voucher_nonce(channel_id, 3000, 7) == "0x" + refund.hex()
+
+
+def test_cached_channel_ids_differ_for_a_config_differing_in_any_field() -> None:
+    ids = ChannelIds()
+    base = voucher_payload()["channelConfig"]
+    seen = {ids.of(ChannelConfig.from_dict(base), NETWORK)}
+    changes = {"salt": "0x" + "02" * 32, "withdrawDelay": 7200, "payer": "0x" + "11" * 20}
+    for field, value in changes.items():
+        cfg = ChannelConfig.from_dict({**base, field: value})
+        found = ids.of(cfg, NETWORK)
+        assert found == compute_channel_id(cfg, NETWORK).lower()
+        seen.add(found)
+    assert len(seen) == 1 + len(changes)
