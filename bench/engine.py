@@ -178,7 +178,9 @@ def _engine_events(facilitator: Facilitator) -> dict[str, float]:
     return {k: v for k, v in stats.snapshot().items() if k in wanted and v}
 
 
-async def gas_per_payment(setup: Setup, key: str, size: int) -> float:
+async def settle_batch(setup: Setup, key: str, size: int) -> str:
+    """`size` fresh payments to a payee that already holds the token, settled by the engine
+    in ONE batch transaction (checked on chain); its hash."""
     pay_to = str(chainlib.new_account().address)
     chainlib.mint(setup.local.rpc_url, setup.local.token, setup.local.owner_key, pay_to, 1)
     req = setup.requirements(pay_to)
@@ -196,6 +198,11 @@ async def gas_per_payment(setup: Setup, key: str, size: int) -> float:
     (tx,) = {r.transaction for r in results}
     if not all(r.success for r in results) or len(setup.transfers_to(pay_to)) != size:
         raise RuntimeError("a batched payment did not settle")
+    return tx
+
+
+async def gas_per_payment(setup: Setup, key: str, size: int) -> float:
+    tx = await settle_batch(setup, key, size)
     receipt = chainlib.rpc_call(setup.local.rpc_url, "eth_getTransactionReceipt", [tx])
     return int(receipt["gasUsed"], 16) / size
 

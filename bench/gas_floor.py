@@ -24,7 +24,6 @@ from typing import Any
 
 from bench import engine as bench_engine
 from gateway.demo import chain as chainlib
-from gateway.facilitators.engine import EngineFacilitator, EngineOptions
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FRESH_SLOT = 22_100  # SSTORE zero -> non-zero (20,000) + cold slot access (2,100)
@@ -52,25 +51,10 @@ def calldata_gas(data: str) -> int:
     return sum(16 if byte else 4 for byte in raw)
 
 
-async def settle_batch(setup: bench_engine.Setup, key: str, size: int) -> dict[str, Any]:
+async def traced_batch(setup: bench_engine.Setup, key: str, size: int) -> dict[str, Any]:
+    """A batch settled by the engine, with the gas, storage writes and calldata it used."""
     local = setup.local
-    pay_to = str(chainlib.new_account().address)
-    chainlib.mint(local.rpc_url, local.token, local.owner_key, pay_to, 1)  # an existing balance
-    req = setup.requirements(pay_to)
-    payments = await setup.payments(req, size)
-    opts = EngineOptions(
-        rpc_url=local.rpc_url,
-        keys=(key,),
-        chain_id=local.chain_id,
-        batch_window=60,
-        max_batch=size,
-        poll_interval=0.02,
-    )
-    async with EngineFacilitator(opts) as engine:
-        results = await asyncio.gather(*(engine.settle(p, req) for p in payments))
-    (tx,) = {r.transaction for r in results}
-    if not all(r.success for r in results) or len(setup.transfers_to(pay_to)) != size:
-        raise RuntimeError("a batched payment did not settle")
+    tx = await bench_engine.settle_batch(setup, key, size)
     receipt = chainlib.rpc_call(local.rpc_url, "eth_getTransactionReceipt", [tx])
     sent = chainlib.rpc_call(local.rpc_url, "eth_getTransactionByHash", [tx])
     tracer = {"tracer": "prestateTracer", "tracerConfig": {"diffMode": True}}
@@ -102,7 +86,7 @@ async def run() -> dict[str, Any]:
     try:
         setup = bench_engine.Setup(chainlib.prepare_chain(anvil.rpc_url), anvil.pid)
         key = setup.settler_keys(1)[0]
-        batches = [await settle_batch(setup, key, size) for size in (1, 50)]
+        batches = [await traced_batch(setup, key, size) for size in (1, 50)]
         setup.pool.shutdown()
     finally:
         anvil.stop()
