@@ -99,23 +99,25 @@ class Setup:
 
     def transfers_to(self, pay_to: str) -> list[dict[str, Any]]:
         """Transfers of the token to `pay_to`, from the node's logs (mints left out)."""
-        logs: list[dict[str, Any]] = chainlib.rpc_call(
-            self.local.rpc_url,
-            "eth_getLogs",
-            [
-                {
-                    "address": self.local.token,
-                    "fromBlock": "0x0",
-                    "toBlock": "latest",
-                    "topics": [
-                        ERC20_TRANSFER_EVENT_TOPIC,
-                        None,
-                        "0x" + "00" * 12 + pay_to[2:].lower(),
-                    ],
-                }
-            ],
-        )
+        logs = transfer_logs(self.local, pay_to)
         return [log for log in logs if int(log["topics"][1], 16) != 0]  # not mints
+
+
+def transfer_logs(local: chainlib.LocalChain, pay_to: str) -> list[dict[str, Any]]:
+    """Every Transfer log of the chain's token to `pay_to` (mints included), from the node."""
+    logs: list[dict[str, Any]] = chainlib.rpc_call(
+        local.rpc_url,
+        "eth_getLogs",
+        [
+            {
+                "address": local.token,
+                "fromBlock": "0x0",
+                "toBlock": "latest",
+                "topics": [ERC20_TRANSFER_EVENT_TOPIC, None, "0x" + "00" * 12 + pay_to[2:].lower()],
+            }
+        ],
+    )
+    return logs
 
 
 Facilitator = Any  # LocalFacilitator or EngineFacilitator: verify/settle

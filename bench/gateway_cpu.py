@@ -49,8 +49,8 @@ from typing import Any
 
 import yaml
 from eth_account.signers.local import LocalAccount
-from x402.mechanisms.evm.exact.eip3009_utils import ERC20_TRANSFER_EVENT_TOPIC
 
+from bench.engine import transfer_logs
 from bench.gateway_proc import gateway_argv
 from bench.paid_engine import TOKEN, gateway_config, send, settler_keys, sign, start_origin
 from bench.paid_engine import Variant as Target
@@ -133,22 +133,7 @@ async def free_cpu(target: Target, n: int, concurrency: int, idle: float) -> dic
 def on_chain(local: Any, target: Target) -> dict[str, int]:
     """Each 200 is its payer's Transfer to pay_to, in the transaction its receipt names;
     every Transfer to pay_to belongs to a 200 (several payments per payer are allowed)."""
-    logs = chainlib.rpc_call(
-        local.rpc_url,
-        "eth_getLogs",
-        [
-            {
-                "address": local.token,
-                "fromBlock": "0x0",
-                "toBlock": "latest",
-                "topics": [
-                    ERC20_TRANSFER_EVENT_TOPIC,
-                    None,
-                    "0x" + "00" * 12 + target.pay_to[2:].lower(),
-                ],
-            }
-        ],
-    )
+    logs = transfer_logs(local, target.pay_to)
     transfers = Counter(
         ("0x" + log["topics"][1][-40:], log["transactionHash"].lower()) for log in logs
     )

@@ -36,8 +36,8 @@ import aiohttp
 from aiohttp import web
 from eth_account.signers.local import LocalAccount
 from x402.http.utils import decode_payment_response_header
-from x402.mechanisms.evm.exact.eip3009_utils import ERC20_TRANSFER_EVENT_TOPIC
 
+from bench.engine import transfer_logs
 from bench.gateway_proc import gateway_argv, start_gateway
 from bench.procs import ProcGroup, cpu_seconds_fine, free_port
 from bench.stats import percentile, rounded
@@ -245,22 +245,7 @@ async def cell(variant: Variant, local: Any, payers: list[LocalAccount], c: int)
 
 def on_chain(local: Any, variant: Variant) -> dict[str, int]:
     """The money check: each 200 charged once in its named transaction, nothing else."""
-    logs = chainlib.rpc_call(
-        local.rpc_url,
-        "eth_getLogs",
-        [
-            {
-                "address": local.token,
-                "fromBlock": "0x0",
-                "toBlock": "latest",
-                "topics": [
-                    ERC20_TRANSFER_EVENT_TOPIC,
-                    None,
-                    "0x" + "00" * 12 + variant.pay_to[2:].lower(),
-                ],
-            }
-        ],
-    )
+    logs = transfer_logs(local, variant.pay_to)
     charged: dict[str, list[str]] = {}
     for log in logs:
         charged.setdefault("0x" + log["topics"][1][-40:], []).append(log["transactionHash"].lower())
