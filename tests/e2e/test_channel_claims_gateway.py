@@ -133,6 +133,13 @@ def run_cli(gw: GatewayProcess, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, check=False, env=gw.env, capture_output=True, text=True, timeout=60)
 
 
+async def pay_calls(http: x402HttpxClient, gw: GatewayProcess, prefix: str, n: int) -> None:
+    """`n` calls to the channel route (`/paid/<prefix>-<i>`), each paid and answered 200."""
+    for i in range(n):
+        answer = await http.get(f"{gw.url}/paid/{prefix}-{i}")
+        assert answer.status_code == 200, answer.text
+
+
 def the_channel(store: str, payer: str) -> Any:
     storage = RedisChannelStorage(store)
     try:
@@ -158,9 +165,7 @@ async def test_200_calls_then_one_claim_transaction_and_the_payee_paid_exactly(
     try:
         start = chainlib.block_number(chain.rpc_url) + 1
         async with x402HttpxClient(channel_client(chain, payer), timeout=30) as http:
-            for i in range(200):
-                answer = await http.get(f"{gw.url}/paid/call-{i}")
-                assert answer.status_code == 200, answer.text
+            await pay_calls(http, gw, "call", 200)
         assert await wait_for(lambda: chain.balance_of(pay_to) > 0, timeout=30), gw.logs()
         await asyncio.sleep(6)  # a full round more (every 5 s): it must send nothing
         assert chain.balance_of(pay_to) == 200 * PRICE
@@ -255,8 +260,7 @@ async def test_channels_claim_on_demand_while_the_gateway_serves(
     gw = GatewayProcess(cfg, tmp_path, env=authorizer_env()).start()
     try:
         async with x402HttpxClient(channel_client(chain, payer), timeout=30) as http:
-            for i in range(30):
-                assert (await http.get(f"{gw.url}/paid/asked-{i}")).status_code == 200
+            await pay_calls(http, gw, "asked", 30)
         assert chain.balance_of(pay_to) == 0  # the schedule waits an hour
         start = chainlib.block_number(chain.rpc_url) + 1
         asked = run_cli(gw, "channels", "claim", "--all")
@@ -296,9 +300,7 @@ async def test_vouchers_on_one_channel_across_a_reload_are_all_served_and_claime
     gw = GatewayProcess(cfg, tmp_path, env=authorizer_env()).start()
     try:
         async with x402HttpxClient(channel_client(chain, payer), timeout=30) as http:
-            for i in range(20):
-                answer = await http.get(f"{gw.url}/paid/before-{i}")
-                assert answer.status_code == 200, answer.text
+            await pay_calls(http, gw, "before", 20)
             written = yaml.safe_load(gw.config_path.read_text())
             written["channels"]["claim_every"] = "2h"  # new payments and channels
             gw.config_path.write_text(yaml.safe_dump(written, sort_keys=False))
@@ -309,9 +311,7 @@ async def test_vouchers_on_one_channel_across_a_reload_are_all_served_and_claime
             )
             assert reloaded, gw.logs()[-3000:]
             await asyncio.sleep(1)  # generation 1 has no request in flight: it retires now
-            for i in range(20):
-                answer = await http.get(f"{gw.url}/paid/after-{i}")
-                assert answer.status_code == 200, answer.text
+            await pay_calls(http, gw, "after", 20)
         events = [json.loads(x) for x in gw.logs().splitlines() if x.startswith("{")]
         (done,) = [e for e in events if e.get("event") == "config_reloaded"]
         assert done["rebuilt"] == ["facilitator"], done
@@ -351,9 +351,7 @@ async def test_books_after_a_crash_agree_with_the_channel_state(
     gw = GatewayProcess(cfg, tmp_path, env=authorizer_env()).start()
     try:
         async with x402HttpxClient(channel_client(chain, payer), timeout=30) as http:
-            for i in range(3):
-                answer = await http.get(f"{gw.url}/paid/books-{i}")
-                assert answer.status_code == 200, answer.text
+            await pay_calls(http, gw, "books", 3)
     finally:
         gw.stop()
     store = RedisStore(db)
