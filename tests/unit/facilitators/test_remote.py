@@ -282,6 +282,30 @@ def test_request_body_is_the_models_dumped_v2_and_v1() -> None:
     assert json.loads(RemoteFacilitator._body(payload1, req1)) == _dumped(payload1, req1, 1)
 
 
+async def test_settle_reuses_the_verify_body_only_for_the_same_objects(fakes) -> None:  # type: ignore[no-untyped-def]
+    """The settle of a verified payment sends the verify's body; other requirements (an
+    `upto` settled for less, another route's) get their own, never the kept one."""
+    f = await fakes()
+    c = await client(f.url)
+    try:
+        await c.verify(PAYLOAD, REQ)
+        await c.settle(PAYLOAD, REQ)
+        assert f.seen[0] == f.seen[1] == _dumped(PAYLOAD, REQ, 2)
+        other = REQ.model_copy(update={"amount": "7"})
+        await c.verify(PAYLOAD, REQ)
+        await c.settle(PAYLOAD, other)
+        assert f.seen[3]["paymentRequirements"]["amount"] == "7"  # type: ignore[index]
+        await c.settle(PAYLOAD, REQ)  # the kept body was for (PAYLOAD, REQ), still unused
+        assert f.seen[4] == _dumped(PAYLOAD, REQ, 2)
+        REQ_COPY = REQ.model_copy()
+        await c.verify(PAYLOAD, REQ_COPY)
+        await c.settle(PAYLOAD, REQ_COPY)
+        assert f.seen[6] == _dumped(PAYLOAD, REQ_COPY, 2)
+        assert not c._bodies  # taken once: nothing kept after the settles
+    finally:
+        await c.close()
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0

@@ -1,0 +1,187 @@
+"""JsonPoster against real servers on loopback: aiohttp's, and raw ones that answer in
+chunks, close connections or never answer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from gateway.facilitators.http1 import JsonPoster, NotSent
+from tests.procs import free_port
+
+
+@pytest.fixture
+async def echo() -> AsyncIterator[tuple[str, list[dict[str, object]]]]:
+    """An aiohttp server answering each POST with what it saw, and the peer port."""
+    seen: list[dict[str, object]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        seen.append(
+            {
+                "path": request.path,
+                "auth": request.headers.get("Authorization"),
+                "type": request.headers.get("Content-Type"),
+                "body": await request.read(),
+                "port": peer[1] if peer else None,
+            }
+        )
+        return web.json_response({"ok": len(seen)})
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    yield str(server.make_url("/base")), seen
+    await server.close()
+
+
+async def test_posts_under_the_base_path_with_headers_and_keeps_the_connection(echo) -> None:  # type: ignore[no-untyped-def]
+    url, seen = echo
+    poster = JsonPoster(url, {"Authorization": "Bearer t"}, 2.0)
+    try:
+        assert await poster.post("verify", b'{"a":1}') == (200, b'{"ok": 1}')
+        assert await poster.post("settle", b"{}") == (200, b'{"ok": 2}')
+    finally:
+        poster.close()
+    assert [s["path"] for s in seen] == ["/base/verify", "/base/settle"]
+    assert seen[0]["auth"] == "Bearer t" and seen[0]["type"] == "application/json"
+    assert seen[0]["body"] == b'{"a":1}'
+    assert seen[0]["port"] == seen[1]["port"]  # the same kept-alive connection
+
+
+async def test_concurrent_posts_open_more_connections_then_reuse_them(echo) -> None:  # type: ignore[no-untyped-def]
+    url, seen = echo
+    poster = JsonPoster(url, {}, 2.0)
+    try:
+        await asyncio.gather(*(poster.post("verify", b"{}") for _ in range(5)))
+        await asyncio.gather(*(poster.post("verify", b"{}") for _ in range(5)))
+    finally:
+        poster.close()
+    assert len(seen) == 10
+    assert len({s["port"] for s in seen}) <= 5
+
+
+Reply = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def raw_server(reply: Reply) -> tuple[asyncio.Server, str, list[int]]:
+    """A TCP server calling `reply` once per request head it reads; counts connections."""
+    connections: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                await reply(reader, writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}", connections
+
+
+async def test_chunked_answer_is_read_whole_and_the_connection_kept() -> None:
+    async def chunked(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b'4\r\n{"a"\r\n3\r\n:1}\r\n0\r\n\r\n'
+        )
+        await writer.drain()
+
+    server, url, connections = await raw_server(chunked)
+    poster = JsonPoster(url, {}, 2.0)
+    try:
+        assert await poster.post("verify", b"{}") == (200, b'{"a":1}')
+        assert await poster.post("verify", b"{}") == (200, b'{"a":1}')
+    finally:
+        poster.close()
+        server.close()
+    assert len(connections) == 1
+
+
+async def test_connection_close_answer_is_not_reused() -> None:
+    async def closing(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 422 X\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    server, url, connections = await raw_server(closing)
+    poster = JsonPoster(url, {}, 2.0)
+    try:
+        assert await poster.post("settle", b"{}") == (422, b"{}")
+        assert await poster.post("settle", b"{}") == (422, b"{}")
+    finally:
+        poster.close()
+        server.close()
+    assert len(connections) == 2
+
+
+async def test_an_idle_connection_the_server_closed_is_dropped_before_use() -> None:
+    async def then_close(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        await writer.drain()
+        writer.close()  # no Connection: close: the client learns it from the socket
+
+    server, url, connections = await raw_server(then_close)
+    poster = JsonPoster(url, {}, 2.0)
+    try:
+        assert await poster.post("verify", b"{}") == (200, b"{}")
+        await asyncio.sleep(0.1)  # the close reaches the client's idle connection
+        assert await poster.post("verify", b"{}") == (200, b"{}")
+    finally:
+        poster.close()
+        server.close()
+    assert len(connections) == 2
+
+
+async def test_a_connection_lost_after_the_request_is_an_aiohttp_error_not_not_sent() -> None:
+    async def hang_up(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server, url, _ = await raw_server(hang_up)
+    poster = JsonPoster(url, {}, 2.0)
+    try:
+        with pytest.raises(aiohttp.ClientError):
+            await poster.post("settle", b"{}")
+    finally:
+        poster.close()
+        server.close()
+
+
+async def test_no_answer_times_out() -> None:
+    async def silent(reader: asyncio.StreamReader, _: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    server, url, _ = await raw_server(silent)
+    poster = JsonPoster(url, {}, 0.3)
+    try:
+        with pytest.raises(TimeoutError):
+            await poster.post("verify", b"{}")
+    finally:
+        poster.close()
+        server.close()
+
+
+async def test_refused_is_not_sent() -> None:
+    poster = JsonPoster(f"http://127.0.0.1:{free_port()}", {}, 2.0)
+    with pytest.raises(NotSent, match="cannot connect"):
+        await poster.post("settle", b"{}")
+
+
+def test_bad_urls_and_headers_are_refused() -> None:
+    with pytest.raises(ValueError):
+        JsonPoster("ftp://x", {}, 1.0)
+    with pytest.raises(ValueError):
+        JsonPoster("http://x", {"X-A": "a\r\nInjected: 1"}, 1.0)
