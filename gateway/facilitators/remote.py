@@ -131,7 +131,18 @@ class RemoteFacilitator:
         requirements: PaymentRequirements | PaymentRequirementsV1,
     ) -> VerifyResponse:
         body = self._body(payload, requirements)
-        self._bodies[id(payload), id(requirements)] = (payload, requirements, body)
+        key = (id(payload), id(requirements))
+        self._bodies[key] = (payload, requirements, body)
+        try:
+            answer = await self._verify(body)
+        except BaseException:
+            self._bodies.pop(key, None)  # no settle follows: not kept for one
+            raise
+        if not answer.is_valid:
+            self._bodies.pop(key, None)
+        return answer
+
+    async def _verify(self, body: bytes) -> VerifyResponse:
         errors: list[str] = []
         for endpoint in self._in_order():
             try:

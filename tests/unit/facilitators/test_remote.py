@@ -297,11 +297,28 @@ async def test_settle_reuses_the_verify_body_only_for_the_same_objects(fakes) ->
         assert f.seen[3]["paymentRequirements"]["amount"] == "7"  # type: ignore[index]
         await c.settle(PAYLOAD, REQ)  # the kept body was for (PAYLOAD, REQ), still unused
         assert f.seen[4] == _dumped(PAYLOAD, REQ, 2)
-        REQ_COPY = REQ.model_copy()
-        await c.verify(PAYLOAD, REQ_COPY)
-        await c.settle(PAYLOAD, REQ_COPY)
-        assert f.seen[6] == _dumped(PAYLOAD, REQ_COPY, 2)
+        req_copy = REQ.model_copy()
+        await c.verify(PAYLOAD, req_copy)
+        await c.settle(PAYLOAD, req_copy)
+        assert f.seen[6] == _dumped(PAYLOAD, req_copy, 2)
         assert not c._bodies  # taken once: nothing kept after the settles
+    finally:
+        await c.close()
+
+
+async def test_no_body_is_kept_for_a_verify_that_fails(fakes) -> None:  # type: ignore[no-untyped-def]
+    f = await fakes(verify=invalid_verify)
+    c = await client(f.url, DEAD)
+    try:
+        assert not (await c.verify(PAYLOAD, REQ)).is_valid
+        assert not c._bodies
+    finally:
+        await c.close()
+    c = await client(DEAD)
+    try:
+        with pytest.raises(FacilitatorUnavailable):
+            await c.verify(PAYLOAD, REQ)
+        assert not c._bodies
     finally:
         await c.close()
 
