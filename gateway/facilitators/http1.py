@@ -14,7 +14,7 @@ Semantics kept from the session it replaces: a connection that cannot be opened 
 `NotSent` (the request never left: a settle may go elsewhere); any failure after the request
 was written raises the aiohttp or timeout error as it happens, never retried here (a POST is
 not idempotent: aiohttp does not retry one either); idle connections are reused for
-`keepalive` seconds, a closed one is dropped before use; at most `limit` connections at once.
+`KEEPALIVE` seconds, a closed one is dropped before use; at most `LIMIT` connections at once.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from aiohttp.client_proto import ResponseHandler
 from yarl import URL
 
 MAX_ANSWER = 1 << 20  # a facilitator's JSON answer is small; refuse to read a flood
+LIMIT = 256  # connections open at once per endpoint, as the session's connector had
+KEEPALIVE = 30.0  # seconds an idle connection is kept, as the session's connector had
 
 
 class NotSent(Exception):
@@ -45,21 +47,22 @@ class JsonPoster:
         headers: Mapping[str, str],
         timeout: float,
         *,
-        limit: int = 256,
-        keepalive: float = 30.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """`tls`: the context for an https URL (default: the system's CAs, hostnames checked,
+        as aiohttp's own default)."""
         url = URL(base_url.rstrip("/") + "/")
         if url.scheme not in ("http", "https") or not url.raw_host:
             raise ValueError(f"not an http(s) URL: {base_url}")
         self._host = url.raw_host
         self._port = url.port or (443 if url.scheme == "https" else 80)
-        self._ssl: ssl.SSLContext | None = (
-            ssl.create_default_context() if url.scheme == "https" else None
-        )
+        self._ssl: ssl.SSLContext | None = None
+        if url.scheme == "https":
+            self._ssl = tls or ssl.create_default_context()
         self._base_path = url.raw_path
         self._timeout = timeout
-        self._keepalive = keepalive
-        self._slots = asyncio.Semaphore(limit)
+        self._keepalive = KEEPALIVE
+        self._slots = asyncio.Semaphore(LIMIT)
         self._idle: list[tuple[ResponseHandler, float]] = []
         self._closed = False
         lines = [f"Host: {url.host_port_subcomponent}", "Content-Type: application/json"]

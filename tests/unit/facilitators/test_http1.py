@@ -4,7 +4,10 @@ chunks, close connections or never answer."""
 from __future__ import annotations
 
 import asyncio
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -185,3 +188,47 @@ def test_bad_urls_and_headers_are_refused() -> None:
         JsonPoster("ftp://x", {}, 1.0)
     with pytest.raises(ValueError):
         JsonPoster("http://x", {"X-A": "a\r\nInjected: 1"}, 1.0)
+
+
+async def test_https_with_the_certificate_checked(tmp_path: Path) -> None:
+    """A TLS facilitator (the usual case: https://x402.org/facilitator): answered and kept
+    alive under a context trusting its certificate; refused, never sent, under the default
+    one (a self-signed certificate the system does not trust)."""
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost"),
+            *("-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert, key)
+    ports: list[int] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        ports.append(peer[1] if peer else 0)
+        return web.json_response({"path": request.path})
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=served).start()
+    url = f"https://127.0.0.1:{port}/f"
+    poster = JsonPoster(url, {}, 5.0, tls=ssl.create_default_context(cafile=str(cert)))
+    untrusting = JsonPoster(url, {}, 5.0)
+    try:
+        assert await poster.post("verify", b"{}") == (200, b'{"path": "/f/verify"}')
+        assert await poster.post("settle", b"{}") == (200, b'{"path": "/f/settle"}')
+        assert len(set(ports)) == 1
+        with pytest.raises(NotSent, match="CERTIFICATE_VERIFY_FAILED"):
+            await untrusting.post("settle", b"{}")
+    finally:
+        poster.close()
+        untrusting.close()
+        await runner.cleanup()
