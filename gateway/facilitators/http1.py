@@ -86,7 +86,7 @@ class JsonPoster:
         """`body` POSTed to `path` (under the base URL's path); raises `NotSent`, an
         `aiohttp.ClientError` or `TimeoutError`."""
         request = self.head(path, len(body)) + body
-        async with self._slots, asyncio.timeout(self._timeout):
+        async with asyncio.timeout(self._timeout), self._slots:  # the wait for a slot counts
             proto = await self._connection()
             try:
                 proto.set_response_params()
