@@ -84,6 +84,14 @@ async def garbage(_: web.Request) -> web.Response:
     return web.Response(status=200, text="<html>not json</html>")
 
 
+async def hang_up(request: web.Request) -> web.Response:
+    """The request arrived, then the connection dies with no answer."""
+    assert request.transport is not None
+    request.transport.close()
+    await asyncio.sleep(1)
+    return web.Response()
+
+
 async def hang(_: web.Request) -> web.Response:
     await asyncio.sleep(5)
     return web.Response()
@@ -139,7 +147,7 @@ async def test_invalid_answer_is_final_no_failover(fakes) -> None:  # type: igno
         await c.close()
 
 
-@pytest.mark.parametrize("bad", [boom, garbage])
+@pytest.mark.parametrize("bad", [boom, garbage, hang_up])
 async def test_verify_fails_over_on_5xx_and_nonsense(fakes, bad) -> None:  # type: ignore[no-untyped-def]
     first, second = await fakes(verify=bad), await fakes()
     c = await client(first.url, second.url)
@@ -179,14 +187,16 @@ async def test_settle_moves_on_only_when_never_reached(fakes) -> None:  # type: 
         await c.close()
 
 
-@pytest.mark.parametrize("bad", [boom, garbage, hang])
+@pytest.mark.parametrize("bad", [boom, garbage, hang, hang_up])
 async def test_settle_with_unknown_outcome_is_pending_not_retried(fakes, bad) -> None:  # type: ignore[no-untyped-def]
+    """Also on a connection kept alive from a verify: the settle is not sent again."""
     first, second = await fakes(settle=bad), await fakes()
     c = await client(first.url, second.url, timeout=0.3)
     try:
+        assert (await c.verify(PAYLOAD, REQ)).is_valid  # leaves a kept connection to first
         with pytest.raises(SettlementPending):
             await c.settle(PAYLOAD, REQ)
-        assert second.calls == []
+        assert second.calls == [] and first.calls == ["verify", "settle"]
     finally:
         await c.close()
 
