@@ -5,10 +5,12 @@ A paid request with `verify: facilitator` makes three client round trips (POST /
 origin, POST /settle) besides answering its own client; a free request makes one. This
 measures, in this process (uvloop, as the gateway runs), the CPU per sequential round trip of
 an aiohttp `ClientSession` (the gateway's client) POSTing a payment-sized JSON body (~1.5 KB)
-to a small aiohttp server in another process and reading its JSON answer, and the same with
-a bare asyncio protocol writing and reading the bytes (no HTTP library: the kernel's and the
-event loop's share alone). CPU is `time.process_time()` of this process; the median of
-`--rounds` rounds is printed.
+to a small aiohttp server in another process and reading its JSON answer; the same session
+tuned (`aiohttp-tuned`: what per-call options can save); aiohttp's client protocol with the
+request written as prebuilt bytes (`response-handler`: `gateway.facilitators.http1`, the
+gateway's facilitator POSTs); and a bare asyncio stream writing and reading the bytes (no
+HTTP library: the kernel's and the event loop's share alone). CPU is `time.process_time()`
+of this process; the median of `--rounds` rounds is printed.
 """
 
 from __future__ import annotations
