@@ -1,6 +1,6 @@
-"""JSON POSTs to one facilitator on kept-alive HTTP/1.1 connections, on aiohttp's own client
-protocol (`aiohttp.client_proto.ResponseHandler`: its C response parser, Content-Length and
-chunked bodies, flow control, connection-lost errors).
+"""JSON POSTs to one facilitator (or JSON-RPC node) on kept-alive HTTP/1.1 connections, on
+aiohttp's own client protocol (`aiohttp.client_proto.ResponseHandler`: its C response parser,
+Content-Length and chunked bodies, flow control, connection-lost errors).
 
 Why not `ClientSession.post`: a paid request makes two facilitator POSTs, and the session's
 per-request machinery (a `ClientRequest`, header multidicts, the payload object, cookie and
@@ -26,6 +26,7 @@ import ssl
 import time
 from collections.abc import Mapping
 
+from aiohttp import ClientPayloadError, StreamReader
 from aiohttp.client_proto import ResponseHandler
 from yarl import URL
 
@@ -48,10 +49,11 @@ class JsonPoster:
         timeout: float,
         *,
         tls: ssl.SSLContext | None = None,
+        max_answer: int = MAX_ANSWER,
     ) -> None:
         """`tls`: the context for an https URL (default: the system's CAs, hostnames checked,
         as aiohttp's own default)."""
-        url = URL(base_url.rstrip("/") + "/")
+        url = URL(base_url)
         if url.scheme not in ("http", "https") or not url.raw_host:
             raise ValueError(f"not an http(s) URL: {base_url}")
         self._host = url.raw_host
@@ -59,8 +61,10 @@ class JsonPoster:
         self._ssl: ssl.SSLContext | None = None
         if url.scheme == "https":
             self._ssl = tls or ssl.create_default_context()
-        self._base_path = url.raw_path
+        self._exact = url.raw_path_qs  # `post("")`: the URL itself, query string and all
+        self._base_path = url.raw_path.rstrip("/") + "/"
         self._timeout = timeout
+        self._max_answer = max_answer
         self._keepalive = KEEPALIVE
         self._slots = asyncio.Semaphore(LIMIT)
         self._idle: list[tuple[ResponseHandler, float]] = []
@@ -78,13 +82,14 @@ class JsonPoster:
     def head(self, path: str, length: int) -> bytes:
         start = self._heads.get(path)
         if start is None:
-            start = f"POST {self._base_path}{path} HTTP/1.1\r\n".encode() + self._head_fields
+            target = f"{self._base_path}{path}" if path else self._exact
+            start = f"POST {target} HTTP/1.1\r\n".encode() + self._head_fields
             self._heads[path] = start
         return b"%bContent-Length: %d\r\n\r\n" % (start, length)
 
     async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        """`body` POSTed to `path` (under the base URL's path); raises `NotSent`, an
-        `aiohttp.ClientError` or `TimeoutError`."""
+        """`body` POSTed to `path` under the base URL's path (`""`: to the URL itself);
+        raises `NotSent`, an `aiohttp.ClientError` or `TimeoutError`."""
         request = self.head(path, len(body)) + body
         async with asyncio.timeout(self._timeout), self._slots:  # the wait for a slot counts
             proto = await self._connection()
@@ -93,7 +98,7 @@ class JsonPoster:
                 assert proto.transport is not None
                 proto.transport.write(request)
                 message, payload = await proto.read()
-                raw = await payload.read(MAX_ANSWER)
+                raw = await self._whole(payload)
             except BaseException:
                 proto.close()
                 raise
@@ -102,6 +107,18 @@ class JsonPoster:
             else:
                 self._release(proto)
             return message.code, raw
+
+    async def _whole(self, payload: StreamReader) -> bytes:
+        """The body to its end (`read(n)` would stop at what has arrived: an answer in
+        several segments cut short), refused past the size limit."""
+        blocks: list[bytes] = []
+        size = 0
+        while block := await payload.readany():
+            size += len(block)
+            if size > self._max_answer:
+                raise ClientPayloadError(f"answer over {self._max_answer} bytes")
+            blocks.append(block)
+        return b"".join(blocks)
 
     async def _connection(self) -> ResponseHandler:
         now = time.monotonic()

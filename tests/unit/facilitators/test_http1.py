@@ -28,6 +28,7 @@ async def echo() -> AsyncIterator[tuple[str, list[dict[str, object]]]]:
         seen.append(
             {
                 "path": request.path,
+                "query": request.query_string,
                 "auth": request.headers.get("Authorization"),
                 "type": request.headers.get("Content-Type"),
                 "body": await request.read(),
@@ -112,6 +113,42 @@ async def test_chunked_answer_is_read_whole_and_the_connection_kept() -> None:
         poster.close()
         server.close()
     assert len(connections) == 1
+
+
+async def test_an_answer_in_several_segments_is_read_to_its_end() -> None:
+    body = b'{"receipts":"' + b"x" * 200_000 + b'"}'
+
+    async def slow(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+        writer.write(body[:10])
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(body[10:])
+        await writer.drain()
+
+    server, url, _ = await raw_server(slow)
+    poster = JsonPoster(url, {}, 2.0)
+    small = JsonPoster(url, {}, 2.0, max_answer=1000)
+    try:
+        assert await poster.post("", b"{}") == (200, body)
+        with pytest.raises(aiohttp.ClientPayloadError, match="over 1000 bytes"):
+            await small.post("", b"{}")
+    finally:
+        poster.close()
+        small.close()
+        server.close()
+
+
+async def test_an_empty_path_posts_to_the_url_itself(echo) -> None:  # type: ignore[no-untyped-def]
+    url, seen = echo
+    poster = JsonPoster(url + "/v2/key?x=1", {}, 2.0)
+    try:
+        await poster.post("", b"{}")
+        await poster.post("verify", b"{}")
+    finally:
+        poster.close()
+    assert [s["path"] for s in seen] == ["/base/v2/key", "/base/v2/key/verify"]
+    assert seen[0]["query"] == "x=1"
 
 
 async def test_connection_close_answer_is_not_reused() -> None:
