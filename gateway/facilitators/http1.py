@@ -122,6 +122,8 @@ class JsonPoster:
 
     async def _connection(self) -> ResponseHandler:
         now = time.monotonic()
+        if self._idle and now - self._idle[0][1] >= self._keepalive:
+            self._prune(now)  # the oldest, at the bottom, are never popped under steady load
         while self._idle:
             proto, since = self._idle.pop()
             # Closed by the server, or holding bytes nobody asked for: never reused.
@@ -144,6 +146,15 @@ class JsonPoster:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return proto
+
+    def _prune(self, now: float) -> None:
+        kept = []
+        for proto, since in self._idle:
+            if now - since < self._keepalive and proto.is_connected():
+                kept.append((proto, since))
+            else:
+                proto.close()
+        self._idle = kept
 
     def _release(self, proto: ResponseHandler) -> None:
         if self._closed:

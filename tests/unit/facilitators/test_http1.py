@@ -269,3 +269,19 @@ async def test_https_with_the_certificate_checked(tmp_path: Path) -> None:
         poster.close()
         untrusting.close()
         await runner.cleanup()
+
+
+async def test_idle_connections_past_keepalive_are_closed_not_reused(echo) -> None:  # type: ignore[no-untyped-def]
+    url, seen = echo
+    poster = JsonPoster(url, {}, 2.0)
+    try:
+        await asyncio.gather(*(poster.post("verify", b"{}") for _ in range(3)))
+        idle = [proto for proto, _ in poster._idle]
+        assert len(idle) == 3
+        poster._keepalive = 0.05
+        await asyncio.sleep(0.1)
+        await poster.post("verify", b"{}")
+        assert all(not proto.is_connected() for proto in idle)
+        assert seen[-1]["port"] not in {s["port"] for s in seen[:3]}
+    finally:
+        poster.close()
