@@ -26,7 +26,7 @@ import ssl
 import time
 from collections.abc import Mapping
 
-from aiohttp import ClientPayloadError, StreamReader
+from aiohttp import BasicAuth, ClientPayloadError, StreamReader
 from aiohttp.client_proto import ResponseHandler
 from yarl import URL
 
@@ -70,6 +70,9 @@ class JsonPoster:
         self._idle: list[tuple[ResponseHandler, float]] = []
         self._closed = False
         lines = [f"Host: {url.host_port_subcomponent}", "Content-Type: application/json"]
+        auth = BasicAuth.from_url(url)  # https://user:key@node/: Basic auth, as aiohttp sends
+        if auth is not None:
+            lines.append(f"Authorization: {auth.encode()}")
         for name, value in headers.items():
             if name.lower() in ("host", "content-length", "transfer-encoding", "content-type"):
                 continue

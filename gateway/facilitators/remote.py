@@ -1,4 +1,5 @@
-"""Facilitators over HTTP, on the gateway's own aiohttp session, with failover.
+"""Facilitators over HTTP, on aiohttp (its client protocol, a session for /supported), with
+failover.
 
 Why not the SDK's `HTTPFacilitatorClient`: it speaks to one URL through its own httpx pool,
 its `get_supported()` blocks the event loop, and it cannot tell "the facilitator said no"

@@ -285,3 +285,14 @@ async def test_idle_connections_past_keepalive_are_closed_not_reused(echo) -> No
         assert seen[-1]["port"] not in {s["port"] for s in seen[:3]}
     finally:
         poster.close()
+
+
+async def test_credentials_in_the_url_are_sent_as_basic_auth_not_in_the_path(echo) -> None:  # type: ignore[no-untyped-def]
+    url, seen = echo
+    poster = JsonPoster(url.replace("http://", "http://user:k%40y@"), {}, 2.0)
+    try:
+        await poster.post("", b"{}")
+    finally:
+        poster.close()
+    assert seen[0]["auth"] == aiohttp.BasicAuth("user", "k@y").encode()
+    assert seen[0]["path"] == "/base"
