@@ -4,7 +4,7 @@ Wraps the configured facilitator: `verify` checks an exact EIP-3009 payment itse
 requirements, the recipient and amount, the time window, the ECDSA signature of `from`)
 and, where an RPC URL is known for the payment's network (`networks:`), reads the payer's
 token balance and `authorizationState(from, nonce)` in ONE JSON-RPC batch (the settlement
-engine's `read_funds`, on this wrapper's own pooled aiohttp session, with a short timeout).
+engine's `read_funds`, on kept-alive connections of its own, with a short timeout).
 Every other call goes to the facilitator unchanged. A payment this cannot judge (another
 scheme or chain, Permit2, a smart wallet's signature, a token without `authorizationState`)
 is verified by the facilitator as before.
@@ -30,7 +30,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-import aiohttp
 from x402.schemas import SettleResponse, SupportedResponse, VerifyResponse
 
 from gateway import formats
@@ -109,7 +108,6 @@ class LocalVerify:
         self._urls = chain_rpc_urls(rpc_urls or {})
         self._rpc_timeout = rpc_timeout
         self._cooldown = cooldown
-        self._session: aiohttp.ClientSession | None = None
         self._rpcs: dict[int, RpcClient] = {}
         self._resting: dict[int, float] = {}  # chain id -> monotonic time its RPC is asked again
         self.local_verdicts = 0  # how many verifies skipped the round trip (for tests)
@@ -198,19 +196,16 @@ class LocalVerify:
 
     async def start(self) -> None:
         await self.inner.start()
-        if self._urls and self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=30),
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
+        if self._urls and not self._rpcs:
             self._rpcs = {
-                chain: RpcClient(url, timeout=self._rpc_timeout, session=self._session)
+                chain: RpcClient(url, timeout=self._rpc_timeout)
                 for chain, url in self._urls.items()
             }
+            for rpc in self._rpcs.values():
+                await rpc.start()
 
     async def close(self) -> None:
-        self._rpcs = {}
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        rpcs, self._rpcs = self._rpcs, {}
+        for rpc in rpcs.values():
+            await rpc.close()
         await self.inner.close()

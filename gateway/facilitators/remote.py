@@ -1,4 +1,5 @@
-"""Facilitators over HTTP, on the gateway's own aiohttp session, with failover.
+"""Facilitators over HTTP, on aiohttp (its client protocol, a session for /supported), with
+failover.
 
 Why not the SDK's `HTTPFacilitatorClient`: it speaks to one URL through its own httpx pool,
 its `get_supported()` blocks the event loop, and it cannot tell "the facilitator said no"
@@ -12,6 +13,10 @@ payment may already be on chain, so an unreadable or late answer is reported as 
 outcome (`SettlementPending`), never retried elsewhere. A failing endpoint sleeps for
 `COOLDOWN` seconds unless every endpoint is asleep; the first request after that tries it
 again.
+
+The /verify and /settle POSTs go through `http1.JsonPoster` (aiohttp's client protocol and
+parser, a request head built once per endpoint: a third of the session's CPU per call);
+/supported, rare, through the aiohttp session.
 
 Readiness (`ping`, behind /readyz): ready while at least one endpoint is usable, meaning it
 has answered /supported and is not asleep. An endpoint whose cool-down is over but which
@@ -28,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import aiohttp
+from cachetools import LRUCache
 from pydantic import BaseModel, ValidationError
 from x402.schemas import (
     PaymentPayload,
@@ -38,16 +44,19 @@ from x402.schemas import (
     VerifyResponse,
 )
 from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
-from yarl import URL
 
 from gateway.config.settings import RemoteFacilitatorSettings
 from gateway.errors import FacilitatorUnavailable, SettlementPending
+from gateway.facilitators.http1 import MAX_ANSWER, JsonPoster, NotSent
 from gateway.observe.logs import get_logger
 
 COOLDOWN = 10.0
 PROBE_TIMEOUT = 1.5  # a readiness probe's /supported must fit inside /readyz's own bound
-MAX_ANSWER = 1 << 20  # a facilitator's JSON answer is small; refuse to read a flood
+# Verify bodies kept for the settle of the same payment (at most this many in flight).
+BODIES_KEPT = 1024
 ModelT = TypeVar("ModelT", bound=BaseModel)
+Payload = PaymentPayload | PaymentPayloadV1
+Requirements = PaymentRequirements | PaymentRequirementsV1
 # Told of each failed call: (endpoint URL, operation: verify, settle or supported).
 FailureHook = Callable[[str, str], None]
 log = get_logger("gateway.facilitator")
@@ -67,17 +76,12 @@ class _Endpoint:
     asleep_until: float = 0.0
     supported: SupportedResponse | None = None
     failed: bool = False  # failed, and has not answered since
-    # Built once from the frozen settings, not per call: the URL of each operation (parsed
-    # once), the POST headers, the timeout.
-    urls: dict[str, URL] = field(init=False)
-    headers: dict[str, str] = field(init=False, repr=False)  # may carry secrets
-    timeout: aiohttp.ClientTimeout = field(init=False)
+    # Built once from the frozen settings, not per call: the request head (may carry
+    # secrets), the connections kept alive, the timeout.
+    poster: JsonPoster = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        base = self.settings.url.rstrip("/")
-        self.urls = {op: URL(f"{base}/{op}") for op in ("verify", "settle")}
-        self.headers = {**self.settings.headers, "Content-Type": "application/json"}
-        self.timeout = aiohttp.ClientTimeout(total=self.settings.timeout)
+        self.poster = JsonPoster(self.settings.url, self.settings.headers, self.settings.timeout)
 
 
 class RemoteFacilitator:
@@ -97,6 +101,12 @@ class RemoteFacilitator:
         # get_supported()'s answer, built when an endpoint's /supported changes rather than
         # on each call (every verify and settle asks for it: ~9 µs of pydantic each time).
         self._merged: SupportedResponse | None = None
+        # The body a verify sent, by the identity of its payload and requirements: the SDK
+        # settles the same two objects, so the settle reuses it instead of dumping both
+        # models again. Kept with the objects (an id is unique while they live), taken once.
+        self._bodies: LRUCache[tuple[int, int], tuple[Payload, Requirements, bytes]] = LRUCache(
+            BODIES_KEPT
+        )
 
     @property
     def names(self) -> list[str]:
@@ -109,6 +119,8 @@ class RemoteFacilitator:
         )
 
     async def close(self) -> None:
+        for endpoint in self._endpoints:
+            endpoint.poster.close()
         if self._session is not None:
             await self._session.close()
 
@@ -120,6 +132,18 @@ class RemoteFacilitator:
         requirements: PaymentRequirements | PaymentRequirementsV1,
     ) -> VerifyResponse:
         body = self._body(payload, requirements)
+        key = (id(payload), id(requirements))
+        self._bodies[key] = (payload, requirements, body)
+        try:
+            answer = await self._verify(body)
+        except BaseException:
+            self._bodies.pop(key, None)  # no settle follows: not kept for one
+            raise
+        if not answer.is_valid:
+            self._bodies.pop(key, None)
+        return answer
+
+    async def _verify(self, body: bytes) -> VerifyResponse:
         errors: list[str] = []
         for endpoint in self._in_order():
             try:
@@ -133,7 +157,7 @@ class RemoteFacilitator:
         payload: PaymentPayload | PaymentPayloadV1,
         requirements: PaymentRequirements | PaymentRequirementsV1,
     ) -> SettleResponse:
-        body = self._body(payload, requirements)
+        body = self._settle_body(payload, requirements)
         errors: list[str] = []
         for endpoint in self._in_order():
             try:
@@ -231,6 +255,13 @@ class RemoteFacilitator:
         awake = [e for e in self._endpoints if e.asleep_until <= now]
         return awake or list(self._endpoints)
 
+    def _settle_body(self, payload: Payload, requirements: Requirements) -> bytes:
+        """The verify's body when this payment was verified with these very objects."""
+        kept = self._bodies.pop((id(payload), id(requirements)), None)
+        if kept is not None and kept[0] is payload and kept[1] is requirements:
+            return kept[2]
+        return self._body(payload, requirements)
+
     @staticmethod
     def _body(
         payload: PaymentPayload | PaymentPayloadV1,
@@ -251,17 +282,12 @@ class RemoteFacilitator:
         )
 
     async def _post(self, endpoint: _Endpoint, op: str, body: bytes, model: type[ModelT]) -> ModelT:
-        assert self._session is not None, "start() first"
         try:
-            async with self._session.post(
-                endpoint.urls[op], data=body, headers=endpoint.headers, timeout=endpoint.timeout
-            ) as resp:
-                raw = await resp.content.read(MAX_ANSWER)
-                status = resp.status
-        except aiohttp.ClientConnectorError as exc:
+            status, raw = await endpoint.poster.post(op, body)
+        except NotSent as exc:
             self._sleep(endpoint, op)
-            raise _Unusable(f"cannot connect: {exc.os_error}", reached=False) from exc
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _Unusable(str(exc), reached=False) from exc
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             self._sleep(endpoint, op)
             raise _Unusable(f"{exc.__class__.__name__}: {exc}", reached=True) from exc
         # A 4xx with a well-formed answer is the facilitator saying "invalid": that is final.

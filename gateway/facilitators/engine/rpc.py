@@ -1,4 +1,5 @@
-"""JSON-RPC over one aiohttp session: single calls and batches (one HTTP request for many).
+"""JSON-RPC over kept-alive connections (`gateway.facilitators.http1`, aiohttp's client
+protocol): single calls and batches (one HTTP request for many).
 
 Two kinds of failure, kept apart because a broadcast depends on it:
 - `RpcError`: the node answered, with an error (a revert, "nonce too low"...).
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+
+from gateway.facilitators.http1 import JsonPoster, NotSent
 
 MAX_ANSWER = 64 << 20  # a batch of receipts for 500 transactions stays far below this
 REVERT_CODE = 3  # geth, anvil, reth: "execution reverted", revert bytes in `data`
@@ -74,26 +77,21 @@ class RpcClient:
         *,
         timeout: float = 10.0,
         batch_limit: int = 100,
-        session: aiohttp.ClientSession | None = None,
     ) -> None:
         self.url = url
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout = timeout
         self._batch_limit = max(1, batch_limit)
-        self._session = session
-        self._owns_session = session is None
+        self._poster: JsonPoster | None = None
         self._ids = itertools.count(1)
 
     async def start(self) -> None:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=30),
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
+        if self._poster is None:
+            self._poster = JsonPoster(self.url, {}, self._timeout, max_answer=MAX_ANSWER)
 
     async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None and self._owns_session:
-            await session.close()
+        poster, self._poster = self._poster, None
+        if poster is not None:
+            poster.close()
 
     async def call(self, method: str, *params: Any) -> Any:
         """One call's result; raises RpcError or RpcUnavailable."""
@@ -140,23 +138,14 @@ class RpcClient:
         return out
 
     async def _post(self, body: Any) -> Any:
-        if self._session is None:
+        if self._poster is None:
             raise RuntimeError("RpcClient used before start() or after close()")
         data = json.dumps(body, separators=(",", ":")).encode()
         try:
-            async with self._session.post(
-                self.url,
-                data=data,
-                headers={"Content-Type": "application/json"},
-                timeout=self._timeout,
-            ) as resp:
-                raw = await resp.content.read(MAX_ANSWER)
-                status = resp.status
-        except aiohttp.ClientConnectorError as exc:
-            raise RpcUnavailable(
-                f"cannot connect to {self.url}: {exc.os_error}", maybe_sent=False
-            ) from exc
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            status, raw = await self._poster.post("", data)
+        except NotSent as exc:
+            raise RpcUnavailable(f"{self.url}: {exc}", maybe_sent=False) from exc
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise RpcUnavailable(
                 f"{self.url}: {exc.__class__.__name__}: {exc}", maybe_sent=True
             ) from exc

@@ -84,6 +84,14 @@ async def garbage(_: web.Request) -> web.Response:
     return web.Response(status=200, text="<html>not json</html>")
 
 
+async def hang_up(request: web.Request) -> web.Response:
+    """The request arrived, then the connection dies with no answer."""
+    assert request.transport is not None
+    request.transport.close()
+    await asyncio.sleep(1)
+    return web.Response()
+
+
 async def hang(_: web.Request) -> web.Response:
     await asyncio.sleep(5)
     return web.Response()
@@ -139,7 +147,7 @@ async def test_invalid_answer_is_final_no_failover(fakes) -> None:  # type: igno
         await c.close()
 
 
-@pytest.mark.parametrize("bad", [boom, garbage])
+@pytest.mark.parametrize("bad", [boom, garbage, hang_up])
 async def test_verify_fails_over_on_5xx_and_nonsense(fakes, bad) -> None:  # type: ignore[no-untyped-def]
     first, second = await fakes(verify=bad), await fakes()
     c = await client(first.url, second.url)
@@ -179,14 +187,16 @@ async def test_settle_moves_on_only_when_never_reached(fakes) -> None:  # type: 
         await c.close()
 
 
-@pytest.mark.parametrize("bad", [boom, garbage, hang])
+@pytest.mark.parametrize("bad", [boom, garbage, hang, hang_up])
 async def test_settle_with_unknown_outcome_is_pending_not_retried(fakes, bad) -> None:  # type: ignore[no-untyped-def]
+    """Also on a connection kept alive from a verify: the settle is not sent again."""
     first, second = await fakes(settle=bad), await fakes()
     c = await client(first.url, second.url, timeout=0.3)
     try:
+        assert (await c.verify(PAYLOAD, REQ)).is_valid  # leaves a kept connection to first
         with pytest.raises(SettlementPending):
             await c.settle(PAYLOAD, REQ)
-        assert second.calls == []
+        assert second.calls == [] and first.calls == ["verify", "settle"]
     finally:
         await c.close()
 
@@ -280,6 +290,47 @@ def test_request_body_is_the_models_dumped_v2_and_v1() -> None:
         scheme="exact", network="base-sepolia", payload={"signature": "0x00"}
     )
     assert json.loads(RemoteFacilitator._body(payload1, req1)) == _dumped(payload1, req1, 1)
+
+
+async def test_settle_reuses_the_verify_body_only_for_the_same_objects(fakes) -> None:  # type: ignore[no-untyped-def]
+    """The settle of a verified payment sends the verify's body; other requirements (an
+    `upto` settled for less, another route's) get their own, never the kept one."""
+    f = await fakes()
+    c = await client(f.url)
+    try:
+        await c.verify(PAYLOAD, REQ)
+        await c.settle(PAYLOAD, REQ)
+        assert f.seen[0] == f.seen[1] == _dumped(PAYLOAD, REQ, 2)
+        other = REQ.model_copy(update={"amount": "7"})
+        await c.verify(PAYLOAD, REQ)
+        await c.settle(PAYLOAD, other)
+        assert f.seen[3]["paymentRequirements"]["amount"] == "7"  # type: ignore[index]
+        await c.settle(PAYLOAD, REQ)  # the kept body was for (PAYLOAD, REQ), still unused
+        assert f.seen[4] == _dumped(PAYLOAD, REQ, 2)
+        req_copy = REQ.model_copy()
+        await c.verify(PAYLOAD, req_copy)
+        await c.settle(PAYLOAD, req_copy)
+        assert f.seen[6] == _dumped(PAYLOAD, req_copy, 2)
+        assert not c._bodies  # taken once: nothing kept after the settles
+    finally:
+        await c.close()
+
+
+async def test_no_body_is_kept_for_a_verify_that_fails(fakes) -> None:  # type: ignore[no-untyped-def]
+    f = await fakes(verify=invalid_verify)
+    c = await client(f.url, DEAD)
+    try:
+        assert not (await c.verify(PAYLOAD, REQ)).is_valid
+        assert not c._bodies
+    finally:
+        await c.close()
+    c = await client(DEAD)
+    try:
+        with pytest.raises(FacilitatorUnavailable):
+            await c.verify(PAYLOAD, REQ)
+        assert not c._bodies
+    finally:
+        await c.close()
 
 
 class Clock:
