@@ -86,6 +86,7 @@ class FastVouchers:
         self._reservation = reservation
         self._bound: LRUCache[tuple[Any, ...], bool] = LRUCache(CACHED_CONFIGS)
         self._domains: LRUCache[str, Domain] = LRUCache(64)
+        self._signers: LRUCache[bytes, str] = LRUCache(CACHED_CONFIGS)  # public key: address
 
     # --- verify ---------------------------------------------------------------------------
 
@@ -98,7 +99,9 @@ class FastVouchers:
         if voucher is None or not self._bound_to(voucher, reqs):
             return None
         on = self._domain(str(reqs.network))
-        return voucher if on is not None and signed_by_authorizer(voucher, on) else None
+        return (
+            voucher if on is not None and signed_by_authorizer(voucher, on, self._signers) else None
+        )
 
     def _bound_to(self, voucher: Voucher, reqs: PaymentRequirements) -> bool:
         extra = reqs.extra or {}
