@@ -326,5 +326,8 @@ def _channel_of(matched: MatchedPayment) -> tuple[str | None, str | None]:
     """A channel deposit's or voucher's channel id and cumulative amount, for its record."""
     if matched.requirement.scheme != SCHEME_BATCH_SETTLEMENT:
         return None, None
+    paid = matched.channel  # as matched: its payload is not parsed again
+    if paid is not None:
+        return (None, None) if paid.kind == "refund" else (paid.channel_id, str(paid.cumulative))
     voucher = charged_voucher(matched.payload.payload)
     return voucher if voucher is not None else (None, None)

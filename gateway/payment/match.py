@@ -50,7 +50,7 @@ from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 from gateway.config.settings import Requirement, RouteSettings
 from gateway.errors import PaymentError
 from gateway.formats import chain_id, is_address
-from gateway.payment.channel_terms import ChannelIds, channel_payment
+from gateway.payment.channel_terms import ChannelIds, ChannelPayment, channel_payment
 from gateway.payment.decode import DecodedPayment
 from gateway.payment.eip3009 import (
     Domain,
@@ -104,6 +104,7 @@ class MatchedPayment:
     identity: PaymentIdentity
     payer: str  # checksummed
     valid_before: int
+    channel: ChannelPayment | None = None  # a channel deposit's, voucher's or refund's terms
 
 
 def _same_address(a: str, b: str) -> bool:
@@ -223,6 +224,7 @@ def _match_channel(
         identity=PaymentIdentity(cid, req.asset.lower(), paid.payer, paid.nonce),
         payer=checksummed(paid.payer),
         valid_before=paid.valid_before,
+        channel=paid,
     )
 
 
