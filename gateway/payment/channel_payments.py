@@ -76,6 +76,12 @@ class ChannelPayments:
             return await fast.commit(claim.hold, reqs)
         return None
 
+    def commits_in_place(self, claim: Claim) -> bool:
+        """The claim's charge is a fast-path commit on channel state in this process's
+        memory: a plain call, nothing awaited (`Payments.settle`)."""
+        fast = self.channels.fast if self.channels is not None else None
+        return claim.hold is not None and fast is not None and fast.in_memory
+
     async def corrective(self, matched: MatchedPayment, reason: str) -> dict[str, str]:
         """A channel voucher on a stale cumulative amount: the 402 carries the channel's
         state for the payer's client to resynchronise (the SDK's corrective 402)."""

@@ -183,6 +183,17 @@ def digest(auth: Authorization, domain: Domain) -> bytes:
 def recover(message_hash: bytes, signature: bytes) -> str | None:
     """The lower-case address that made this 65-byte (r, s, v) signature, or None when it is
     not one the chain would accept (bad length, v, high s, or no point)."""
+    public = recover_key(message_hash, signature)
+    return None if public is None else address_of(public)
+
+
+def address_of(public: bytes) -> str:
+    """The lower-case address of a 64-byte uncompressed public key (no 0x04 prefix)."""
+    return "0x" + keccak(public)[-20:].hex()
+
+
+def recover_key(message_hash: bytes, signature: bytes) -> bytes | None:
+    """`recover`, the signer's 64-byte public key instead of its address."""
     if len(signature) != 65:
         return None
     v = signature[64]
@@ -197,7 +208,7 @@ def recover(message_hash: bytes, signature: bytes) -> str | None:
         )
     except ValueError:
         return None
-    return "0x" + keccak(public.format(compressed=False)[1:])[-20:].hex()
+    return public.format(compressed=False)[1:]
 
 
 @functools.lru_cache(maxsize=4096)

@@ -56,6 +56,7 @@ from gateway.payment.requirements import for_facilitator
 from gateway.payment.settlement import Books
 from gateway.store import PaymentRecord, PaymentStore
 from gateway.store.channels import ChannelCharges
+from gateway.store.memory import MemoryStore
 
 log = get_logger("gateway.payments")
 
@@ -282,8 +283,18 @@ class Payments:
             work = self.books.settle_nothing(claim)
         else:
             work = self.books.settle(claim, lambda: self._charge(claim, amount))
+        if self._settles_in_place(claim):
+            # Its every await is on this process's memory (the claim records, the channel
+            # state): it runs to its end before a hang-up could be delivered, so the task
+            # and shield below would protect nothing (and cost two loop turns a voucher).
+            return await work
         claim.settlement = asyncio.ensure_future(work)
         return await asyncio.shield(claim.settlement)
+
+    def _settles_in_place(self, claim: Claim) -> bool:
+        """Nothing in this claim's settlement suspends (a fast voucher, memory stores)."""
+        in_memory = isinstance(self.store, MemoryStore)
+        return in_memory and self.channel_payments.commits_in_place(claim)
 
     async def _charge(self, claim: Claim, amount: int | None) -> SettleResponse:
         """The SDK's settlement, or the fast path's charge of a reserved voucher."""
@@ -315,5 +326,8 @@ def _channel_of(matched: MatchedPayment) -> tuple[str | None, str | None]:
     """A channel deposit's or voucher's channel id and cumulative amount, for its record."""
     if matched.requirement.scheme != SCHEME_BATCH_SETTLEMENT:
         return None, None
+    paid = matched.channel  # as matched: its payload is not parsed again
+    if paid is not None:
+        return (None, None) if paid.kind == "refund" else (paid.channel_id, str(paid.cumulative))
     voucher = charged_voucher(matched.payload.payload)
     return voucher if voucher is not None else (None, None)

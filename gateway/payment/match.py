@@ -33,6 +33,7 @@ the authorization's own fields are checked in `gateway.payment.terms`):
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -49,7 +50,7 @@ from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 from gateway.config.settings import Requirement, RouteSettings
 from gateway.errors import PaymentError
 from gateway.formats import chain_id, is_address
-from gateway.payment.channel_terms import ChannelIds, channel_payment
+from gateway.payment.channel_terms import ChannelIds, ChannelPayment, channel_payment
 from gateway.payment.decode import DecodedPayment
 from gateway.payment.eip3009 import (
     Domain,
@@ -103,6 +104,7 @@ class MatchedPayment:
     identity: PaymentIdentity
     payer: str  # checksummed
     valid_before: int
+    channel: ChannelPayment | None = None  # a channel deposit's, voucher's or refund's terms
 
 
 def _same_address(a: str, b: str) -> bool:
@@ -114,11 +116,15 @@ def _same_amount(text: str, amount: int) -> bool:
 
 
 def _contains(ours: Any, theirs: Any) -> bool:
-    """Every key of our `extra` is in theirs with the same value (theirs may add keys)."""
-    if isinstance(ours, dict):
+    """Every key of our `extra` is in theirs with the same value (theirs may add keys).
+    `ours` as settings keep it (frozen mappings and tuples) or as the wire has it: compared
+    as its wire form (`thaw`), without building that form for each payment."""
+    if isinstance(ours, Mapping):
         return isinstance(theirs, dict) and all(
-            k in theirs and _contains(v, theirs[k]) for k, v in ours.items()
+            str(k) in theirs and _contains(v, theirs[str(k)]) for k, v in ours.items()
         )
+    if isinstance(ours, tuple | list):
+        ours = thaw(ours)
     return bool(ours == theirs and type(ours) is type(theirs))
 
 
@@ -130,9 +136,22 @@ def _differences(req: Requirement, accepted: PaymentRequirements) -> list[str]:
         ("pay_to", _same_address(accepted.pay_to, req.pay_to)),
         ("amount", _same_amount(accepted.amount, req.amount)),
         ("max_timeout_seconds", accepted.max_timeout_seconds == req.max_timeout_seconds),
-        ("extra", _contains(thaw(req.extra), accepted.extra)),
+        ("extra", _contains(req.extra, accepted.extra)),
     )
     return [name for name, same in checks if not same]
+
+
+def _mismatch(route: RouteSettings, accepted: PaymentRequirements) -> NoReturn:
+    best: list[str] | None = None
+    for req in route.accepts:
+        differ = _differences(req, accepted)
+        if best is None or len(differ) < len(best):
+            best = differ
+    raise PaymentError(
+        f"the payment does not match this route's requirements ({', '.join(best or [])} "
+        "differ): pay what the challenge asks",
+        reason=MISMATCH,
+    )
 
 
 def _unsupported(route: RouteSettings, scheme: str) -> NoReturn:
@@ -166,19 +185,14 @@ def _match_v2(
     accepted = payload.accepted
     if all(r.scheme != accepted.scheme for r in route.accepts):
         _unsupported(route, accepted.scheme)
-    best: list[str] | None = None
-    for req in route.accepts:
-        differ = _differences(req, accepted)
-        if not differ:
-            break
-        if best is None or len(differ) < len(best):
-            best = differ
-    else:
-        raise PaymentError(
-            f"the payment does not match this route's requirements ({', '.join(best or [])} "
-            "differ): pay what the challenge asks",
-            reason=MISMATCH,
-        )
+    # The first requirement it pays is one on its scheme: those are tried first, and only
+    # when none fits are all compared, for the closest one's differences.
+    paid = (
+        r for r in route.accepts if r.scheme == accepted.scheme and not _differences(r, accepted)
+    )
+    req = next(paid, None)
+    if req is None:
+        _mismatch(route, accepted)
     cid = _chain(req)
     if req.scheme == SCHEME_BATCH_SETTLEMENT:
         return _match_channel(req, cid, payload, ids)
@@ -210,6 +224,7 @@ def _match_channel(
         identity=PaymentIdentity(cid, req.asset.lower(), paid.payer, paid.nonce),
         payer=checksummed(paid.payer),
         valid_before=paid.valid_before,
+        channel=paid,
     )
 
 

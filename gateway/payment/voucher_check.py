@@ -12,7 +12,7 @@ which then gives its own verdict and reason (unit tests hold the two to each oth
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,7 @@ from x402.mechanisms.evm.batch_settlement.types import (
     is_voucher_payload,
 )
 
-from gateway.payment.eip3009 import ADDRESS, Domain, recover
+from gateway.payment.eip3009 import ADDRESS, Domain, address_of, recover_key
 
 VOUCHER_TYPEHASH = keccak(b"Voucher(bytes32 channelId,uint128 maxClaimableAmount)")
 _UINT128 = 2**128
@@ -120,14 +120,24 @@ def digest(voucher: Voucher, on: Domain) -> bytes:
     return keccak(b"\x19\x01" + on.separator + struct)
 
 
-def signed_by_authorizer(voucher: Voucher, on: Domain) -> bool:
+def signed_by_authorizer(
+    voucher: Voucher, on: Domain, signers: MutableMapping[bytes, str] | None = None
+) -> bool:
     """True only when the voucher is an ECDSA signature by its channel's (non-zero)
     `payerAuthorizer`. A zero authorizer (an ERC-1271 wallet: the chain decides) is never
-    accepted here."""
+    accepted here. `signers`: addresses of public keys already seen (a channel's every
+    voucher is signed by one key: its address, a keccak, once), None: computed each time."""
     authorizer = voucher.config.payer_authorizer
     if not isinstance(authorizer, str) or not ADDRESS.fullmatch(authorizer):
         return False
     if int(authorizer, 16) == 0:
         return False
-    signer = recover(digest(voucher, on), bytes.fromhex(voucher.signature[2:]))
-    return signer is not None and signer == authorizer.lower()
+    public = recover_key(digest(voucher, on), bytes.fromhex(voucher.signature[2:]))
+    if public is None:
+        return False
+    signer = signers.get(public) if signers is not None else None
+    if signer is None:
+        signer = address_of(public)
+        if signers is not None:
+            signers[public] = signer
+    return signer == authorizer.lower()

@@ -80,6 +80,7 @@ X402_EXPOSED: tuple[str, ...] = (
     X_PAYMENT_RESPONSE_HEADER,
 )
 EXPOSE = "Access-Control-Expose-Headers"
+_X402_EXPOSED_LIST = ", ".join(dict.fromkeys(X402_EXPOSED))  # no name twice, in order
 
 
 _PLAIN_CONNECTION = frozenset({"keep-alive", "close"})
@@ -235,6 +236,9 @@ def expose_x402_headers(headers: CIMultiDict[str]) -> None:
 
     The origin's own exposed names are kept, in order; no name is listed twice.
     """
+    if EXPOSE not in headers:  # the origin exposes nothing of its own: the x402 list as is
+        headers[EXPOSE] = _X402_EXPOSED_LIST
+        return
     listed: list[str] = []
     seen: set[str] = set()
     for value in headers.popall(EXPOSE, ()):
@@ -252,10 +256,12 @@ def expose_x402_headers(headers: CIMultiDict[str]) -> None:
 
 def strip_cdn_directives(headers: CIMultiDict[str]) -> None:
     """Remove every CDN cache directive (a paid answer must not be cached for others)."""
-    for name in {
-        n for n in headers if fold(n) in CDN_DIRECTIVES or fold(n).endswith(_TARGETED_CDN_SUFFIX)
-    }:
+    for name in {n for n in headers if _is_cdn_directive(fold(n))}:
         headers.popall(name, None)
+
+
+def _is_cdn_directive(folded: str) -> bool:
+    return folded in CDN_DIRECTIVES or folded.endswith(_TARGETED_CDN_SUFFIX)
 
 
 def add_vary(headers: CIMultiDict[str], name: str) -> None:

@@ -63,6 +63,11 @@ class MemoryChannelWriter:
         self._storage = storage
 
     async def update(self, channel_id: str, update: ChannelUpdate) -> ChannelUpdateResult:
+        return self.update_now(channel_id, update)
+
+    def update_now(self, channel_id: str, update: ChannelUpdate) -> ChannelUpdateResult:
+        """`update` as a plain call: in this process's memory there is nothing to await, so
+        no hang-up can cut it short (the fast path needs no task to protect it)."""
         return self._storage.update_channel(channel_id, update)
 
 

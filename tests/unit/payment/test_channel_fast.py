@@ -100,6 +100,40 @@ async def test_a_run_of_vouchers_charges_each_once() -> None:
     await p.close()
 
 
+async def test_a_fast_voucher_in_memory_settles_to_its_end_without_suspending() -> None:
+    # Memory claim store and channel state: the settlement is never a task of its own, so it
+    # must end at its first step (a suspension would be a point where a hang-up cuts it short).
+    storage = InMemoryChannelStorage()
+    seed(storage, charged=PRICE)
+    p, _ = await payments(storage)
+    async with p.claimed(matched(2 * PRICE), PRICED, "req-1") as claim:
+        await p.verify(claim)
+        assert claim.hold is not None
+        settling = p.settle(claim)
+        with pytest.raises(StopIteration) as ended:
+            settling.send(None)
+    settled = ended.value.value
+    assert settled.success and claim.settled is settled and claim.settlement is None
+    assert claim.record.status == "settled"
+    assert stable(storage)["chargedCumulativeAmount"] == str(2 * PRICE)
+    await p.close()
+
+
+async def test_a_fast_voucher_on_a_remote_channel_store_settles_in_a_task_of_its_own() -> None:
+    storage = InMemoryChannelStorage()
+    seed(storage, charged=PRICE)
+    p = Payments(ChannelFacilitator(), MemoryStore())
+    gateway = settings(PRICED, channels=ChannelsSettings(authorizer_key=KEY))
+    p.use_channels(Channels(gateway, storage, writer=SlowWriter(storage)))
+    assert await p.start() == []
+    async with p.claimed(matched(2 * PRICE), PRICED, "req-1") as claim:
+        await p.verify(claim)
+        assert claim.hold is not None and claim.hold.writing is not None
+        settled = await p.settle(claim)
+    assert settled.success and isinstance(claim.settlement, asyncio.Task)
+    await p.close()
+
+
 async def test_a_voucher_whose_origin_failed_is_not_charged_and_buys_its_retry() -> None:
     storage = InMemoryChannelStorage()
     seed(storage, charged=PRICE)
@@ -202,12 +236,15 @@ async def test_a_reservation_lost_before_settling_charges_nothing() -> None:
     await p.close()
 
 
-class SlowWriter(MemoryChannelWriter):
-    """A store round trip that takes 0.3 s."""
+class SlowWriter:
+    """A store round trip that takes 0.3 s (a remote store: its writes suspend)."""
+
+    def __init__(self, storage: InMemoryChannelStorage) -> None:
+        self._storage = storage
 
     async def update(self, channel_id: str, update: Any) -> Any:
         await asyncio.sleep(0.3)
-        return await super().update(channel_id, update)
+        return self._storage.update_channel(channel_id, update)
 
 
 async def test_a_client_hanging_up_while_its_reservation_is_written_leaves_the_channel_free() -> (

@@ -285,6 +285,23 @@ def test_a_cooperative_refund_is_recorded_as_charging_nothing() -> None:
     assert charged_amount(matched(2 * PRICE)) == PRICE
 
 
+async def test_a_claims_record_names_the_channel_and_amount_its_payload_does() -> None:
+    # The record's channel and cumulative come from the matched terms (not parsed again):
+    # held to `charged_voucher`, which reads them from the payload (a refund: none).
+    from gateway.payment.channel_terms import charged_voucher
+
+    refund = {**voucher_payload(PRICE, CONFIG), "type": "refund"}
+    data = {"x402Version": 2, "accepted": accepted(BATCH), "payload": refund}
+    decoded = decode_payment(headers(("PAYMENT-SIGNATURE", b64json(data))), 16384)
+    assert decoded is not None
+    p = Payments(ChannelFacilitator(), MemoryStore())
+    for k, m in enumerate((matched(2 * PRICE), match_requirement(PRICED, decoded, URL))):
+        claim = await p.claim(m, PRICED, f"req-{k}")
+        expected = charged_voucher(m.payload.payload) or (None, None)
+        assert (claim.record.channel, claim.record.cumulative) == expected
+    assert claim.record.channel is None  # the refund
+
+
 async def test_a_reservation_lasts_as_long_as_a_live_request_needs_not_five_minutes() -> None:
     from gateway.config.settings import Timeouts
     from gateway.payment.channels import reservation_seconds

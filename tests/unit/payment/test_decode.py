@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import json
+import re
 from typing import Any
 
 import pytest
@@ -11,7 +13,7 @@ from x402.schemas import PaymentPayload
 from x402.schemas.v1 import PaymentPayloadV1
 
 from gateway.errors import MalformedPayment
-from gateway.payment.decode import MAX_JSON_DEPTH, DecodedPayment, decode_payment
+from gateway.payment.decode import MAX_JSON_DEPTH, DecodedPayment, _b64decode, decode_payment
 from tests.unit.wire_helpers import b64json, headers, v1_dict, v2_dict
 
 LIMIT = 16384
@@ -247,3 +249,35 @@ def test_fuzz_nesting(depth: int, opener: str) -> None:
     if depth >= MAX_JSON_DEPTH:
         assert isinstance(got, MalformedPayment)
         assert got.reason in {"invalid_json", "invalid_payment_header_size"}
+
+
+def _reference_b64decode(value: str, name: str) -> bytes | str:
+    """The checks `_b64decode` makes, one after the other: its bytes, or its message."""
+    try:
+        raw = value.strip().encode("ascii")
+    except UnicodeEncodeError:
+        return f"{name} is not base64: it has non-ASCII characters"
+    if b"-" in raw or b"_" in raw:
+        if b"+" in raw or b"/" in raw:
+            return f"{name} mixes the standard and URL-safe base64 alphabets"
+        raw = raw.translate(bytes.maketrans(b"-_", b"+/"))
+    if not re.fullmatch(rb"[A-Za-z0-9+/]*={0,2}", raw):
+        return f"{name} is not base64: unexpected characters"
+    unpadded = raw.rstrip(b"=")
+    if len(unpadded) % 4 == 1:
+        return f"{name} is not base64: truncated"
+    try:
+        return base64.b64decode(unpadded + b"=" * (-len(unpadded) % 4), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        return f"{name} is not base64: {exc}"
+
+
+@settings(max_examples=500)
+@given(st.text(alphabet="AQgw+/-_=\n é", max_size=14))
+def test_base64_fast_pass_decides_as_the_step_by_step_checks(value: str) -> None:
+    expected = _reference_b64decode(value, "X")
+    try:
+        got: bytes | str = _b64decode(value, "X")
+    except MalformedPayment as exc:
+        got = exc.detail
+    assert got == expected

@@ -18,10 +18,11 @@ from gateway.payment.match import (
     CLAIM_MAX,
     MatchedPayment,
     PaymentIdentity,
+    _contains,
     claim_ttl,
     match_requirement,
 )
-from gateway.payment.requirements import requirements_v1, requirements_v2
+from gateway.payment.requirements import requirements_v1, requirements_v2, thaw
 from tests.unit.wire_helpers import (
     ASSET,
     NONCE,
@@ -363,3 +364,45 @@ def test_fuzz_scheme_payloads(
             match_requirement(priced, payment, URL)
         except PaymentError as exc:
             assert exc.status in (400, 402)
+
+
+FROZEN_EXTRA = MappingProxyType(
+    {
+        "name": "USDC",
+        "version": "2",
+        "withdrawDelay": 3600,
+        "nested": MappingProxyType({"a": (1, 2), "b": MappingProxyType({"c": "d"})}),
+        "list": ("x", MappingProxyType({"y": 1})),
+    }
+)
+_THAWED = thaw(FROZEN_EXTRA)
+
+
+@pytest.mark.parametrize(
+    "theirs",
+    [
+        _THAWED,
+        {**_THAWED, "clientNote": "hi"},  # theirs may add keys, at any depth
+        {**_THAWED, "nested": {**_THAWED["nested"], "more": 1}},
+        {**_THAWED, "withdrawDelay": "3600"},  # same value, other type
+        {**_THAWED, "withdrawDelay": 3600.0},
+        {**_THAWED, "list": ["x", {"y": 1, "z": 2}]},  # a list compares whole
+        {**_THAWED, "list": ("x", {"y": 1})},  # a tuple is not the wire's list
+        {**_THAWED, "nested": {"a": [1, 2]}},
+        {k: v for k, v in _THAWED.items() if k != "name"},
+        {**_THAWED, "nested": "flat"},
+        [],
+        None,
+    ],
+)
+def test_extra_compared_frozen_as_its_wire_form(theirs: Any) -> None:
+    # `_contains` reads the settings' frozen `extra` as `thaw` would write it: held to the
+    # comparison of the thawed form it replaces (per payment, without building that form).
+    def reference(ours: Any, theirs: Any) -> bool:
+        if isinstance(ours, dict):
+            return isinstance(theirs, dict) and all(
+                k in theirs and reference(v, theirs[k]) for k, v in ours.items()
+            )
+        return bool(ours == theirs and type(ours) is type(theirs))
+
+    assert _contains(FROZEN_EXTRA, theirs) == reference(_THAWED, theirs)

@@ -64,7 +64,28 @@ def sdk_verdict(raw: dict[str, Any]) -> bool:
 
 def fast_verdict(raw: dict[str, Any]) -> bool:
     voucher = parse_plain(raw)
-    return voucher is not None and signed_by_authorizer(voucher, domain(CHAIN_ID))
+    if voucher is None:
+        return False
+    verdict = signed_by_authorizer(voucher, domain(CHAIN_ID))
+    signers: dict[bytes, str] = {}  # the same verdict through a cache of signers, cold then warm
+    assert signed_by_authorizer(voucher, domain(CHAIN_ID), signers) is verdict
+    assert signed_by_authorizer(voucher, domain(CHAIN_ID), signers) is verdict
+    return verdict
+
+
+def test_a_cached_signer_never_vouches_for_another_key() -> None:
+    signers: dict[bytes, str] = {}
+    genuine = parse_plain(payload_for(b"\x05" * 32, 1000, b"\x03" * 32))
+    assert genuine is not None and signed_by_authorizer(genuine, domain(CHAIN_ID), signers)
+    assert len(signers) == 1  # the authorizer's key, known
+    raw = payload_for(b"\x05" * 32, 2000, b"\x03" * 32)
+    raw["voucher"]["signature"] = payload_for(b"\x06" * 32, 2000, b"\x03" * 32)["voucher"][
+        "signature"
+    ]
+    forged = parse_plain(raw)
+    assert forged is not None and not signed_by_authorizer(forged, domain(CHAIN_ID), signers)
+    nxt = parse_plain(payload_for(b"\x05" * 32, 2000, b"\x03" * 32))
+    assert nxt is not None and signed_by_authorizer(nxt, domain(CHAIN_ID), signers)
 
 
 @settings(max_examples=40, deadline=None)
