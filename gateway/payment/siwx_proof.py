@@ -199,15 +199,14 @@ def _plain(payload: Proof, checksummed: Callable[[str], bool]) -> str | None:
 def signer_of(payload: Proof, wallets: Wallets | None = None) -> str:
     """The proof's address when it signed the proof, else `SignInRefused`. `wallets`: what
     is known of the addresses seen before (the gateway's; None: nothing)."""
-    checksummed = wallets.checksummed if wallets is not None else is_checksummed
-    chain_id = _plain(payload, checksummed)
+    known = wallets.key(payload.address) if wallets is not None else None
+    chain_id = _plain(payload, _checksum_check(wallets, known))
     signature = _signature(payload.signature)
     if chain_id is None or signature is None:
         raise SignInRefused(
             "not an EIP-4361 proof of an externally owned account", reason="invalid_siwx_message"
         )
     digest = _digest(payload, chain_id)
-    known = wallets.key(payload.address) if wallets is not None else None
     if known is not None:
         signed = _verifies(known, signature, digest)
     else:
@@ -218,6 +217,18 @@ def signer_of(payload: Proof, wallets: Wallets | None = None) -> str:
     if not signed:
         raise SignInRefused("the signature is not the address's", reason="invalid_siwx_signature")
     return payload.address
+
+
+def _checksum_check(wallets: Wallets | None, known: PublicKey | None) -> Callable[[str], bool]:
+    """How a proof's address is held to EIP-55: not again when its key is kept (a key is
+    kept only for an address that passed), else through `wallets` (each answer kept)."""
+    if known is not None:
+        return _passed
+    return wallets.checksummed if wallets is not None else is_checksummed
+
+
+def _passed(_address: str) -> bool:
+    return True
 
 
 def fast_eoa_check(payload: Proof) -> bool:
