@@ -9,13 +9,20 @@ import os
 import pytest
 from coincurve import PublicKey
 from eth_account import Account
+from eth_account.messages import encode_defunct
 from eth_utils.address import to_checksum_address
 from x402.extensions.sign_in_with_x import SIWxPayload, encode_siwx_header
 
 from gateway.config import loads
 from gateway.errors import SignInRefused
 from gateway.payment.sessions import Sessions
-from gateway.payment.siwx_proof import Wallets, fast_eoa_check, is_checksummed, signer_of
+from gateway.payment.siwx_proof import (
+    Wallets,
+    eip4361_message,
+    fast_eoa_check,
+    is_checksummed,
+    signer_of,
+)
 from gateway.store.sessions import MemorySessions
 from tests.unit.payment.test_sessions import CONFIG, REPORTS, signed
 
@@ -114,3 +121,19 @@ async def test_a_sessions_object_keeps_the_wallets_it_checked() -> None:
         header = encode_siwx_header(await signed(sessions, account))
         assert await sessions.sign_in(REPORTS, "/reports/a", header) == account.address
     assert len(wallets) == 1 and wallets.key(account.address) is not None
+
+
+async def test_a_known_wallet_in_another_spelling_is_still_refused(sessions: Sessions) -> None:
+    # A kept key spares its address the EIP-55 check; any other spelling is checked.
+    payer = Account.create()
+    wallets = Wallets()
+    assert signer_of(await signed(sessions, payer), wallets) == payer.address
+    assert wallets.key(payer.address) is not None
+    for spelling in (payer.address.lower(), "0x" + payer.address[2:].swapcase()):
+        proof = (await signed(sessions, payer)).model_copy(update={"address": spelling})
+        text = eip4361_message(proof, "84532")
+        resigned = Account.sign_message(encode_defunct(text=text), payer.key).signature
+        proof = proof.model_copy(update={"signature": "0x" + bytes(resigned).hex()})
+        with pytest.raises(SignInRefused) as refused:
+            signer_of(proof, wallets)
+        assert refused.value.reason == "invalid_siwx_message"

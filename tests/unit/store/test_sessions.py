@@ -214,3 +214,25 @@ async def test_a_redis_sign_in_that_gets_no_answer_fails_closed_then_recovers(
         assert await sessions.sign_in("/reports/*", payer, nonce, 60) is SignIn.NONCE_USED
     finally:
         await store.close()
+
+
+async def test_the_sign_in_command_is_packed_as_redis_py_packs_it(redis: RedisServer) -> None:
+    store = RedisStore(redis.url)
+    sessions = open_sessions(store)
+    assert isinstance(sessions, RedisSessions)
+    conn = store.client.connection_pool.make_connection()
+    try:
+        for keys, args in (
+            (["x402:siwx:nonce:abc12345", "x402:siwx:paid:f00:0xab"], [600000]),
+            (["x402:siwx:nonce:é€😀 ", "k"], [1]),  # the SDK's road takes any nonce text
+        ):
+            sha = sessions._sign_in.sha
+            expected = b"".join(conn.pack_command("EVALSHA", sha, len(keys), *keys, *args))
+            assert sessions._evalsha_command(keys, args) == expected
+        # And Redis reads it: a unicode nonce is spent once.
+        payer = "0x" + uuid.uuid4().hex[:40].ljust(40, "3")
+        nonce = "é€😀" + uuid.uuid4().hex
+        assert await sessions.sign_in("/reports/*", payer, nonce, 60) is SignIn.NOT_PAID
+        assert await sessions.sign_in("/reports/*", payer, nonce, 60) is SignIn.NONCE_USED
+    finally:
+        await store.close()
