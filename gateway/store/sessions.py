@@ -24,7 +24,7 @@ import hashlib
 import time
 from typing import Protocol
 
-from cachetools import TLRUCache
+from cachetools import LRUCache, TLRUCache
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import NoScriptError
@@ -58,9 +58,26 @@ class SignIn(enum.Enum):
 
 
 def paid_key(route: str, payer: str) -> str:
+    return f"{route_prefix(route)}{payer.lower()}"
+
+
+def route_prefix(route: str) -> str:
     # Route patterns are operator text of any length: hash them into a fixed-size key.
-    digest = hashlib.sha256(route.encode()).hexdigest()[:32]
-    return f"{PAID_PREFIX}{digest}:{payer.lower()}"
+    return f"{PAID_PREFIX}{hashlib.sha256(route.encode()).hexdigest()[:32]}:"
+
+
+class _PaidKeys:
+    """`paid_key`, with each route's hash made once (routes are few and fixed by the config;
+    bounded all the same, as a store outlives reloads)."""
+
+    def __init__(self) -> None:
+        self._prefixes: LRUCache[str, str] = LRUCache(maxsize=4096)
+
+    def __call__(self, route: str, payer: str) -> str:
+        prefix = self._prefixes.get(route)
+        if prefix is None:
+            prefix = self._prefixes[route] = route_prefix(route)
+        return f"{prefix}{payer.lower()}"
 
 
 def _expires(_key: str, value: float, now: float) -> float:
@@ -71,6 +88,7 @@ class MemorySessions:
     """One process. Bounded, so a flood of sign-ins cannot grow memory without limit."""
 
     def __init__(self, maxsize: int = 1_000_000) -> None:
+        self._key = _PaidKeys()
         self._paid: TLRUCache[str, float] = TLRUCache(
             maxsize=maxsize, ttu=_expires, timer=time.monotonic
         )
@@ -79,10 +97,10 @@ class MemorySessions:
         )
 
     async def record_payment(self, route: str, payer: str, ttl: float) -> None:
-        self._paid[paid_key(route, payer)] = time.monotonic() + ttl
+        self._paid[self._key(route, payer)] = time.monotonic() + ttl
 
     async def has_paid(self, route: str, payer: str) -> bool:
-        return paid_key(route, payer) in self._paid
+        return self._key(route, payer) in self._paid
 
     async def spend_nonce(self, nonce: str, ttl: float) -> bool:
         return self._spend(nonce, ttl)
@@ -91,7 +109,7 @@ class MemorySessions:
         # No await inside: atomic on one event loop, as the script is in Redis.
         if not self._spend(nonce, nonce_ttl):
             return SignIn.NONCE_USED
-        return SignIn.SIGNED_IN if paid_key(route, payer) in self._paid else SignIn.NOT_PAID
+        return SignIn.SIGNED_IN if self._key(route, payer) in self._paid else SignIn.NOT_PAID
 
     def _spend(self, nonce: str, ttl: float) -> bool:
         # No await between the check and the write: atomic on one event loop.
@@ -118,6 +136,7 @@ class RedisSessions:
 
     def __init__(self, store: RedisStore) -> None:
         self._store = store
+        self._key = _PaidKeys()
         # Both keys of a sign-in are in one slot only off a cluster: there, two commands.
         self._cluster = isinstance(store.client, RedisCluster)
         self._sign_in = store.client.register_script(_SIGN_IN)
@@ -131,11 +150,11 @@ class RedisSessions:
 
     async def record_payment(self, route: str, payer: str, ttl: float) -> None:
         client = self._store.client
-        await self._store.call(client.set(paid_key(route, payer), "1", px=_ms(ttl)))
+        await self._store.call(client.set(self._key(route, payer), "1", px=_ms(ttl)))
 
     async def has_paid(self, route: str, payer: str) -> bool:
         client = self._store.client
-        return bool(await self._store.call(client.exists(paid_key(route, payer))))
+        return bool(await self._store.call(client.exists(self._key(route, payer))))
 
     async def spend_nonce(self, nonce: str, ttl: float) -> bool:
         client = self._store.client
@@ -147,7 +166,7 @@ class RedisSessions:
             if not await self.spend_nonce(nonce, nonce_ttl):
                 return SignIn.NONCE_USED
             return SignIn.SIGNED_IN if await self.has_paid(route, payer) else SignIn.NOT_PAID
-        keys = [NONCE_PREFIX + nonce, paid_key(route, payer)]
+        keys = [NONCE_PREFIX + nonce, self._key(route, payer)]
         args = [_ms(nonce_ttl)]
         if self._pool is not None and (self._idle or self._kept < KEPT_CONNECTIONS):
             answer = await self._store.call(self._on_kept(self._pool, keys, args))

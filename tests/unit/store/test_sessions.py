@@ -236,3 +236,20 @@ async def test_the_sign_in_command_is_packed_as_redis_py_packs_it(redis: RedisSe
         assert await sessions.sign_in("/reports/*", payer, nonce, 60) is SignIn.NONCE_USED
     finally:
         await store.close()
+
+
+async def test_a_record_sits_under_paid_key_for_replicas_of_any_version(
+    redis: RedisServer,
+) -> None:
+    # The route's hash is made once per store: the key must stay the one `paid_key` names,
+    # so a payment recorded by one replica (or an older release) opens sign-ins on another.
+    store = RedisStore(redis.url)
+    try:
+        sessions, payer = open_sessions(store), "0x" + uuid.uuid4().hex[:40].ljust(40, "d")
+        for route in ("/reports/*", "/other/*", "/reports/*"):
+            await sessions.record_payment(route, payer.upper().replace("0X", "0x"), 60)
+            assert await store.client.exists(sessions_module.paid_key(route, payer)) == 1
+        assert sessions_module.paid_key("/a", payer) != sessions_module.paid_key("/b", payer)
+        assert sessions_module.paid_key("/a", payer).startswith(sessions_module.PAID_PREFIX)
+    finally:
+        await store.close()
