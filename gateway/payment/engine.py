@@ -298,10 +298,15 @@ class Payments:
 
     async def _charge(self, claim: Claim, amount: int | None) -> SettleResponse:
         """The SDK's settlement, or the fast path's charge of a reserved voucher."""
+        if claim.hold is not None:
+            # The fast commit reads only the price and the network: the route's requirements
+            # carry both as the facilitator's completed copy would (two model copies saved).
+            matched = claim.matched.requirements
+            priced = matched if amount is None else self._requirements(claim, amount)
+            committed = await self.channel_payments.commit(claim, priced)
+            if committed is not None:
+                return committed
         reqs = self._requirements(claim, amount)
-        committed = await self.channel_payments.commit(claim, reqs)
-        if committed is not None:
-            return committed
         return await self.server.settle_payment(claim.matched.payload, reqs)
 
     def _requirements(
