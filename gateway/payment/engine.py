@@ -279,11 +279,12 @@ class Payments:
         (None: the requirement's amount)."""
         if amount is not None:
             claim.record = dataclasses.replace(claim.record, amount=str(amount))
+        in_place = self._settles_in_place(claim)
         if amount == 0:
             work = self.books.settle_nothing(claim)
         else:
-            work = self.books.settle(claim, lambda: self._charge(claim, amount))
-        if self._settles_in_place(claim):
+            work = self.books.settle(claim, lambda: self._charge(claim, amount), in_place=in_place)
+        if in_place:
             # Its every await is on this process's memory (the claim records, the channel
             # state): it runs to its end before a hang-up could be delivered, so the task
             # and shield below would protect nothing (and cost two loop turns a voucher).
