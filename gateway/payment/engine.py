@@ -279,11 +279,12 @@ class Payments:
         (None: the requirement's amount)."""
         if amount is not None:
             claim.record = dataclasses.replace(claim.record, amount=str(amount))
+        in_place = self._settles_in_place(claim)
         if amount == 0:
             work = self.books.settle_nothing(claim)
         else:
-            work = self.books.settle(claim, lambda: self._charge(claim, amount))
-        if self._settles_in_place(claim):
+            work = self.books.settle(claim, lambda: self._charge(claim, amount), in_place=in_place)
+        if in_place:
             # Its every await is on this process's memory (the claim records, the channel
             # state): it runs to its end before a hang-up could be delivered, so the task
             # and shield below would protect nothing (and cost two loop turns a voucher).
@@ -298,10 +299,15 @@ class Payments:
 
     async def _charge(self, claim: Claim, amount: int | None) -> SettleResponse:
         """The SDK's settlement, or the fast path's charge of a reserved voucher."""
+        if claim.hold is not None:
+            # The fast commit reads only the price and the network: the route's requirements
+            # carry both as the facilitator's completed copy would (two model copies saved).
+            matched = claim.matched.requirements
+            priced = matched if amount is None else self._requirements(claim, amount)
+            committed = await self.channel_payments.commit(claim, priced)
+            if committed is not None:
+                return committed
         reqs = self._requirements(claim, amount)
-        committed = await self.channel_payments.commit(claim, reqs)
-        if committed is not None:
-            return committed
         return await self.server.settle_payment(claim.matched.payload, reqs)
 
     def _requirements(

@@ -24,6 +24,7 @@ from gateway.payment.channels import RefusedBeforeSettle
 from gateway.payment.paid_claim import Claim
 from gateway.payment.receipts import receipt_headers
 from gateway.store import PaymentStore
+from gateway.store.memory import MemoryStore
 from gateway.store.records import Status
 
 log = get_logger("gateway.payments")
@@ -36,12 +37,24 @@ class Books:
         self.store = store
 
     async def settle(
-        self, claim: Claim, charge: Callable[[], Awaitable[SettleResponse]]
+        self,
+        claim: Claim,
+        charge: Callable[[], Awaitable[SettleResponse]],
+        *,
+        in_place: bool = False,
     ) -> SettleResponse:
-        """Mark the claim settling, `charge` the payer, and record the outcome."""
-        # Written before the facilitator is asked: from here on the payment may be charged,
-        # and the record says so to every copy of it, to a crash, and to the release script.
-        await self.enter_settling(claim)
+        """Mark the claim settling, `charge` the payer, and record the outcome.
+        `in_place`: the claim is in this process's memory and nothing up to the outcome's
+        record suspends (`Payments.settle`): no other coroutine could read a `settling`
+        record before the outcome replaces it, and a crash takes the memory that would
+        hold it, so it is not written; the claim is only checked to be still ours."""
+        if in_place:
+            self.still_ours(claim)
+        else:
+            # Written before the facilitator is asked: from here on the payment may be
+            # charged, and the record says so to every copy of it, to a crash, and to the
+            # release script.
+            await self.enter_settling(claim)
         started = time.perf_counter()
         try:
             result = await charge()
@@ -132,6 +145,15 @@ class Books:
                 reason="payment_in_flight",
             )
         claim.record = settling
+
+    def still_ours(self, claim: Claim) -> None:
+        """`enter_settling`'s check without its write, for a claim in this process's memory."""
+        store = self.store
+        if not (isinstance(store, MemoryStore) and store.holds(claim.key, claim.record)):
+            raise PaymentConflict(
+                "another request took this payment over before it settled",
+                reason="payment_in_flight",
+            )
 
     async def record(self, claim: Claim, status: Status, **changes: str | None) -> None:
         claim.record = claim.record.with_status(status, **changes)

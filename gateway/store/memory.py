@@ -45,6 +45,14 @@ class MemoryStore:
         self._claims[key] = (record, ttl)
         self._history.appendleft(record)
 
+    def holds(self, key: str, record: PaymentRecord) -> bool:
+        """The claim under `key` is still `record`'s request, in `record`'s status."""
+        held = self._claims.get(key)
+        return held is not None and (held[0].request_id, held[0].status) == (
+            record.request_id,
+            record.status,
+        )
+
     async def release(self, key: str, request_id: str) -> None:
         held = self._claims.get(key)
         # As the Redis script: only our own claim, and only while nothing may be charged.
@@ -73,10 +81,7 @@ class MemoryStore:
         history: tuple[PaymentRecord, ...] = (),
     ) -> bool:
         held = self._claims.get(key)
-        if held is None or (held[0].request_id, held[0].status) != (
-            expect.request_id,
-            expect.status,
-        ):
+        if held is None or not self.holds(key, expect):
             return False
         self._claims[key] = (record, ttl if ttl > 0 else held[1])  # 0: keep the expiry
         for entry in (*history, record):
