@@ -286,3 +286,11 @@ def test_a_nonce_spent_with_no_time_left_is_not_kept() -> None:
     spent = sessions_module._SpentNonces(maxsize=10)
     assert spent.spend("x", 0) and len(spent) == 0
     assert spent.spend("x", 0)
+
+
+def test_the_route_hashes_kept_are_bounded_and_keys_stay_paid_key() -> None:
+    keys = sessions_module._PaidKeys(maxsize=2)
+    payer = "0x" + "AbC" * 13 + "d"
+    for route in ("/a", "/b", "/c", "/a", "/d", "/b"):
+        assert keys(route, payer) == sessions_module.paid_key(route, payer)
+        assert len(keys._prefixes) <= 2
