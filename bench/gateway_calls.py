@@ -16,13 +16,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import json
 import os
 import pstats
 import signal
 import sys
 import tempfile
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import yaml
@@ -34,19 +37,54 @@ from bench.procs import ProcGroup, free_port
 from gateway.demo import chain as chainlib
 
 
+def _ours(filename: str) -> bool:
+    return "/gateway/" in filename and "site-packages" not in filename
+
+
+class Stages:
+    """Python function calls (C calls apart) counted by the innermost gateway function on
+    the stack above each one: what every step of the gateway costs, its libraries' calls
+    (the SDK, aiohttp, cachetools, prometheus...) included."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def hook(self, frame: FrameType, event: str, _arg: Any) -> None:
+        if event != "call":
+            return
+        caller = frame.f_back
+        while caller is not None and not _ours(caller.f_code.co_filename):
+            caller = caller.f_back
+        if caller is None:
+            self.counts["(the event loop, no gateway function above)"] += 1
+        else:
+            code = caller.f_code
+            self.counts[f"{code.co_filename.rsplit('/gateway/', 1)[-1]}:{code.co_name}"] += 1
+
+
 def serve_profiled(argv: list[str]) -> int:
     """The gateway (`x402-gateway serve ...`), profiled between SIGUSR1 and SIGUSR2; each
-    profile written to $GATEWAY_CALLS_OUT.N (N = 0, 1, ...)."""
+    profile written to $GATEWAY_CALLS_OUT.N (N = 0, 1, ...): cProfile's pstats, or with
+    $GATEWAY_CALLS_STAGES set, the `Stages` counts as JSON."""
     out, state = os.environ["GATEWAY_CALLS_OUT"], {"n": 0}
     prof = cProfile.Profile()
+    stages = Stages() if os.environ.get("GATEWAY_CALLS_STAGES") else None
 
     def start(*_: Any) -> None:
-        prof.enable()
+        if stages is None:
+            prof.enable()
+        else:
+            stages.counts.clear()
+            sys.setprofile(stages.hook)
 
     def stop(*_: Any) -> None:
-        prof.disable()
-        prof.dump_stats(f"{out}.{state['n']}")
-        prof.clear()
+        if stages is None:
+            prof.disable()
+            prof.dump_stats(f"{out}.{state['n']}")
+            prof.clear()
+        else:
+            sys.setprofile(None)
+            Path(f"{out}.{state['n']}").write_text(json.dumps(stages.counts))
         state["n"] += 1
 
     signal.signal(signal.SIGUSR1, start)
@@ -84,6 +122,8 @@ async def measure(args: argparse.Namespace, out: Path, log: Any) -> list[Path]:
         root = Path(__file__).resolve().parent.parent
         trees = [str(args.source)] if args.source is not None else []
         env = {"GATEWAY_CALLS_OUT": str(out), "PYTHONPATH": os.pathsep.join([*trees, str(root)])}
+        if args.stages:
+            env["GATEWAY_CALLS_STAGES"] = "1"
         argv = [sys.executable, str(Path(__file__).resolve()), "--serve", "--config", str(path)]
         proc = group.start("gateway", argv, port=port, env=env, timeout=60.0)
         target = Target("gateway", f"http://127.0.0.1:{port}", pay_to, {"gateway": proc.pid})
@@ -116,12 +156,18 @@ async def measure(args: argparse.Namespace, out: Path, log: Any) -> list[Path]:
         anvil.stop()
 
 
-def report(files: list[Path], n: int, top: int) -> str:
-    free, paid = (per_request(f, n) for f in files)
+def report(files: list[Path], n: int, top: int, stages: bool = False) -> str:
+    if stages:
+        free, paid = (json.loads(f.read_text()) for f in files)
+        what = "Python-level calls per request, by the gateway function they run under"
+        column = "gateway function (its own calls and its libraries')"
+    else:
+        free, paid = (per_request(f, n) for f in files)
+        what = "Python calls per request (cProfile: C calls included)"
+        column = "function"
     lines = [
-        f"Python calls per request ({n} each): free {sum(free.values()) / n:.1f},"
-        f" paid {sum(paid.values()) / n:.1f}",
-        "free/req  paid/req  function (largest paid - free first)",
+        f"{what} ({n} each): free {sum(free.values()) / n:.1f}, paid {sum(paid.values()) / n:.1f}",
+        f"free/req  paid/req  {column}, largest paid - free first",
     ]
     names = sorted(set(free) | set(paid), key=lambda k: free.get(k, 0) - paid.get(k, 0))
     for name in names[:top]:
@@ -144,12 +190,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", type=Path, help="another tree's gateway package")
     parser.add_argument("--keep", type=Path, help="write the pstats files here")
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument(
+        "--stages", action="store_true", help="count by gateway function (Stages), not cProfile"
+    )
     args = parser.parse_args(argv)
     keep = args.keep or Path(tempfile.mkdtemp(prefix="gateway-calls-"))
     keep.mkdir(parents=True, exist_ok=True)
     files = asyncio.run(measure(args, keep / "calls", lambda m: print(m, flush=True)))
     n = (args.requests // args.payers) * args.payers
-    print(report(files, n, args.top))
+    print(report(files, n, args.top, args.stages))
     return 0
 
 
