@@ -49,7 +49,13 @@ from x402.schemas import PaymentAbortedError, PaymentRequirements, SettleRespons
 from gateway.errors import StoreUnavailable
 from gateway.observe.logs import get_logger
 from gateway.payment.eip3009 import Domain
-from gateway.payment.voucher_check import Voucher, domain, parse_plain, signed_by_authorizer
+from gateway.payment.voucher_check import (
+    Parsed,
+    Voucher,
+    domain,
+    parse_plain,
+    signed_by_authorizer,
+)
 from gateway.store.channel_writer import ChannelWriter, MemoryChannelWriter
 
 log = get_logger("gateway.channels")
@@ -87,6 +93,7 @@ class FastVouchers:
         self._bound: LRUCache[tuple[Any, ...], bool] = LRUCache(CACHED_CONFIGS)
         self._domains: LRUCache[str, Domain] = LRUCache(64)
         self._signers: LRUCache[bytes, str] = LRUCache(CACHED_CONFIGS)  # public key: address
+        self._configs: LRUCache[str, Parsed] = LRUCache(CACHED_CONFIGS)  # parsed, by repr
 
     # --- verify ---------------------------------------------------------------------------
 
@@ -95,7 +102,7 @@ class FastVouchers:
         payer authorizer; else None."""
         if reqs.scheme != SCHEME_BATCH_SETTLEMENT or not reqs.amount.isdigit():
             return None
-        voucher = parse_plain(payload)
+        voucher = parse_plain(payload, self._configs)
         if voucher is None or not self._bound_to(voucher, reqs):
             return None
         on = self._domain(str(reqs.network))
