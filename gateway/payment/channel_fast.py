@@ -25,6 +25,7 @@ untouched, and the SDK's path decides, with its own reasons and corrective 402.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -77,6 +78,14 @@ class Hold:
     writing: asyncio.Task[ChannelUpdateResult] | None = None
 
 
+def _domain_on(network: str) -> Domain | None:
+    """The batch-settlement domain on `network`; None: not an EVM chain the SDK knows."""
+    try:
+        return domain(get_evm_chain_id(network))
+    except ValueError:
+        return None
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -91,7 +100,8 @@ class FastVouchers:
         self._ttl_ms = onchain_ttl_ms
         self._reservation = reservation
         self._bound: LRUCache[tuple[Any, ...], bool] = LRUCache(CACHED_CONFIGS)
-        self._domains: LRUCache[str, Domain] = LRUCache(64)
+        # The networks are the routes' (config): a C-level cache, once per voucher.
+        self._domains = functools.lru_cache(maxsize=64)(_domain_on)
         self._signers: LRUCache[bytes, str] = LRUCache(CACHED_CONFIGS)  # public key: address
         self._configs: LRUCache[str, Parsed] = LRUCache(CACHED_CONFIGS)  # parsed, by repr
 
@@ -134,14 +144,7 @@ class FastVouchers:
         return bound
 
     def _domain(self, network: str) -> Domain | None:
-        found = self._domains.get(network)
-        if found is None:
-            try:
-                found = domain(get_evm_chain_id(network))
-            except ValueError:
-                return None
-            self._domains[network] = found
-        return found
+        return self._domains(network)
 
     @staticmethod
     def hold(voucher: Voucher) -> Hold:
