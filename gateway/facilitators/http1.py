@@ -114,6 +114,13 @@ class JsonPoster:
     async def _whole(self, payload: StreamReader) -> bytes:
         """The body to its end (`read(n)` would stop at what has arrived: an answer in
         several segments cut short), refused past the size limit."""
+        if payload.is_eof():
+            # All of it came with the head (a small JSON answer usually does): one read of
+            # what aiohttp holds, not the readany() loop (~20 Python calls an answer).
+            raw = payload.read_nowait()
+            if len(raw) > self._max_answer:
+                raise ClientPayloadError(f"answer over {self._max_answer} bytes")
+            return raw
         blocks: list[bytes] = []
         size = 0
         while block := await payload.readany():

@@ -25,6 +25,7 @@ untouched, and the SDK's path decides, with its own reasons and corrective 402.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -49,7 +50,13 @@ from x402.schemas import PaymentAbortedError, PaymentRequirements, SettleRespons
 from gateway.errors import StoreUnavailable
 from gateway.observe.logs import get_logger
 from gateway.payment.eip3009 import Domain
-from gateway.payment.voucher_check import Voucher, domain, parse_plain, signed_by_authorizer
+from gateway.payment.voucher_check import (
+    Parsed,
+    Voucher,
+    domain,
+    parse_plain,
+    signed_by_authorizer,
+)
 from gateway.store.channel_writer import ChannelWriter, MemoryChannelWriter
 
 log = get_logger("gateway.channels")
@@ -71,6 +78,14 @@ class Hold:
     writing: asyncio.Task[ChannelUpdateResult] | None = None
 
 
+def _domain_on(network: str) -> Domain | None:
+    """The batch-settlement domain on `network`; None: not an EVM chain the SDK knows."""
+    try:
+        return domain(get_evm_chain_id(network))
+    except ValueError:
+        return None
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -85,8 +100,10 @@ class FastVouchers:
         self._ttl_ms = onchain_ttl_ms
         self._reservation = reservation
         self._bound: LRUCache[tuple[Any, ...], bool] = LRUCache(CACHED_CONFIGS)
-        self._domains: LRUCache[str, Domain] = LRUCache(64)
+        # The networks are the routes' (config): a C-level cache, once per voucher.
+        self._domains = functools.lru_cache(maxsize=64)(_domain_on)
         self._signers: LRUCache[bytes, str] = LRUCache(CACHED_CONFIGS)  # public key: address
+        self._configs: LRUCache[str, Parsed] = LRUCache(CACHED_CONFIGS)  # parsed, by repr
 
     # --- verify ---------------------------------------------------------------------------
 
@@ -95,7 +112,7 @@ class FastVouchers:
         payer authorizer; else None."""
         if reqs.scheme != SCHEME_BATCH_SETTLEMENT or not reqs.amount.isdigit():
             return None
-        voucher = parse_plain(payload)
+        voucher = parse_plain(payload, self._configs)
         if voucher is None or not self._bound_to(voucher, reqs):
             return None
         on = self._domain(str(reqs.network))
@@ -127,14 +144,7 @@ class FastVouchers:
         return bound
 
     def _domain(self, network: str) -> Domain | None:
-        found = self._domains.get(network)
-        if found is None:
-            try:
-                found = domain(get_evm_chain_id(network))
-            except ValueError:
-                return None
-            self._domains[network] = found
-        return found
+        return self._domains(network)
 
     @staticmethod
     def hold(voucher: Voucher) -> Hold:

@@ -15,6 +15,7 @@ from x402.mechanisms.evm.batch_settlement.errors import ERR_CUMULATIVE_AMOUNT_MI
 from x402.schemas import PaymentPayload, PaymentRequirements, SettleResponse, SupportedResponse
 from x402.schemas.v1 import PaymentRequirementsV1
 
+from gateway.config.settings import Requirement
 from gateway.errors import PaymentError
 from gateway.payment.channel_terms import ChannelIds
 from gateway.payment.channels import CORRECTIVE, Channels, corrective_headers
@@ -34,6 +35,8 @@ class ChannelPayments:
         self.server = server
         self.supported = supported  # the facilitator's /supported, from its cache
         self.channels: Channels | None = None  # batch-settlement, when a route takes it
+        # The fast path's last completed requirements: (route requirement, /supported, them).
+        self._completed: tuple[Requirement, SupportedResponse, Requirements] | None = None
 
     @property
     def ids(self) -> ChannelIds | None:
@@ -59,7 +62,7 @@ class ChannelPayments:
         fast = self.channels.fast if self.channels is not None else None
         if fast is None or claim.matched.requirement.scheme != SCHEME_BATCH_SETTLEMENT:
             return False
-        reqs = self.requirements(claim)
+        reqs = self._fast_requirements(claim)
         voucher = fast.plain(claim.matched.payload.payload, reqs)  # type: ignore[arg-type]
         if voucher is None or not isinstance(reqs, PaymentRequirements):
             return False
@@ -68,6 +71,19 @@ class ChannelPayments:
             return True
         claim.hold = None
         return False
+
+    def _fast_requirements(self, claim: Claim) -> Requirements:
+        """`requirements(claim)` for the fast path, which only reads them (never handed to
+        the SDK, whose schemes may change requirements in place): completed once per route
+        requirement and /supported answer (both by identity: a reload or a refreshed
+        /supported is a new object), not copied per voucher."""
+        req, supported = claim.matched.requirement, self.supported()
+        kept = self._completed
+        if kept is not None and kept[0] is req and kept[1] is supported:
+            return kept[2]
+        reqs = for_facilitator(claim.matched.requirements, supported)
+        self._completed = (req, supported, reqs)
+        return reqs
 
     async def commit(self, claim: Claim, reqs: Requirements) -> SettleResponse | None:
         """The fast path's charge of a reserved voucher; None: the SDK's settlement decides."""

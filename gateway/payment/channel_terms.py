@@ -48,6 +48,7 @@ from gateway.config.settings import Requirement
 from gateway.errors import PaymentError
 from gateway.formats import ADDRESS
 from gateway.payment.terms import malformed, text_field
+from gateway.payment.voucher_memo import VoucherMemo
 
 KINDS = ("deposit", "voucher", "refund")
 # How long a voucher's claim is kept: past any request in flight with it (the SDK holds a
@@ -74,6 +75,7 @@ class ChannelIds:
 
     def __init__(self, size: int = CACHED_IDS) -> None:
         self._ids: LRUCache[tuple[Any, ...], str] = LRUCache(size)
+        self.vouchers = VoucherMemo(size)  # each channel's last accepted voucher match
 
     def of(self, config: ChannelConfig, network: str) -> str:
         """The lower-case 0x id of `config` on `network`."""
@@ -218,4 +220,23 @@ def channel_payment(
         nonce=voucher_nonce(channel_id, cumulative, refund),
         # a refund's claim lasts while it is in flight: a later one is a new refund
         valid_before=moment + (0 if refund is not None else VOUCHER_CLAIM_SECONDS),
+    )
+
+
+def voucher_again(
+    raw: dict[str, Any], channel_id: str, payer: str, now: float | None = None
+) -> ChannelPayment | None:
+    """The checked terms of a plain voucher whose type, config and channel id the full
+    `channel_payment` has accepted for this requirement already (`voucher_memo`): only its
+    own fields are read (and refused as there when malformed). None: not that channel."""
+    claimed, cumulative = _voucher(raw)
+    if claimed != channel_id:
+        return None
+    return ChannelPayment(
+        kind="voucher",
+        channel_id=channel_id,
+        payer=payer,
+        cumulative=cumulative,
+        nonce=voucher_nonce(channel_id, cumulative),
+        valid_before=int(time.time() if now is None else now) + VOUCHER_CLAIM_SECONDS,
     )

@@ -50,7 +50,12 @@ from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 from gateway.config.settings import Requirement, RouteSettings
 from gateway.errors import PaymentError
 from gateway.formats import chain_id, is_address
-from gateway.payment.channel_terms import ChannelIds, ChannelPayment, channel_payment
+from gateway.payment.channel_terms import (
+    ChannelIds,
+    ChannelPayment,
+    channel_payment,
+    voucher_again,
+)
 from gateway.payment.decode import DecodedPayment
 from gateway.payment.eip3009 import (
     Domain,
@@ -72,6 +77,7 @@ from gateway.payment.terms import (
     is_permit2,
     parse_terms,
 )
+from gateway.payment.voucher_memo import Accepted, memo_key
 
 MISMATCH = "payment_requirements_mismatch"
 
@@ -195,7 +201,7 @@ def _match_v2(
         _mismatch(route, accepted)
     cid = _chain(req)
     if req.scheme == SCHEME_BATCH_SETTLEMENT:
-        return _match_channel(req, cid, payload, ids)
+        return _match_channel(req, cid, payload, ids, route.accepts)
     terms = parse_terms(req, payload.payload)
     check_terms(req, terms)
     if terms.token is None:
@@ -212,10 +218,39 @@ def _match_v2(
 
 
 def _match_channel(
-    req: Requirement, cid: int, payload: PaymentPayload, ids: ChannelIds | None
+    req: Requirement,
+    cid: int,
+    payload: PaymentPayload,
+    ids: ChannelIds | None,
+    accepts: tuple[Requirement, ...] = (),
 ) -> MatchedPayment:
-    """A channel deposit or voucher (gateway/payment/channel_terms.py)."""
+    """A channel deposit or voucher (gateway/payment/channel_terms.py); a plain voucher's
+    match remembered for its channel's next ones (`_voucher_again`)."""
     paid = channel_payment(req, payload.payload, ids=ids)
+    if ids is not None and paid.kind == "voucher" and (key := memo_key(payload)) is not None:
+        ids.vouchers.remember(key, Accepted(accepts, req, cid, paid.channel_id, paid.payer))
+    return _channel_matched(req, cid, payload, paid)
+
+
+def _voucher_again(
+    route: RouteSettings, payload: PaymentPayload, ids: ChannelIds | None
+) -> MatchedPayment | None:
+    """A plain voucher whose every part but its own amount and signature the full match
+    accepted on the same route terms already (gateway/payment/voucher_memo.py): that match
+    again, on this voucher's fields; None: the full match decides."""
+    key = memo_key(payload) if ids is not None else None
+    found = ids.vouchers.get(key, route.accepts) if ids is not None and key is not None else None
+    if found is None:
+        return None
+    paid = voucher_again(payload.payload, found.channel_id, found.payer)
+    if paid is None:
+        return None
+    return _channel_matched(found.requirement, found.chain_id, payload, paid)
+
+
+def _channel_matched(
+    req: Requirement, cid: int, payload: PaymentPayload, paid: ChannelPayment
+) -> MatchedPayment:
     return MatchedPayment(
         version=2,
         payload=payload,
@@ -344,6 +379,9 @@ def match_requirement(
     if route.free:
         raise PaymentError("this route is free: it takes no payment", reason=MISMATCH)
     if isinstance(payment.payload, PaymentPayload):
+        again = _voucher_again(route, payment.payload, channel_ids)
+        if again is not None:
+            return again
         return _match_v2(route, payment.payload, channel_ids, signatures)
     return _match_v1(route, payment.payload, resource_url, signatures)
 

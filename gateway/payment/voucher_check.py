@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from eth_hash.auto import keccak
 from x402.mechanisms.evm.batch_settlement.constants import (
@@ -58,7 +58,8 @@ def _plain_parts(payload: Any) -> tuple[Mapping[str, Any], Mapping[str, Any]] | 
     if is_deposit_payload(payload) or is_refund_payload(payload):
         return None
     voucher, config = payload["voucher"], payload["channelConfig"]
-    if not isinstance(voucher, Mapping) or not isinstance(config, Mapping):
+    # JSON objects are dicts (an ABC check would cost two Python calls each).
+    if not isinstance(voucher, dict) or not isinstance(config, dict):
         return None
     return voucher, config
 
@@ -75,8 +76,14 @@ def _well_formed(claimed: Any, amount: Any, signature: Any) -> bool:
     )
 
 
-def parse_plain(payload: Any) -> Voucher | None:
-    """The voucher, when `payload` is a plain, well-formed one; else None (the SDK decides)."""
+# A channel config as parsed: the SDK's `ChannelConfig` and its fields, hashable.
+Parsed = tuple[ChannelConfig, tuple[tuple[str, str], ...]]
+
+
+def parse_plain(payload: Any, configs: MutableMapping[str, Parsed] | None = None) -> Voucher | None:
+    """The voucher, when `payload` is a plain, well-formed one; else None (the SDK decides).
+    `configs`: configs already parsed, by their `repr` (a channel's every voucher repeats
+    its config; `repr` tells apart what `==` would not: 1, 1.0, True), None: parsed here."""
     parts = _plain_parts(payload)
     if parts is None:
         return None
@@ -84,19 +91,29 @@ def parse_plain(payload: Any) -> Voucher | None:
     fields = voucher.get("channelId"), voucher.get("maxClaimableAmount"), voucher.get("signature")
     if not _well_formed(*fields):
         return None
-    claimed, amount, signature = (str(field) for field in fields)
-    try:
-        parsed = ChannelConfig.from_dict(dict(config))
-    except (KeyError, TypeError, ValueError):
-        return None
+    claimed, amount, signature = cast(tuple[str, str, str], fields)  # `_well_formed`: text
+    text = repr(config) if configs is not None else ""
+    parsed = configs.get(text) if configs is not None else None
+    if parsed is None:
+        try:
+            parsed = _parse_config(config)
+        except (KeyError, TypeError, ValueError):
+            return None
+        if configs is not None:
+            configs[text] = parsed
     return Voucher(
         channel_id=claimed.lower(),
         claimed_id=claimed,
         max_claimable=int(amount),
         signature=signature,
-        config=parsed,
-        config_key=tuple(sorted((str(k), str(v)) for k, v in config.items())),
+        config=parsed[0],
+        config_key=parsed[1],
     )
+
+
+def _parse_config(config: Mapping[str, Any]) -> Parsed:
+    key = tuple(sorted((str(k), str(v)) for k, v in config.items()))
+    return ChannelConfig.from_dict(dict(config)), key
 
 
 def domain(chain_id: int) -> Domain:

@@ -68,7 +68,6 @@ CDN_DIRECTIVES = frozenset(
     {"surrogate-control", "cdn-cache-control", "edge-control", "x-accel-expires"}
 )
 _TARGETED_CDN_SUFFIX = "-cdn-cache-control"
-_SUFFIX_LEN = len(_TARGETED_CDN_SUFFIX)
 
 # Never forwarded upstream: `Host` is the origin's own, and the gateway's server already
 # answered `Expect: 100-continue` itself, so the origin must not be asked to do it again.
@@ -257,15 +256,15 @@ def expose_x402_headers(headers: CIMultiDict[str]) -> None:
 
 def strip_cdn_directives(headers: CIMultiDict[str]) -> None:
     """Remove every CDN cache directive (a paid answer must not be cached for others)."""
-    # `fold` and the test written out, one call per header: on every paid answer.
-    names: set[str] = set()
-    for name in headers:
-        folded = name.lower()
-        if "_" in folded:
-            folded = folded.replace("_", "-")
-        if folded in CDN_DIRECTIVES or folded[-_SUFFIX_LEN:] == _TARGETED_CDN_SUFFIX:
-            names.add(name)
-    for name in names:
+    # `fold` inlined (C string methods, no Python call per header): a paid answer's every
+    # header passes here.
+    doomed = {
+        name
+        for name in headers
+        if (folded := name.lower().replace("_", "-")) in CDN_DIRECTIVES
+        or folded.endswith(_TARGETED_CDN_SUFFIX)
+    }
+    for name in doomed:
         headers.popall(name, None)
 
 

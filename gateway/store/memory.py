@@ -20,6 +20,11 @@ def _expires(_key: str, value: tuple[PaymentRecord, float], now: float) -> float
     return now + value[1]
 
 
+def _same(held: PaymentRecord, record: PaymentRecord) -> bool:
+    """`held` is `record`'s request's claim, in `record`'s status."""
+    return (held.request_id, held.status) == (record.request_id, record.status)
+
+
 class MemoryStore:
     def __init__(self, maxsize: int = 1_000_000, history: int = 10_000) -> None:
         # Single-threaded asyncio: every method below runs without an await between its
@@ -48,10 +53,7 @@ class MemoryStore:
     def holds(self, key: str, record: PaymentRecord) -> bool:
         """The claim under `key` is still `record`'s request, in `record`'s status."""
         held = self._claims.get(key)
-        return held is not None and (held[0].request_id, held[0].status) == (
-            record.request_id,
-            record.status,
-        )
+        return held is not None and _same(held[0], record)
 
     async def release(self, key: str, request_id: str) -> None:
         held = self._claims.get(key)
@@ -80,8 +82,8 @@ class MemoryStore:
         ttl: float,
         history: tuple[PaymentRecord, ...] = (),
     ) -> bool:
-        held = self._claims.get(key)
-        if held is None or not self.holds(key, expect):
+        held = self._claims.get(key)  # one lookup (each costs the TLRU an expiry pass)
+        if held is None or not _same(held[0], expect):
             return False
         self._claims[key] = (record, ttl if ttl > 0 else held[1])  # 0: keep the expiry
         for entry in (*history, record):

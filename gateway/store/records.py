@@ -21,7 +21,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields
+from operator import attrgetter
 from typing import Any, Literal
 
 Status = Literal[
@@ -64,7 +65,11 @@ class PaymentRecord:
     cumulative: str | None = None
 
     def with_status(self, status: Status, **changes: Any) -> PaymentRecord:
-        return replace(self, status=status, updated_at=time.time(), **changes)
+        # What dataclasses.replace() does, without its per-field lookups and checks (~19
+        # Python calls; a paid request changes its record's status twice or three times).
+        values = dict(zip(_FIELD_NAMES, _field_values(self), strict=True))
+        values.update(changes, status=status, updated_at=time.time())
+        return PaymentRecord(**values)
 
     def dumps(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -77,6 +82,10 @@ class PaymentRecord:
     @property
     def in_flight(self) -> bool:
         return self.status in IN_FLIGHT
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(PaymentRecord))
+_field_values = attrgetter(*_FIELD_NAMES)
 
 
 def latest_per_request(history: Iterable[PaymentRecord], limit: int) -> list[PaymentRecord]:

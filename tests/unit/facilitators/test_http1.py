@@ -139,6 +139,30 @@ async def test_an_answer_in_several_segments_is_read_to_its_end() -> None:
         server.close()
 
 
+async def test_an_answer_arrived_whole_is_read_and_still_bounded() -> None:
+    """An answer that comes in one write with its head (every small facilitator answer):
+    returned whole, and refused past the size limit as a streamed one is."""
+    body = b'{"receipts":"' + b"x" * 2000 + b'"}'
+
+    async def whole(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body))
+        await writer.drain()
+
+    server, url, connections = await raw_server(whole)
+    poster = JsonPoster(url, {}, 2.0)
+    small = JsonPoster(url, {}, 2.0, max_answer=1000)
+    try:
+        assert await poster.post("", b"{}") == (200, body)
+        assert await poster.post("", b"{}") == (200, body)
+        with pytest.raises(aiohttp.ClientPayloadError, match="over 1000 bytes"):
+            await small.post("", b"{}")
+    finally:
+        poster.close()
+        small.close()
+        server.close()
+    assert len(connections) == 2  # the big answer's connection is not reused
+
+
 async def test_an_empty_path_posts_to_the_url_itself(echo) -> None:  # type: ignore[no-untyped-def]
     url, seen = echo
     poster = JsonPoster(url + "/v2/key?x=1", {}, 2.0)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from eth_abi.abi import encode
 from eth_account.messages import encode_typed_data
+from eth_keys.datatypes import PrivateKey
 from eth_utils.address import to_checksum_address
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -332,3 +333,16 @@ def test_checksummed_known_vectors() -> None:
         "0xD1220A0cf47c7B9Be7A2E6BA89F429762e7b9aDb",
     ):
         assert eip3009.checksummed(address.lower()) == address
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(min_value=1, max_value=2**255))
+def test_address_of_is_eth_keys_cold_and_warm(secret: int) -> None:
+    """`address_of` is memoized: a key's address is eth-keys' own, asked once or twice,
+    and a kept address never answers for another key."""
+    key = PrivateKey(secret.to_bytes(32, "big"))
+    public = key.public_key.to_bytes()
+    other = PrivateKey((secret + 1).to_bytes(32, "big")).public_key
+    for _ in range(2):
+        assert eip3009.address_of(public) == key.public_key.to_address().lower()
+        assert eip3009.address_of(other.to_bytes()) == other.to_address().lower()

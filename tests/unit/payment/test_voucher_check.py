@@ -165,3 +165,19 @@ def test_what_is_not_a_plain_ecdsa_voucher_is_left_to_the_sdk() -> None:
     broken = {**good, "channelConfig": {"payer": good["channelConfig"]["payer"]}}
     for raw in (deposit, refund, zero, short, big, number, broken, "voucher", None):
         assert not fast_verdict(raw)  # type: ignore[arg-type]
+
+
+def test_a_config_parsed_once_reads_as_parsed_anew() -> None:
+    """A channel's config parsed from the cache (by its `repr`) is the one a fresh parse
+    gives, for every shape of it, whatever was cached before (1, 1.0, True and "1" are
+    four configs)."""
+    base = payload_for(b"\x05" * 32, 1000, b"\x03" * 32)
+    shapes = [900, "900", 900.0, True, 1, "abc", None, [900]]
+    configs: dict[str, Any] = {}
+    parsed = 0
+    for delay in shapes * 2:  # cold, then warm
+        raw = {**base, "channelConfig": {**base["channelConfig"], "withdrawDelay": delay}}
+        fresh = parse_plain(raw)
+        assert repr(parse_plain(raw, configs)) == repr(fresh), delay  # 1 == True: by repr
+        parsed += fresh is not None
+    assert 0 < len(configs) == parsed // 2  # each config that parses is kept once

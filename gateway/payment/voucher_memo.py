@@ -1,0 +1,79 @@
+"""A channel voucher's match, remembered per channel (issue 14): a payer's every voucher on a
+channel repeats everything but the voucher itself (the accepted terms, the channel's config,
+its id), so once the full match (`gateway.payment.match`) has accepted one, the next whose
+repeated parts are the same, against the same route terms, is the same match but for its
+voucher fields (amount, signature), which are still checked each time
+(`channel_terms.voucher_again`).
+
+"The same" is decided strictly: the route's requirements must be the very objects the first
+match was made against (a reloaded config or a dynamic price is a new object: a miss), and
+the payload's parts are compared as their `repr`, which tells apart what `==` would not (`1`,
+`1.0` and `True`; a key order), so a hit never accepts what the full match would refuse; a
+miss is the full match. Pure: no I/O; one per generation (its `ChannelIds`), bounded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cachetools import LRUCache
+from x402.schemas import PaymentPayload
+
+from gateway.config.settings import Requirement
+
+CACHED_VOUCHERS = 4096  # channels (with their terms) whose last accepted match is kept
+
+MemoKey = tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """What the full match found for a voucher's repeated parts."""
+
+    accepts: tuple[Requirement, ...]  # the route's requirements it was matched against
+    requirement: Requirement
+    chain_id: int
+    channel_id: str  # lower-case
+    payer: str  # lower-case
+
+
+def memo_key(payload: PaymentPayload) -> MemoKey | None:
+    """A plain voucher's repeated parts (all the match reads but the voucher's amount and
+    signature), as text; None when `payload` is not a plain voucher (never remembered)."""
+    raw = payload.payload
+    voucher = raw.get("voucher")
+    if raw.get("type") != "voucher" or not isinstance(voucher, dict):
+        return None
+    claimed = voucher.get("channelId")
+    if not isinstance(claimed, str):
+        return None
+    terms = payload.accepted
+    return (
+        terms.scheme,
+        terms.network,
+        terms.asset,
+        terms.pay_to,
+        terms.amount,
+        repr(terms.max_timeout_seconds),
+        repr(terms.extra),
+        repr(raw.get("channelConfig")),
+        claimed,
+    )
+
+
+class VoucherMemo:
+    """The last accepted match per (route terms, channel)."""
+
+    def __init__(self, size: int = CACHED_VOUCHERS) -> None:
+        self._seen: LRUCache[MemoKey, Accepted] = LRUCache(size)
+
+    def get(self, key: MemoKey, accepts: tuple[Requirement, ...]) -> Accepted | None:
+        """The match remembered for `key` against these very route requirements."""
+        found = self._seen.get(key)
+        return found if found is not None and found.accepts is accepts else None
+
+    def remember(self, key: MemoKey, accepted: Accepted) -> None:
+        self._seen[key] = accepted
+
+    def __len__(self) -> int:
+        return len(self._seen)
