@@ -186,7 +186,7 @@ class Metrics:
         if record.carried_payment:
             self.observe_payment(record)
         elif (sign_in := record.sign_in) is not None:
-            self.sign_ins.labels(record.label, sign_in.name, sign_in.reason).inc()
+            self._child(self.sign_ins, record.label, sign_in.name, sign_in.reason).inc()
 
     def observe_payment(self, record: RequestRecord) -> None:
         """Count a request that carried a payment: its outcome, step times and revenue."""
@@ -214,7 +214,7 @@ class Metrics:
         self._child(self.payments, VERIFIED, "").inc()
 
     def _child(self, family: Counter, *values: str) -> Counter:
-        """`family.labels(*values)`, from the cache (payments and revenue share it)."""
+        """`family.labels(*values)`, from the cache (payments, revenue and sign-ins share it)."""
         return self._payment_children(family, *values)
 
     def facilitator_failed(self, url: str, operation: str) -> None:

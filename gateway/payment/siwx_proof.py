@@ -33,6 +33,9 @@ from gateway.payment.eip3009 import checksummed
 
 WALLETS_KEPT = 10_000  # addresses whose EIP-55 answer and public key are kept (LRU)
 _ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141  # secp256k1's n
+_ORDER_BYTES = _ORDER.to_bytes(32, "big")
+_HALF_ORDER_BYTES = (_ORDER // 2).to_bytes(32, "big")
+_ZERO = bytes(32)
 
 
 def is_checksummed(address: str) -> bool:
@@ -260,28 +263,33 @@ def _recovered(signature: bytes, digest: bytes, address: str) -> PublicKey | Non
 
 
 def _verifies(key: PublicKey, signature: bytes, digest: bytes) -> bool:
-    """Whether r || s is `key`'s signature of `digest`. A high s is taken as its low twin
-    (n - s), as a recovery takes it; libsecp256k1's verify wants the low one."""
-    r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:64], "big")
-    if not (0 < r < _ORDER and 0 < s < _ORDER):
+    """Whether r || s is `key`'s signature of `digest`."""
+    der = _der_signature(signature)
+    if der is None:
         return False
-    s = min(s, _ORDER - s)
     try:
-        return key.verify(_der_signature(r, s), digest, hasher=None)
+        return key.verify(der, digest, hasher=None)
     except ValueError:
         return False
 
 
-def _der_signature(r: int, s: int) -> bytes:
-    """ECDSA (r, s) in DER, as coincurve's verify takes it."""
-    body = _der_integer(r) + _der_integer(s)
-    return b"\x30" + bytes([len(body)]) + body
-
-
-def _der_integer(value: int) -> bytes:
-    # Minimal big-endian, with a leading 0 byte when the top bit is set (DER: positive).
-    raw = value.to_bytes((value.bit_length() + 8) // 8, "big")
-    return b"\x02" + bytes([len(raw)]) + raw
+def _der_signature(signature: bytes) -> bytes | None:
+    """r || s (the first 64 bytes) in DER, as coincurve's verify takes it, or None when r or
+    s is not in 1..n-1. A high s is taken as its low twin (n - s), as a recovery takes it;
+    libsecp256k1's verify wants the low one. Worked on the bytes (same-length big-endian
+    bytes order as their integers), without a round trip through integers."""
+    r, s = signature[:32], signature[32:64]
+    if not (_ZERO < r < _ORDER_BYTES and _ZERO < s < _ORDER_BYTES):
+        return None
+    if s > _HALF_ORDER_BYTES:
+        s = (_ORDER - int.from_bytes(s, "big")).to_bytes(32, "big")
+    # DER integers: minimal, with a leading 0 byte when the top bit is set (positive).
+    r, s = r.lstrip(b"\0"), s.lstrip(b"\0")
+    if r[0] & 0x80:
+        r = b"\0" + r
+    if s[0] & 0x80:
+        s = b"\0" + s
+    return b"\x30%c\x02%c%s\x02%c%s" % (len(r) + len(s) + 4, len(r), r, len(s), s)
 
 
 def _signature(text: str) -> bytes | None:

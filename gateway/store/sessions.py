@@ -22,9 +22,10 @@ import asyncio
 import enum
 import hashlib
 import time
+from collections import OrderedDict
 from typing import Protocol
 
-from cachetools import LRUCache, TLRUCache
+from cachetools import TLRUCache
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import NoScriptError
@@ -68,20 +69,55 @@ def route_prefix(route: str) -> str:
 
 class _PaidKeys:
     """`paid_key`, with each route's hash made once (routes are few and fixed by the config;
-    bounded all the same, as a store outlives reloads)."""
+    bounded all the same, as a store outlives reloads: emptied when full). A plain dict, not
+    an LRU cache: its lookup is one C call per sign-in instead of four Python ones."""
 
-    def __init__(self) -> None:
-        self._prefixes: LRUCache[str, str] = LRUCache(maxsize=4096)
+    def __init__(self, maxsize: int = 4096) -> None:
+        self._prefixes: dict[str, str] = {}
+        self._maxsize = maxsize
 
     def __call__(self, route: str, payer: str) -> str:
         prefix = self._prefixes.get(route)
         if prefix is None:
+            if len(self._prefixes) >= self._maxsize:
+                self._prefixes.clear()
             prefix = self._prefixes[route] = route_prefix(route)
         return f"{prefix}{payer.lower()}"
 
 
 def _expires(_key: str, value: float, now: float) -> float:
     return value  # the value is the deadline itself (time.monotonic() based)
+
+
+class _SpentNonces:
+    """Spent nonces with their deadlines, bounded, oldest spent first out. Not cachetools'
+    TLRUCache: its heap of deadlines and LRU bookkeeping cost about a dozen Python calls per
+    write, and every sign-in writes one nonce; here a few C calls. Nonces expire in about
+    the order they were spent (one TTL for all of them), so expired ones are dropped from
+    the front; a lookup checks the deadline itself, so a nonce kept behind a longer-lived one
+    is never taken for spent after its TTL. An `OrderedDict`, not a dict: taking from the
+    front of a plain dict rescans its deleted slots."""
+
+    def __init__(self, maxsize: int) -> None:
+        self._until: OrderedDict[str, float] = OrderedDict()
+        self._maxsize = maxsize
+
+    def spend(self, nonce: str, ttl: float) -> bool:
+        """True when this call spent `nonce`; False when it was spent before (and is kept)."""
+        now = time.monotonic()
+        until = self._until
+        spent = until.get(nonce)
+        if spent is not None:
+            if spent > now:
+                return False
+            del until[nonce]  # expired: spent again below, at the back
+        until[nonce] = now + ttl
+        while until and (len(until) > self._maxsize or next(iter(until.values())) <= now):
+            until.popitem(last=False)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._until)
 
 
 class MemorySessions:
@@ -92,9 +128,7 @@ class MemorySessions:
         self._paid: TLRUCache[str, float] = TLRUCache(
             maxsize=maxsize, ttu=_expires, timer=time.monotonic
         )
-        self._nonces: TLRUCache[str, float] = TLRUCache(
-            maxsize=maxsize, ttu=_expires, timer=time.monotonic
-        )
+        self._nonces = _SpentNonces(maxsize)
 
     async def record_payment(self, route: str, payer: str, ttl: float) -> None:
         self._paid[self._key(route, payer)] = time.monotonic() + ttl
@@ -113,10 +147,7 @@ class MemorySessions:
 
     def _spend(self, nonce: str, ttl: float) -> bool:
         # No await between the check and the write: atomic on one event loop.
-        if nonce in self._nonces:
-            return False
-        self._nonces[nonce] = time.monotonic() + ttl
-        return True
+        return self._nonces.spend(nonce, ttl)
 
 
 # KEYS: the nonce, the payment record; ARGV: the nonce's ttl in ms.

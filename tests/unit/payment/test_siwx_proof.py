@@ -8,6 +8,7 @@ import os
 
 import pytest
 from coincurve import PublicKey
+from coincurve.ecdsa import cdata_to_der, deserialize_compact, signature_normalize
 from eth_account import Account
 from eth_account.messages import encode_defunct
 from eth_utils.address import to_checksum_address
@@ -18,6 +19,7 @@ from gateway.errors import SignInRefused
 from gateway.payment.sessions import Sessions
 from gateway.payment.siwx_proof import (
     Wallets,
+    _der_signature,
     eip4361_message,
     fast_eoa_check,
     is_checksummed,
@@ -110,6 +112,20 @@ async def test_out_of_range_signatures_are_refused_by_the_verify_path(sessions: 
         bad = "0x" + (r.to_bytes(32, "big") + s.to_bytes(32, "big") + raw[64:]).hex()
         with pytest.raises(SignInRefused):
             signer_of(proof.model_copy(update={"signature": bad}), wallets)
+
+
+def test_the_der_signature_is_libsecp256k1s_own_low_s_der() -> None:
+    """The verify path's DER, made on bytes, against libsecp256k1's parse, low-s
+    normalization and DER serialization of the same r || s."""
+    edges = [1, 2, 0x7F, 0x80, 0xFF, 2**255 - 1, 2**255, ORDER // 2, ORDER // 2 + 1, ORDER - 1]
+    values = edges + [int.from_bytes(os.urandom(32), "big") % (ORDER - 1) + 1 for _ in range(200)]
+    values += [int.from_bytes(os.urandom(n), "big") or 1 for n in (1, 2, 15, 31) for _ in range(5)]
+    for r, s in [*zip(values, reversed(values), strict=True), *((v, v) for v in edges)]:
+        raw = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        _changed, low = signature_normalize(deserialize_compact(raw))
+        assert _der_signature(raw + b"\x1b") == cdata_to_der(low), (hex(r), hex(s))
+    for r, s in ((0, 1), (1, 0), (ORDER, 1), (1, ORDER), (2**256 - 1, 1), (1, 2**256 - 1)):
+        assert _der_signature(r.to_bytes(32, "big") + s.to_bytes(32, "big") + b"\x1b") is None
 
 
 async def test_a_sessions_object_keeps_the_wallets_it_checked() -> None:

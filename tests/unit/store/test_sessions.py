@@ -253,3 +253,44 @@ async def test_a_record_sits_under_paid_key_for_replicas_of_any_version(
         assert sessions_module.paid_key("/a", payer).startswith(sessions_module.PAID_PREFIX)
     finally:
         await store.close()
+
+
+# --- the memory store's spent nonces -------------------------------------------------------
+
+
+def test_spent_nonces_are_bounded_oldest_out() -> None:
+    spent = sessions_module._SpentNonces(maxsize=3)
+    assert [spent.spend(n, 60) for n in "abcd"] == [True] * 4
+    assert len(spent) == 3
+    assert spent.spend("a", 60)  # the oldest went out to make room
+    assert not spent.spend("c", 60) and not spent.spend("d", 60)
+
+
+def test_spent_nonces_expire_each_on_its_own_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(sessions_module.time, "monotonic", lambda: now[0])
+    spent = sessions_module._SpentNonces(maxsize=100)
+    assert spent.spend("long", 60) and spent.spend("short", 1) and spent.spend("mid", 30)
+    now[0] += 2
+    # "short" sits behind a live nonce: not dropped yet, but no longer taken for spent.
+    assert spent.spend("short", 60)
+    assert not spent.spend("long", 60) and not spent.spend("mid", 60)
+    now[0] += 59
+    assert spent.spend("fresh", 60)  # expired ones are dropped from the front as spends come
+    assert len(spent) == 2  # "short" (spent again at 1002) and "fresh"
+    assert spent.spend("long", 60) and spent.spend("mid", 60)
+    assert not spent.spend("short", 60)
+
+
+def test_a_nonce_spent_with_no_time_left_is_not_kept() -> None:
+    spent = sessions_module._SpentNonces(maxsize=10)
+    assert spent.spend("x", 0) and len(spent) == 0
+    assert spent.spend("x", 0)
+
+
+def test_the_route_hashes_kept_are_bounded_and_keys_stay_paid_key() -> None:
+    keys = sessions_module._PaidKeys(maxsize=2)
+    payer = "0x" + "AbC" * 13 + "d"
+    for route in ("/a", "/b", "/c", "/a", "/d", "/b"):
+        assert keys(route, payer) == sessions_module.paid_key(route, payer)
+        assert len(keys._prefixes) <= 2
