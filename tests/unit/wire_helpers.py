@@ -17,6 +17,9 @@ from eth_account.signers.local import LocalAccount
 from multidict import CIMultiDict, CIMultiDictProxy
 from x402 import x402ClientSync
 from x402.http.utils import decode_payment_required_header, encode_payment_signature_header
+from x402.mechanisms.evm.batch_settlement.client.voucher import sign_voucher
+from x402.mechanisms.evm.batch_settlement.types import ChannelConfig
+from x402.mechanisms.evm.batch_settlement.utils import compute_channel_id
 from x402.mechanisms.evm.exact.register import register_exact_evm_client
 from x402.mechanisms.evm.signers import EthAccountSigner
 from x402.schemas import PaymentPayload, PaymentRequired
@@ -50,6 +53,45 @@ def requirement(**changes: Any) -> Requirement:
     }
     fields.update(changes)
     return Requirement(**fields)
+
+
+# A batch-settlement channel (issue 14): the route's requirement, a payer's channel config
+# for it, and vouchers signed by the SDK's own client code.
+CHANNEL_NETWORK = "eip155:84532"  # `requirement()`'s network
+RECEIVER_AUTHORIZER = "0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65"
+BATCH = requirement(
+    scheme="batch-settlement",
+    extra=MappingProxyType(
+        {
+            "name": "USDC",
+            "version": "2",
+            "withdrawDelay": 900,
+            "minDeposit": "1000000",
+            "receiverAuthorizer": RECEIVER_AUTHORIZER,
+        }
+    ),
+)
+
+
+def channel_config(payer: LocalAccount, **changes: Any) -> dict[str, Any]:
+    """`payer`'s channel config on `BATCH`'s terms (its own key authorizes its vouchers)."""
+    fields: dict[str, Any] = {
+        "payer": payer.address,
+        "payerAuthorizer": payer.address,
+        "receiver": PAY_TO,
+        "receiverAuthorizer": RECEIVER_AUTHORIZER,
+        "token": ASSET,
+        "withdrawDelay": 900,
+        "salt": "0x" + "00" * 32,
+    }
+    fields.update(changes)
+    return fields
+
+
+def signed_voucher(signer: LocalAccount, cfg: dict[str, Any], amount: int) -> dict[str, Any]:
+    """A voucher for `amount` on `cfg`'s channel, signed by `signer` (the SDK's client)."""
+    channel_id = compute_channel_id(ChannelConfig.from_dict(cfg), CHANNEL_NETWORK)
+    return sign_voucher(EthAccountSigner(signer), channel_id, amount, CHANNEL_NETWORK).to_dict()
 
 
 def route(*accepts: Requirement, **changes: Any) -> RouteSettings:

@@ -5,14 +5,11 @@ own client code, channel ids computed by the SDK."""
 from __future__ import annotations
 
 import time
-from types import MappingProxyType
 from typing import Any
 
 import pytest
-from x402.mechanisms.evm.batch_settlement.client.voucher import sign_voucher
 from x402.mechanisms.evm.batch_settlement.types import ChannelConfig
 from x402.mechanisms.evm.batch_settlement.utils import compute_channel_id
-from x402.mechanisms.evm.signers import EthAccountSigner
 from x402.schemas import PaymentPayload
 
 from gateway.errors import MalformedPayment, PaymentError
@@ -20,53 +17,30 @@ from gateway.payment.channel_terms import VOUCHER_CLAIM_SECONDS, ChannelIds, vou
 from gateway.payment.decode import DecodedPayment
 from gateway.payment.match import match_requirement
 from tests.unit.wire_helpers import (
-    ASSET,
+    BATCH,
+    CHANNEL_NETWORK,
     OTHER_ASSET,
     OTHER_PAY_TO,
-    PAY_TO,
     URL,
     accepted,
+    channel_config,
     new_account,
     requirement,
     route,
+    signed_voucher,
 )
 
-AUTHORIZER = "0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65"
-NETWORK = "eip155:84532"
-BATCH = requirement(
-    scheme="batch-settlement",
-    extra=MappingProxyType(
-        {
-            "name": "USDC",
-            "version": "2",
-            "withdrawDelay": 900,
-            "minDeposit": "1000000",
-            "receiverAuthorizer": AUTHORIZER,
-        }
-    ),
-)
+NETWORK = CHANNEL_NETWORK
 PAYER = new_account()
 
 
 def config(**changes: Any) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "payer": PAYER.address,
-        "payerAuthorizer": PAYER.address,
-        "receiver": PAY_TO,
-        "receiverAuthorizer": AUTHORIZER,
-        "token": ASSET,
-        "withdrawDelay": 900,
-        "salt": "0x" + "00" * 32,
-    }
-    fields.update(changes)
-    return fields
+    return channel_config(PAYER, **changes)
 
 
 def voucher_payload(amount: int = 3000, cfg: dict[str, Any] | None = None) -> dict[str, Any]:
     cfg = cfg or config()
-    channel_id = compute_channel_id(ChannelConfig.from_dict(cfg), NETWORK)
-    fields = sign_voucher(EthAccountSigner(PAYER), channel_id, amount, NETWORK)
-    return {"type": "voucher", "channelConfig": cfg, "voucher": fields.to_dict()}
+    return {"type": "voucher", "channelConfig": cfg, "voucher": signed_voucher(PAYER, cfg, amount)}
 
 
 def paying(raw: dict[str, Any], req: Any = BATCH) -> DecodedPayment:

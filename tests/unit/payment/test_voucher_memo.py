@@ -8,14 +8,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from types import MappingProxyType
 from typing import Any
 
 import pytest
-from x402.mechanisms.evm.batch_settlement.client.voucher import sign_voucher
-from x402.mechanisms.evm.batch_settlement.types import ChannelConfig
-from x402.mechanisms.evm.batch_settlement.utils import compute_channel_id
-from x402.mechanisms.evm.signers import EthAccountSigner
 from x402.schemas import PaymentPayload
 
 from gateway.config.settings import RouteSettings
@@ -25,49 +20,26 @@ from gateway.payment.decode import DecodedPayment
 from gateway.payment.match import match_requirement
 from gateway.payment.voucher_memo import memo_key
 from tests.unit.wire_helpers import (
-    ASSET,
+    BATCH,
     OTHER_ASSET,
     OTHER_PAY_TO,
-    PAY_TO,
     URL,
     accepted,
+    channel_config,
     new_account,
     requirement,
     route,
+    signed_voucher,
 )
 
-AUTHORIZER = "0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65"
-NETWORK = "eip155:84532"
-BATCH = requirement(
-    scheme="batch-settlement",
-    extra=MappingProxyType(
-        {
-            "name": "USDC",
-            "version": "2",
-            "withdrawDelay": 900,
-            "minDeposit": "1000000",
-            "receiverAuthorizer": AUTHORIZER,
-        }
-    ),
-)
 ROUTE = route(requirement(), BATCH)
 PAYER = new_account()
 OTHER = new_account()
-CONFIG: dict[str, Any] = {
-    "payer": PAYER.address,
-    "payerAuthorizer": PAYER.address,
-    "receiver": PAY_TO,
-    "receiverAuthorizer": AUTHORIZER,
-    "token": ASSET,
-    "withdrawDelay": 900,
-    "salt": "0x" + "00" * 32,
-}
+CONFIG = channel_config(PAYER)
 
 
 def signed(amount: int, cfg: dict[str, Any] | None = None, signer: Any = PAYER) -> dict[str, Any]:
-    cfg = cfg or CONFIG
-    channel_id = compute_channel_id(ChannelConfig.from_dict(cfg), NETWORK)
-    return sign_voucher(EthAccountSigner(signer), channel_id, amount, NETWORK).to_dict()
+    return signed_voucher(signer, cfg or CONFIG, amount)
 
 
 FIRST: dict[str, Any] = {"type": "voucher", "channelConfig": CONFIG, "voucher": signed(1000)}
