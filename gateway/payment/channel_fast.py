@@ -184,27 +184,14 @@ class FastVouchers:
         transaction). Raises `PaymentAbortedError` with the SDK's reason when it cannot."""
         step = _Commit(hold, int(reqs.amount))
         await self._writer.update(hold.voucher.channel_id, step)
-        if step.refused is not None or step.previous is None:
-            raise PaymentAbortedError(step.refused or ERR_CHANNEL_BUSY)
-        previous = step.previous
-        return SettleResponse(
-            success=True,
-            payer=previous.channel_config.payer.lower(),
-            transaction="",
-            network=reqs.network,
-            amount="",
-            extra={
-                "channelState": {
-                    "channelId": previous.channel_id,
-                    "balance": previous.balance,
-                    "totalClaimed": previous.total_claimed,
-                    "withdrawRequestedAt": previous.withdraw_requested_at,
-                    "refundNonce": str(previous.refund_nonce),
-                    "chargedCumulativeAmount": step.charged,
-                },
-                "chargedAmount": reqs.amount,
-            },
-        )
+        return _committed(step, reqs)
+
+    def commit_now(self, hold: Hold, reqs: PaymentRequirements) -> SettleResponse:
+        """`commit` as a plain call, on channel state in memory (`in_memory`)."""
+        assert isinstance(self._writer, MemoryChannelWriter)
+        step = _Commit(hold, int(reqs.amount))
+        self._writer.update_now(hold.voucher.channel_id, step)
+        return _committed(step, reqs)
 
     async def cancel(self, hold: Hold) -> None:
         """Clear this request's reservation (if it is still the channel's), once its write
@@ -309,3 +296,28 @@ class _Cancel:
         following = current.copy()
         following.pending_request = None
         return following
+
+
+def _committed(step: _Commit, reqs: PaymentRequirements) -> SettleResponse:
+    """The SDK's settle response for a voucher `step` charged, or its refusal."""
+    if step.refused is not None or step.previous is None:
+        raise PaymentAbortedError(step.refused or ERR_CHANNEL_BUSY)
+    previous = step.previous
+    return SettleResponse(
+        success=True,
+        payer=previous.channel_config.payer.lower(),
+        transaction="",
+        network=reqs.network,
+        amount="",
+        extra={
+            "channelState": {
+                "channelId": previous.channel_id,
+                "balance": previous.balance,
+                "totalClaimed": previous.total_claimed,
+                "withdrawRequestedAt": previous.withdraw_requested_at,
+                "refundNonce": str(previous.refund_nonce),
+                "chargedCumulativeAmount": step.charged,
+            },
+            "chargedAmount": reqs.amount,
+        },
+    )

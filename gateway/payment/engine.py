@@ -109,7 +109,7 @@ class Payments:
         """Take batch-settlement payments (gateway/payment/channels.py); before `start()`."""
         self.channel_payments.use(channels)
         self.read_channels(channels.storage)
-        self.road = VoucherRoad.over(self.store, self.channel_payments, self.supported)
+        self.road = VoucherRoad.over(self.store, self.channel_payments, self.supported, self.books)
 
     def read_channels(self, storage: ChannelStorage) -> None:
         """Reconcile channel payments' records against `storage`, the channel state (also

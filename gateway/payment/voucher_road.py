@@ -6,7 +6,9 @@ memory too. Only what such a voucher needs, in the full path's order and on its 
 - take: the voucher's own fields and signature (`channel_fast.FastVouchers.plain`), the
   claim on its identity (the store's set-if-absent), the channel reserved (the fast path's
   `_Reserve`, a plain call on the memory writer);
-- settle and everything after: the engine's own steps (`Payments.settle`, `abandon`).
+- settle: the fast path's commit as a plain call, recorded by the books, as `Payments.settle`
+  does for a fast voucher on memory stores (`Books.settle` in place), without its layers;
+- a failure, a hang-up: the engine's own steps (`Payments.end_early`, `abandon`).
 
 `take` declines (None) with nothing left behind whenever the full path must decide: not such
 a voucher, a facilitator not yet known, a voucher the fast path does not accept, a claim held
@@ -19,14 +21,16 @@ from __future__ import annotations
 
 import time
 
-from x402.schemas import PaymentRequirements
+from x402.schemas import PaymentAbortedError, PaymentRequirements, SettleResponse
 
 from gateway.config.settings import RouteSettings
+from gateway.errors import SettlementFailed
 from gateway.payment.channel_fast import FastVouchers
 from gateway.payment.channel_payments import ChannelPayments
 from gateway.payment.lifecycle import Supported
 from gateway.payment.match import MatchedPayment
 from gateway.payment.paid_claim import Claim, new_claim
+from gateway.payment.settlement import Books
 from gateway.store import PaymentStore
 from gateway.store.memory import MemoryStore
 
@@ -40,22 +44,24 @@ class VoucherRoad:
         fast: FastVouchers,
         channels: ChannelPayments,
         supported: Supported,
+        books: Books,
     ) -> None:
         self._store = store
         self._fast = fast
         self._channels = channels
         self._supported = supported
+        self._books = books
 
     @classmethod
     def over(
-        cls, store: PaymentStore, channels: ChannelPayments, supported: Supported
+        cls, store: PaymentStore, channels: ChannelPayments, supported: Supported, books: Books
     ) -> VoucherRoad | None:
         """The road for these parts; None unless the claims and the channel state are both
         this process's memory (their writes never suspend)."""
         fast = channels.channels.fast if channels.channels is not None else None
         if not isinstance(store, MemoryStore) or fast is None or not fast.in_memory:
             return None
-        return cls(store, fast, channels, supported)
+        return cls(store, fast, channels, supported, books)
 
     async def take(
         self, matched: MatchedPayment, route: RouteSettings, request_id: str
@@ -81,3 +87,22 @@ class VoucherRoad:
             return None
         claim.timings.verify = time.perf_counter() - started
         return claim
+
+    async def settle(self, claim: Claim) -> SettleResponse:
+        """Charge a claim `take` reserved and record it (`Books.settle` in place: nothing
+        here suspends, so no `settling` record, only the check that the claim is still
+        ours); a refused charge is recorded `failed` and raised as `SettlementFailed`."""
+        hold, reqs = claim.hold, claim.matched.requirements
+        assert hold is not None and isinstance(reqs, PaymentRequirements)
+        self._books.still_ours(claim)
+        started = time.perf_counter()
+        try:
+            settled = self._fast.commit_now(hold, reqs)
+        except PaymentAbortedError as exc:
+            await self._books.record(claim, "failed", reason=exc.reason)
+            raise SettlementFailed(str(exc), reason=exc.reason) from exc
+        finally:
+            claim.timings.settle = time.perf_counter() - started
+        claim.settled = settled
+        await self._books.record(claim, "settled", transaction=settled.transaction)
+        return settled
