@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from cachetools import LRUCache
-from eth_hash.auto import keccak
 from x402.mechanisms.evm.batch_settlement.errors import (
     ERR_CHANNEL_ID_MISMATCH,
     ERR_INVALID_PAYLOAD_TYPE,
@@ -47,6 +46,7 @@ from x402.mechanisms.evm.batch_settlement.utils import compute_channel_id
 from gateway.config.settings import Requirement
 from gateway.errors import PaymentError
 from gateway.formats import ADDRESS
+from gateway.payment.keccak import keccak
 from gateway.payment.terms import malformed, text_field
 from gateway.payment.voucher_memo import VoucherMemo
 

@@ -6,8 +6,8 @@ One implementation for both: it lives here, in the pure payment layer, below the
 
 The digest is EIP-712 over a fixed struct: every field is one 32-byte ABI word, so it is
 packed here directly (tests prove it equal to eth-account's `encode_typed_data` and to the
-SDK's `hash_eip3009_authorization`, which are 10-20x slower); keccak is eth-hash's (what
-eth-utils wraps, without its per-call argument checks). Recovery
+SDK's `hash_eip3009_authorization`, which are 10-20x slower); keccak is
+`gateway.payment.keccak` (eth-hash on its C backend, without eth-utils' per-call checks). Recovery
 is coincurve's (libsecp256k1), with the chain's own rules: v in {27, 28} (or {0, 1}, which
 the settlement normalises, as the SDK does) and a low s (FiatToken and OpenZeppelin both
 refuse a malleable high-s signature, so a local "match" must too).
@@ -25,7 +25,6 @@ from typing import Any
 
 import coincurve
 from cachetools import LRUCache
-from eth_hash.auto import keccak
 from x402.mechanisms.evm.constants import (
     ERR_AUTHORIZATION_VALUE_MISMATCH,
     ERR_FACTORY_NOT_ALLOWED,
@@ -36,6 +35,8 @@ from x402.mechanisms.evm.constants import (
     ERR_VALID_BEFORE_EXPIRED,
 )
 from x402.mechanisms.evm.erc6492 import has_deployment_info, parse_erc6492_signature
+
+from gateway.payment.keccak import keccak
 
 # The gateway's own reason for a payload that cannot be read (the SDK raises instead).
 ERR_INVALID_PAYLOAD = "invalid_payload"
@@ -191,7 +192,7 @@ def recover(message_hash: bytes, signature: bytes) -> str | None:
 def address_of(public: bytes) -> str:
     """The lower-case address of a 64-byte uncompressed public key (no 0x04 prefix).
     Memoized, bounded, as `checksummed`: a pure function of the key, and a payer pays many
-    times with one key (the keccak, ~5 µs, once per payer rather than once per payment)."""
+    times with one key (the keccak once per payer rather than once per payment)."""
     return "0x" + keccak(public)[-20:].hex()
 
 
@@ -220,8 +221,8 @@ def checksummed(address: str) -> str:
     upper-case where the keccak of the lower-case hex has a nibble >= 8. eth-utils'
     `to_checksum_address` does the same behind conversion decorators at ~2x the cost, on
     every paid request (the unit tests compare the two). Memoized, bounded: a pure function
-    of its argument, and a payer pays many times (the keccak, ~5 µs through pycryptodome's
-    cffi wrapper, once per payer rather than once or twice per payment)."""
+    of its argument, and a payer pays many times (the keccak and the join once per payer
+    rather than once or twice per payment)."""
     digits = address[2:]
     nibbles = keccak(digits.encode()).hex()
     return "0x" + "".join(

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 
 from cachetools import LRUCache
 from coincurve import PublicKey
-from eth_hash.auto import keccak
 from x402.extensions.sign_in_with_x import SIWxPayload
 
 from gateway.errors import SignInRefused
 from gateway.payment.eip3009 import checksummed
+from gateway.payment.keccak import keccak
 
 WALLETS_KEPT = 10_000  # addresses whose EIP-55 answer and public key are kept (LRU)
 _ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141  # secp256k1's n

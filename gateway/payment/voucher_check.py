@@ -16,7 +16,6 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, cast
 
-from eth_hash.auto import keccak
 from x402.mechanisms.evm.batch_settlement.constants import (
     BATCH_SETTLEMENT_ADDRESS,
     BATCH_SETTLEMENT_DOMAIN_NAME,
@@ -30,6 +29,7 @@ from x402.mechanisms.evm.batch_settlement.types import (
 )
 
 from gateway.payment.eip3009 import ADDRESS, Domain, address_of, recover_key
+from gateway.payment.keccak import keccak
 
 VOUCHER_TYPEHASH = keccak(b"Voucher(bytes32 channelId,uint128 maxClaimableAmount)")
 _UINT128 = 2**128
