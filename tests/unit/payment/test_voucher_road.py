@@ -23,6 +23,7 @@ from gateway.payment.engine import Payments
 from gateway.payment.paid_claim import new_claim
 from gateway.payment.receipts import receipt_headers
 from gateway.payment.voucher_road import VoucherRoad
+from gateway.store.channel_memory import MemoryChannels
 from gateway.store.channel_writer import MemoryChannelWriter
 from gateway.store.memory import MemoryStore
 from tests.unit.payment.test_channel_fast import SlowWriter, stable
@@ -379,3 +380,30 @@ async def test_there_is_no_road_unless_claims_and_channels_are_both_in_memory() 
     claims_elsewhere = SimpleNamespace(holder="replica-1")  # claims in Redis, say
     parts = (in_memory.channel_payments, in_memory.supported, in_memory.books)
     assert VoucherRoad.over(claims_elsewhere, *parts) is None
+
+
+async def test_the_gateways_memory_channels_change_in_place_as_the_sdks_storage_updates() -> None:
+    # `MemoryChannels` (store: memory) lets the road change the record itself; the SDK's
+    # storage takes the same steps as pure updates on copies: the same answers and states.
+    first = seeded().get(channel_id())
+    seen: dict[str, list[Any]] = {}
+    for storage in (MemoryChannels(), InMemoryChannelStorage()):
+        storage.update_channel(channel_id(), lambda _: first)
+        p, _ = await gateway(storage)  # type: ignore[arg-type]
+        assert p.road is not None
+        log: list[Any] = []
+        settled, on_road = await via_road(p, matched(2 * PRICE), PRICED, "req-2")
+        log.append((settled.model_dump(), on_road))
+        held = await p.road.take(matched(3 * PRICE), PRICED, "req-3")
+        assert held is not None
+        with pytest.raises(GatewayError) as busy:  # the SDK's path, on the same storage
+            await via_road(p, matched(4 * PRICE), PRICED, "req-4")
+        log.append(busy.value.reason)
+        await p.end_early(held, RuntimeError("the origin failed"))
+        log.append(stable(storage))  # type: ignore[arg-type]
+        settled, on_road = await via_road(p, matched(3 * PRICE), PRICED, "req-5")
+        log.append((settled.model_dump(), on_road, stable(storage)))  # type: ignore[arg-type]
+        seen[type(storage).__name__] = log
+        await p.close()
+    assert seen["MemoryChannels"] == seen["InMemoryChannelStorage"]
+    assert seen["MemoryChannels"][-1][1] is True
