@@ -8,6 +8,11 @@ from the generation's cache), claim, verify (the fast path: signature, reservati
 (the charge and the payment records), the PAYMENT-RESPONSE header, release of the claim
 block. Each step is timed with `time.process_time_ns()`; the median per step over
 `--calls` vouchers is printed and written to bench/results/voucher-steps.md.
+
+`--road`: the voucher road's steps instead (gateway/voucher_road.py, what `handle()` runs
+for such a voucher on a memory gateway): decode, match, take (signature, claim,
+reservation), settle (the charge in place, the record), receipt; on the gateway's own
+memory channel state (`MemoryChannels`); written to bench/results/voucher-steps-road.md.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from x402.mechanisms.evm.batch_settlement.server.storage import InMemoryChannelS
 
 from gateway.payment import decode_payment, match_requirement
 from gateway.payment.receipts import receipt_headers
+from gateway.store.channel_memory import MemoryChannels
 from tests.unit.payment.test_channel_fast import payments
 from tests.unit.payment.test_channel_terms import voucher_payload
 from tests.unit.payment.test_channels import BATCH, CONFIG, PRICE, PRICED, URL, accepted, seed
@@ -30,6 +36,7 @@ from tests.unit.wire_helpers import b64json, headers
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STEPS = ("decode", "match", "claim", "verify", "settle", "receipt", "release")
+ROAD_STEPS = ("decode", "match", "take", "settle", "receipt")
 
 
 def voucher_headers(n: int) -> list[Any]:
@@ -75,11 +82,39 @@ async def run(calls: int) -> dict[str, list[float]]:
     return took
 
 
-def markdown(took: dict[str, list[float]], calls: int) -> str:
+async def run_road(calls: int) -> dict[str, list[float]]:
+    storage = MemoryChannels()
+    seed(storage, charged=PRICE)  # type: ignore[arg-type]  # the same storage contract
+    p, _ = await payments(storage)  # type: ignore[arg-type]
+    road = p.road
+    assert road is not None
+    took: dict[str, list[float]] = {step: [] for step in ROAD_STEPS}
+    for k, sent in enumerate(voucher_headers(calls)):
+        marks = [time.process_time_ns()]
+        decoded = decode_payment(sent, 16384)
+        assert decoded is not None
+        marks.append(time.process_time_ns())
+        matched = match_requirement(PRICED, decoded, URL, p.channel_ids)
+        marks.append(time.process_time_ns())
+        claim = await road.take(matched, PRICED, f"req-{k}")
+        assert claim is not None, "the road declined a plain voucher"
+        marks.append(time.process_time_ns())
+        settled = await road.settle(claim)
+        marks.append(time.process_time_ns())
+        receipt_headers(settled, 2)
+        marks.append(time.process_time_ns())
+        for step, start, end in zip(ROAD_STEPS, marks[:-1], marks[1:], strict=True):
+            took[step].append((end - start) / 1000)
+    await p.close()
+    return took
+
+
+def markdown(took: dict[str, list[float]], calls: int, road: bool = False) -> str:
     lines = [
         "# A channel voucher's in-process steps, µs CPU per voucher",
         "",
-        f"{time.strftime('%Y-%m-%d %H:%M')} UTC · `python -m bench.voucher_steps --calls {calls}`",
+        f"{time.strftime('%Y-%m-%d %H:%M')} UTC · `python -m bench.voucher_steps --calls {calls}"
+        + (" --road`: the voucher road" if road else "`"),
         "",
         "| step | median | p90 |",
         "| --- | --- | --- |",
@@ -97,11 +132,12 @@ def markdown(took: dict[str, list[float]], calls: int) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.voucher_steps")
     parser.add_argument("--calls", type=int, default=400)
+    parser.add_argument("--road", action="store_true", help="the voucher road's steps")
     args = parser.parse_args()
-    took = asyncio.run(run(args.calls))
-    text = markdown(took, args.calls)
+    took = asyncio.run(run_road(args.calls) if args.road else run(args.calls))
+    text = markdown(took, args.calls, args.road)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "voucher-steps.md").write_text(text)
+    (RESULTS / ("voucher-steps-road.md" if args.road else "voucher-steps.md")).write_text(text)
     print(text)
     return 0
 

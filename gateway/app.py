@@ -51,6 +51,7 @@ from gateway.reload import LiveGateway
 from gateway.serving.admin import FunctionCheck, make_admin_app
 from gateway.serving.state import RELOAD, SERVER_STATE, attach_state
 from gateway.sign_in import signed_in, with_sign_in
+from gateway.voucher_road import voucher_road
 
 LIVE = web.AppKey("gateway_live", LiveGateway)  # the current generation: LIVE.current
 METRICS = web.AppKey("metrics", Metrics)
@@ -78,8 +79,11 @@ async def handle(request: web.Request, gw: Generation, record: RequestRecord) ->
         url = gw.challenges.resource_url(request, path, query)
         resource = answers.PricedResource(gw.challenges, route, url)
         step = await sign_in_or_pay(request, gw, record, resource, forward, path=path, ip=ip)
+        # A plain voucher on a channel in memory takes its own road (gateway/voucher_road.py).
+        step = await voucher_road(request, gw, record, step, forward=forward, started=started)
         if isinstance(step, web.StreamResponse):
-            return step  # signed in (SIWX), a challenge, or a named payment's kept response
+            return step  # signed in (SIWX), a challenge, a named payment's kept response,
+            # or a voucher served on its road
         matched, ticket = step
         async with gw.payments.claimed(matched, route, record.request_id) as claim:
             record.claim = claim

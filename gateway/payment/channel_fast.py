@@ -161,6 +161,9 @@ class FastVouchers:
         if isinstance(self._writer, MemoryChannelWriter):
             # A plain call: it ends before any hang-up can be delivered, and leaves nothing
             # in flight for `cancel` to wait for (no task, no shield: two loop turns less).
+            changes = self._writer.in_place
+            if changes is not None:  # the record itself, no copies (`MemoryChannels`)
+                return changes.change(voucher.channel_id, step.in_place)
             return self._writer.update_now(voucher.channel_id, step).status == "updated"
         hold.writing = asyncio.ensure_future(self._writer.update(voucher.channel_id, step))
         result = await asyncio.shield(hold.writing)
@@ -184,27 +187,18 @@ class FastVouchers:
         transaction). Raises `PaymentAbortedError` with the SDK's reason when it cannot."""
         step = _Commit(hold, int(reqs.amount))
         await self._writer.update(hold.voucher.channel_id, step)
-        if step.refused is not None or step.previous is None:
-            raise PaymentAbortedError(step.refused or ERR_CHANNEL_BUSY)
-        previous = step.previous
-        return SettleResponse(
-            success=True,
-            payer=previous.channel_config.payer.lower(),
-            transaction="",
-            network=reqs.network,
-            amount="",
-            extra={
-                "channelState": {
-                    "channelId": previous.channel_id,
-                    "balance": previous.balance,
-                    "totalClaimed": previous.total_claimed,
-                    "withdrawRequestedAt": previous.withdraw_requested_at,
-                    "refundNonce": str(previous.refund_nonce),
-                    "chargedCumulativeAmount": step.charged,
-                },
-                "chargedAmount": reqs.amount,
-            },
-        )
+        return _committed(step, reqs)
+
+    def commit_now(self, hold: Hold, reqs: PaymentRequirements) -> SettleResponse:
+        """`commit` as a plain call, on channel state in memory (`in_memory`)."""
+        assert isinstance(self._writer, MemoryChannelWriter)
+        step = _Commit(hold, int(reqs.amount))
+        changes = self._writer.in_place
+        if changes is not None:  # the record itself, no copies (`MemoryChannels`)
+            changes.change(hold.voucher.channel_id, step.in_place)
+        else:
+            self._writer.update_now(hold.voucher.channel_id, step)
+        return _committed(step, reqs)
 
     async def cancel(self, hold: Hold) -> None:
         """Clear this request's reservation (if it is still the channel's), once its write
@@ -224,7 +218,8 @@ class FastVouchers:
 
 class _Reserve:
     """The SDK's before-verify, local verify and after-verify on an existing channel with
-    fresh on-chain state, as one pure update; returns what it was given to decline."""
+    fresh on-chain state, as one pure update; returns what it was given to decline.
+    `in_place`: the same on the stored record itself (`MemoryChannels.change`)."""
 
     def __init__(
         self, voucher: Voucher, price: int, pending_id: str, ttl_ms: int, lifetime_ms: int
@@ -236,18 +231,28 @@ class _Reserve:
         now = _now_ms()
         if current is None or not self._acceptable(current, now):
             return current
-        v = self.voucher
         following = current.copy()
-        following.channel_config = v.config
-        following.signed_max_claimable = str(v.max_claimable)
-        following.signature = v.signature
-        following.last_request_timestamp = now
-        following.pending_request = PendingRequest(
+        self._apply(following, now)
+        return following
+
+    def in_place(self, stored: Channel | None) -> bool:
+        now = _now_ms()
+        if stored is None or not self._acceptable(stored, now):
+            return False
+        self._apply(stored, now)
+        return True
+
+    def _apply(self, channel: Channel, now: int) -> None:
+        v = self.voucher
+        channel.channel_config = v.config
+        channel.signed_max_claimable = str(v.max_claimable)
+        channel.signature = v.signature
+        channel.last_request_timestamp = now
+        channel.pending_request = PendingRequest(
             pending_id=self.pending_id,
             signed_max_claimable=str(v.max_claimable),
             expires_at=now + self.lifetime_ms,
         )
-        return following
 
     def _acceptable(self, current: Channel, now: int) -> bool:
         synced = current.onchain_synced_at
@@ -263,7 +268,8 @@ class _Reserve:
 
 
 class _Commit:
-    """The SDK's before-settle for a voucher, as one pure update; records its outcome."""
+    """The SDK's before-settle for a voucher, as one pure update; records its outcome.
+    `in_place`: the same on the stored record itself (`MemoryChannels.change`)."""
 
     def __init__(self, hold: Hold, price: int) -> None:
         self.hold, self.price = hold, price
@@ -272,27 +278,42 @@ class _Commit:
         self.charged = ""
 
     def __call__(self, current: Channel | None) -> Channel | None:
+        if not self._decide(current):
+            return current
+        assert current is not None
+        following = current.copy()
+        self._apply(following, current)
+        return following
+
+    def in_place(self, stored: Channel | None) -> None:
+        if self._decide(stored):
+            assert stored is not None
+            self._apply(stored, stored.copy())  # what it was, for the receipt
+
+    def _decide(self, current: Channel | None) -> bool:
+        """Whether the record changes; the refusal (if any) noted."""
         self.refused, self.previous = None, None  # it may run again on a newer state
         if current is None:
             self.refused = ERR_MISSING_CHANNEL
-            return current
+            return False
         pending = current.pending_request
         if pending is None or pending.pending_id != self.hold.pending_id:
             self.refused = ERR_CHANNEL_BUSY
-            return current
+            return False
+        return True
+
+    def _apply(self, channel: Channel, previous: Channel) -> None:
         voucher = self.hold.voucher
-        charged = int(current.charged_cumulative_amount) + self.price
-        following = current.copy()
-        following.pending_request = None
+        charged = int(channel.charged_cumulative_amount) + self.price
+        channel.pending_request = None
         if charged > voucher.max_claimable:
-            self.refused = ERR_CHARGE_EXCEEDS_SIGNED_CUMULATIVE
-            return following
-        following.charged_cumulative_amount = str(charged)
-        following.signed_max_claimable = str(voucher.max_claimable)
-        following.signature = voucher.signature
-        following.last_request_timestamp = _now_ms()
-        self.previous, self.charged = current, str(charged)
-        return following
+            self.refused = ERR_CHARGE_EXCEEDS_SIGNED_CUMULATIVE  # the reservation is cleared
+            return
+        channel.charged_cumulative_amount = str(charged)
+        channel.signed_max_claimable = str(voucher.max_claimable)
+        channel.signature = voucher.signature
+        channel.last_request_timestamp = _now_ms()
+        self.previous, self.charged = previous, str(charged)
 
 
 class _Cancel:
@@ -309,3 +330,28 @@ class _Cancel:
         following = current.copy()
         following.pending_request = None
         return following
+
+
+def _committed(step: _Commit, reqs: PaymentRequirements) -> SettleResponse:
+    """The SDK's settle response for a voucher `step` charged, or its refusal."""
+    if step.refused is not None or step.previous is None:
+        raise PaymentAbortedError(step.refused or ERR_CHANNEL_BUSY)
+    previous = step.previous
+    return SettleResponse(
+        success=True,
+        payer=previous.channel_config.payer.lower(),
+        transaction="",
+        network=reqs.network,
+        amount="",
+        extra={
+            "channelState": {
+                "channelId": previous.channel_id,
+                "balance": previous.balance,
+                "totalClaimed": previous.total_claimed,
+                "withdrawRequestedAt": previous.withdraw_requested_at,
+                "refundNonce": str(previous.refund_nonce),
+                "chargedCumulativeAmount": step.charged,
+            },
+            "chargedAmount": reqs.amount,
+        },
+    )

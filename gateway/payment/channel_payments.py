@@ -62,7 +62,7 @@ class ChannelPayments:
         fast = self.channels.fast if self.channels is not None else None
         if fast is None or claim.matched.requirement.scheme != SCHEME_BATCH_SETTLEMENT:
             return False
-        reqs = self._fast_requirements(claim)
+        reqs = self.fast_requirements(claim.matched)
         voucher = fast.plain(claim.matched.payload.payload, reqs)  # type: ignore[arg-type]
         if voucher is None or not isinstance(reqs, PaymentRequirements):
             return False
@@ -72,16 +72,16 @@ class ChannelPayments:
         claim.hold = None
         return False
 
-    def _fast_requirements(self, claim: Claim) -> Requirements:
+    def fast_requirements(self, matched: MatchedPayment) -> Requirements:
         """`requirements(claim)` for the fast path, which only reads them (never handed to
         the SDK, whose schemes may change requirements in place): completed once per route
         requirement and /supported answer (both by identity: a reload or a refreshed
         /supported is a new object), not copied per voucher."""
-        req, supported = claim.matched.requirement, self.supported()
+        req, supported = matched.requirement, self.supported()
         kept = self._completed
         if kept is not None and kept[0] is req and kept[1] is supported:
             return kept[2]
-        reqs = for_facilitator(claim.matched.requirements, supported)
+        reqs = for_facilitator(matched.requirements, supported)
         self._completed = (req, supported, reqs)
         return reqs
 

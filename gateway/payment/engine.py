@@ -40,20 +40,21 @@ from gateway.errors import (
 )
 from gateway.observe.logs import get_logger
 from gateway.payment.channel_payments import ChannelPayments
-from gateway.payment.channel_terms import ChannelIds, charged_voucher
+from gateway.payment.channel_terms import ChannelIds
 from gateway.payment.channels import Channels
 from gateway.payment.claims import MAY_BE_CHARGED, Verdict, on_conflict
 from gateway.payment.eip3009 import SignatureChecks
 from gateway.payment.facilitator import Facilitator
 from gateway.payment.lifecycle import RECONCILE_EVERY, RECONCILE_RECENT, Supported
 from gateway.payment.lifecycle import keep_reconciling as reconcile_in_background
-from gateway.payment.match import MatchedPayment, claim_ttl
-from gateway.payment.paid_claim import Claim, charged_amount
+from gateway.payment.match import MatchedPayment
+from gateway.payment.paid_claim import Claim, new_claim
 from gateway.payment.receipts import receipt_headers
 from gateway.payment.reconcile import SETTLE_MARGIN, ChainReader
 from gateway.payment.recovery import Reconciler
 from gateway.payment.requirements import for_facilitator
 from gateway.payment.settlement import Books
+from gateway.payment.voucher_road import VoucherRoad
 from gateway.store import PaymentRecord, PaymentStore
 from gateway.store.channels import ChannelCharges
 from gateway.store.memory import MemoryStore
@@ -90,6 +91,9 @@ class Payments:
         # `verify: local`: the signature verdicts the matcher shares with the facilitator
         # wrapper (set by the composition root; None: the facilitator checks on its own).
         self.signatures: SignatureChecks | None = None
+        # The voucher road (gateway/payment/voucher_road.py): set with the channels, when
+        # their state and the claims are both in memory; None: every voucher's full path.
+        self.road: VoucherRoad | None = None
 
     @property
     def channels(self) -> Channels | None:
@@ -105,6 +109,7 @@ class Payments:
         """Take batch-settlement payments (gateway/payment/channels.py); before `start()`."""
         self.channel_payments.use(channels)
         self.read_channels(channels.storage)
+        self.road = VoucherRoad.over(self.store, self.channel_payments, self.supported, self.books)
 
     def read_channels(self, storage: ChannelStorage) -> None:
         """Reconcile channel payments' records against `storage`, the channel state (also
@@ -146,26 +151,11 @@ class Payments:
 
     async def claim(self, matched: MatchedPayment, route: RouteSettings, request_id: str) -> Claim:
         """Take the payment's identity in the store, or raise `PaymentConflict`."""
-        ttl = claim_ttl(matched, time.time())
-        # A channel payment's charge is in the channel state: its record is reconciled there.
-        channel, cumulative = _channel_of(matched)
-        record = PaymentRecord(
-            status="claimed",
-            request_id=request_id,
-            route=route.name,
-            payer=matched.payer,
-            amount=str(charged_amount(matched)),
-            asset=matched.requirement.asset,
-            network=matched.requirement.network,
-            nonce=matched.identity.nonce,
-            holder=self.store.holder,
-            channel=channel,
-            cumulative=cumulative,
-        )
-        key = matched.identity.key
+        claim = new_claim(matched, route, request_id, self.store.holder)
+        key, record, ttl = claim.key, claim.record, claim.ttl
         held = await self.store.claim(key, record, ttl)
         if held is None:
-            return Claim(key, matched, record, ttl)
+            return claim
         held, verdict = await self._judge(key, held)
         if verdict is Verdict.TAKE_OVER:
             # Its holder is gone and nothing was charged: the claim is ours, if still so.
@@ -228,10 +218,11 @@ class Payments:
         try:
             yield claim
         except BaseException as exc:
-            await asyncio.shield(self._end_early(claim, exc))
+            await asyncio.shield(self.end_early(claim, exc))
             raise
 
-    async def _end_early(self, claim: Claim, exc: BaseException) -> None:
+    async def end_early(self, claim: Claim, exc: BaseException) -> None:
+        """What `claimed()` does for a claim whose request ended on `exc` (shield it)."""
         if claim.settlement is not None:
             await asyncio.wait([claim.settlement])  # its outcome is recorded by itself
         if isinstance(exc, asyncio.CancelledError) and claim.settled is not None:
@@ -326,14 +317,3 @@ class Payments:
     async def refund_due(self, claim: Claim, why: str) -> None:
         """Settled before forwarding, then the origin failed: the operator owes a refund."""
         await self.books.refund_due(claim, why)
-
-
-def _channel_of(matched: MatchedPayment) -> tuple[str | None, str | None]:
-    """A channel deposit's or voucher's channel id and cumulative amount, for its record."""
-    if matched.requirement.scheme != SCHEME_BATCH_SETTLEMENT:
-        return None, None
-    paid = matched.channel  # as matched: its payload is not parsed again
-    if paid is not None:
-        return (None, None) if paid.kind == "refund" else (paid.channel_id, str(paid.cumulative))
-    voucher = charged_voucher(matched.payload.payload)
-    return voucher if voucher is not None else (None, None)

@@ -7,13 +7,16 @@ Data only: `gateway.payment.engine` takes, settles and releases claims; the book
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 
+from x402.mechanisms.evm.batch_settlement import SCHEME_BATCH_SETTLEMENT
 from x402.schemas import SettleResponse, SkipHandlerDirective
 
+from gateway.config.settings import RouteSettings
 from gateway.payment.channel_fast import Hold
-from gateway.payment.channel_terms import is_refund
-from gateway.payment.match import MatchedPayment
+from gateway.payment.channel_terms import charged_voucher, is_refund
+from gateway.payment.match import MatchedPayment, claim_ttl
 from gateway.store import PaymentRecord
 
 
@@ -55,3 +58,36 @@ class Claim:
     skip: SkipHandlerDirective | None = None
     # A plain channel voucher reserved by the fast path (gateway/payment/channel_fast.py).
     hold: Hold | None = None
+
+
+def new_claim(matched: MatchedPayment, route: RouteSettings, request_id: str, holder: str) -> Claim:
+    """This request's claim on `matched`, not yet taken in the store (`Payments.claim`, the
+    voucher road): its record says who holds it and what it may charge."""
+    ttl = claim_ttl(matched, time.time())
+    # A channel payment's charge is in the channel state: its record is reconciled there.
+    channel, cumulative = _channel_of(matched)
+    record = PaymentRecord(
+        status="claimed",
+        request_id=request_id,
+        route=route.name,
+        payer=matched.payer,
+        amount=str(charged_amount(matched)),
+        asset=matched.requirement.asset,
+        network=matched.requirement.network,
+        nonce=matched.identity.nonce,
+        holder=holder,
+        channel=channel,
+        cumulative=cumulative,
+    )
+    return Claim(matched.identity.key, matched, record, ttl)
+
+
+def _channel_of(matched: MatchedPayment) -> tuple[str | None, str | None]:
+    """A channel deposit's or voucher's channel id and cumulative amount, for its record."""
+    if matched.requirement.scheme != SCHEME_BATCH_SETTLEMENT:
+        return None, None
+    paid = matched.channel  # as matched: its payload is not parsed again
+    if paid is not None:
+        return (None, None) if paid.kind == "refund" else (paid.channel_id, str(paid.cumulative))
+    voucher = charged_voucher(matched.payload.payload)
+    return voucher if voucher is not None else (None, None)

@@ -13,8 +13,9 @@ replica costs one round trip per change; a miss costs one more. Equivalent to th
 transaction of `RedisChannelStorage` (both write only over the exact state they decided
 from), so the two can change one channel side by side.
 
-Memory: the SDK's `InMemoryChannelStorage` itself (thread-safe, and its update is a few
-microseconds of Python: called on the loop).
+Memory: `MemoryChannels` (gateway/store/channel_memory.py; or the SDK's
+`InMemoryChannelStorage`), thread-safe, its update a few microseconds of Python: called on
+the loop; `in_place` lets the fast path change a record itself, without the copies.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from x402.mechanisms.evm.batch_settlement.server.storage import (
 )
 
 from ..errors import StoreUnavailable
+from .channel_memory import MemoryChannels
 from .channels import CHANNEL_PREFIX, INDEX_KEY, RedisChannelStorage
 
 MAX_ATTEMPTS = 50  # compare-and-set retries of one change under contention
@@ -59,8 +61,10 @@ class ChannelWriter(Protocol):
 
 
 class MemoryChannelWriter:
-    def __init__(self, storage: InMemoryChannelStorage) -> None:
+    def __init__(self, storage: InMemoryChannelStorage | MemoryChannels) -> None:
         self._storage = storage
+        # The gateway's own memory storage changes records in place (the voucher fast path).
+        self.in_place = storage if isinstance(storage, MemoryChannels) else None
 
     async def update(self, channel_id: str, update: ChannelUpdate) -> ChannelUpdateResult:
         return self.update_now(channel_id, update)
@@ -120,7 +124,7 @@ def open_channel_writer(storage: ChannelStorage, store: object) -> ChannelWriter
     beside it; None when there is none (the SDK's path serves every voucher)."""
     from .redis import RedisStore
 
-    if isinstance(storage, InMemoryChannelStorage):
+    if isinstance(storage, InMemoryChannelStorage | MemoryChannels):
         return MemoryChannelWriter(storage)
     single = isinstance(store, RedisStore) and store.target.kind == "single"
     if isinstance(storage, RedisChannelStorage) and isinstance(store, RedisStore) and single:

@@ -33,11 +33,11 @@ from x402.mechanisms.evm.batch_settlement.server.storage import (
     ChannelStorage,
     ChannelUpdate,
     ChannelUpdateResult,
-    InMemoryChannelStorage,
 )
 from x402.mechanisms.evm.batch_settlement.utils import normalize_channel_id
 
 from ..errors import StoreUnavailable
+from .channel_memory import MemoryChannels
 from .redis_url import parse_redis_url
 
 CHANNEL_PREFIX = "x402:channel:"
@@ -118,9 +118,9 @@ class RedisChannelStorage:
 
 def open_channel_storage(store_url: str) -> ChannelStorage:
     """Channels beside the payment records: in Redis when they are, else in this process
-    (the SDK's own thread-safe in-memory storage)."""
+    (`MemoryChannels`: the SDK's in-memory storage's contract, and changes in place)."""
     if store_url == "memory":
-        return InMemoryChannelStorage()
+        return MemoryChannels()
     return RedisChannelStorage(store_url)
 
 

@@ -43,13 +43,13 @@ def test_the_fast_path_completes_a_requirement_once_per_supported_answer() -> No
     answers = [supported(FIRST)]
     channel = ChannelPayments(None, lambda: answers[-1])  # type: ignore[arg-type]
     claim = claim_for(BATCH)
-    first: Any = channel._fast_requirements(claim)
+    first: Any = channel.fast_requirements(claim.matched)
     assert first.extra["receiverAuthorizer"] == FIRST
-    assert channel._fast_requirements(claim) is first  # not copied per voucher
+    assert channel.fast_requirements(claim.matched) is first  # not copied per voucher
     assert first == channel.requirements(claim)  # what the SDK's path is given
     answers.append(supported(SECOND))  # /supported refreshed: completed anew
-    again: Any = channel._fast_requirements(claim)
+    again: Any = channel.fast_requirements(claim.matched)
     assert again.extra["receiverAuthorizer"] == SECOND
     other = claim_for(dataclasses.replace(BATCH, amount=BATCH.amount + 1))  # another route's
-    assert channel._fast_requirements(other).amount == str(BATCH.amount + 1)  # type: ignore[union-attr]
-    assert channel._fast_requirements(claim).amount == str(BATCH.amount)  # type: ignore[union-attr]
+    assert channel.fast_requirements(other.matched).amount == str(BATCH.amount + 1)  # type: ignore[union-attr]
+    assert channel.fast_requirements(claim.matched).amount == str(BATCH.amount)  # type: ignore[union-attr]

@@ -16,6 +16,7 @@ from x402.mechanisms.evm.batch_settlement.server.storage import (
 from x402.mechanisms.evm.batch_settlement.types import ChannelConfig
 
 from gateway.errors import StoreUnavailable
+from gateway.store.channel_memory import MemoryChannels
 from gateway.store.channels import RedisChannelStorage, open_channel_storage
 from tests.procs import RedisServer, free_port
 
@@ -54,11 +55,11 @@ def accept_voucher(cid: str, cumulative: int) -> object:
     return update
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "gateway-memory", "redis"])
 def storages(request: pytest.FixtureRequest) -> Iterator[tuple[ChannelStorage, ChannelStorage]]:
-    if request.param == "memory":
-        one = InMemoryChannelStorage()
-        yield one, one
+    if request.param in ("memory", "gateway-memory"):
+        local = InMemoryChannelStorage() if request.param == "memory" else MemoryChannels()
+        yield local, local
         return
     server: RedisServer = request.getfixturevalue("redis")
     one, two = RedisChannelStorage(server.url), RedisChannelStorage(server.url)
@@ -126,7 +127,7 @@ def test_redis_state_outlives_the_process_that_wrote_it(redis: RedisServer) -> N
         "chargedCumulativeAmount": str(3 * PRICE),
         "signedMaxClaimable": str(3 * PRICE),
     }
-    assert isinstance(open_channel_storage("memory"), InMemoryChannelStorage)
+    assert isinstance(open_channel_storage("memory"), MemoryChannels)
 
 
 def test_an_unreachable_redis_fails_closed() -> None:
