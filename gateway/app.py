@@ -7,7 +7,8 @@ The map of the package, in the order a request meets it:
   state (`serving.state`: requests in flight, draining, the reload hook);
 - `gateway.app` (here): `entry()` -> `handle()` -> `finish()`, one `RequestRecord` per request;
   `gateway.paid`: a verified payment forwarded, settled and relayed (or answered by its
-  scheme); `gateway.sign_in`: Sign-In-With-X, pay once then sign in;
+  scheme); `gateway.sign_in`: Sign-In-With-X, pay once then sign in; `gateway.voucher_road`:
+  a plain channel voucher on memory state, with only what it needs;
 - `gateway.composition`: one generation's parts built from settings (`Parts` is the seam);
   `gateway.reload`: swapping generations on SIGHUP or `--watch`;
 - `gateway.proxy`: canonical paths, the route table, header hygiene, the streaming relay;
