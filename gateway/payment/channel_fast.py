@@ -161,10 +161,7 @@ class FastVouchers:
         if isinstance(self._writer, MemoryChannelWriter):
             # A plain call: it ends before any hang-up can be delivered, and leaves nothing
             # in flight for `cancel` to wait for (no task, no shield: two loop turns less).
-            changes = self._writer.in_place
-            if changes is not None:  # the record itself, no copies (`MemoryChannels`)
-                return changes.change(voucher.channel_id, step.in_place)
-            return self._writer.update_now(voucher.channel_id, step).status == "updated"
+            return self._writer.change_now(voucher.channel_id, step)
         hold.writing = asyncio.ensure_future(self._writer.update(voucher.channel_id, step))
         result = await asyncio.shield(hold.writing)
         return result.status == "updated"
@@ -193,11 +190,7 @@ class FastVouchers:
         """`commit` as a plain call, on channel state in memory (`in_memory`)."""
         assert isinstance(self._writer, MemoryChannelWriter)
         step = _Commit(hold, int(reqs.amount))
-        changes = self._writer.in_place
-        if changes is not None:  # the record itself, no copies (`MemoryChannels`)
-            changes.change(hold.voucher.channel_id, step.in_place)
-        else:
-            self._writer.update_now(hold.voucher.channel_id, step)
+        self._writer.change_now(hold.voucher.channel_id, step)
         return _committed(step, reqs)
 
     async def cancel(self, hold: Hold) -> None:
@@ -274,25 +267,27 @@ class _Commit:
     def __init__(self, hold: Hold, price: int) -> None:
         self.hold, self.price = hold, price
         self.refused: str | None = None
-        self.previous: Channel | None = None
-        self.charged = ""
+        self.payer = ""
+        self.state: dict[str, str | int] | None = None  # the receipt's, once charged
 
     def __call__(self, current: Channel | None) -> Channel | None:
         if not self._decide(current):
             return current
         assert current is not None
         following = current.copy()
-        self._apply(following, current)
+        self._apply(following)
         return following
 
-    def in_place(self, stored: Channel | None) -> None:
-        if self._decide(stored):
-            assert stored is not None
-            self._apply(stored, stored.copy())  # what it was, for the receipt
+    def in_place(self, stored: Channel | None) -> bool:
+        if not self._decide(stored):
+            return False
+        assert stored is not None
+        self._apply(stored)
+        return True
 
     def _decide(self, current: Channel | None) -> bool:
         """Whether the record changes; the refusal (if any) noted."""
-        self.refused, self.previous = None, None  # it may run again on a newer state
+        self.refused, self.state = None, None  # it may run again on a newer state
         if current is None:
             self.refused = ERR_MISSING_CHANNEL
             return False
@@ -302,7 +297,7 @@ class _Commit:
             return False
         return True
 
-    def _apply(self, channel: Channel, previous: Channel) -> None:
+    def _apply(self, channel: Channel) -> None:
         voucher = self.hold.voucher
         charged = int(channel.charged_cumulative_amount) + self.price
         channel.pending_request = None
@@ -313,7 +308,17 @@ class _Commit:
         channel.signed_max_claimable = str(voucher.max_claimable)
         channel.signature = voucher.signature
         channel.last_request_timestamp = _now_ms()
-        self.previous, self.charged = previous, str(charged)
+        # Read here, under the storage's lock (the record is not ours to keep): fields this
+        # charge does not change, so the same before and after it.
+        self.payer = channel.channel_config.payer.lower()
+        self.state = {
+            "channelId": channel.channel_id,
+            "balance": channel.balance,
+            "totalClaimed": channel.total_claimed,
+            "withdrawRequestedAt": channel.withdraw_requested_at,
+            "refundNonce": str(channel.refund_nonce),
+            "chargedCumulativeAmount": str(charged),
+        }
 
 
 class _Cancel:
@@ -334,24 +339,13 @@ class _Cancel:
 
 def _committed(step: _Commit, reqs: PaymentRequirements) -> SettleResponse:
     """The SDK's settle response for a voucher `step` charged, or its refusal."""
-    if step.refused is not None or step.previous is None:
+    if step.refused is not None or step.state is None:
         raise PaymentAbortedError(step.refused or ERR_CHANNEL_BUSY)
-    previous = step.previous
     return SettleResponse(
         success=True,
-        payer=previous.channel_config.payer.lower(),
+        payer=step.payer,
         transaction="",
         network=reqs.network,
         amount="",
-        extra={
-            "channelState": {
-                "channelId": previous.channel_id,
-                "balance": previous.balance,
-                "totalClaimed": previous.total_claimed,
-                "withdrawRequestedAt": previous.withdraw_requested_at,
-                "refundNonce": str(previous.refund_nonce),
-                "chargedCumulativeAmount": step.charged,
-            },
-            "chargedAmount": reqs.amount,
-        },
+        extra={"channelState": step.state, "chargedAmount": reqs.amount},
     )

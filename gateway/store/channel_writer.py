@@ -15,7 +15,7 @@ from), so the two can change one channel side by side.
 
 Memory: `MemoryChannels` (gateway/store/channel_memory.py; or the SDK's
 `InMemoryChannelStorage`), thread-safe, its update a few microseconds of Python: called on
-the loop; `in_place` lets the fast path change a record itself, without the copies.
+the loop; `change_now` lets the fast path change a record itself, without the copies.
 """
 
 from __future__ import annotations
@@ -60,11 +60,20 @@ class ChannelWriter(Protocol):
         ...
 
 
+class InPlaceUpdate(Protocol):
+    """A pure update (`ChannelUpdate`) that can also make its change on the stored record
+    itself (`in_place`: whether it changed it)."""
+
+    def __call__(self, current: Channel | None) -> Channel | None: ...
+
+    def in_place(self, stored: Channel | None) -> bool: ...
+
+
 class MemoryChannelWriter:
     def __init__(self, storage: InMemoryChannelStorage | MemoryChannels) -> None:
         self._storage = storage
         # The gateway's own memory storage changes records in place (the voucher fast path).
-        self.in_place = storage if isinstance(storage, MemoryChannels) else None
+        self._in_place = storage if isinstance(storage, MemoryChannels) else None
 
     async def update(self, channel_id: str, update: ChannelUpdate) -> ChannelUpdateResult:
         return self.update_now(channel_id, update)
@@ -73,6 +82,13 @@ class MemoryChannelWriter:
         """`update` as a plain call: in this process's memory there is nothing to await, so
         no hang-up can cut it short (the fast path needs no task to protect it)."""
         return self._storage.update_channel(channel_id, update)
+
+    def change_now(self, channel_id: str, update: InPlaceUpdate) -> bool:
+        """`update_now`, on the stored record itself where the storage allows it
+        (`MemoryChannels.change`: no copies); whether the record changed."""
+        if self._in_place is not None:
+            return self._in_place.change(channel_id, update.in_place)
+        return self.update_now(channel_id, update).status == "updated"
 
 
 class RedisChannelWriter:
