@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import ClientResponse, web
+from x402.schemas import SettleResponse
 
 from gateway.config.settings import RouteSettings
 from gateway.errors import GatewayError, StoreUnavailable
@@ -22,6 +23,10 @@ from gateway.payment.receipts import receipt_headers
 from gateway.payment.retries import Ticket
 from gateway.payment.streamed import relay_metered_stream, streams_usage
 from gateway.proxy.upstream import relay
+
+# How a claim is charged: `Payments.settle` (claim, metered amount or None), unless a road of
+# its own charges it (gateway/voucher_road.py; a metered stream settles through `gw.payments`).
+Charge = Callable[[Claim, int | None], Awaitable[SettleResponse]]
 
 # A paid answer is for its payer alone: no shared cache (nor a CDN, whose own directives
 # the relay strips) may keep it and hand it to someone who did not pay (issue 12 item 7).
@@ -38,13 +43,15 @@ async def forward_paid(  # noqa: PLR0913  the request, its payment and its origi
     ticket: Ticket | None,
     record: RequestRecord,
     started: float,
+    charge: Charge | None = None,
 ) -> web.StreamResponse:
     """A verified payment: settled first if the route says so, then forwarded to the origin;
-    its answer relayed (an origin failure charges nothing) and settled (`settle_and_relay`)."""
+    its answer relayed (an origin failure charges nothing) and settled (`settle_and_relay`);
+    `charge`: how (None: `gw.payments.settle`)."""
     route, matched = record.route, claim.matched
     assert route is not None
     if route.settle == "before":
-        await gw.payments.settle(claim)
+        await (charge or gw.payments.settle)(claim, None)
     sent = time.perf_counter()
     upstream = await forward(
         add_headers={
@@ -59,7 +66,14 @@ async def forward_paid(  # noqa: PLR0913  the request, its payment and its origi
         await gw.payments.abandon(claim, f"origin answered {upstream.status}")
         return await relay(request, upstream, paid_headers(gw, request, upstream), paid=True)
     return await settle_and_relay(
-        request, gw, upstream, claim=claim, ticket=ticket, record=record, started=started
+        request,
+        gw,
+        upstream,
+        claim=claim,
+        ticket=ticket,
+        record=record,
+        started=started,
+        charge=charge,
     )
 
 
@@ -72,6 +86,7 @@ async def settle_and_relay(  # noqa: PLR0913  the request, its payment and its o
     ticket: Ticket | None,
     record: RequestRecord,
     started: float,
+    charge: Charge | None = None,
 ) -> web.StreamResponse:
     """The origin answered < 400: settle (what a metered route's origin stated), then relay;
     a metered stream is relayed first and settled after its last byte."""
@@ -90,7 +105,7 @@ async def settle_and_relay(  # noqa: PLR0913  the request, its payment and its o
     if claim.settled is None:
         try:
             amount = settle_amount(route, matched.requirement, upstream.headers, record.request_id)
-            await gw.payments.settle(claim, amount)
+            await (charge or gw.payments.settle)(claim, amount)
         except GatewayError:
             await gw.upstream.discard(upstream)  # settlement failed: serve nothing
             raise

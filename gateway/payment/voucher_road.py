@@ -88,10 +88,13 @@ class VoucherRoad:
         claim.timings.verify = time.perf_counter() - started
         return claim
 
-    async def settle(self, claim: Claim) -> SettleResponse:
+    async def settle(self, claim: Claim, amount: int | None = None) -> SettleResponse:
         """Charge a claim `take` reserved and record it (`Books.settle` in place: nothing
         here suspends, so no `settling` record, only the check that the claim is still
-        ours); a refused charge is recorded `failed` and raised as `SettlementFailed`."""
+        ours); a refused charge is recorded `failed` and raised as `SettlementFailed`.
+        `amount`: `gateway.paid`'s metered amount, None here (the road takes no metered
+        route)."""
+        assert amount is None, "a metered amount on the voucher road"
         hold, reqs = claim.hold, claim.matched.requirements
         assert hold is not None and isinstance(reqs, PaymentRequirements)
         self._books.still_ours(claim)
