@@ -142,7 +142,9 @@ class Metrics:
         # Labelled children looked up once per label values, not per payment (labels() takes
         # a lock and re-stringifies); bounded: a reason may come from a facilitator's answer.
         # functools' LRU: a hit is one C call (cachetools' is ~5 Python calls, 3 a payment).
-        self._payment_children = functools.lru_cache(maxsize=512)(_labelled)
+        # `_child(family, *values)` is `family.labels(*values)` from it, called as is (no
+        # method around it: payments, revenue and sign-ins share it).
+        self._payment_children = self._child = functools.lru_cache(maxsize=512)(_labelled)
         self.engine = EngineMetrics(r)
         self.channels = ChannelMetrics(r)  # batch-settlement claims (issue 14)
         self.sign_ins = Counter(
@@ -212,10 +214,6 @@ class Metrics:
     def verified(self) -> None:
         """The facilitator accepted a payment (not a final outcome)."""
         self._child(self.payments, VERIFIED, "").inc()
-
-    def _child(self, family: Counter, *values: str) -> Counter:
-        """`family.labels(*values)`, from the cache (payments, revenue and sign-ins share it)."""
-        return self._payment_children(family, *values)
 
     def facilitator_failed(self, url: str, operation: str) -> None:
         """The facilitator client's failure callback (one endpoint, one call)."""

@@ -128,8 +128,10 @@ class RateLimiter:
 
     async def count_spend(self, payer: str, req: Requirement, now: float) -> None:
         """Add a settled payment to the payer's day; never fails the paid response."""
+        if self.spend is None:
+            return  # no `daily_spend`: nothing to count (nor a price to work out)
         price = _micro(req)
-        if self.spend is None or price is None:
+        if price is None:
             return
         try:
             await self.spend.add_spent(_spend_key(payer, now), price, 2 * DAY)

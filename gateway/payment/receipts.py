@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import base64
+from binascii import b2a_base64
 
 from x402.http.constants import PAYMENT_RESPONSE_HEADER, X_PAYMENT_RESPONSE_HEADER
 from x402.schemas import SettleResponse
@@ -13,9 +13,11 @@ def encode_receipt(settle: SettleResponse) -> str:
     """The SDK's `encode_payment_response_header` (the model by alias, without None fields,
     as base64 JSON), with pydantic's own JSON writer instead of `model_dump` + `json.dumps`
     (~3x faster, on every paid response): compact and UTF-8 where the SDK's is spaced and
-    ASCII-escaped, the same JSON value (the SDK's decoder reads both; a test holds them)."""
-    text = settle.model_dump_json(by_alias=True, exclude_none=True)
-    return base64.b64encode(text.encode()).decode("ascii")
+    ASCII-escaped, the same JSON value (the SDK's decoder reads both; a test holds them).
+    The bytes are `model_dump_json`'s: its serializer called as it calls it, without its
+    str round trip, and base64 in one C call (`base64.b64encode` is a Python wrapper)."""
+    text = settle.__pydantic_serializer__.to_json(settle, by_alias=True, exclude_none=True)
+    return b2a_base64(text, newline=False).decode("ascii")
 
 
 def settlement_header(settle: SettleResponse, version: int) -> tuple[str, str]:

@@ -19,6 +19,7 @@ What crosses the gateway and what does not (RFC 9110 7.6.1, RFC 7239):
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Mapping
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -254,10 +255,23 @@ def expose_x402_headers(headers: CIMultiDict[str]) -> None:
     headers[EXPOSE] = ", ".join(listed)
 
 
+# Any CDN directive among folded header names joined by newlines (a header name is a
+# token: it holds no newline): one search finds whether a paid answer has one at all.
+_CDN_NAME = re.compile(
+    "|".join(f"^{re.escape(name)}$" for name in sorted(CDN_DIRECTIVES))
+    + f"|{re.escape(_TARGETED_CDN_SUFFIX)}$",
+    re.MULTILINE,
+)
+
+
 def strip_cdn_directives(headers: CIMultiDict[str]) -> None:
     """Remove every CDN cache directive (a paid answer must not be cached for others)."""
-    # `fold` inlined (C string methods, no Python call per header): a paid answer's every
-    # header passes here.
+    # A paid answer's every header passes here and almost none has a directive: one search
+    # over all the names folded at once (4 C calls) rules them out, instead of 3 calls a
+    # header. Folding the joined names is folding each (the directives are ASCII), so a
+    # name the loop below strips is always found; a find only sends the names through it.
+    if _CDN_NAME.search("\n".join(headers).lower().replace("_", "-")) is None:
+        return
     doomed = {
         name
         for name in headers

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.proxy import headers as hh
@@ -282,6 +284,39 @@ def test_strip_cdn_directives_keeps_everything_else() -> None:
     )
     hh.strip_cdn_directives(headers)
     assert list(headers) == ["Cache-Control", "Surrogate-Key", "ETag"]
+
+
+# Header names around the directives: a directive, or a near miss (a prefix, a suffix, a
+# neighbour), in any case and with `_` for any `-`.
+_CORES = [*sorted(hh.CDN_DIRECTIVES), "cache-control", "surrogate-key", "cdn-cache", "edge"]
+_NAMES = st.tuples(
+    st.sampled_from(["", "", "Fastly-", "acme_", "x", "-"]),
+    st.sampled_from(_CORES),
+    st.sampled_from(["", "", "", "s", "-x", "_"]),
+    st.randoms(use_true_random=False),
+).map(
+    lambda parts: "".join(
+        (c.upper() if parts[3].random() < 0.5 else c) if c != "-" else parts[3].choice("-_")
+        for c in parts[0] + parts[1] + parts[2]
+    )
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.one_of(_NAMES, st.sampled_from(["ETag", "Vary"])), max_size=4))
+def test_strip_cdn_directives_strips_exactly_the_directives(names: list[str]) -> None:
+    """The one search that rules a paid answer out strips what the rule says, no more: a
+    name is a directive when its folded form (case, `_` as `-`) is one, or ends with
+    `-cdn-cache-control`; everything else stays, in order, duplicates included."""
+    headers = CIMultiDict([(name, str(i)) for i, name in enumerate(names)])
+    hh.strip_cdn_directives(headers)
+
+    def directive(name: str) -> bool:
+        folded = hh.fold(name)
+        return folded in hh.CDN_DIRECTIVES or folded.endswith("-cdn-cache-control")
+
+    kept = [(name, str(i)) for i, name in enumerate(names) if not directive(name)]
+    assert list(headers.items()) == kept
 
 
 @pytest.mark.parametrize(
