@@ -102,3 +102,18 @@ def test_changes_in_place_and_updates_from_threads_lose_nothing() -> None:
         for done in [pool.submit(f) for f in (in_place, by_update, in_place, by_update)]:
             done.result()
     assert storage.get(cid).charged_cumulative_amount == "2000"  # type: ignore[union-attr]
+
+
+def test_change_finds_a_channel_by_any_spelling_of_its_id_and_refuses_a_malformed_one() -> None:
+    """A stored id is used as it is (no check again); any other is normalized or refused,
+    as `get` does."""
+    cid = channel_id()
+    storage = MemoryChannels()
+    storage.update_channel(cid, lambda _: new_channel(cid))
+    for spelling in (cid, "0x" + cid[2:].upper()):
+        assert storage.change(spelling, lambda stored: stored is not None and stored.channel_id)
+    assert storage.change("0x" + "0f" * 32, lambda stored: stored) is None  # no such channel
+    with pytest.raises(ValueError):
+        storage.change("0x1234", lambda stored: stored)  # not a bytes32 id
+    with pytest.raises(ValueError):
+        storage.change(cid.upper(), lambda stored: stored)  # `0X`: not canonical, as `get`
