@@ -69,6 +69,13 @@ CDN_DIRECTIVES = frozenset(
     {"surrogate-control", "cdn-cache-control", "edge-control", "x-accel-expires"}
 )
 _TARGETED_CDN_SUFFIX = "-cdn-cache-control"
+# Any of them among folded names, one per line (a header name holds no line break).
+_ANY_CDN_DIRECTIVE = re.compile(
+    "^(?:{}|.*{})$".format(
+        "|".join(map(re.escape, sorted(CDN_DIRECTIVES))), re.escape(_TARGETED_CDN_SUFFIX)
+    ),
+    re.MULTILINE,
+)
 
 # Never forwarded upstream: `Host` is the origin's own, and the gateway's server already
 # answered `Expect: 100-continue` itself, so the origin must not be asked to do it again.
@@ -255,29 +262,14 @@ def expose_x402_headers(headers: CIMultiDict[str]) -> None:
     headers[EXPOSE] = ", ".join(listed)
 
 
-def _spelled_any_way(name: str) -> str:
-    """A pattern for a lowercase `-` name in any case, with `_` for any `-` (its folds)."""
-    return "[-_]".join(re.escape(part) for part in name.split("-"))
-
-
-# Any CDN directive among header names joined by newlines (a header name is a token: it
-# holds no newline): one search finds whether a paid answer has one at all. ASCII case
-# folding is `fold()`'s here: the only other characters whose lowercase holds an ASCII
-# letter are U+212A (k: in no directive) and U+0130 (i plus a mark: no longer ASCII).
-_CDN_NAME = re.compile(
-    "|".join(f"^{_spelled_any_way(name)}$" for name in sorted(CDN_DIRECTIVES))
-    + f"|{_spelled_any_way(_TARGETED_CDN_SUFFIX)}$",
-    re.MULTILINE | re.IGNORECASE | re.ASCII,
-)
-
-
 def strip_cdn_directives(headers: CIMultiDict[str]) -> None:
     """Remove every CDN cache directive (a paid answer must not be cached for others)."""
-    # A paid answer's every header passes here and almost none has a directive: one search
-    # over all the names at once (2 C calls) rules them out, instead of 3 calls a header.
-    # A name the loop below strips is always found; a find only sends the names through it.
-    if _CDN_NAME.search("\n".join(headers)) is None:
+    # Every paid answer passes here and an origin rarely sends one: all the names looked at
+    # first in one pass of C calls (the per-name test below is three calls a header).
+    if _ANY_CDN_DIRECTIVE.search("\n".join(headers).lower().replace("_", "-")) is None:
         return
+    # `fold` inlined (C string methods, no Python call per header): a paid answer's every
+    # header passes here.
     doomed = {
         name
         for name in headers

@@ -287,6 +287,33 @@ def test_strip_cdn_directives_keeps_everything_else() -> None:
     assert list(headers) == ["Cache-Control", "Surrogate-Key", "ETag"]
 
 
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ([], "Origin"),
+        (["Accept-Encoding"], "Accept-Encoding, Origin"),
+        (["accept-encoding, origin"], "accept-encoding, origin"),
+        (["*"], "*"),
+    ],
+)
+def test_add_vary_merges_once(before: list[str], after: str) -> None:
+    headers = CIMultiDict([("Vary", v) for v in before])
+    hh.add_vary(headers, "Origin")
+    assert headers.getall("Vary") == [after]
+
+
+def test_request_drops_client_spellings_of_what_the_gateway_adds() -> None:
+    out = hh.request_headers(
+        hdrs(("X_Request_Id", "forged"), ("x_request_id", "forged"), ("X_Other", "kept")),
+        peer="127.0.0.1",
+        scheme="http",
+        trusted=False,
+        add={"X-Request-Id": "real"},
+    )
+    assert out.getall("X-Request-Id") == ["real"]
+    assert "X_Request_Id" not in out and out["X_Other"] == "kept"
+
+
 # Header names around the directives: a directive, or a near miss (a prefix, a suffix, a
 # neighbour), in any case, with `_` for any `-`, and some letters as the non-ASCII ones
 # whose case folds to them (or nearly: U+017F is an `s` to a Unicode regex, not to lower()).
@@ -329,30 +356,3 @@ def test_strip_cdn_directives_strips_exactly_the_directives(names: list[str]) ->
 
     kept = [(name, str(i)) for i, name in enumerate(names) if not directive(name)]
     assert list(headers.items()) == kept
-
-
-@pytest.mark.parametrize(
-    ("before", "after"),
-    [
-        ([], "Origin"),
-        (["Accept-Encoding"], "Accept-Encoding, Origin"),
-        (["accept-encoding, origin"], "accept-encoding, origin"),
-        (["*"], "*"),
-    ],
-)
-def test_add_vary_merges_once(before: list[str], after: str) -> None:
-    headers = CIMultiDict([("Vary", v) for v in before])
-    hh.add_vary(headers, "Origin")
-    assert headers.getall("Vary") == [after]
-
-
-def test_request_drops_client_spellings_of_what_the_gateway_adds() -> None:
-    out = hh.request_headers(
-        hdrs(("X_Request_Id", "forged"), ("x_request_id", "forged"), ("X_Other", "kept")),
-        peer="127.0.0.1",
-        scheme="http",
-        trusted=False,
-        add={"X-Request-Id": "real"},
-    )
-    assert out.getall("X-Request-Id") == ["real"]
-    assert "X_Request_Id" not in out and out["X_Other"] == "kept"
