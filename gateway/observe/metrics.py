@@ -182,16 +182,16 @@ class Metrics:
 
     def observe(self, record: RequestRecord) -> None:
         """Count one finished request, and its payment if it carried one."""
-        self.observe_request(
-            record.label, record.method, record.status_code, record.seconds, record.error
-        )
+        label = record.label
+        self.observe_request(label, record.method, record.status_code, record.seconds, record.error)
         if record.carried_payment:
-            self.observe_payment(record)
+            self.observe_payment(record, label)
         elif (sign_in := record.sign_in) is not None:
-            self._child(self.sign_ins, record.label, sign_in.name, sign_in.reason).inc()
+            self._child(self.sign_ins, label, sign_in.name, sign_in.reason).inc()
 
-    def observe_payment(self, record: RequestRecord) -> None:
-        """Count a request that carried a payment: its outcome, step times and revenue."""
+    def observe_payment(self, record: RequestRecord, label: str | None = None) -> None:
+        """Count a request that carried a payment: its outcome, step times and revenue.
+        `label`: `record.label` when the caller has it already."""
         outcome = record.outcome()
         self._child(self.payments, outcome.name, outcome.reason).inc()
         claim = record.claim
@@ -209,7 +209,8 @@ class Metrics:
             req = claim.matched.requirement
             # The record holds what was settled (a metered payment: less than the maximum).
             settled = int(claim.record.amount)
-            self._child(self.revenue, req.asset, req.network, record.label).inc(settled)
+            route = label if label is not None else record.label
+            self._child(self.revenue, req.asset, req.network, route).inc(settled)
 
     def verified(self) -> None:
         """The facilitator accepted a payment (not a final outcome)."""
