@@ -246,6 +246,34 @@ def test_a_settled_payment_counts_revenue_and_logs_who_paid_what() -> None:
         assert got[(f"x402_gateway_{name}_seconds_count", frozenset())] == 1
 
 
+def test_a_whole_request_counts_the_same_series_as_its_parts() -> None:
+    """`observe` (the request, then its payment under the label it read once) leaves the
+    registry as `observe_request` + `observe_payment` called apart do."""
+    whole, parts = Metrics(), Metrics()
+    for m in (whole, parts):
+        claim = make_claim(1500)
+        claim.timings = StepTimings(verify=0.01, origin=0.2, settle=0.03)
+        claim.settled = SettleResponse(
+            success=True, transaction="0xabc", network=claim.matched.requirement.network
+        )
+        claim.record = claim.record.with_status("settled", transaction="0xabc")
+        record = paid_record(claim, None, client_gone=False)
+        record.seconds = 0.25
+        if m is whole:
+            m.observe(record)
+        else:
+            m.observe_request("/paid/*", "GET", 200, 0.25, None)
+            m.observe_payment(record)
+    got, apart = (
+        {k: v for k, v in samples(m).items() if not k[0].endswith("_created")}
+        for m in (whole, parts)
+    )
+    assert got == apart
+    req = make_claim(1500).matched.requirement
+    revenue = frozenset({"asset": req.asset, "network": req.network, "route": "/paid/*"}.items())
+    assert got[("x402_gateway_revenue_atomic_units_total", revenue)] == 1500
+
+
 def test_an_unsettled_payment_counts_no_revenue() -> None:
     m = Metrics()
     claim = make_claim()
