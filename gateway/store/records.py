@@ -66,10 +66,16 @@ class PaymentRecord:
 
     def with_status(self, status: Status, **changes: Any) -> PaymentRecord:
         # What dataclasses.replace() does, without its per-field lookups and checks (~19
-        # Python calls; a paid request changes its record's status twice or three times).
-        values = dict(zip(_FIELD_NAMES, _field_values(self), strict=True))
-        values.update(changes, status=status, updated_at=time.time())
-        return PaymentRecord(**values)
+        # Python calls; a paid request changes its record's status twice or three times),
+        # and by position: matching 15 keywords costs more than the rest of it.
+        values = list(_field_values(self))
+        for name, value in changes.items():
+            if name not in _FIELD_AT:
+                raise TypeError(f"PaymentRecord has no field {name!r}")
+            values[_FIELD_AT[name]] = value
+        values[_STATUS_AT] = status
+        values[_UPDATED_AT] = time.time()
+        return PaymentRecord(*values)
 
     def dumps(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -86,6 +92,8 @@ class PaymentRecord:
 
 _FIELD_NAMES = tuple(f.name for f in fields(PaymentRecord))
 _field_values = attrgetter(*_FIELD_NAMES)
+_FIELD_AT = {name: at for at, name in enumerate(_FIELD_NAMES)}  # positional __init__
+_STATUS_AT, _UPDATED_AT = _FIELD_AT["status"], _FIELD_AT["updated_at"]
 
 
 def latest_per_request(history: Iterable[PaymentRecord], limit: int) -> list[PaymentRecord]:

@@ -6,6 +6,8 @@ import dataclasses
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.store.records import PaymentRecord
 
@@ -42,3 +44,19 @@ def test_with_status_is_replace_with_a_fresh_update_time(changes: dict[str, obje
 def test_with_status_refuses_an_unknown_field() -> None:
     with pytest.raises(TypeError):
         RECORD.with_status("settled", colour="red")  # type: ignore[arg-type]
+
+
+_VALUES = st.none() | st.text(max_size=8) | st.floats(allow_nan=False)
+_STATUSES = st.sampled_from(["claimed", "settling", "settled", "failed", "refund_due"])
+_NAMES = [f.name for f in dataclasses.fields(PaymentRecord) if f.name != "status"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(_STATUSES, st.dictionaries(st.sampled_from(_NAMES), _VALUES, max_size=6))
+def test_with_status_is_replace_for_any_change(status: str, changes: dict[str, object]) -> None:
+    """Field by field (by position inside) as `dataclasses.replace`, every field changeable;
+    `updated_at` is the clock's whatever the changes say."""
+    new = RECORD.with_status(status, **changes)  # type: ignore[arg-type]
+    changes = {**changes, "updated_at": new.updated_at}
+    assert new == dataclasses.replace(RECORD, status=status, **changes)  # type: ignore[arg-type]
+    assert new.updated_at >= 2.0
