@@ -74,7 +74,8 @@ def _b64decode(value: str, name: str) -> bytes:
         # Well-formed (every header a client sends): one strict pass in C decides it as the
         # checks below would; anything else goes through them for its own message.
         try:
-            return base64.b64decode(unpadded + b"=" * (-len(unpadded) % 4), validate=True)
+            # `base64.b64decode(..., validate=True)` is this call behind two Python frames.
+            return binascii.a2b_base64(unpadded + b"=" * (-len(unpadded) % 4), strict_mode=True)
         except (binascii.Error, ValueError):
             pass
     if not _B64_STD.fullmatch(raw):
@@ -127,14 +128,20 @@ def _parse_constant(text: str) -> Any:
     raise _NumberError(f"{text} is not JSON")
 
 
-# Built once (json.loads with hooks builds a decoder per call); it keeps no state.
+# Built once (json.loads with hooks builds a decoder per call); they keep no state.
 _DECODER = json.JSONDecoder(parse_int=_parse_int, parse_constant=_parse_constant)
+# Without the Python-level integer hook: for a text with no run of more digits than any
+# integer may have, which `_parse_int` could never refuse (one search in C instead of a
+# hook call per number).
+_PLAIN_DECODER = json.JSONDecoder(parse_constant=_parse_constant)
+_LONG_DIGITS = re.compile(f"[0-9]{{{MAX_INT_DIGITS + 1}}}")
 
 
 def _loads(text: str, name: str) -> Any:
     _check_depth(text, name)
+    decoder = _DECODER if _LONG_DIGITS.search(text) is not None else _PLAIN_DECODER
     try:
-        return _DECODER.decode(text)
+        return decoder.decode(text)
     except _NumberError as exc:
         _fail("invalid_json", f"{name} JSON has {exc}")
     except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError

@@ -13,7 +13,14 @@ from x402.schemas import PaymentPayload
 from x402.schemas.v1 import PaymentPayloadV1
 
 from gateway.errors import MalformedPayment
-from gateway.payment.decode import MAX_JSON_DEPTH, DecodedPayment, _b64decode, decode_payment
+from gateway.payment.decode import (
+    MAX_INT_DIGITS,
+    MAX_JSON_DEPTH,
+    DecodedPayment,
+    _b64decode,
+    _loads,
+    decode_payment,
+)
 from tests.unit.wire_helpers import b64json, headers, v1_dict, v2_dict
 
 LIMIT = 16384
@@ -281,3 +288,57 @@ def test_base64_fast_pass_decides_as_the_step_by_step_checks(value: str) -> None
     except MalformedPayment as exc:
         got = exc.detail
     assert got == expected
+
+
+# --- the JSON decoder without the integer hook (equivalence) ----------------------------
+
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**90), max_value=10**90)
+    | st.text(alphabet='0123456789abc"\\', max_size=100),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=12,
+)
+
+
+def _hooked(text: str) -> Any:
+    """What the decoder with the `_parse_int` hook on every integer says of `text`."""
+    from gateway.payment import decode
+
+    try:
+        return ("ok", decode._DECODER.decode(text))
+    except decode._NumberError:
+        return ("refused", None)
+
+
+def _taken(text: str) -> Any:
+    try:
+        return ("ok", _loads(text, "PAYMENT-SIGNATURE"))
+    except MalformedPayment:
+        return ("refused", None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_JSON)
+def test_loads_decides_as_the_hooked_decoder(value: Any) -> None:
+    """Plain decoding when no digit run is long enough for a refused integer: the same
+    value, and the same refusal of an integer over MAX_INT_DIGITS digits (strings with long
+    digit runs included)."""
+    text = json.dumps(value)
+    assert _taken(text) == _hooked(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "verdict"),
+    [
+        ('{"a": ' + "9" * MAX_INT_DIGITS + "}", "ok"),
+        ('{"a": ' + "9" * (MAX_INT_DIGITS + 1) + "}", "refused"),
+        ('{"a": -' + "9" * (MAX_INT_DIGITS + 1) + "}", "refused"),
+        ('{"a": "' + "9" * (MAX_INT_DIGITS + 5) + '"}', "ok"),
+        ('{"a": 1.' + "9" * (MAX_INT_DIGITS + 5) + "}", "ok"),
+    ],
+)
+def test_long_integers_at_the_digit_bound(text: str, verdict: str) -> None:
+    assert _taken(text)[0] == verdict == _hooked(text)[0]
+    assert _taken(text) == _hooked(text)
