@@ -107,12 +107,15 @@ class FastVouchers:
 
     # --- verify ---------------------------------------------------------------------------
 
-    def plain(self, payload: Any, reqs: PaymentRequirements) -> Voucher | None:
+    def plain(
+        self, payload: Any, reqs: PaymentRequirements, parsed: Voucher | None = None
+    ) -> Voucher | None:
         """The voucher in `payload` when it is plain, bound to `reqs` and signed by its
-        payer authorizer; else None."""
+        payer authorizer; else None. `parsed`: `payload`'s voucher as `parse_plain` gives
+        it, read already by the match (`ChannelPayment.voucher`); None: parsed here."""
         if reqs.scheme != SCHEME_BATCH_SETTLEMENT or not reqs.amount.isdigit():
             return None
-        voucher = parse_plain(payload, self._configs)
+        voucher = parsed if parsed is not None else parse_plain(payload, self._configs)
         if voucher is None or not self._bound_to(voucher, reqs):
             return None
         on = self._domain(str(reqs.network))

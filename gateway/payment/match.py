@@ -77,6 +77,7 @@ from gateway.payment.terms import (
     is_permit2,
     parse_terms,
 )
+from gateway.payment.voucher_check import parse_config
 from gateway.payment.voucher_memo import Accepted, memo_key
 
 MISMATCH = "payment_requirements_mismatch"
@@ -228,7 +229,9 @@ def _match_channel(
     match remembered for its channel's next ones (`_voucher_again`)."""
     paid = channel_payment(req, payload.payload, ids=ids)
     if ids is not None and paid.kind == "voucher" and (key := memo_key(payload)) is not None:
-        ids.vouchers.remember(key, Accepted(accepts, req, cid, paid.channel_id, paid.payer))
+        config = parse_config(payload.payload["channelConfig"])
+        accepted = Accepted(accepts, req, cid, paid.channel_id, paid.payer, config)
+        ids.vouchers.remember(key, accepted)
     return _channel_matched(req, cid, payload, paid)
 
 
@@ -242,7 +245,7 @@ def _voucher_again(
     found = ids.vouchers.get(key, route.accepts) if ids is not None and key is not None else None
     if found is None:
         return None
-    paid = voucher_again(payload.payload, found.channel_id, found.payer)
+    paid = voucher_again(payload.payload, found.channel_id, found.payer, config=found.config)
     if paid is None:
         return None
     return _channel_matched(found.requirement, found.chain_id, payload, paid)

@@ -20,6 +20,7 @@ from cachetools import LRUCache
 from x402.schemas import PaymentPayload
 
 from gateway.config.settings import Requirement
+from gateway.payment.voucher_check import Parsed
 
 CACHED_VOUCHERS = 4096  # channels (with their terms) whose last accepted match is kept
 
@@ -35,6 +36,9 @@ class Accepted:
     chain_id: int
     channel_id: str  # lower-case
     payer: str  # lower-case
+    # Its `channelConfig` as the fast path parses it (`voucher_check.parse_config`): its
+    # next vouchers are carried to the voucher road parsed (`ChannelPayment.voucher`).
+    config: Parsed | None = None
 
 
 def memo_key(payload: PaymentPayload) -> MemoKey | None:
