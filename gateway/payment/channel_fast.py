@@ -102,7 +102,6 @@ class FastVouchers:
         self._bound: LRUCache[tuple[Any, ...], bool] = LRUCache(CACHED_CONFIGS)
         # The networks are the routes' (config): a C-level cache, once per voucher.
         self._domains = functools.lru_cache(maxsize=64)(_domain_on)
-        self._signers: LRUCache[bytes, str] = LRUCache(CACHED_CONFIGS)  # public key: address
         self._configs: LRUCache[str, Parsed] = LRUCache(CACHED_CONFIGS)  # parsed, by repr
 
     # --- verify ---------------------------------------------------------------------------
@@ -119,9 +118,7 @@ class FastVouchers:
         if voucher is None or not self._bound_to(voucher, reqs):
             return None
         on = self._domain(str(reqs.network))
-        return (
-            voucher if on is not None and signed_by_authorizer(voucher, on, self._signers) else None
-        )
+        return voucher if on is not None and signed_by_authorizer(voucher, on) else None
 
     def _bound_to(self, voucher: Voucher, reqs: PaymentRequirements) -> bool:
         extra = reqs.extra or {}

@@ -156,24 +156,15 @@ def digest(voucher: Voucher, on: Domain) -> bytes:
     return keccak(b"\x19\x01" + on.separator + struct)
 
 
-def signed_by_authorizer(
-    voucher: Voucher, on: Domain, signers: MutableMapping[bytes, str] | None = None
-) -> bool:
+def signed_by_authorizer(voucher: Voucher, on: Domain) -> bool:
     """True only when the voucher is an ECDSA signature by its channel's (non-zero)
     `payerAuthorizer`. A zero authorizer (an ERC-1271 wallet: the chain decides) is never
-    accepted here. `signers`: addresses of public keys already seen (a channel's every
-    voucher is signed by one key: its address, a keccak, once), None: computed each time."""
+    accepted here. (A channel's every voucher is signed by one key: its address, a keccak,
+    is `address_of`'s, memoized in C.)"""
     authorizer = voucher.config.payer_authorizer
     if not isinstance(authorizer, str) or not ADDRESS.fullmatch(authorizer):
         return False
     if int(authorizer, 16) == 0:
         return False
     public = recover_key(digest(voucher, on), bytes.fromhex(voucher.signature[2:]))
-    if public is None:
-        return False
-    signer = signers.get(public) if signers is not None else None
-    if signer is None:
-        signer = address_of(public)
-        if signers is not None:
-            signers[public] = signer
-    return signer == authorizer.lower()
+    return public is not None and address_of(public) == authorizer.lower()
