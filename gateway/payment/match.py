@@ -227,12 +227,12 @@ def _match_channel(
 ) -> MatchedPayment:
     """A channel deposit or voucher (gateway/payment/channel_terms.py); a plain voucher's
     match remembered for its channel's next ones (`_voucher_again`)."""
-    paid = channel_payment(req, payload.payload, ids=ids)
+    paid, reqs = channel_payment(req, payload.payload, ids=ids), requirement_v2(req)
     if ids is not None and paid.kind == "voucher" and (key := memo_key(payload)) is not None:
         config = parse_config(payload.payload["channelConfig"])
-        accepted = Accepted(accepts, req, cid, paid.channel_id, paid.payer, config)
+        accepted = Accepted(accepts, req, cid, paid.channel_id, paid.payer, reqs, config)
         ids.vouchers.remember(key, accepted)
-    return _channel_matched(req, cid, payload, paid)
+    return _channel_matched(req, cid, payload, paid, reqs)
 
 
 def _voucher_again(
@@ -248,16 +248,20 @@ def _voucher_again(
     paid = voucher_again(payload.payload, found.channel_id, found.payer, config=found.config)
     if paid is None:
         return None
-    return _channel_matched(found.requirement, found.chain_id, payload, paid)
+    return _channel_matched(found.requirement, found.chain_id, payload, paid, found.requirements)
 
 
 def _channel_matched(
-    req: Requirement, cid: int, payload: PaymentPayload, paid: ChannelPayment
+    req: Requirement,
+    cid: int,
+    payload: PaymentPayload,
+    paid: ChannelPayment,
+    requirements: PaymentRequirements,
 ) -> MatchedPayment:
     return MatchedPayment(
         version=2,
         payload=payload,
-        requirements=requirement_v2(req),
+        requirements=requirements,
         requirement=req,
         identity=PaymentIdentity(cid, req.asset.lower(), paid.payer, paid.nonce),
         payer=checksummed(paid.payer),

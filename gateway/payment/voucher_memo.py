@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cachetools import LRUCache
-from x402.schemas import PaymentPayload
+from x402.schemas import PaymentPayload, PaymentRequirements
 
 from gateway.config.settings import Requirement
 from gateway.payment.voucher_check import Parsed
@@ -36,6 +36,9 @@ class Accepted:
     chain_id: int
     channel_id: str  # lower-case
     payer: str  # lower-case
+    # `requirement` as the v2 wire states it, built once for the channel's every voucher
+    # (`MatchedPayment.requirements`: read, never changed: tests/unit/payment/test_voucher_memo.py)
+    requirements: PaymentRequirements
     # Its `channelConfig` as the fast path parses it (`voucher_check.parse_config`): its
     # next vouchers are carried to the voucher road parsed (`ChannelPayment.voucher`).
     config: Parsed | None = None
