@@ -128,20 +128,14 @@ def _parse_constant(text: str) -> Any:
     raise _NumberError(f"{text} is not JSON")
 
 
-# Built once (json.loads with hooks builds a decoder per call); they keep no state.
+# Built once (json.loads with hooks builds a decoder per call); it keeps no state.
 _DECODER = json.JSONDecoder(parse_int=_parse_int, parse_constant=_parse_constant)
-# Without the Python-level integer hook: for a text with no run of more digits than any
-# integer may have, which `_parse_int` could never refuse (one search in C instead of a
-# hook call per number).
-_PLAIN_DECODER = json.JSONDecoder(parse_constant=_parse_constant)
-_LONG_DIGITS = re.compile(f"[0-9]{{{MAX_INT_DIGITS + 1}}}")
 
 
 def _loads(text: str, name: str) -> Any:
     _check_depth(text, name)
-    decoder = _DECODER if _LONG_DIGITS.search(text) is not None else _PLAIN_DECODER
     try:
-        return decoder.decode(text)
+        return _DECODER.decode(text)
     except _NumberError as exc:
         _fail("invalid_json", f"{name} JSON has {exc}")
     except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError

@@ -290,43 +290,15 @@ def test_base64_fast_pass_decides_as_the_step_by_step_checks(value: str) -> None
     assert got == expected
 
 
-# --- the JSON decoder without the integer hook (equivalence) ----------------------------
-
-_JSON = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(10**90), max_value=10**90)
-    | st.text(alphabet='0123456789abc"\\', max_size=100),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner),
-    max_leaves=12,
-)
+# --- integers at the digit bound --------------------------------------------------------
 
 
-def _hooked(text: str) -> Any:
-    """What the decoder with the `_parse_int` hook on every integer says of `text`."""
-    from gateway.payment import decode
-
+def _verdict(text: str) -> str:
     try:
-        return ("ok", decode._DECODER.decode(text))
-    except decode._NumberError:
-        return ("refused", None)
-
-
-def _taken(text: str) -> Any:
-    try:
-        return ("ok", _loads(text, "PAYMENT-SIGNATURE"))
+        _loads(text, "PAYMENT-SIGNATURE")
     except MalformedPayment:
-        return ("refused", None)
-
-
-@settings(max_examples=300, deadline=None)
-@given(_JSON)
-def test_loads_decides_as_the_hooked_decoder(value: Any) -> None:
-    """Plain decoding when no digit run is long enough for a refused integer: the same
-    value, and the same refusal of an integer over MAX_INT_DIGITS digits (strings with long
-    digit runs included)."""
-    text = json.dumps(value)
-    assert _taken(text) == _hooked(text)
+        return "refused"
+    return "ok"
 
 
 @pytest.mark.parametrize(
@@ -340,5 +312,4 @@ def test_loads_decides_as_the_hooked_decoder(value: Any) -> None:
     ],
 )
 def test_long_integers_at_the_digit_bound(text: str, verdict: str) -> None:
-    assert _taken(text)[0] == verdict == _hooked(text)[0]
-    assert _taken(text) == _hooked(text)
+    assert _verdict(text) == verdict
