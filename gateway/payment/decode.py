@@ -50,14 +50,15 @@ def _fail(reason: str, detail: str) -> NoReturn:
     raise MalformedPayment(detail, reason=reason)
 
 
-def _values(headers: Mapping[str, str], name: str) -> list[str]:
-    if isinstance(headers, CIMultiDictProxy | CIMultiDict):
-        found: list[str] = headers.getall(name, [])
+def _values(headers: Mapping[str, str], name: str, multi: bool) -> list[str]:
+    """`multi`: `headers` is a multidict (asked once by the caller, for both names)."""
+    if multi:
+        found: list[str] = headers.getall(name, ())  # type: ignore[attr-defined]
     else:
         one = headers.get(name)
         found = [] if one is None else [one]
     # An empty header is no payment, as in the SDK's server.
-    return [v for v in found if v.strip()]
+    return [v for v in found if v.strip()] if found else found
 
 
 def _b64decode(value: str, name: str) -> bytes:
@@ -185,8 +186,9 @@ def decode_payment(headers: Mapping[str, str], max_size: int) -> DecodedPayment 
     `headers` is the request's case-insensitive multidict (a plain mapping must use the
     canonical names). Two payment headers (v1 and v2, or one repeated) are refused rather
     than guessed between."""
-    v2 = _values(headers, PAYMENT_SIGNATURE_HEADER)
-    v1 = _values(headers, X_PAYMENT_HEADER)
+    multi = isinstance(headers, CIMultiDictProxy | CIMultiDict)
+    v2 = _values(headers, PAYMENT_SIGNATURE_HEADER, multi)
+    v1 = _values(headers, X_PAYMENT_HEADER, multi)
     if len(v2) + len(v1) > 1:
         _fail("conflicting_payment_headers", "send one payment header, not several")
     if v2:

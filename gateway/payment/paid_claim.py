@@ -22,6 +22,8 @@ from gateway.store import PaymentRecord
 
 def charged_amount(matched: MatchedPayment) -> int:
     """What a payment charges at most: a channel's cooperative refund, nothing."""
+    if matched.channel is not None:  # matched: its kind read already
+        return 0 if matched.channel.kind == "refund" else matched.requirement.amount
     payload = matched.payload.payload
     return 0 if isinstance(payload, dict) and is_refund(payload) else matched.requirement.amount
 

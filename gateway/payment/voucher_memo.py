@@ -14,9 +14,9 @@ miss is the full match. Pure: no I/O; one per generation (its `ChannelIds`), bou
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
-from cachetools import LRUCache
 from x402.schemas import PaymentPayload, PaymentRequirements
 
 from gateway.config.settings import Requirement
@@ -72,15 +72,23 @@ class VoucherMemo:
     """The last accepted match per (route terms, channel)."""
 
     def __init__(self, size: int = CACHED_VOUCHERS) -> None:
-        self._seen: LRUCache[MemoKey, Accepted] = LRUCache(size)
+        # Least recently used first (an LRU in C: cachetools' costs ~5 Python calls a hit).
+        self._seen: OrderedDict[MemoKey, Accepted] = OrderedDict()
+        self._size = size
 
     def get(self, key: MemoKey, accepts: tuple[Requirement, ...]) -> Accepted | None:
         """The match remembered for `key` against these very route requirements."""
         found = self._seen.get(key)
-        return found if found is not None and found.accepts is accepts else None
+        if found is None or found.accepts is not accepts:
+            return None
+        self._seen.move_to_end(key)
+        return found
 
     def remember(self, key: MemoKey, accepted: Accepted) -> None:
         self._seen[key] = accepted
+        self._seen.move_to_end(key)
+        if len(self._seen) > self._size:
+            self._seen.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._seen)

@@ -47,12 +47,12 @@ class ExpiringMap(Generic[V]):
     def __setitem__(self, key: str, value: V) -> None:
         now = self._timer()
         expires = now + self._ttl(value)
-        self._items[key] = (value, expires)
-        heap = self._heap
+        items, heap = self._items, self._heap
+        items[key] = (value, expires)
         heapq.heappush(heap, (expires, key))
-        if heap[0][0] <= now or len(self._items) > self._maxsize:
+        if heap[0][0] <= now or len(items) > self._maxsize:
             self._drop(now)
-        if len(heap) > 2 * len(self._items) + _SLACK:
+        if len(heap) > 2 * len(items) + _SLACK:
             self._heap = [(entry[1], k) for k, entry in self._items.items()]
             heapq.heapify(self._heap)
 

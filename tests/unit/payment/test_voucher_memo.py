@@ -18,8 +18,9 @@ from gateway.errors import GatewayError
 from gateway.payment.channel_terms import ChannelIds
 from gateway.payment.decode import DecodedPayment
 from gateway.payment.match import match_requirement
+from gateway.payment.requirements import requirement_v2
 from gateway.payment.voucher_check import parse_plain
-from gateway.payment.voucher_memo import memo_key
+from gateway.payment.voucher_memo import Accepted, VoucherMemo, memo_key
 from tests.unit.wire_helpers import (
     BATCH,
     OTHER_ASSET,
@@ -198,3 +199,17 @@ def test_a_voucher_carried_parsed_is_the_one_parse_plain_gives(
         assert carried == own, name
     else:
         assert carried is None, name  # the full match carries nothing: the road parses
+
+
+def test_the_memo_is_bounded_and_drops_the_least_recently_used() -> None:
+    memo = VoucherMemo(size=2)
+    accepts = ROUTE.accepts
+    kept = Accepted(accepts, BATCH, 1, "0x01", "0x02", requirement_v2(BATCH))
+    for name in ("a", "b"):
+        memo.remember((name,), kept)
+    assert memo.get(("a",), accepts) is kept  # used: now the most recent
+    memo.remember(("c",), kept)
+    assert len(memo) == 2
+    assert memo.get(("b",), accepts) is None
+    assert memo.get(("a",), accepts) is kept and memo.get(("c",), accepts) is kept
+    assert memo.get(("a",), route(requirement(), BATCH).accepts) is None  # other terms
