@@ -122,8 +122,31 @@ def _config(raw: dict[str, Any]) -> ChannelConfig:
 
 def _voucher(raw: dict[str, Any]) -> tuple[str, int, str]:
     """(channelId as sent, maxClaimableAmount, signature) of a well-formed voucher."""
-    where = "payload.voucher"
     voucher = raw.get("voucher")
+    if isinstance(voucher, dict):
+        # Every voucher a client sends: its three fields checked at once (`text_field`'s
+        # checks, ~6 Python calls fewer); anything else below, for its own message.
+        claimed, amount, signature = (
+            voucher.get("channelId"),
+            voucher.get("maxClaimableAmount"),
+            voucher.get("signature"),
+        )
+        if (
+            isinstance(claimed, str)
+            and isinstance(amount, str)
+            and isinstance(signature, str)
+            and _BYTES32.fullmatch(claimed)
+            and _UINT.fullmatch(amount)
+            and _HEX.fullmatch(signature)
+            and (cumulative := int(amount)) <= _UINT128_MAX
+        ):
+            return claimed, cumulative, signature
+    return _voucher_refused(voucher)
+
+
+def _voucher_refused(voucher: Any) -> tuple[str, int, str]:
+    """`_voucher`'s field checks one by one: `MalformedPayment` naming the first that fails."""
+    where = "payload.voucher"
     claimed = text_field(voucher, "channelId", where, _BYTES32, "0x + 32 bytes of hex")
     signature = text_field(voucher, "signature", where, _HEX, "0x hex bytes")
     amount = int(
