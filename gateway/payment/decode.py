@@ -12,7 +12,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -71,12 +71,13 @@ def _b64decode(value: str, name: str) -> bytes:
             _fail("invalid_base64", f"{name} mixes the standard and URL-safe base64 alphabets")
         raw = raw.translate(_URLSAFE)
     unpadded = raw.rstrip(b"=")
-    if len(unpadded) % 4 != 1 and len(raw) - len(unpadded) <= 2:
+    length = len(unpadded)
+    if length % 4 != 1 and len(raw) - length <= 2:
         # Well-formed (every header a client sends): one strict pass in C decides it as the
         # checks below would; anything else goes through them for its own message.
         try:
             # `base64.b64decode(..., validate=True)` is this call behind two Python frames.
-            return binascii.a2b_base64(unpadded + b"=" * (-len(unpadded) % 4), strict_mode=True)
+            return binascii.a2b_base64(unpadded + b"=" * (-length % 4), strict_mode=True)
         except (binascii.Error, ValueError):
             pass
     if not _B64_STD.fullmatch(raw):
@@ -120,7 +121,8 @@ class _NumberError(ValueError):
 
 
 def _parse_int(text: str) -> int:
-    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+    # A short one (every real payment's) is let through on its length alone.
+    if len(text) > MAX_INT_DIGITS and len(text.lstrip("-")) > MAX_INT_DIGITS:
         raise _NumberError(f"an integer longer than {MAX_INT_DIGITS} digits")
     return int(text)
 
@@ -131,12 +133,21 @@ def _parse_constant(text: str) -> Any:
 
 # Built once (json.loads with hooks builds a decoder per call); it keeps no state.
 _DECODER = json.JSONDecoder(parse_int=_parse_int, parse_constant=_parse_constant)
+# Its scanner (C), which `decode` runs from the text's first value (untyped in typeshed).
+_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
 
 
 def _loads(text: str, name: str) -> Any:
     _check_depth(text, name)
     try:
-        return _DECODER.decode(text)
+        # `decode` is this scan behind two Python frames and two whitespace matches; a text
+        # that is not one JSON value exactly from its first character to its last (leading
+        # or trailing whitespace, an error) goes through `decode` for its own answer.
+        try:
+            value, end = _SCAN(text, 0)
+        except StopIteration:
+            end = -1
+        return value if end == len(text) else _DECODER.decode(text)
     except _NumberError as exc:
         _fail("invalid_json", f"{name} JSON has {exc}")
     except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
