@@ -65,7 +65,8 @@ class Claim:
 def new_claim(matched: MatchedPayment, route: RouteSettings, request_id: str, holder: str) -> Claim:
     """This request's claim on `matched`, not yet taken in the store (`Payments.claim`, the
     voucher road): its record says who holds it and what it may charge."""
-    ttl = claim_ttl(matched, time.time())
+    now = time.time()
+    ttl = claim_ttl(matched, now)
     # A channel payment's charge is in the channel state: its record is reconciled there.
     channel, cumulative = _channel_of(matched)
     record = PaymentRecord(
@@ -80,6 +81,8 @@ def new_claim(matched: MatchedPayment, route: RouteSettings, request_id: str, ho
         holder=holder,
         channel=channel,
         cumulative=cumulative,
+        created_at=now,  # one clock read (the defaults read it once each)
+        updated_at=now,
     )
     return Claim(matched.identity.key, matched, record, ttl)
 

@@ -24,7 +24,7 @@ from gateway.payment.voucher_check import Parsed
 
 CACHED_VOUCHERS = 4096  # channels (with their terms) whose last accepted match is kept
 
-MemoKey = tuple[str, ...]
+MemoKey = tuple[str | int, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +61,9 @@ def memo_key(payload: PaymentPayload) -> MemoKey | None:
         terms.asset,
         terms.pay_to,
         terms.amount,
-        repr(terms.max_timeout_seconds),
-        repr(terms.extra),
-        repr(raw.get("channelConfig")),
+        terms.max_timeout_seconds,  # an int (the model's): compared exactly as its text
+        # one repr of both: a tuple's is its items' reprs, unambiguously delimited
+        repr((terms.extra, raw.get("channelConfig"))),
         claimed,
     )
 

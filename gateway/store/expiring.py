@@ -44,8 +44,20 @@ class ExpiringMap(Generic[V]):
             return None
         return found[0]
 
-    def __setitem__(self, key: str, value: V) -> None:
+    def add(self, key: str, value: V) -> V | None:
+        """Set-if-absent: the live value under `key` (nothing written), or None once `value`
+        is written (one clock read for both)."""
         now = self._timer()
+        found = self._items.get(key)
+        if found is not None and now < found[1]:
+            return found[0]
+        self._write(key, value, now)
+        return None
+
+    def __setitem__(self, key: str, value: V) -> None:
+        self._write(key, value, self._timer())
+
+    def _write(self, key: str, value: V, now: float) -> None:
         expires = now + self._ttl(value)
         items, heap = self._items, self._heap
         items[key] = (value, expires)

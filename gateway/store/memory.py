@@ -36,10 +36,9 @@ class MemoryStore:
         self._spend = MemorySpend()
 
     async def claim(self, key: str, record: PaymentRecord, ttl: float) -> PaymentRecord | None:
-        held = self._claims.get(key)
+        held = self._claims.add(key, (record, ttl))
         if held is not None:
             return held[0]
-        self._claims[key] = (record, ttl)
         self._history.appendleft(record)
         return None
 

@@ -100,6 +100,7 @@ _KEYS = st.sampled_from(["a", "b", "c", "d", "e"])
 _OPS = st.lists(
     st.one_of(
         st.tuples(st.just("set"), _KEYS, st.floats(min_value=0.0, max_value=20.0)),
+        st.tuples(st.just("add"), _KEYS, st.floats(min_value=0.0, max_value=20.0)),
         st.tuples(st.just("get"), _KEYS, st.just(0.0)),
         st.tuples(st.just("del"), _KEYS, st.just(0.0)),
         st.tuples(st.just("wait"), st.just(""), st.floats(min_value=0.0, max_value=10.0)),
@@ -118,6 +119,11 @@ def test_answers_as_tlrucache_within_the_bound(ops: list[tuple[str, str, float]]
     for n, (op, key, number) in enumerate(ops):
         if op == "set":
             ours[key] = theirs[key] = (f"v{n}", number)
+        elif op == "add":  # set-if-absent, as the store's claim did on TLRUCache
+            held = theirs.get(key)
+            if held is None:
+                theirs[key] = (f"v{n}", number)
+            assert ours.add(key, (f"v{n}", number)) == held
         elif op == "get":
             assert ours.get(key) == theirs.get(key)
         elif op == "del" and theirs.get(key) is not None:
