@@ -11,6 +11,7 @@ which then gives its own verdict and reason (unit tests hold the two to each oth
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
@@ -162,9 +163,17 @@ def signed_by_authorizer(voucher: Voucher, on: Domain) -> bool:
     accepted here. (A channel's every voucher is signed by one key: its address, a keccak,
     is `address_of`'s, memoized in C.)"""
     authorizer = voucher.config.payer_authorizer
-    if not isinstance(authorizer, str) or not ADDRESS.fullmatch(authorizer):
-        return False
-    if int(authorizer, 16) == 0:
+    signer = _signer(authorizer) if isinstance(authorizer, str) else None
+    if signer is None:
         return False
     public = recover_key(digest(voucher, on), bytes.fromhex(voucher.signature[2:]))
-    return public is not None and address_of(public) == authorizer.lower()
+    return public is not None and address_of(public) == signer
+
+
+@functools.lru_cache(maxsize=4096)
+def _signer(authorizer: str) -> str | None:
+    """The lower-case address whose ECDSA signature `authorizer` stands for; None: not an
+    address, or the zero one. Memoized, bounded: a channel's every voucher names it."""
+    if not ADDRESS.fullmatch(authorizer) or int(authorizer, 16) == 0:
+        return None
+    return authorizer.lower()
