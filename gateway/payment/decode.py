@@ -138,7 +138,8 @@ _SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignor
 
 
 def _loads(text: str, name: str) -> Any:
-    _check_depth(text, name)
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH:  # else not deep: no frames
+        _check_depth(text, name)
     try:
         # `decode` is this scan behind two Python frames and two whitespace matches; a text
         # that is not one JSON value exactly from its first character to its last (leading

@@ -62,9 +62,10 @@ class ExpiringMap(Generic[V]):
         items, heap = self._items, self._heap
         items[key] = (value, expires)
         heapq.heappush(heap, (expires, key))
-        if heap[0][0] <= now or len(items) > self._maxsize:
+        count = len(items)  # before any drop: a rebuild is only put off a little
+        if heap[0][0] <= now or count > self._maxsize:
             self._drop(now)
-        if len(heap) > 2 * len(items) + _SLACK:
+        if len(heap) > 2 * count + _SLACK:
             self._heap = [(entry[1], k) for k, entry in self._items.items()]
             heapq.heapify(self._heap)
 
