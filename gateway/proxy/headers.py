@@ -19,6 +19,7 @@ What crosses the gateway and what does not (RFC 9110 7.6.1, RFC 7239):
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Mapping
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -68,6 +69,13 @@ CDN_DIRECTIVES = frozenset(
     {"surrogate-control", "cdn-cache-control", "edge-control", "x-accel-expires"}
 )
 _TARGETED_CDN_SUFFIX = "-cdn-cache-control"
+# Any of them among folded names, one per line (a header name holds no line break).
+_ANY_CDN_DIRECTIVE = re.compile(
+    "^(?:{}|.*{})$".format(
+        "|".join(map(re.escape, sorted(CDN_DIRECTIVES))), re.escape(_TARGETED_CDN_SUFFIX)
+    ),
+    re.MULTILINE,
+)
 
 # Never forwarded upstream: `Host` is the origin's own, and the gateway's server already
 # answered `Expect: 100-continue` itself, so the origin must not be asked to do it again.
@@ -256,6 +264,10 @@ def expose_x402_headers(headers: CIMultiDict[str]) -> None:
 
 def strip_cdn_directives(headers: CIMultiDict[str]) -> None:
     """Remove every CDN cache directive (a paid answer must not be cached for others)."""
+    # Every paid answer passes here and an origin rarely sends one: all the names looked at
+    # first in one pass of C calls (the per-name test below is three calls a header).
+    if _ANY_CDN_DIRECTIVE.search("\n".join(headers).lower().replace("_", "-")) is None:
+        return
     # `fold` inlined (C string methods, no Python call per header): a paid answer's every
     # header passes here.
     doomed = {

@@ -25,7 +25,6 @@ import time
 from collections import OrderedDict
 from typing import Protocol
 
-from cachetools import TLRUCache
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import NoScriptError
@@ -85,36 +84,40 @@ class _PaidKeys:
         return f"{prefix}{payer.lower()}"
 
 
-def _expires(_key: str, value: float, now: float) -> float:
-    return value  # the value is the deadline itself (time.monotonic() based)
-
-
-class _SpentNonces:
-    """Spent nonces with their deadlines, bounded, oldest spent first out. Not cachetools'
-    TLRUCache: its heap of deadlines and LRU bookkeeping cost about a dozen Python calls per
-    write, and every sign-in writes one nonce; here a few C calls. Nonces expire in about
-    the order they were spent (one TTL for all of them), so expired ones are dropped from
-    the front; a lookup checks the deadline itself, so a nonce kept behind a longer-lived one
-    is never taken for spent after its TTL. An `OrderedDict`, not a dict: taking from the
-    front of a plain dict rescans its deleted slots."""
+class _Deadlines:
+    """Keys with their deadlines (spent nonces, payment records), bounded, oldest written
+    first out. Not cachetools' TLRUCache: its heap of deadlines and LRU bookkeeping cost
+    about a dozen Python calls per write and three per lookup, and every sign-in does one of
+    each; here a few C calls. Keys expire in about the order they were written (one TTL per
+    kind, or per route for payments), so expired ones are dropped from the front; a lookup
+    checks the deadline itself, so a key kept behind a longer-lived one is never taken for
+    live after its TTL. An `OrderedDict`, not a dict: taking from the front of a plain dict
+    rescans its deleted slots."""
 
     def __init__(self, maxsize: int) -> None:
         self._until: OrderedDict[str, float] = OrderedDict()
         self._maxsize = maxsize
 
     def spend(self, nonce: str, ttl: float) -> bool:
-        """True when this call spent `nonce`; False when it was spent before (and is kept)."""
+        """True when this call wrote `nonce` (absent or expired); False when it is live."""
+        spent = self._until.get(nonce)
+        if spent is not None and spent > time.monotonic():
+            return False
+        self.put(nonce, ttl)
+        return True
+
+    def put(self, key: str, ttl: float) -> None:
+        """`key` live for `ttl` seconds from now, whatever it was (at the back)."""
         now = time.monotonic()
         until = self._until
-        spent = until.get(nonce)
-        if spent is not None:
-            if spent > now:
-                return False
-            del until[nonce]  # expired: spent again below, at the back
-        until[nonce] = now + ttl
+        until.pop(key, None)
+        until[key] = now + ttl
         while until and (len(until) > self._maxsize or next(iter(until.values())) <= now):
             until.popitem(last=False)
-        return True
+
+    def __contains__(self, key: str) -> bool:
+        deadline = self._until.get(key)
+        return deadline is not None and deadline > time.monotonic()
 
     def __len__(self) -> int:
         return len(self._until)
@@ -125,29 +128,24 @@ class MemorySessions:
 
     def __init__(self, maxsize: int = 1_000_000) -> None:
         self._key = _PaidKeys()
-        self._paid: TLRUCache[str, float] = TLRUCache(
-            maxsize=maxsize, ttu=_expires, timer=time.monotonic
-        )
-        self._nonces = _SpentNonces(maxsize)
+        self._paid = _Deadlines(maxsize)
+        self._nonces = _Deadlines(maxsize)
 
     async def record_payment(self, route: str, payer: str, ttl: float) -> None:
-        self._paid[self._key(route, payer)] = time.monotonic() + ttl
+        self._paid.put(self._key(route, payer), ttl)
 
     async def has_paid(self, route: str, payer: str) -> bool:
         return self._key(route, payer) in self._paid
 
     async def spend_nonce(self, nonce: str, ttl: float) -> bool:
-        return self._spend(nonce, ttl)
+        # No await between the check and the write: atomic on one event loop.
+        return self._nonces.spend(nonce, ttl)
 
     async def sign_in(self, route: str, payer: str, nonce: str, nonce_ttl: float) -> SignIn:
         # No await inside: atomic on one event loop, as the script is in Redis.
-        if not self._spend(nonce, nonce_ttl):
+        if not self._nonces.spend(nonce, nonce_ttl):
             return SignIn.NONCE_USED
         return SignIn.SIGNED_IN if self._key(route, payer) in self._paid else SignIn.NOT_PAID
-
-    def _spend(self, nonce: str, ttl: float) -> bool:
-        # No await between the check and the write: atomic on one event loop.
-        return self._nonces.spend(nonce, ttl)
 
 
 # KEYS: the nonce, the payment record; ARGV: the nonce's ttl in ms.

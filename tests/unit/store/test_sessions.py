@@ -259,7 +259,7 @@ async def test_a_record_sits_under_paid_key_for_replicas_of_any_version(
 
 
 def test_spent_nonces_are_bounded_oldest_out() -> None:
-    spent = sessions_module._SpentNonces(maxsize=3)
+    spent = sessions_module._Deadlines(maxsize=3)
     assert [spent.spend(n, 60) for n in "abcd"] == [True] * 4
     assert len(spent) == 3
     assert spent.spend("a", 60)  # the oldest went out to make room
@@ -269,7 +269,7 @@ def test_spent_nonces_are_bounded_oldest_out() -> None:
 def test_spent_nonces_expire_each_on_its_own_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [1000.0]
     monkeypatch.setattr(sessions_module.time, "monotonic", lambda: now[0])
-    spent = sessions_module._SpentNonces(maxsize=100)
+    spent = sessions_module._Deadlines(maxsize=100)
     assert spent.spend("long", 60) and spent.spend("short", 1) and spent.spend("mid", 30)
     now[0] += 2
     # "short" sits behind a live nonce: not dropped yet, but no longer taken for spent.
@@ -283,9 +283,30 @@ def test_spent_nonces_expire_each_on_its_own_deadline(monkeypatch: pytest.Monkey
 
 
 def test_a_nonce_spent_with_no_time_left_is_not_kept() -> None:
-    spent = sessions_module._SpentNonces(maxsize=10)
+    spent = sessions_module._Deadlines(maxsize=10)
     assert spent.spend("x", 0) and len(spent) == 0
     assert spent.spend("x", 0)
+
+
+def test_a_payment_record_lives_its_own_window_and_a_new_one_replaces_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(sessions_module.time, "monotonic", lambda: now[0])
+    paid = sessions_module._Deadlines(maxsize=3)
+    paid.put("day", 86400)
+    paid.put("hour", 3600)
+    assert "day" in paid and "hour" in paid and "other" not in paid
+    now[0] += 3601
+    assert "hour" not in paid and "day" in paid  # behind a live record, yet not live
+    paid.put("hour", 3600)  # paid again: a new window from now, at the back
+    paid.put("day", 10)  # the latest record is the one that counts, shorter or not
+    assert "hour" in paid and "day" in paid
+    now[0] += 11
+    assert "day" not in paid and "hour" in paid
+    for key in "abc":
+        paid.put(key, 60)
+    assert len(paid) == 3 and "hour" not in paid  # bounded, oldest written out first
 
 
 def test_the_route_hashes_kept_are_bounded_and_keys_stay_paid_key() -> None:
