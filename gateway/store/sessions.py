@@ -27,7 +27,9 @@ from typing import Protocol
 
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .redis import COMMAND_TIMEOUT, RedisStore
 
@@ -155,6 +157,11 @@ if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return -1 end
 return redis.call('EXISTS', KEYS[2])
 """
 _SIGN_IN_ANSWERS = {-1: SignIn.NONCE_USED, 1: SignIn.SIGNED_IN, 0: SignIn.NOT_PAID}
+# EVAL <script> 2: what replaces a sign-in command's head when Redis lost the script.
+_EVAL_HEAD = b"*6\r\n$4\r\nEVAL\r\n$%d\r\n%s\r\n$1\r\n2\r\n" % (
+    len(_SIGN_IN.encode()),
+    _SIGN_IN.encode(),
+)
 # Connections a store keeps out of redis-py's pool for sign-ins; more sign-ins at once than
 # this take the pool's road (same script, same answer, slower).
 KEPT_CONNECTIONS = 8
@@ -175,7 +182,10 @@ class RedisSessions:
         )
         self._idle: list[AbstractConnection] = []
         self._kept = 0
-        self._evalsha_sha = _bulk(b"EVALSHA") + _bulk(self._sign_in.sha.encode())
+        # EVALSHA <sha> 2: the first four parts of every sign-in's command, in RESP.
+        self._evalsha_head = (
+            b"*6\r\n" + _bulk(b"EVALSHA") + _bulk(self._sign_in.sha.encode()) + _bulk(b"2")
+        )
 
     async def record_payment(self, route: str, payer: str, ttl: float) -> None:
         client = self._store.client
@@ -195,44 +205,53 @@ class RedisSessions:
             if not await self.spend_nonce(nonce, nonce_ttl):
                 return SignIn.NONCE_USED
             return SignIn.SIGNED_IN if await self.has_paid(route, payer) else SignIn.NOT_PAID
-        keys = [NONCE_PREFIX + nonce, self._key(route, payer)]
-        args = [_ms(nonce_ttl)]
+        nonce_key, paid = NONCE_PREFIX + nonce, self._key(route, payer)
+        ttl = _ms(nonce_ttl)
         if self._pool is not None and (self._idle or self._kept < KEPT_CONNECTIONS):
-            answer = await self._store.call(self._on_kept(self._pool, keys, args))
+            command = self._evalsha_command(nonce_key, paid, ttl)
+            answer = await self._store.call_kept(self._on_kept(self._pool, command))
         else:
-            answer = int(await self._store.call(self._sign_in(keys=keys, args=args)))
+            keys = [nonce_key, paid]
+            answer = int(await self._store.call(self._sign_in(keys=keys, args=[ttl])))
         return _SIGN_IN_ANSWERS[answer]
 
-    async def _on_kept(self, pool: ConnectionPool, keys: list[str], args: list[int]) -> int:
+    async def _on_kept(self, pool: ConnectionPool, command: bytes) -> int:
         """The script on a connection kept for sign-ins: one EVALSHA written, its answer read.
         The pool's road costs about twice the client CPU per call (its lock, its check that
         the connection has nothing unread, its metrics and retry wrappers) on the one store
-        round trip of a sign-in. A dropped connection is retried once on a new one, as the
-        pool's retry does; anything else leaves the connection closed (it may hold an
-        unread answer), to reconnect on its next use."""
+        round trip of a sign-in. A dropped connection (redis-py's `ConnectionError`, what
+        its retry takes) is retried once on a new one, as the pool's retry does (written
+        out here: `Retry.call_with_retry` is several Python calls on every call, failing or
+        not); anything else leaves the connection closed (it may hold an unread answer), to
+        reconnect on its next use."""
         conn = self._idle.pop() if self._idle else await self._borrow(pool)
         try:
-            return await conn.retry.call_with_retry(
-                lambda: self._evalsha(conn, keys, args), lambda _error: conn.disconnect()
-            )
+            try:
+                return await self._evalsha(conn, command)
+            except (RedisConnectionError, RedisTimeoutError):
+                await conn.disconnect()
+                return await self._evalsha(conn, command)
         except BaseException:
             await conn.disconnect(nowait=True)
             raise
         finally:
             self._idle.append(conn)
 
-    def _evalsha_command(self, keys: list[str], args: list[int]) -> bytes:
-        """EVALSHA of the sign-in script in RESP, as redis-py's `pack_command` writes it
-        (its encoder: str as UTF-8, int as decimal), on a part made once: redis-py's packing
+    def _evalsha_command(self, nonce_key: str, paid: str, ttl_ms: int) -> bytes:
+        """EVALSHA of the sign-in script (KEYS: the nonce, the payment record; ARGV: the
+        nonce's ttl) in RESP, as redis-py's `pack_command` writes it (its encoder: str as
+        UTF-8, int as decimal), in one formatting on a head made once: redis-py's packing
         was about a fifth of the client CPU of a sign-in's round trip."""
-        parts = [
-            b"*%d\r\n" % (3 + len(keys) + len(args)),
-            self._evalsha_sha,
-            _bulk(b"%d" % len(keys)),
-        ]
-        parts += [_bulk(key.encode()) for key in keys]
-        parts += [_bulk(b"%d" % arg) for arg in args]
-        return b"".join(parts)
+        n, p, t = nonce_key.encode(), paid.encode(), b"%d" % ttl_ms
+        return b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+            self._evalsha_head,
+            len(n),
+            n,
+            len(p),
+            p,
+            len(t),
+            t,
+        )
 
     async def _borrow(self, pool: ConnectionPool) -> AbstractConnection:
         self._kept += 1
@@ -247,15 +266,15 @@ class RedisSessions:
         conn.socket_timeout = None
         return conn
 
-    async def _evalsha(self, conn: AbstractConnection, keys: list[str], args: list[int]) -> int:
+    async def _evalsha(self, conn: AbstractConnection, command: bytes) -> int:
         # A timeout cancels the read: redis-py then closes the connection (an answer may be
-        # on its way) and the TimeoutError is retried once, then fails closed, as the pool's.
+        # on its way) and the sign-in fails closed, as the pool's.
         async with asyncio.timeout(COMMAND_TIMEOUT):
             try:
-                await conn.send_packed_command(self._evalsha_command(keys, args), False)
+                await conn.send_packed_command(command, False)
                 return int(await conn.read_response())
             except NoScriptError:  # Redis restarted or its scripts flushed: EVAL loads it
-                await conn.send_command("EVAL", _SIGN_IN, len(keys), *keys, *args)
+                await conn.send_packed_command(_EVAL_HEAD + command[len(self._evalsha_head) :])
                 return int(await conn.read_response())
 
 

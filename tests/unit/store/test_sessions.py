@@ -116,13 +116,18 @@ async def test_a_redis_sign_in_is_one_round_trip(redis: RedisServer) -> None:
     await sessions.record_payment("/reports/*", payer, 60)
     await sessions.sign_in("/reports/*", payer, uuid.uuid4().hex, 60)  # loads the script
     calls: list[object] = []
-    real = store.call
+    real, real_kept = store.call, store.call_kept
 
     async def counted(command: Awaitable[T]) -> T:
         calls.append(command)
         return await real(command)
 
+    async def counted_kept(command: Awaitable[T]) -> T:
+        calls.append(command)
+        return await real_kept(command)
+
     store.call = counted  # type: ignore[method-assign]
+    store.call_kept = counted_kept  # type: ignore[method-assign]
     try:
         assert await sessions.sign_in("/reports/*", payer, uuid.uuid4().hex, 60) is SignIn.SIGNED_IN
     finally:
@@ -228,7 +233,12 @@ async def test_the_sign_in_command_is_packed_as_redis_py_packs_it(redis: RedisSe
         ):
             sha = sessions._sign_in.sha
             expected = b"".join(conn.pack_command("EVALSHA", sha, len(keys), *keys, *args))
-            assert sessions._evalsha_command(keys, args) == expected
+            command = sessions._evalsha_command(*keys, *args)
+            assert command == expected
+            # What replaces it when Redis lost the script: EVAL of the script, same keys.
+            script = sessions_module._SIGN_IN
+            evaled = b"".join(conn.pack_command("EVAL", script, len(keys), *keys, *args))
+            assert sessions_module._EVAL_HEAD + command[len(sessions._evalsha_head) :] == evaled
         # And Redis reads it: a unicode nonce is spent once.
         payer = "0x" + uuid.uuid4().hex[:40].ljust(40, "3")
         nonce = "é€😀" + uuid.uuid4().hex
