@@ -221,29 +221,70 @@ async def test_a_redis_sign_in_that_gets_no_answer_fails_closed_then_recovers(
         await store.close()
 
 
-async def test_the_sign_in_command_is_packed_as_redis_py_packs_it(redis: RedisServer) -> None:
+async def test_the_sign_in_commands_are_packed_as_redis_py_packs_them(redis: RedisServer) -> None:
     store = RedisStore(redis.url)
     sessions = open_sessions(store)
     assert isinstance(sessions, RedisSessions)
     conn = store.client.connection_pool.make_connection()
     try:
-        for keys, args in (
-            (["x402:siwx:nonce:abc12345", "x402:siwx:paid:f00:0xab"], [600000]),
-            (["x402:siwx:nonce:é€😀 ", "k"], [1]),  # the SDK's road takes any nonce text
+        for nonce_key, paid, ttl in (
+            ("x402:siwx:nonce:abc12345", "x402:siwx:paid:f00:0xab", 600000),
+            ("x402:siwx:nonce:é€😀 ", "k", 1),  # the SDK's road takes any nonce text
         ):
-            sha = sessions._sign_in.sha
-            expected = b"".join(conn.pack_command("EVALSHA", sha, len(keys), *keys, *args))
-            command = sessions._evalsha_command(*keys, *args)
-            assert command == expected
-            # What replaces it when Redis lost the script: EVAL of the script, same keys.
-            script = sessions_module._SIGN_IN
-            evaled = b"".join(conn.pack_command("EVAL", script, len(keys), *keys, *args))
-            assert sessions_module._EVAL_HEAD + command[len(sessions._evalsha_head) :] == evaled
-        # And Redis reads it: a unicode nonce is spent once.
+            expected = b"".join(
+                conn.pack_command("SET", nonce_key, "1", "NX", "PX", ttl)
+                + conn.pack_command("EXISTS", paid)
+            )
+            assert sessions_module._sign_in_command(nonce_key, paid, ttl) == expected
+        # And Redis reads them: a unicode nonce is spent once, with its ttl.
         payer = "0x" + uuid.uuid4().hex[:40].ljust(40, "3")
         nonce = "é€😀" + uuid.uuid4().hex
         assert await sessions.sign_in("/reports/*", payer, nonce, 60) is SignIn.NOT_PAID
         assert await sessions.sign_in("/reports/*", payer, nonce, 60) is SignIn.NONCE_USED
+        assert 0 < await store.client.pttl(sessions_module.NONCE_PREFIX + nonce) <= 60_000
+    finally:
+        await store.close()
+
+
+async def test_the_pools_road_answers_as_the_kept_connections(
+    redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More sign-ins at once than the kept connections go through the client's pool: the
+    same two commands, the same answers."""
+    monkeypatch.setattr(sessions_module, "KEPT_CONNECTIONS", 0)
+    store = RedisStore(redis.url)
+    sessions = open_sessions(store)
+    payer = "0x" + uuid.uuid4().hex[:40].ljust(40, "7")
+    try:
+        nonce = uuid.uuid4().hex
+        assert await sessions.sign_in("/reports/*", payer, nonce, 60) is SignIn.NOT_PAID
+        assert await sessions.sign_in("/reports/*", payer, nonce, 60) is SignIn.NONCE_USED
+        await sessions.record_payment("/reports/*", payer, 60)
+        assert await sessions.sign_in("/reports/*", payer, uuid.uuid4().hex, 60) is SignIn.SIGNED_IN
+        answers = await asyncio.gather(
+            *(sessions.sign_in("/reports/*", payer, nonce + "x", 60) for _ in range(20))
+        )
+        assert answers.count(SignIn.SIGNED_IN) == 1
+        assert answers.count(SignIn.NONCE_USED) == 19
+    finally:
+        await store.close()
+
+
+async def test_an_error_answer_leaves_no_answer_for_the_next_sign_in(redis: RedisServer) -> None:
+    """Redis refusing the nonce's SET (here: a ttl it will not take) fails the sign-in
+    closed; the EXISTS answer behind it is never read as the next sign-in's."""
+    store = RedisStore(redis.url, backoff=Backoff(base=0.01, cap=0.01))
+    sessions = open_sessions(store)
+    payer = "0x" + uuid.uuid4().hex[:40].ljust(40, "8")
+    try:
+        await sessions.record_payment("/reports/*", payer, 60)
+        for _ in range(3):
+            with pytest.raises(StoreUnavailable):
+                await sessions.sign_in("/reports/*", payer, uuid.uuid4().hex, 1e30)
+            await asyncio.sleep(0.05)  # the store's backoff after a failure
+            nonce = uuid.uuid4().hex
+            assert await sessions.sign_in("/reports/*", payer, nonce, 60) is SignIn.SIGNED_IN
+            assert await sessions.sign_in("/reports/*", payer, nonce, 60) is SignIn.NONCE_USED
     finally:
         await store.close()
 
