@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Callable
 
 import aiohttp
 import uvloop
@@ -32,6 +33,10 @@ HOP_BY_HOP = frozenset(
 )
 CHUNK = 64 * 1024
 
+# What a floor with a paywall checks before forwarding (bench/floor_voucher.py): the request's
+# headers, to change in place; it returns the answer's extra headers, or the answer itself.
+Gate = Callable[[CIMultiDict[str]], "dict[str, str] | web.Response"]
+
 
 def end_to_end(headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """A copy of headers without hop-by-hop ones (and without those `Connection` names)."""
@@ -48,7 +53,7 @@ def end_to_end(headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> CIMultiDict
     return out
 
 
-def make_app(upstream: str) -> web.Application:
+def make_app(upstream: str, gate: Gate | None = None) -> web.Application:
     upstream = upstream.rstrip("/")
     app = web.Application()
 
@@ -68,6 +73,9 @@ def make_app(upstream: str) -> web.Application:
         session: aiohttp.ClientSession = request.app["session"]
         headers = end_to_end(request.headers)
         headers.pop("Host", None)
+        extra = gate(headers) if gate is not None else {}
+        if isinstance(extra, web.Response):
+            return extra
         body = request.content if request.body_exists else None
         async with session.request(
             request.method,
@@ -81,6 +89,7 @@ def make_app(upstream: str) -> web.Application:
                 reason=upstream_resp.reason,
                 headers=end_to_end(upstream_resp.headers),
             )
+            response.headers.update(extra)
             if upstream_resp.content_length is not None:
                 response.content_length = upstream_resp.content_length
             await response.prepare(request)

@@ -277,7 +277,8 @@ def _repeat(e: dict[str, Any]) -> list[str]:
     if not kinds:
         return out
     out.append(
-        "One gateway (the redis row: a second one on a redis-server store), one client, one "
+        "One gateway (the redis row: a second one on a redis-server store; the floor rows: "
+        "bench/floor_voucher.py), one client, one "
         "request at a time; µs as p50 / p99; gateway CPU per request from /proc; facilitator "
         "transactions counted on chain during each batch."
     )
@@ -318,6 +319,13 @@ def _repeat(e: dict[str, Any]) -> list[str]:
         out += [
             f"Channel voucher minus free at p50: {_fmt(e.get('channel_minus_free_p50_us'))} µs "
             f"(target ≤ {_fmt(e.get('target_us'))} µs: {met})",
+            "",
+        ]
+    if e.get("channel_floor_minus_free_p50_us") is not None:
+        out += [
+            "The floor's voucher minus the floor's free at p50 (bench/floor_voucher.py: a minimal "
+            "proxy doing only what a voucher needs, same run): "
+            f"{_fmt(e.get('channel_floor_minus_free_p50_us'))} µs",
             "",
         ]
     return out

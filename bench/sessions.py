@@ -17,6 +17,13 @@ each), sent in order.
 
 Target: a sign-in, and a call inside a channel, cost at most a free request + 0.2 ms at p50.
 
+Floor (bench/floor_voucher.py): a minimal aiohttp proxy that does only what a voucher needs
+(decode, compare, fields, digest, secp256k1 recovery, single use, cumulative step, receipt),
+on the same origin; its own free request and the next vouchers of the same channel, in the
+same interleaved rounds: "floor free" and "floor voucher", `channel_floor_minus_free_p50_us`.
+The gateway's voucher over its free request is read beside the floor's over its own: what
+the target asks against what Python, aiohttp and one secp256k1 recovery cost on this machine.
+
 A second gateway, same config on a redis-server store (what replicas share), measures the
 same sign-in there ("SIWX sign-in (redis)": one store round trip, a Lua script), in the same
 interleaved rounds; skipped when redis-server is not installed.
@@ -29,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +62,7 @@ from gateway.demo import chain as demo_chain
 TARGET_OVER_FREE_US = 200.0
 ROUNDS = 4  # each kind's requests are sent in this many interleaved batches
 REDIS_KIND = "SIWX sign-in (redis)"
+FLOOR_FREE, FLOOR_VOUCHER = "floor free", "floor voucher"
 
 
 @dataclass(frozen=True)
@@ -114,6 +123,7 @@ async def _measure(
     params: RepeatParams,
     log: Callable[[str], None],
     redis_gateway: tuple[str, int] | None = None,
+    floor: tuple[str, int] | None = None,
 ) -> dict[str, Any]:
     n = params.requests
     report_url, paid_url, free_url = (
@@ -125,7 +135,10 @@ async def _measure(
     exact = await paid_route.sign_payments(paid_url, env, env.payers[:n])
     channel_url, channel_payer = url + nginx.CHANNEL_PATH, env.payers[n]
     deposit = await channel_calls.open_channel(channel_url, env, channel_payer)
-    vouchers = channel_calls.contiguous(channel_calls.vouchers(deposit, channel_payer, n), ROUNDS)
+    # The gateway's n vouchers, then the floor's n (the channel's next amounts).
+    signed = channel_calls.vouchers(deposit, channel_payer, 2 * n if floor else n)
+    vouchers = channel_calls.contiguous(signed[:n], ROUNDS)
+    floor_vouchers = channel_calls.contiguous(signed[n:], ROUNDS)
     log(f"E signed {n} SIWX proofs, {n} exact payments and {n} vouchers (before the clock)")
 
     batches: dict[str, tuple[str, list[dict[str, str]], int]] = {
@@ -142,13 +155,18 @@ async def _measure(
             await _signed_in_member(redis_report, env, n),
             redis_pid,
         )
+    if floor is not None:
+        floor_url, floor_pid = floor
+        batches[FLOOR_FREE] = (floor_url + nginx.SMALL_PATH, [{}] * n, floor_pid)
+        batches[FLOOR_VOUCHER] = (floor_url + nginx.CHANNEL_PATH, [], floor_pid)
+    in_order = {"channel voucher": vouchers, FLOOR_VOUCHER: floor_vouchers}
     seen: dict[str, dict[str, Any]] = {
         kind: {"latency": [], "cpu": 0.0, "requests": 0, "txs": 0, "timing": []} for kind in batches
     }
     # Interleaved rounds: a neighbour's burst of CPU lands on every kind alike.
     for round_ in range(ROUNDS):
         for kind, (target, headers, served_by) in batches.items():
-            chunk = vouchers[round_] if kind == "channel voucher" else headers[round_::ROUNDS]
+            chunk = in_order[kind][round_] if kind in in_order else headers[round_::ROUNDS]
             txs = demo_chain.tx_count(env.chain.rpc_url, env.chain.facilitator_address)
             cpu = cpu_seconds_fine(served_by)
             records, _ = await send_all(target, chunk, 1)
@@ -179,6 +197,7 @@ async def _measure(
         "siwx_minus_free_p50_us": over,
         "siwx_redis_minus_free_p50_us": _over_free(out, REDIS_KIND),
         "channel_minus_free_p50_us": channel_over,
+        "channel_floor_minus_free_p50_us": _over(out, FLOOR_VOUCHER, FLOOR_FREE),
         "target_us": TARGET_OVER_FREE_US,
         "met": over is not None and over <= TARGET_OVER_FREE_US,
         "channel_met": channel_over is not None and channel_over <= TARGET_OVER_FREE_US,
@@ -186,7 +205,14 @@ async def _measure(
 
 
 def _over_free(out: dict[str, Any], kind: str) -> float | None:
-    free_p50 = out["free"]["latency_us"]["p50"]
+    return _over(out, kind, "free")
+
+
+def _over(out: dict[str, Any], kind: str, free: str) -> float | None:
+    """`kind`'s p50 over `free`'s (None when either was not measured)."""
+    if free not in out:
+        return None
+    free_p50 = out[free]["latency_us"]["p50"]
     p50 = out[kind]["latency_us"]["p50"] if kind in out else None
     return rounded(p50 - free_p50) if p50 is not None and free_p50 else None
 
@@ -212,14 +238,25 @@ def run_section(
         )
         try:
             redis_gateway = _start_redis_gateway(group, workdir, env, upstream)
+            floor = _start_floor(group, upstream)
             log("E repeat calls: free, SIWX sign-in (memory, redis), exact paid, channel voucher")
             return asyncio.run(
-                _measure(f"http://127.0.0.1:{port}", proc.pid, env, params, log, redis_gateway)
+                _measure(
+                    f"http://127.0.0.1:{port}", proc.pid, env, params, log, redis_gateway, floor
+                )
             )
         finally:
             group.stop(proc)
     finally:
         paid_route.stop_env(env)
+
+
+def _start_floor(group: ProcGroup, upstream: str) -> tuple[str, int]:
+    """bench/floor_voucher.py on the same origin: (URL, pid)."""
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.floor_voucher", "--listen", f"127.0.0.1:{port}"]
+    proc = group.start("floor-voucher", [*argv, "--upstream", upstream], port=port)
+    return f"http://127.0.0.1:{port}", proc.pid
 
 
 def _start_redis_gateway(
