@@ -359,11 +359,12 @@ class RedisStore:
         """Run one command on this store's connection, failing closed like its own."""
         return await self._call(command)
 
-    async def call_kept(self, command: Awaitable[T]) -> T:
+    def call_kept(self, command: Awaitable[T]) -> Awaitable[T]:
         """`call()` for a command on a connection the caller keeps out of the pool (the
         sign-ins'): failing closed the same way, without a slot (the slots bound the
-        pool's connections in use; taking and giving one back is about seven Python calls)."""
-        return await self._call(command, slot=False)
+        pool's connections in use; taking and giving one back is about seven Python calls).
+        A plain function handing back `_call`'s coroutine: no coroutine of its own."""
+        return self._call(command, slot=False)
 
     # --- failing closed, with backoff ---------------------------------------------------
 
