@@ -137,8 +137,8 @@ async def test_a_redis_sign_in_is_one_round_trip(redis: RedisServer) -> None:
 
 async def test_a_redis_sign_in_survives_a_restart_and_flushed_scripts() -> None:
     """Sign-ins run on connections the store keeps: after Redis restarts (each kept one
-    dropped, its script gone) the next sign-in still gets the right answer, on a new
-    connection, without failing closed."""
+    dropped) the next sign-in still gets the right answer, on a new connection, without
+    failing closed; flushed scripts change nothing (a sign-in runs none)."""
     server = RedisServer().start()
     store = RedisStore(server.url)
     sessions = open_sessions(store)
