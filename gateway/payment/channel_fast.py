@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,26 +100,27 @@ class FastVouchers:
         self._writer = writer
         self._ttl_ms = onchain_ttl_ms
         self._reservation = reservation
-        self._bound: LRUCache[tuple[Any, ...], bool] = LRUCache(CACHED_CONFIGS)
+        # Bounded, oldest first out (an `in` in C: cachetools' `__contains__` is Python).
+        self._bound: OrderedDict[tuple[Any, ...], bool] = OrderedDict()
         # The networks are the routes' (config): a C-level cache, once per voucher.
         self._domains = functools.lru_cache(maxsize=64)(_domain_on)
-        self._signers: LRUCache[bytes, str] = LRUCache(CACHED_CONFIGS)  # public key: address
         self._configs: LRUCache[str, Parsed] = LRUCache(CACHED_CONFIGS)  # parsed, by repr
 
     # --- verify ---------------------------------------------------------------------------
 
-    def plain(self, payload: Any, reqs: PaymentRequirements) -> Voucher | None:
+    def plain(
+        self, payload: Any, reqs: PaymentRequirements, parsed: Voucher | None = None
+    ) -> Voucher | None:
         """The voucher in `payload` when it is plain, bound to `reqs` and signed by its
-        payer authorizer; else None."""
+        payer authorizer; else None. `parsed`: `payload`'s voucher as `parse_plain` gives
+        it, read already by the match (`ChannelPayment.voucher`); None: parsed here."""
         if reqs.scheme != SCHEME_BATCH_SETTLEMENT or not reqs.amount.isdigit():
             return None
-        voucher = parse_plain(payload, self._configs)
+        voucher = parsed if parsed is not None else parse_plain(payload, self._configs)
         if voucher is None or not self._bound_to(voucher, reqs):
             return None
-        on = self._domain(str(reqs.network))
-        return (
-            voucher if on is not None and signed_by_authorizer(voucher, on, self._signers) else None
-        )
+        on = self._domains(str(reqs.network))
+        return voucher if on is not None and signed_by_authorizer(voucher, on) else None
 
     def _bound_to(self, voucher: Voucher, reqs: PaymentRequirements) -> bool:
         extra = reqs.extra or {}
@@ -141,10 +143,9 @@ class FastVouchers:
             return False
         if bound:
             self._bound[key] = True
+            if len(self._bound) > CACHED_CONFIGS:
+                self._bound.popitem(last=False)
         return bound
-
-    def _domain(self, network: str) -> Domain | None:
-        return self._domains(network)
 
     @staticmethod
     def hold(voucher: Voucher) -> Hold:
@@ -229,7 +230,7 @@ class _Reserve:
         return following
 
     def in_place(self, stored: Channel | None) -> bool:
-        now = _now_ms()
+        now = int(time.time() * 1000)  # `_now_ms`, a frame less on every voucher
         if stored is None or not self._acceptable(stored, now):
             return False
         self._apply(stored, now)

@@ -62,8 +62,9 @@ class ChannelPayments:
         fast = self.channels.fast if self.channels is not None else None
         if fast is None or claim.matched.requirement.scheme != SCHEME_BATCH_SETTLEMENT:
             return False
-        reqs = self.fast_requirements(claim.matched)
-        voucher = fast.plain(claim.matched.payload.payload, reqs)  # type: ignore[arg-type]
+        reqs, paid = self.fast_requirements(claim.matched), claim.matched.channel
+        parsed = paid.voucher if paid is not None else None  # read by the match already
+        voucher = fast.plain(claim.matched.payload.payload, reqs, parsed)  # type: ignore[arg-type]
         if voucher is None or not isinstance(reqs, PaymentRequirements):
             return False
         claim.hold = fast.hold(voucher)  # set first: a hang-up meanwhile releases it

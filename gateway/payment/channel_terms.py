@@ -48,6 +48,7 @@ from gateway.errors import PaymentError
 from gateway.formats import ADDRESS
 from gateway.payment.keccak import keccak
 from gateway.payment.terms import malformed, text_field
+from gateway.payment.voucher_check import Parsed, Voucher, plain_again
 from gateway.payment.voucher_memo import VoucherMemo
 
 KINDS = ("deposit", "voucher", "refund")
@@ -97,6 +98,9 @@ class ChannelPayment:
     cumulative: int  # the voucher's maxClaimableAmount
     nonce: str  # its identity in the claim store: 0x + 64 hex
     valid_before: int  # until when its claim is kept
+    # A plain voucher as the fast path parses it (`voucher_check`), when the match read it
+    # already (`voucher_again`); None: the fast path parses it itself.
+    voucher: Voucher | None = None
 
 
 def _config(raw: dict[str, Any]) -> ChannelConfig:
@@ -116,17 +120,41 @@ def _config(raw: dict[str, Any]) -> ChannelConfig:
     return ChannelConfig.from_dict(cfg)
 
 
-def _voucher(raw: dict[str, Any]) -> tuple[str, int]:
-    where = "payload.voucher"
+def _voucher(raw: dict[str, Any]) -> tuple[str, int, str]:
+    """(channelId as sent, maxClaimableAmount, signature) of a well-formed voucher."""
     voucher = raw.get("voucher")
-    channel_id = text_field(voucher, "channelId", where, _BYTES32, "0x + 32 bytes of hex").lower()
-    text_field(voucher, "signature", where, _HEX, "0x hex bytes")
+    if isinstance(voucher, dict):
+        # Every voucher a client sends: its three fields checked at once (`text_field`'s
+        # checks, ~6 Python calls fewer); anything else below, for its own message.
+        claimed, amount, signature = (
+            voucher.get("channelId"),
+            voucher.get("maxClaimableAmount"),
+            voucher.get("signature"),
+        )
+        if (
+            isinstance(claimed, str)
+            and isinstance(amount, str)
+            and isinstance(signature, str)
+            and _BYTES32.fullmatch(claimed)
+            and _UINT.fullmatch(amount)
+            and _HEX.fullmatch(signature)
+            and (cumulative := int(amount)) <= _UINT128_MAX
+        ):
+            return claimed, cumulative, signature
+    return _voucher_refused(voucher)
+
+
+def _voucher_refused(voucher: Any) -> tuple[str, int, str]:
+    """`_voucher`'s field checks one by one: `MalformedPayment` naming the first that fails."""
+    where = "payload.voucher"
+    claimed = text_field(voucher, "channelId", where, _BYTES32, "0x + 32 bytes of hex")
+    signature = text_field(voucher, "signature", where, _HEX, "0x hex bytes")
     amount = int(
         text_field(voucher, "maxClaimableAmount", where, _UINT, "a decimal integer string")
     )
     if amount > _UINT128_MAX:
         malformed(f"{where}.maxClaimableAmount: larger than a uint128")
-    return channel_id, amount
+    return claimed, amount, signature
 
 
 def _refuse(message: str, reason: str) -> NoReturn:
@@ -171,8 +199,8 @@ def charged_voucher(raw: Any) -> tuple[str, str] | None:
     refund (it charges nothing) or a payload that is not a channel's."""
     if not isinstance(raw, dict) or raw.get("type") not in ("deposit", "voucher"):
         return None
-    channel_id, cumulative = _voucher(raw)
-    return channel_id, str(cumulative)
+    claimed, cumulative, _ = _voucher(raw)
+    return claimed.lower(), str(cumulative)
 
 
 def is_refund(payload: dict[str, Any]) -> bool:
@@ -203,7 +231,8 @@ def channel_payment(
             ERR_INVALID_PAYLOAD_TYPE,
         )
     config = _config(raw)
-    channel_id, cumulative = _voucher(raw)
+    claimed, cumulative, _ = _voucher(raw)
+    channel_id = claimed.lower()
     if kind == "deposit":
         deposit = raw.get("deposit")
         text_field(deposit, "amount", "payload.deposit", _UINT, "a decimal integer string")
@@ -224,13 +253,19 @@ def channel_payment(
 
 
 def voucher_again(
-    raw: dict[str, Any], channel_id: str, payer: str, now: float | None = None
+    raw: dict[str, Any],
+    channel_id: str,
+    payer: str,
+    now: float | None = None,
+    config: Parsed | None = None,
 ) -> ChannelPayment | None:
     """The checked terms of a plain voucher whose type, config and channel id the full
     `channel_payment` has accepted for this requirement already (`voucher_memo`): only its
-    own fields are read (and refused as there when malformed). None: not that channel."""
-    claimed, cumulative = _voucher(raw)
-    if claimed != channel_id:
+    own fields are read (and refused as there when malformed). None: not that channel.
+    `config`: that channel's config as the fast path parses it, to carry the voucher
+    parsed (`ChannelPayment.voucher`)."""
+    claimed, cumulative, signature = _voucher(raw)
+    if claimed.lower() != channel_id:
         return None
     return ChannelPayment(
         kind="voucher",
@@ -239,4 +274,5 @@ def voucher_again(
         cumulative=cumulative,
         nonce=voucher_nonce(channel_id, cumulative),
         valid_before=int(time.time() if now is None else now) + VOUCHER_CLAIM_SECONDS,
+        voucher=None if config is None else plain_again(claimed, cumulative, signature, config),
     )

@@ -12,7 +12,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -50,14 +50,15 @@ def _fail(reason: str, detail: str) -> NoReturn:
     raise MalformedPayment(detail, reason=reason)
 
 
-def _values(headers: Mapping[str, str], name: str) -> list[str]:
-    if isinstance(headers, CIMultiDictProxy | CIMultiDict):
-        found: list[str] = headers.getall(name, [])
+def _values(headers: Mapping[str, str], name: str, multi: bool) -> list[str]:
+    """`multi`: `headers` is a multidict (asked once by the caller, for both names)."""
+    if multi:
+        found: list[str] = headers.getall(name, ())  # type: ignore[attr-defined]
     else:
         one = headers.get(name)
         found = [] if one is None else [one]
     # An empty header is no payment, as in the SDK's server.
-    return [v for v in found if v.strip()]
+    return [v for v in found if v.strip()] if found else found
 
 
 def _b64decode(value: str, name: str) -> bytes:
@@ -70,11 +71,13 @@ def _b64decode(value: str, name: str) -> bytes:
             _fail("invalid_base64", f"{name} mixes the standard and URL-safe base64 alphabets")
         raw = raw.translate(_URLSAFE)
     unpadded = raw.rstrip(b"=")
-    if len(unpadded) % 4 != 1 and len(raw) - len(unpadded) <= 2:
+    length = len(unpadded)
+    if length % 4 != 1 and len(raw) - length <= 2:
         # Well-formed (every header a client sends): one strict pass in C decides it as the
         # checks below would; anything else goes through them for its own message.
         try:
-            return base64.b64decode(unpadded + b"=" * (-len(unpadded) % 4), validate=True)
+            # `base64.b64decode(..., validate=True)` is this call behind two Python frames.
+            return binascii.a2b_base64(unpadded + b"=" * (-length % 4), strict_mode=True)
         except (binascii.Error, ValueError):
             pass
     if not _B64_STD.fullmatch(raw):
@@ -118,7 +121,8 @@ class _NumberError(ValueError):
 
 
 def _parse_int(text: str) -> int:
-    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+    # A short one (every real payment's) is let through on its length alone.
+    if len(text) > MAX_INT_DIGITS and len(text.lstrip("-")) > MAX_INT_DIGITS:
         raise _NumberError(f"an integer longer than {MAX_INT_DIGITS} digits")
     return int(text)
 
@@ -129,12 +133,22 @@ def _parse_constant(text: str) -> Any:
 
 # Built once (json.loads with hooks builds a decoder per call); it keeps no state.
 _DECODER = json.JSONDecoder(parse_int=_parse_int, parse_constant=_parse_constant)
+# Its scanner (C), which `decode` runs from the text's first value (untyped in typeshed).
+_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
 
 
 def _loads(text: str, name: str) -> Any:
-    _check_depth(text, name)
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH:  # else not deep: no frames
+        _check_depth(text, name)
     try:
-        return _DECODER.decode(text)
+        # `decode` is this scan behind two Python frames and two whitespace matches; a text
+        # that is not one JSON value exactly from its first character to its last (leading
+        # or trailing whitespace, an error) goes through `decode` for its own answer.
+        try:
+            value, end = _SCAN(text, 0)
+        except StopIteration:
+            end = -1
+        return value if end == len(text) else _DECODER.decode(text)
     except _NumberError as exc:
         _fail("invalid_json", f"{name} JSON has {exc}")
     except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
@@ -184,8 +198,9 @@ def decode_payment(headers: Mapping[str, str], max_size: int) -> DecodedPayment 
     `headers` is the request's case-insensitive multidict (a plain mapping must use the
     canonical names). Two payment headers (v1 and v2, or one repeated) are refused rather
     than guessed between."""
-    v2 = _values(headers, PAYMENT_SIGNATURE_HEADER)
-    v1 = _values(headers, X_PAYMENT_HEADER)
+    multi = isinstance(headers, CIMultiDictProxy | CIMultiDict)
+    v2 = _values(headers, PAYMENT_SIGNATURE_HEADER, multi)
+    v1 = _values(headers, X_PAYMENT_HEADER, multi)
     if len(v2) + len(v1) > 1:
         _fail("conflicting_payment_headers", "send one payment header, not several")
     if v2:

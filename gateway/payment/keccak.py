@@ -9,7 +9,8 @@ wrapper (96 bytes, `timeit`), the same digests (tests/unit/payment/test_keccak.p
 
 from __future__ import annotations
 
-from eth_hash.main import Keccak256
-from eth_hash.utils import load_backend
+from eth_hash.backends.pysha3 import keccak256
 
-keccak = Keccak256(load_backend("pysha3"))
+# The backend's own function, not eth-hash's `Keccak256` front (its type check is one Python
+# frame more per hash; every caller here passes bytes).
+keccak = keccak256

@@ -77,6 +77,7 @@ from gateway.payment.terms import (
     is_permit2,
     parse_terms,
 )
+from gateway.payment.voucher_check import parse_config
 from gateway.payment.voucher_memo import Accepted, memo_key
 
 MISMATCH = "payment_requirements_mismatch"
@@ -226,10 +227,12 @@ def _match_channel(
 ) -> MatchedPayment:
     """A channel deposit or voucher (gateway/payment/channel_terms.py); a plain voucher's
     match remembered for its channel's next ones (`_voucher_again`)."""
-    paid = channel_payment(req, payload.payload, ids=ids)
+    paid, reqs = channel_payment(req, payload.payload, ids=ids), requirement_v2(req)
     if ids is not None and paid.kind == "voucher" and (key := memo_key(payload)) is not None:
-        ids.vouchers.remember(key, Accepted(accepts, req, cid, paid.channel_id, paid.payer))
-    return _channel_matched(req, cid, payload, paid)
+        config = parse_config(payload.payload["channelConfig"])
+        accepted = Accepted(accepts, req, cid, paid.channel_id, paid.payer, reqs, config)
+        ids.vouchers.remember(key, accepted)
+    return _channel_matched(req, cid, payload, paid, reqs)
 
 
 def _voucher_again(
@@ -242,19 +245,23 @@ def _voucher_again(
     found = ids.vouchers.get(key, route.accepts) if ids is not None and key is not None else None
     if found is None:
         return None
-    paid = voucher_again(payload.payload, found.channel_id, found.payer)
+    paid = voucher_again(payload.payload, found.channel_id, found.payer, config=found.config)
     if paid is None:
         return None
-    return _channel_matched(found.requirement, found.chain_id, payload, paid)
+    return _channel_matched(found.requirement, found.chain_id, payload, paid, found.requirements)
 
 
 def _channel_matched(
-    req: Requirement, cid: int, payload: PaymentPayload, paid: ChannelPayment
+    req: Requirement,
+    cid: int,
+    payload: PaymentPayload,
+    paid: ChannelPayment,
+    requirements: PaymentRequirements,
 ) -> MatchedPayment:
     return MatchedPayment(
         version=2,
         payload=payload,
-        requirements=requirement_v2(req),
+        requirements=requirements,
         requirement=req,
         identity=PaymentIdentity(cid, req.asset.lower(), paid.payer, paid.nonce),
         payer=checksummed(paid.payer),

@@ -22,6 +22,8 @@ from gateway.store import PaymentRecord
 
 def charged_amount(matched: MatchedPayment) -> int:
     """What a payment charges at most: a channel's cooperative refund, nothing."""
+    if matched.channel is not None:  # matched: its kind read already
+        return 0 if matched.channel.kind == "refund" else matched.requirement.amount
     payload = matched.payload.payload
     return 0 if isinstance(payload, dict) and is_refund(payload) else matched.requirement.amount
 
@@ -63,7 +65,8 @@ class Claim:
 def new_claim(matched: MatchedPayment, route: RouteSettings, request_id: str, holder: str) -> Claim:
     """This request's claim on `matched`, not yet taken in the store (`Payments.claim`, the
     voucher road): its record says who holds it and what it may charge."""
-    ttl = claim_ttl(matched, time.time())
+    now = time.time()
+    ttl = claim_ttl(matched, now)
     # A channel payment's charge is in the channel state: its record is reconciled there.
     channel, cumulative = _channel_of(matched)
     record = PaymentRecord(
@@ -78,6 +81,8 @@ def new_claim(matched: MatchedPayment, route: RouteSettings, request_id: str, ho
         holder=holder,
         channel=channel,
         cumulative=cumulative,
+        created_at=now,  # one clock read (the defaults read it once each)
+        updated_at=now,
     )
     return Claim(matched.identity.key, matched, record, ttl)
 

@@ -11,6 +11,7 @@ which then gives its own verdict and reason (unit tests hold the two to each oth
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ VOUCHER_TYPEHASH = keccak(b"Voucher(bytes32 channelId,uint128 maxClaimableAmount
 _UINT128 = 2**128
 _CHANNEL_ID = re.compile(r"0x[0-9a-fA-F]{64}")
 _SIGNATURE = re.compile(r"0x[0-9a-fA-F]{130}")
+_SIGNATURE_TEXT = 132  # its length: 0x + 65 bytes of hex
 _DECIMAL = re.compile(r"[0-9]{1,39}")
 
 
@@ -95,25 +97,43 @@ def parse_plain(payload: Any, configs: MutableMapping[str, Parsed] | None = None
     text = repr(config) if configs is not None else ""
     parsed = configs.get(text) if configs is not None else None
     if parsed is None:
-        try:
-            parsed = _parse_config(config)
-        except (KeyError, TypeError, ValueError):
+        parsed = parse_config(config)
+        if parsed is None:
             return None
         if configs is not None:
             configs[text] = parsed
+    return _voucher(claimed, int(amount), signature, parsed)
+
+
+def parse_config(config: Mapping[str, Any]) -> Parsed | None:
+    """A voucher payload's `channelConfig` as `parse_plain` parses it; None: it does not."""
+    try:
+        key = tuple(sorted((str(k), str(v)) for k, v in config.items()))
+        return ChannelConfig.from_dict(dict(config)), key
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def plain_again(claimed: str, amount: int, signature: str, config: Parsed) -> Voucher | None:
+    """`parse_plain`'s voucher, from a plain voucher payload whose type and `channelConfig`
+    (`config`, parsed) are known already and whose own fields `channel_terms` has read and
+    checked (the id 0x + 32 bytes of hex, the amount a uint128, the signature 0x + hex
+    bytes; `voucher_again`): what `parse_plain` asks beyond those is a 65-byte signature.
+    None: not one `parse_plain` would take. (Unit tests hold the two to each other.)"""
+    if len(signature) != _SIGNATURE_TEXT:
+        return None
+    return _voucher(claimed, amount, signature, config)
+
+
+def _voucher(claimed: str, amount: int, signature: str, parsed: Parsed) -> Voucher:
     return Voucher(
         channel_id=claimed.lower(),
         claimed_id=claimed,
-        max_claimable=int(amount),
+        max_claimable=amount,
         signature=signature,
         config=parsed[0],
         config_key=parsed[1],
     )
-
-
-def _parse_config(config: Mapping[str, Any]) -> Parsed:
-    key = tuple(sorted((str(k), str(v)) for k, v in config.items()))
-    return ChannelConfig.from_dict(dict(config)), key
 
 
 def domain(chain_id: int) -> Domain:
@@ -137,24 +157,23 @@ def digest(voucher: Voucher, on: Domain) -> bytes:
     return keccak(b"\x19\x01" + on.separator + struct)
 
 
-def signed_by_authorizer(
-    voucher: Voucher, on: Domain, signers: MutableMapping[bytes, str] | None = None
-) -> bool:
+def signed_by_authorizer(voucher: Voucher, on: Domain) -> bool:
     """True only when the voucher is an ECDSA signature by its channel's (non-zero)
     `payerAuthorizer`. A zero authorizer (an ERC-1271 wallet: the chain decides) is never
-    accepted here. `signers`: addresses of public keys already seen (a channel's every
-    voucher is signed by one key: its address, a keccak, once), None: computed each time."""
+    accepted here. (A channel's every voucher is signed by one key: its address, a keccak,
+    is `address_of`'s, memoized in C.)"""
     authorizer = voucher.config.payer_authorizer
-    if not isinstance(authorizer, str) or not ADDRESS.fullmatch(authorizer):
-        return False
-    if int(authorizer, 16) == 0:
+    signer = _signer(authorizer) if isinstance(authorizer, str) else None
+    if signer is None:
         return False
     public = recover_key(digest(voucher, on), bytes.fromhex(voucher.signature[2:]))
-    if public is None:
-        return False
-    signer = signers.get(public) if signers is not None else None
-    if signer is None:
-        signer = address_of(public)
-        if signers is not None:
-            signers[public] = signer
-    return signer == authorizer.lower()
+    return public is not None and address_of(public) == signer
+
+
+@functools.lru_cache(maxsize=4096)
+def _signer(authorizer: str) -> str | None:
+    """The lower-case address whose ECDSA signature `authorizer` stands for; None: not an
+    address, or the zero one. Memoized, bounded: a channel's every voucher names it."""
+    if not ADDRESS.fullmatch(authorizer) or int(authorizer, 16) == 0:
+        return None
+    return authorizer.lower()

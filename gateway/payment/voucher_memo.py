@@ -14,16 +14,17 @@ miss is the full match. Pure: no I/O; one per generation (its `ChannelIds`), bou
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
-from cachetools import LRUCache
-from x402.schemas import PaymentPayload
+from x402.schemas import PaymentPayload, PaymentRequirements
 
 from gateway.config.settings import Requirement
+from gateway.payment.voucher_check import Parsed
 
 CACHED_VOUCHERS = 4096  # channels (with their terms) whose last accepted match is kept
 
-MemoKey = tuple[str, ...]
+MemoKey = tuple[str | int, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,12 @@ class Accepted:
     chain_id: int
     channel_id: str  # lower-case
     payer: str  # lower-case
+    # `requirement` as the v2 wire states it, built once for the channel's every voucher
+    # (`MatchedPayment.requirements`: read, never changed: tests/unit/payment/test_voucher_memo.py)
+    requirements: PaymentRequirements
+    # Its `channelConfig` as the fast path parses it (`voucher_check.parse_config`): its
+    # next vouchers are carried to the voucher road parsed (`ChannelPayment.voucher`).
+    config: Parsed | None = None
 
 
 def memo_key(payload: PaymentPayload) -> MemoKey | None:
@@ -54,9 +61,9 @@ def memo_key(payload: PaymentPayload) -> MemoKey | None:
         terms.asset,
         terms.pay_to,
         terms.amount,
-        repr(terms.max_timeout_seconds),
-        repr(terms.extra),
-        repr(raw.get("channelConfig")),
+        terms.max_timeout_seconds,  # an int (the model's): compared exactly as its text
+        # one repr of both: a tuple's is its items' reprs, unambiguously delimited
+        repr((terms.extra, raw.get("channelConfig"))),
         claimed,
     )
 
@@ -65,15 +72,23 @@ class VoucherMemo:
     """The last accepted match per (route terms, channel)."""
 
     def __init__(self, size: int = CACHED_VOUCHERS) -> None:
-        self._seen: LRUCache[MemoKey, Accepted] = LRUCache(size)
+        # Least recently used first (an LRU in C: cachetools' costs ~5 Python calls a hit).
+        self._seen: OrderedDict[MemoKey, Accepted] = OrderedDict()
+        self._size = size
 
     def get(self, key: MemoKey, accepts: tuple[Requirement, ...]) -> Accepted | None:
         """The match remembered for `key` against these very route requirements."""
         found = self._seen.get(key)
-        return found if found is not None and found.accepts is accepts else None
+        if found is None or found.accepts is not accepts:
+            return None
+        self._seen.move_to_end(key)
+        return found
 
     def remember(self, key: MemoKey, accepted: Accepted) -> None:
         self._seen[key] = accepted
+        self._seen.move_to_end(key)
+        if len(self._seen) > self._size:
+            self._seen.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._seen)

@@ -75,7 +75,7 @@ class VoucherRoad:
         reqs = self._channels.fast_requirements(matched)
         if not isinstance(reqs, PaymentRequirements):
             return None
-        voucher = self._fast.plain(matched.payload.payload, reqs)
+        voucher = self._fast.plain(matched.payload.payload, reqs, paid.voucher)
         if voucher is None:
             return None
         claim = new_claim(matched, route, request_id, self._store.holder)

@@ -1,23 +1,19 @@
 """Claims in this process's memory: one gateway process only (`check` refuses it with
-`workers` > 1). Expiry per item comes from cachetools' TLRUCache; bounded so a flood of
-distinct payments cannot grow memory without limit."""
+`workers` > 1). Expiry per item comes from `ExpiringMap` (each claim its own ttl); bounded
+so a flood of distinct payments cannot grow memory without limit."""
 
 from __future__ import annotations
 
+import operator
 import time
 from collections import deque
 from collections.abc import Sequence
 
-from cachetools import TLRUCache
-
 from .buckets import Bucket, MemoryBuckets
+from .expiring import ExpiringMap
 from .kept import MemoryKept
 from .records import RELEASABLE, PaymentRecord, latest_per_request
 from .spend import MemorySpend
-
-
-def _expires(_key: str, value: tuple[PaymentRecord, float], now: float) -> float:
-    return now + value[1]
 
 
 def _same(held: PaymentRecord, record: PaymentRecord) -> bool:
@@ -29,8 +25,9 @@ class MemoryStore:
     def __init__(self, maxsize: int = 1_000_000, history: int = 10_000) -> None:
         # Single-threaded asyncio: every method below runs without an await between its
         # check and its write, which is what makes claim() atomic here.
-        self._claims: TLRUCache[str, tuple[PaymentRecord, float]] = TLRUCache(
-            maxsize=maxsize, ttu=_expires, timer=time.monotonic
+        # (record, ttl): each claim lives `ttl` seconds past its last write
+        self._claims: ExpiringMap[tuple[PaymentRecord, float]] = ExpiringMap(
+            maxsize, operator.itemgetter(1), time.monotonic
         )
         self._history: deque[PaymentRecord] = deque(maxlen=history)
         self.holder = "memory"
@@ -39,10 +36,9 @@ class MemoryStore:
         self._spend = MemorySpend()
 
     async def claim(self, key: str, record: PaymentRecord, ttl: float) -> PaymentRecord | None:
-        held = self._claims.get(key)
+        held = self._claims.add(key, (record, ttl))
         if held is not None:
             return held[0]
-        self._claims[key] = (record, ttl)
         self._history.appendleft(record)
         return None
 
@@ -82,7 +78,7 @@ class MemoryStore:
         ttl: float,
         history: tuple[PaymentRecord, ...] = (),
     ) -> bool:
-        held = self._claims.get(key)  # one lookup (each costs the TLRU an expiry pass)
+        held = self._claims.get(key)  # one lookup
         if held is None or not _same(held[0], expect):
             return False
         self._claims[key] = (record, ttl if ttl > 0 else held[1])  # 0: keep the expiry

@@ -8,12 +8,20 @@ import time
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from x402.mechanisms.evm.batch_settlement.types import ChannelConfig
 from x402.mechanisms.evm.batch_settlement.utils import compute_channel_id
 from x402.schemas import PaymentPayload
 
 from gateway.errors import MalformedPayment, PaymentError
-from gateway.payment.channel_terms import VOUCHER_CLAIM_SECONDS, ChannelIds, voucher_nonce
+from gateway.payment.channel_terms import (
+    VOUCHER_CLAIM_SECONDS,
+    ChannelIds,
+    _voucher,
+    _voucher_refused,
+    voucher_nonce,
+)
 from gateway.payment.decode import DecodedPayment
 from gateway.payment.match import match_requirement
 from tests.unit.wire_helpers import (
@@ -197,3 +205,36 @@ def test_cached_channel_ids_differ_for_a_config_differing_in_any_field() -> None
         assert found == compute_channel_id(cfg, NETWORK).lower()
         seen.add(found)
     assert len(seen) == 1 + len(changes)
+
+
+_FIELD_VALUES = {
+    "channelId": st.sampled_from(
+        ["0x" + "ab" * 32, "0x" + "AB" * 32, "0x" + "ab" * 31, "ab" * 32, 7, None, ["0x"]]
+    ),
+    "maxClaimableAmount": st.sampled_from(
+        ["2000", "0", str(2**128 - 1), str(2**128), "12a", "-1", "", 2000, "1" * 40, None]
+    ),
+    "signature": st.sampled_from(["0x" + "cd" * 65, "0x", "0xabc", "0xzz", "cd" * 65, 1, None]),
+}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.fixed_dictionaries({}, optional=_FIELD_VALUES),
+    st.sampled_from(["dict", "list", "missing"]),
+)
+def test_a_vouchers_fields_are_read_as_the_one_by_one_checks_read_them(
+    fields: dict[str, Any], shape: str
+) -> None:
+    """`_voucher`'s all-at-once reading of a well-formed voucher gives what the field-by-field
+    checks give, and refuses what they refuse with their message."""
+    voucher: Any = {"dict": fields, "list": list(fields), "missing": None}[shape]
+    raw = {"type": "voucher"} if voucher is None else {"type": "voucher", "voucher": voucher}
+
+    def outcome(read: Any, arg: Any) -> Any:
+        try:
+            return read(arg)
+        except MalformedPayment as exc:
+            return ("refused", exc.reason, str(exc))
+
+    assert outcome(_voucher, raw) == outcome(_voucher_refused, voucher)

@@ -24,6 +24,7 @@ from x402.schemas import PaymentRequired, SupportedKind, SupportedResponse
 from gateway.config.settings import ChannelsSettings
 from gateway.errors import PaymentError
 from gateway.payment import decode_payment, match_requirement
+from gateway.payment.channel_terms import ChannelIds
 from gateway.payment.channels import Channels
 from gateway.payment.engine import Payments
 from gateway.store.memory import MemoryStore
@@ -95,7 +96,8 @@ def seed(storage: InMemoryChannelStorage, charged: int, balance: int = 1_000_000
     storage.update_channel(cid, lambda _: channel)
 
 
-def matched(cumulative: int) -> Any:
+def matched(cumulative: int, ids: ChannelIds | None = None) -> Any:
+    """A voucher for `cumulative`, matched (`ids`: a generation's remembered channels)."""
     data = {
         "x402Version": 2,
         "accepted": accepted(BATCH),
@@ -104,7 +106,7 @@ def matched(cumulative: int) -> Any:
     }
     decoded = decode_payment(headers(("PAYMENT-SIGNATURE", b64json(data))), 16384)
     assert decoded is not None
-    return match_requirement(PRICED, decoded, URL)
+    return match_requirement(PRICED, decoded, URL, ids)
 
 
 async def payments(storage: InMemoryChannelStorage) -> tuple[Payments, ChannelFacilitator]:

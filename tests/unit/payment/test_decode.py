@@ -13,7 +13,14 @@ from x402.schemas import PaymentPayload
 from x402.schemas.v1 import PaymentPayloadV1
 
 from gateway.errors import MalformedPayment
-from gateway.payment.decode import MAX_JSON_DEPTH, DecodedPayment, _b64decode, decode_payment
+from gateway.payment.decode import (
+    MAX_INT_DIGITS,
+    MAX_JSON_DEPTH,
+    DecodedPayment,
+    _b64decode,
+    _loads,
+    decode_payment,
+)
 from tests.unit.wire_helpers import b64json, headers, v1_dict, v2_dict
 
 LIMIT = 16384
@@ -281,3 +288,76 @@ def test_base64_fast_pass_decides_as_the_step_by_step_checks(value: str) -> None
     except MalformedPayment as exc:
         got = exc.detail
     assert got == expected
+
+
+# --- integers at the digit bound --------------------------------------------------------
+
+
+def _verdict(text: str) -> str:
+    try:
+        _loads(text, "PAYMENT-SIGNATURE")
+    except MalformedPayment:
+        return "refused"
+    return "ok"
+
+
+@pytest.mark.parametrize(
+    ("text", "verdict"),
+    [
+        ('{"a": ' + "9" * MAX_INT_DIGITS + "}", "ok"),
+        ('{"a": ' + "9" * (MAX_INT_DIGITS + 1) + "}", "refused"),
+        ('{"a": -' + "9" * (MAX_INT_DIGITS + 1) + "}", "refused"),
+        ('{"a": "' + "9" * (MAX_INT_DIGITS + 5) + '"}', "ok"),
+        ('{"a": 1.' + "9" * (MAX_INT_DIGITS + 5) + "}", "ok"),
+    ],
+)
+def test_long_integers_at_the_digit_bound(text: str, verdict: str) -> None:
+    assert _verdict(text) == verdict
+
+
+# --- the JSON scan (equivalence with `JSONDecoder.decode`) -------------------------------
+
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**90), max_value=10**90)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=12,
+)
+_AROUND = st.sampled_from(["", " ", "\n", "\t ", "x", "}", "]", ",1", "{}", '"'])
+
+
+def _decoded(text: str) -> Any:
+    """What `JSONDecoder.decode` with the gateway's hooks says of `text`."""
+    from gateway.payment import decode
+
+    try:
+        return ("ok", decode._DECODER.decode(text))
+    except decode._NumberError as exc:
+        return ("number", str(exc))
+    except ValueError as exc:
+        return ("not json", str(exc))
+
+
+def _read(text: str) -> Any:
+    try:
+        return ("ok", _loads(text, "PAYMENT-SIGNATURE"))
+    except MalformedPayment as exc:
+        return ("refused", str(exc))
+
+
+@settings(max_examples=400, deadline=None)
+@given(_JSON, _AROUND, _AROUND, st.integers(min_value=0, max_value=3))
+def test_loads_reads_as_json_decode(value: Any, before: str, after: str, cut: int) -> None:
+    """The direct scan gives `decode`'s value, and a text it cannot take (whitespace around,
+    extra data, a cut or broken text, an integer too long) `decode`'s own refusal."""
+    text = before + json.dumps(value) + after
+    text = text[: len(text) - cut]
+    got, expected = _read(text), _decoded(text)
+    assert (got[0] == "ok") == (expected[0] == "ok")
+    if got[0] == "ok":
+        assert got == expected
+    else:
+        assert expected[1] in got[1]  # the message `_fail` wraps

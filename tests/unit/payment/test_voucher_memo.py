@@ -18,7 +18,9 @@ from gateway.errors import GatewayError
 from gateway.payment.channel_terms import ChannelIds
 from gateway.payment.decode import DecodedPayment
 from gateway.payment.match import match_requirement
-from gateway.payment.voucher_memo import memo_key
+from gateway.payment.requirements import requirement_v2
+from gateway.payment.voucher_check import parse_plain
+from gateway.payment.voucher_memo import Accepted, VoucherMemo, memo_key
 from tests.unit.wire_helpers import (
     BATCH,
     OTHER_ASSET,
@@ -70,7 +72,8 @@ def outcome(priced: RouteSettings, data: dict[str, Any], ids: ChannelIds) -> Any
         matched.identity,
         matched.payer,
         matched.valid_before // 10,  # the claim's lifetime from now: same to the 10 s
-        matched.channel and dataclasses.replace(matched.channel, valid_before=0),
+        # the voucher parsed for the road: the memo's only (held to `parse_plain` below)
+        matched.channel and dataclasses.replace(matched.channel, valid_before=0, voucher=None),
         matched.requirements.model_dump(),
     )
 
@@ -101,6 +104,8 @@ def batch_route(**changes: Any) -> RouteSettings:
 
 
 OTHERS_SIGNATURE = signed(2000, signer=OTHER)["signature"]
+NEXT_SIGNATURE = str(NEXT["voucher"]["signature"])
+UPPER_SIGNATURE = "0x" + NEXT_SIGNATURE[2:].upper()
 UPPER_ID = "0x" + str(FIRST["voucher"]["channelId"])[2:].upper()
 REORDERED = dict(reversed(CONFIG.items()))
 
@@ -112,6 +117,10 @@ CASES: list[tuple[str, RouteSettings, dict[str, Any], bool]] = [
     ("an amount over uint128", ROUTE, voucher_field("maxClaimableAmount", str(2**128)), True),
     ("an amount as a number", ROUTE, voucher_field("maxClaimableAmount", 2000), True),
     ("a signature that is not hex", ROUTE, voucher_field("signature", "0xzz"), True),
+    ("a 64-byte signature", ROUTE, voucher_field("signature", NEXT_SIGNATURE[:-2]), True),
+    ("a 66-byte signature", ROUTE, voucher_field("signature", NEXT_SIGNATURE + "1b"), True),
+    ("an empty signature", ROUTE, voucher_field("signature", "0x"), True),
+    ("an upper-case signature", ROUTE, voucher_field("signature", UPPER_SIGNATURE), True),
     ("another payer's signature", ROUTE, voucher_field("signature", OTHERS_SIGNATURE), True),
     ("the id in upper case", ROUTE, voucher_field("channelId", UPPER_ID), False),
     ("another channel's id", ROUTE, voucher_field("channelId", "0x" + "ab" * 32), False),
@@ -161,6 +170,8 @@ def test_the_next_voucher_is_accepted_from_the_memo_with_its_own_identity() -> N
     assert after.requirement is BATCH
     assert after.payer == PAYER.address
     assert after.channel is not None and after.channel.cumulative == 2000
+    assert after.channel.voucher == parse_plain(wire(NEXT)["payload"])  # carried, parsed
+    assert after.channel.voucher is not None
     assert after.identity.key != first.identity.key  # two vouchers, two payments
 
 
@@ -169,3 +180,36 @@ def test_a_refused_payment_is_not_remembered() -> None:
     with pytest.raises(GatewayError):
         match_requirement(ROUTE, decoded(config_field("receiver", OTHER_PAY_TO)), URL, ids)
     assert len(ids.vouchers) == 0
+
+
+@pytest.mark.parametrize(("name", "priced", "data", "remembered"), CASES, ids=[c[0] for c in CASES])
+def test_a_voucher_carried_parsed_is_the_one_parse_plain_gives(
+    name: str, priced: RouteSettings, data: dict[str, Any], remembered: bool
+) -> None:
+    """What the match carries to the voucher road (`ChannelPayment.voucher`, read once) is
+    exactly the fast path's own parse of the payload, or nothing (it then parses itself)."""
+    ids = warmed()
+    try:
+        matched = match_requirement(priced, decoded(copy.deepcopy(data)), URL, ids)
+    except GatewayError:
+        return  # refused by the match: nothing carried
+    assert matched.channel is not None
+    carried, own = matched.channel.voucher, parse_plain(copy.deepcopy(data["payload"]))
+    if remembered:
+        assert carried == own, name
+    else:
+        assert carried is None, name  # the full match carries nothing: the road parses
+
+
+def test_the_memo_is_bounded_and_drops_the_least_recently_used() -> None:
+    memo = VoucherMemo(size=2)
+    accepts = ROUTE.accepts
+    kept = Accepted(accepts, BATCH, 1, "0x01", "0x02", requirement_v2(BATCH))
+    for name in ("a", "b"):
+        memo.remember((name,), kept)
+    assert memo.get(("a",), accepts) is kept  # used: now the most recent
+    memo.remember(("c",), kept)
+    assert len(memo) == 2
+    assert memo.get(("b",), accepts) is None
+    assert memo.get(("a",), accepts) is kept and memo.get(("c",), accepts) is kept
+    assert memo.get(("a",), route(requirement(), BATCH).accepts) is None  # other terms

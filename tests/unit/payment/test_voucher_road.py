@@ -6,6 +6,7 @@ path, as `handle()` does (gateway/voucher_road.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from types import SimpleNamespace
@@ -407,3 +408,41 @@ async def test_the_gateways_memory_channels_change_in_place_as_the_sdks_storage_
         await p.close()
     assert seen["MemoryChannels"] == seen["InMemoryChannelStorage"]
     assert seen["MemoryChannels"][-1][1] is True
+
+
+async def test_the_requirements_a_remembered_channel_shares_are_never_changed() -> None:
+    """A remembered channel's vouchers share one `MatchedPayment.requirements` (built once
+    per memo entry, gateway/payment/voucher_memo.py): neither the road nor the full path with
+    the SDK's own hooks (a refusal's corrective 402; verify and settle on stale on-chain
+    state) changes it, so each voucher is matched against the route's terms as if built for
+    it alone."""
+    storage = seeded()
+    p, fac = await gateway(storage)
+
+    def next_voucher(cumulative: int) -> Any:
+        return matched(cumulative, p.channel_ids)
+
+    first = next_voucher(2 * PRICE)
+    shared, before = first.requirements, first.requirements.model_dump()
+    assert shared == matched(2 * PRICE).requirements  # what the full match builds for it
+    for k in (2, 3):
+        m = first if k == 2 else next_voucher(k * PRICE)
+        assert m.requirements is shared  # remembered: built once
+        settled, on_road = await via_road(p, m, PRICED, f"req-{k}")
+        assert settled.success and on_road
+    copy = next_voucher(2 * PRICE)  # used already: the full path's corrective 402
+    with pytest.raises(GatewayError):
+        await via_road(p, copy, PRICED, "req-copy")
+    channel = storage.get(channel_id())
+    assert channel is not None
+    stale = dataclasses.replace(channel, onchain_synced_at=int(time.time() * 1000) - 3_600_000)
+    storage.update_channel(channel_id(), lambda _: stale)
+    later = next_voucher(4 * PRICE)
+    # the SDK's verify and settle hooks; whatever the fake facilitator's chain says of it
+    # (served or refused), the requirements are the point
+    with contextlib.suppress(GatewayError):
+        await via_road(p, later, PRICED, "req-4")
+    assert "verify" in fac.calls
+    assert copy.requirements is later.requirements is shared
+    assert shared.model_dump() == before
+    await p.close()
