@@ -29,7 +29,6 @@ import asyncio
 import enum
 import hashlib
 import time
-from collections import OrderedDict
 from typing import Protocol
 
 from redis.asyncio.cluster import RedisCluster
@@ -37,6 +36,7 @@ from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .expiring import ExpiringMap
 from .redis import COMMAND_TIMEOUT, RedisStore
 
 PAID_PREFIX = "x402:siwx:paid:"
@@ -92,68 +92,35 @@ class _PaidKeys:
         return f"{prefix}{payer.lower()}"
 
 
-class _Deadlines:
-    """Keys with their deadlines (spent nonces, payment records), bounded, oldest written
-    first out. Not cachetools' TLRUCache: its heap of deadlines and LRU bookkeeping cost
-    about a dozen Python calls per write and three per lookup, and every sign-in does one of
-    each; here a few C calls. Keys expire in about the order they were written (one TTL per
-    kind, or per route for payments), so expired ones are dropped from the front; a lookup
-    checks the deadline itself, so a key kept behind a longer-lived one is never taken for
-    live after its TTL. An `OrderedDict`, not a dict: taking from the front of a plain dict
-    rescans its deleted slots."""
-
-    def __init__(self, maxsize: int) -> None:
-        self._until: OrderedDict[str, float] = OrderedDict()
-        self._maxsize = maxsize
-
-    def spend(self, nonce: str, ttl: float) -> bool:
-        """True when this call wrote `nonce` (absent or expired); False when it is live."""
-        spent = self._until.get(nonce)
-        if spent is not None and spent > time.monotonic():
-            return False
-        self.put(nonce, ttl)
-        return True
-
-    def put(self, key: str, ttl: float) -> None:
-        """`key` live for `ttl` seconds from now, whatever it was (at the back)."""
-        now = time.monotonic()
-        until = self._until
-        until.pop(key, None)
-        until[key] = now + ttl
-        while until and (len(until) > self._maxsize or next(iter(until.values())) <= now):
-            until.popitem(last=False)
-
-    def __contains__(self, key: str) -> bool:
-        deadline = self._until.get(key)
-        return deadline is not None and deadline > time.monotonic()
-
-    def __len__(self) -> int:
-        return len(self._until)
-
-
 class MemorySessions:
-    """One process. Bounded, so a flood of sign-ins cannot grow memory without limit."""
+    """One process. Bounded, so a flood of sign-ins cannot grow memory without limit.
+
+    Spent nonces and payment records in `ExpiringMap`s (the memory claims' map: a few C
+    calls a write or a read, where cachetools' TLRUCache cost about a dozen Python calls a
+    write and three a read, and every sign-in does one of each), each entry's value its own
+    lifetime in seconds."""
 
     def __init__(self, maxsize: int = 1_000_000) -> None:
         self._key = _PaidKeys()
-        self._paid = _Deadlines(maxsize)
-        self._nonces = _Deadlines(maxsize)
+        self._paid: ExpiringMap[float] = ExpiringMap(maxsize, float, time.monotonic)
+        self._nonces: ExpiringMap[float] = ExpiringMap(maxsize, float, time.monotonic)
 
     async def record_payment(self, route: str, payer: str, ttl: float) -> None:
-        self._paid.put(self._key(route, payer), ttl)
+        self._paid[self._key(route, payer)] = ttl
 
     async def has_paid(self, route: str, payer: str) -> bool:
-        return self._key(route, payer) in self._paid
+        return self._paid.get(self._key(route, payer)) is not None
 
     async def spend_nonce(self, nonce: str, ttl: float) -> bool:
         # No await between the check and the write: atomic on one event loop.
-        return self._nonces.spend(nonce, ttl)
+        return self._nonces.add(nonce, ttl) is None
 
     async def sign_in(self, route: str, payer: str, nonce: str, nonce_ttl: float) -> SignIn:
-        # No await inside: atomic on one event loop, as the script is in Redis.
-        if not self._nonces.spend(nonce, nonce_ttl):
+        # No await inside: atomic on one event loop, as the two commands are in Redis.
+        if self._nonces.add(nonce, nonce_ttl) is not None:
             return SignIn.NONCE_USED
-        return SignIn.SIGNED_IN if self._key(route, payer) in self._paid else SignIn.NOT_PAID
+        paid = self._paid.get(self._key(route, payer)) is not None
+        return SignIn.SIGNED_IN if paid else SignIn.NOT_PAID
 
 
 # A sign-in's two commands, to fill with the nonce's key, its ttl in ms and the record's key.

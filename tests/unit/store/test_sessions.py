@@ -306,58 +306,64 @@ async def test_a_record_sits_under_paid_key_for_replicas_of_any_version(
         await store.close()
 
 
-# --- the memory store's spent nonces -------------------------------------------------------
+# --- the memory store's spent nonces and payment records -----------------------------------
 
 
-def test_spent_nonces_are_bounded_oldest_out() -> None:
-    spent = sessions_module._Deadlines(maxsize=3)
-    assert [spent.spend(n, 60) for n in "abcd"] == [True] * 4
-    assert len(spent) == 3
-    assert spent.spend("a", 60)  # the oldest went out to make room
-    assert not spent.spend("c", 60) and not spent.spend("d", 60)
+async def test_spent_nonces_are_bounded_oldest_out() -> None:
+    store = MemorySessions(maxsize=3)
+    assert [await store.spend_nonce(n, 60) for n in "abcd"] == [True] * 4
+    assert len(store._nonces) == 3
+    assert await store.spend_nonce("a", 60)  # the oldest went out to make room
+    assert not await store.spend_nonce("c", 60) and not await store.spend_nonce("d", 60)
 
 
-def test_spent_nonces_expire_each_on_its_own_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
-    now = [1000.0]
-    monkeypatch.setattr(sessions_module.time, "monotonic", lambda: now[0])
-    spent = sessions_module._Deadlines(maxsize=100)
-    assert spent.spend("long", 60) and spent.spend("short", 1) and spent.spend("mid", 30)
-    now[0] += 2
-    # "short" sits behind a live nonce: not dropped yet, but no longer taken for spent.
-    assert spent.spend("short", 60)
-    assert not spent.spend("long", 60) and not spent.spend("mid", 60)
-    now[0] += 59
-    assert spent.spend("fresh", 60)  # expired ones are dropped from the front as spends come
-    assert len(spent) == 2  # "short" (spent again at 1002) and "fresh"
-    assert spent.spend("long", 60) and spent.spend("mid", 60)
-    assert not spent.spend("short", 60)
-
-
-def test_a_nonce_spent_with_no_time_left_is_not_kept() -> None:
-    spent = sessions_module._Deadlines(maxsize=10)
-    assert spent.spend("x", 0) and len(spent) == 0
-    assert spent.spend("x", 0)
-
-
-def test_a_payment_record_lives_its_own_window_and_a_new_one_replaces_it(
+async def test_spent_nonces_expire_each_on_its_own_deadline(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     now = [1000.0]
     monkeypatch.setattr(sessions_module.time, "monotonic", lambda: now[0])
-    paid = sessions_module._Deadlines(maxsize=3)
-    paid.put("day", 86400)
-    paid.put("hour", 3600)
-    assert "day" in paid and "hour" in paid and "other" not in paid
+    store = MemorySessions(maxsize=100)
+    spend = store.spend_nonce
+    assert await spend("long", 60) and await spend("short", 1) and await spend("mid", 30)
+    now[0] += 2
+    # "short" sits behind a live nonce: not dropped yet, but no longer taken for spent.
+    assert await spend("short", 60)
+    assert not await spend("long", 60) and not await spend("mid", 60)
+    now[0] += 59
+    assert await spend("fresh", 60)  # expired ones are dropped as spends come
+    assert len(store._nonces) == 2  # "short" (spent again at 1002) and "fresh"
+    assert await spend("long", 60) and await spend("mid", 60)
+    assert not await spend("short", 60)
+
+
+async def test_a_nonce_spent_with_no_time_left_is_not_kept() -> None:
+    store = MemorySessions(maxsize=10)
+    assert await store.spend_nonce("x", 0) and len(store._nonces) == 0
+    assert await store.spend_nonce("x", 0)
+
+
+async def test_a_payment_record_lives_its_own_window_and_a_new_one_replaces_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(sessions_module.time, "monotonic", lambda: now[0])
+    store = MemorySessions(maxsize=3)
+    day, hour, other = ("0x" + c * 40 for c in "dea")
+    await store.record_payment("/r", day, 86400)
+    await store.record_payment("/r", hour, 3600)
+    assert await store.has_paid("/r", day) and await store.has_paid("/r", hour)
+    assert not await store.has_paid("/r", other) and not await store.has_paid("/s", day)
     now[0] += 3601
-    assert "hour" not in paid and "day" in paid  # behind a live record, yet not live
-    paid.put("hour", 3600)  # paid again: a new window from now, at the back
-    paid.put("day", 10)  # the latest record is the one that counts, shorter or not
-    assert "hour" in paid and "day" in paid
+    assert not await store.has_paid("/r", hour) and await store.has_paid("/r", day)
+    await store.record_payment("/r", hour, 3600)  # paid again: a new window from now
+    await store.record_payment("/r", day, 10)  # the latest record counts, shorter or not
+    assert await store.has_paid("/r", hour) and await store.has_paid("/r", day)
     now[0] += 11
-    assert "day" not in paid and "hour" in paid
-    for key in "abc":
-        paid.put(key, 60)
-    assert len(paid) == 3 and "hour" not in paid  # bounded, oldest written out first
+    assert not await store.has_paid("/r", day) and await store.has_paid("/r", hour)
+    for payer in ("0x" + c * 40 for c in "123"):
+        await store.record_payment("/r", payer, 60)
+    # Bounded: past 3 records the soonest to expire go first, the hour's window stays.
+    assert len(store._paid) == 3 and await store.has_paid("/r", hour)
 
 
 def test_the_route_hashes_kept_are_bounded_and_keys_stay_paid_key() -> None:
