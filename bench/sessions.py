@@ -25,8 +25,8 @@ The gateway's voucher over its free request is read beside the floor's over its 
 the target asks against what Python, aiohttp and one secp256k1 recovery cost on this machine.
 
 A second gateway, same config on a redis-server store (what replicas share), measures the
-same sign-in there ("SIWX sign-in (redis)": one store round trip, a Lua script), in the same
-interleaved rounds; skipped when redis-server is not installed.
+same sign-in there ("SIWX sign-in (redis)": one store round trip, two commands pipelined),
+in the same interleaved rounds; skipped when redis-server is not installed.
 
 Why the gateway checks the signature itself (gateway/payment/sessions.py): the SDK's own
 `verify_siwx_signature` costs about 9 ms of CPU per proof in `siwe`'s URI grammar check.

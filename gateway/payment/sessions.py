@@ -162,10 +162,10 @@ class Sessions:
         `public_url`'s origin, issuedAt at most 5 minutes old and not in the future, not
         expired, not before its notBefore; and this request's: path, network). False
         whenever it might not: `_check_fields` then gives the answer."""
-        uri = proof.uri
+        uri, signed = proof.uri, self.origin + path
         if proof.domain != self._domain or not _PLAIN_PATH.fullmatch(path):
             return False
-        if not (uri == self.origin + path or uri.startswith(self.origin + path + "?")):
+        if not (uri == signed or uri.startswith(signed + "?")):
             return False
         if proof.chain_id not in self._chains.get(route.index, ()):
             return False
@@ -182,9 +182,16 @@ def _networks(route: RouteSettings) -> list[str]:
 
 
 def _in_time(proof: PlainProof, now: datetime) -> bool:
-    """The SDK's time checks, as it makes them (`datetime.fromisoformat`, UTC if naive)."""
-    issued = _instant(proof.issued_at)
-    if issued is None or not 0 <= (now - issued).total_seconds() * 1000 <= MAX_AGE_MS:
+    """The SDK's time checks, as it makes them (`datetime.fromisoformat`, UTC if naive).
+    issuedAt, in every proof, read here rather than through `_instant`: one Python call
+    less per sign-in (the same parse, the same answer)."""
+    try:
+        issued = datetime.fromisoformat(proof.issued_at.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    if issued.tzinfo is None:
+        issued = issued.replace(tzinfo=UTC)
+    if not 0 <= (now - issued).total_seconds() * 1000 <= MAX_AGE_MS:
         return False
     if proof.expiration_time:
         expires = _instant(proof.expiration_time)

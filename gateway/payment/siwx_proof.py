@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import binascii
 import json
-import re
-from collections.abc import Callable
-from dataclasses import dataclass
+import operator
+from collections import OrderedDict
+from typing import NamedTuple, TypeVar
 
-from cachetools import LRUCache
 from coincurve import PublicKey
 from x402.extensions.sign_in_with_x import SIWxPayload
 
@@ -36,6 +35,7 @@ _ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141  # s
 _ORDER_BYTES = _ORDER.to_bytes(32, "big")
 _HALF_ORDER_BYTES = (_ORDER // 2).to_bytes(32, "big")
 _ZERO = bytes(32)
+_V = TypeVar("_V")
 
 
 def is_checksummed(address: str) -> bool:
@@ -53,38 +53,57 @@ def is_checksummed(address: str) -> bool:
 class Wallets:
     """What is known of the addresses that sign in, bounded (least recently used out
     first): whether each is EIP-55 checksummed, and its public key once a proof recovered
-    to it. One per `Sessions`, built with it in the composition root."""
+    to it. One per `Sessions`, built with it in the composition root.
+
+    Kept in `OrderedDict`s (a hit moved to the end, the front dropped when full), not
+    cachetools' `LRUCache`: the same policy, but a lookup is C calls only where the
+    cache's is four Python ones, and every sign-in looks its wallet up."""
 
     def __init__(self, maxsize: int = WALLETS_KEPT) -> None:
-        self._checksums: LRUCache[str, bool] = LRUCache(maxsize=maxsize)
-        self._keys: LRUCache[str, PublicKey] = LRUCache(maxsize=maxsize)
+        self._checksums: OrderedDict[str, bool] = OrderedDict()
+        self._keys: OrderedDict[str, PublicKey] = OrderedDict()
+        self._maxsize = maxsize
 
     def checksummed(self, address: str) -> bool:
         """`is_checksummed(address)`, computed once per address."""
         known = self._checksums.get(address)
         if known is None:
-            known = self._checksums[address] = is_checksummed(address)
+            known = is_checksummed(address)
+            _keep(self._checksums, address, known, self._maxsize)
+        else:
+            self._checksums.move_to_end(address)
         return known
 
     def key(self, address: str) -> PublicKey | None:
-        return self._keys.get(address)
+        key = self._keys.get(address)
+        if key is not None:
+            self._keys.move_to_end(address)
+        return key
 
     def remember(self, address: str, key: PublicKey) -> None:
         """`key` was recovered from a proof and its keccak is `address`."""
-        self._keys[address] = key
+        _keep(self._keys, address, key, self._maxsize)
 
     def __len__(self) -> int:
         return len(self._checksums)
 
 
-_NONCE = re.compile(r"[A-Za-z0-9]{8,}")
-_CHAIN = re.compile(r"eip155:([0-9]{1,20})")
+def _keep(kept: OrderedDict[str, _V], key: str, value: _V, maxsize: int) -> None:
+    """`kept[key] = value` as the most recently used, the least recently used out when full."""
+    kept[key] = value
+    kept.move_to_end(key)
+    while len(kept) > maxsize:
+        kept.popitem(last=False)
 
 
-@dataclass(frozen=True, slots=True)
-class PlainProof:
+_CHAIN_PREFIX = "eip155:"
+
+
+class PlainProof(NamedTuple):
     """A proof's fields read straight from its header's JSON, named as the SDK's
-    `SIWxPayload` names them (`read_plain`)."""
+    `SIWxPayload` names them (`read_plain`). A named tuple, not a frozen dataclass: as
+    immutable, made in a third of the time (no `object.__setattr__` per field), and every
+    sign-in makes one. Its fields in the order `read_plain` picks them."""
 
     domain: str
     address: str
@@ -93,12 +112,12 @@ class PlainProof:
     chain_id: str
     nonce: str
     issued_at: str
+    signature: str
     statement: str | None
     expiration_time: str | None
     not_before: str | None
     request_id: str | None
     resources: list[str] | None
-    signature: str
 
 
 Proof = SIWxPayload | PlainProof
@@ -107,6 +126,13 @@ Proof = SIWxPayload | PlainProof
 _REQUIRED = ("domain", "address", "uri", "version", "chainId", "nonce", "issuedAt", "signature")
 _OPTIONAL = ("statement", "expirationTime", "notBefore", "requestId")
 _KNOWN = frozenset((*_REQUIRED, *_OPTIONAL, "type", "resources", "signatureScheme"))
+# The fields picked in one C call each (a missing required key raises KeyError), their types
+# checked as one set: a sign-in reads every proof's dozen fields, and per-field Python
+# (comprehensions, walrus tests) was most of the reading's CPU.
+_REQUIRED_OF = operator.itemgetter(*_REQUIRED)
+_STRINGS = frozenset((str,))
+_STRINGS_OR_NULL = frozenset((str, type(None)))
+_JSON = json.JSONDecoder()
 
 
 def read_plain(header: str) -> PlainProof | None:
@@ -115,41 +141,27 @@ def read_plain(header: str) -> PlainProof | None:
     them, an `eip191` proof. None for anything else, which then goes the SDK's road
     (`parse_siwx_header`, a pydantic model: about twice the CPU of this in the gateway).
     Whatever this reads, the SDK's parser reads the same way (the unit tests hold them to
-    it); it reads less (no snake_case aliases, no unknown keys, no other signature type)."""
+    it); it reads less (no snake_case aliases, no unknown keys, no other signature type, no
+    whitespace around the JSON, which the SDK's clients never send)."""
     try:
-        fields = json.loads(binascii.a2b_base64(header, strict_mode=True).decode())
-    except (ValueError, RecursionError):  # binascii.Error, UnicodeDecodeError, JSON
+        text = binascii.a2b_base64(header, strict_mode=True).decode()
+        fields, end = _JSON.raw_decode(text)
+        if end != len(text) or type(fields) is not dict or not fields.keys() <= _KNOWN:
+            return None
+        required = _REQUIRED_OF(fields)
+    except (ValueError, RecursionError, KeyError):  # binascii.Error, UnicodeDecodeError, JSON
         return None
-    if type(fields) is not dict or not fields.keys() <= _KNOWN:
-        return None
-    required = [v for key in _REQUIRED if type(v := fields.get(key)) is str]
-    optional = [v for key in _OPTIONAL if (v := fields.get(key)) is None or type(v) is str]
+    optional = tuple(map(fields.get, _OPTIONAL))
     resources = fields.get("resources")
     if fields.get("type") != "eip191" or fields.get("signatureScheme") not in (None, "eip191"):
         return None
-    if len(required) != len(_REQUIRED) or len(optional) != len(_OPTIONAL):
+    if not (set(map(type, required)) <= _STRINGS and set(map(type, optional)) <= _STRINGS_OR_NULL):
         return None
     if resources is not None and (
-        type(resources) is not list or any(type(r) is not str for r in resources)
+        type(resources) is not list or not set(map(type, resources)) <= _STRINGS
     ):
         return None
-    domain, address, uri, version, chain_id, nonce, issued_at, signature = required
-    statement, expiration_time, not_before, request_id = optional
-    return PlainProof(
-        domain=domain,
-        address=address,
-        uri=uri,
-        version=version,
-        chain_id=chain_id,
-        nonce=nonce,
-        issued_at=issued_at,
-        statement=statement,
-        expiration_time=expiration_time,
-        not_before=not_before,
-        request_id=request_id,
-        resources=resources,
-        signature=signature,
-    )
+    return PlainProof._make((*required, *optional, resources))  # _REQUIRED, _OPTIONAL order
 
 
 def eip4361_message(payload: Proof, chain_id: str) -> str:
@@ -169,15 +181,20 @@ def eip4361_message(payload: Proof, chain_id: str) -> str:
         lines.append(f"Not Before: {payload.not_before}")
     if payload.request_id is not None:
         lines.append(f"Request ID: {payload.request_id}")
-    if payload.resources is not None:
-        lines.append("\n".join(["Resources:", *(f"- {r}" for r in payload.resources)]))
+    if payload.resources is not None:  # each on a line of its own, after "- "
+        lines.append("\n- ".join(["Resources:", *payload.resources]))
     return head + "\n\n" + "\n".join(lines)
 
 
-def _plain(payload: Proof, checksummed: Callable[[str], bool]) -> str | None:
-    """The numeric chain id when the proof has the plain shape the fast path takes."""
-    chain = _CHAIN.fullmatch(payload.chain_id)
-    if chain is None or payload.version != "1" or not _NONCE.fullmatch(payload.nonce):
+def _plain(payload: Proof) -> str | None:
+    """The numeric chain id when the proof has the plain shape the fast path takes (but for
+    its address's EIP-55 checksum, checked by the caller)."""
+    # `eip155:` and 1 to 20 ASCII digits; a nonce of 8 or more ASCII letters and digits
+    # (str methods, not regexes: ASCII first, as `isdigit`/`isalnum` take any script's).
+    chain, nonce = payload.chain_id.removeprefix(_CHAIN_PREFIX), payload.nonce
+    if chain == payload.chain_id or not (chain.isascii() and chain.isdigit() and len(chain) <= 20):
+        return None
+    if payload.version != "1" or not (nonce.isascii() and nonce.isalnum() and len(nonce) >= 8):
         return None
     # One string of every free-text field: a line break in any is refused.
     text = "".join(
@@ -194,18 +211,17 @@ def _plain(payload: Proof, checksummed: Callable[[str], bool]) -> str | None:
     )
     if "\n" in text or "\r" in text:
         return None
-    if not checksummed(payload.address):
-        return None
-    return str(int(chain.group(1)))
+    return str(int(chain))
 
 
 def signer_of(payload: Proof, wallets: Wallets | None = None) -> str:
     """The proof's address when it signed the proof, else `SignInRefused`. `wallets`: what
     is known of the addresses seen before (the gateway's; None: nothing)."""
     known = wallets.key(payload.address) if wallets is not None else None
-    chain_id = _plain(payload, _checksum_check(wallets, known))
+    chain_id = _plain(payload)
     signature = _signature(payload.signature)
-    if chain_id is None or signature is None:
+    # EIP-55 not checked again for a kept key: one is kept only for an address that passed.
+    if chain_id is None or signature is None or not _checksummed(payload.address, known, wallets):
         raise SignInRefused(
             "not an EIP-4361 proof of an externally owned account", reason="invalid_siwx_message"
         )
@@ -222,24 +238,20 @@ def signer_of(payload: Proof, wallets: Wallets | None = None) -> str:
     return payload.address
 
 
-def _checksum_check(wallets: Wallets | None, known: PublicKey | None) -> Callable[[str], bool]:
-    """How a proof's address is held to EIP-55: not again when its key is kept (a key is
-    kept only for an address that passed), else through `wallets` (each answer kept)."""
+def _checksummed(address: str, known: PublicKey | None, wallets: Wallets | None) -> bool:
+    """The address passes EIP-55: known to when its key is kept, else through `wallets`
+    (each answer kept) or computed."""
     if known is not None:
-        return _passed
-    return wallets.checksummed if wallets is not None else is_checksummed
-
-
-def _passed(_address: str) -> bool:
-    return True
+        return True
+    return wallets.checksummed(address) if wallets is not None else is_checksummed(address)
 
 
 def fast_eoa_check(payload: Proof) -> bool:
     """True when the proof has the plain shape and is signed by its own address (by
     recovery: what a first proof of an address takes)."""
-    chain_id = _plain(payload, is_checksummed)
+    chain_id = _plain(payload)
     signature = _signature(payload.signature)
-    if chain_id is None or signature is None:
+    if chain_id is None or signature is None or not is_checksummed(payload.address):
         return False
     return _recovered(signature, _digest(payload, chain_id), payload.address) is not None
 
@@ -279,6 +291,12 @@ def _der_signature(signature: bytes) -> bytes | None:
     libsecp256k1's verify wants the low one. Worked on the bytes (same-length big-endian
     bytes order as their integers), without a round trip through integers."""
     r, s = signature[:32], signature[32:64]
+    if r[0] and s[0] and r < _ORDER_BYTES and s <= _HALF_ORDER_BYTES:
+        # What nearly every signature is (a leading zero byte is 1 in 256): no byte to strip,
+        # s already low (< 0x80 in its first byte), r padded when its top bit is set.
+        if r[0] & 0x80:
+            return b"\x30\x45\x02\x21\x00" + r + b"\x02\x20" + s
+        return b"\x30\x44\x02\x20" + r + b"\x02\x20" + s
     if not (_ZERO < r < _ORDER_BYTES and _ZERO < s < _ORDER_BYTES):
         return None
     if s > _HALF_ORDER_BYTES:

@@ -359,9 +359,16 @@ class RedisStore:
         """Run one command on this store's connection, failing closed like its own."""
         return await self._call(command)
 
+    def call_kept(self, command: Awaitable[T]) -> Awaitable[T]:
+        """`call()` for a command on a connection the caller keeps out of the pool (the
+        sign-ins'): failing closed the same way, without a slot (the slots bound the
+        pool's connections in use; taking and giving one back is about seven Python calls).
+        A plain function handing back `_call`'s coroutine: no coroutine of its own."""
+        return self._call(command, slot=False)
+
     # --- failing closed, with backoff ---------------------------------------------------
 
-    async def _call(self, command: Awaitable[T]) -> T:
+    async def _call(self, command: Awaitable[T], *, slot: bool = True) -> T:
         left = self._backoff.wait_left(self._clock())
         if left > 0:
             _close(command)
@@ -370,7 +377,8 @@ class RedisStore:
             )
             error.retry_after = max(1, math.ceil(left))
             raise error
-        await self._take_slot(command)
+        if slot:
+            await self._take_slot(command)
         try:
             result = await command
         except (RedisError, OSError) as exc:
@@ -378,7 +386,8 @@ class RedisStore:
             self._backoff.failed(self._clock(), detail)
             raise StoreUnavailable(f"redis: {detail}") from exc
         finally:
-            self._slots.release()
+            if slot:
+                self._slots.release()
         if self._backoff.failing:
             self._backoff.succeeded()
         return result

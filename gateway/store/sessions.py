@@ -5,13 +5,20 @@ The SDK's `SIWxStorage` has the same two questions but checks a nonce and spends
 calls; here spending is one atomic set-if-absent (`SET NX`), so one signed proof sent to two
 replicas at once is accepted by exactly one of them.
 
-A sign-in asks both in one call (`sign_in`: one Lua script, one round trip): the nonce is
-spent first, then the payment record read. The nonce is spent whatever the record says: a
-proof whose signature checked is single-use, like a payment authorization, so one captured
-before its wallet paid cannot be replayed once it has (the SDK's hook spends it only on a
-grant). The client loses nothing: every 402 carries a fresh challenge.
+A sign-in asks both in one call (`sign_in`: in Redis two commands written together, one
+round trip): the nonce is spent first, then the payment record read. The nonce is spent
+whatever the record says: a proof whose signature checked is single-use, like a payment
+authorization, so one captured before its wallet paid cannot be replayed once it has (the
+SDK's hook spends it only on a grant). The client loses nothing: every 402 carries a fresh
+challenge.
 
-In Redis that script runs on a few connections this store keeps for it (borrowed from the
+In Redis they are `SET nonce 1 NX PX ttl` then `EXISTS record`, pipelined (not a Lua
+script: Redis runs the two plain commands in about two thirds of the script's time, and
+there is no script to load again after a restart). Nothing needs them atomic together: the
+nonce is spent by the `SET NX` alone, and the record is read after it on the same
+connection, so a payment recorded or expiring between them is the same as one a moment
+before or after (on Redis Cluster, where the keys sit in different slots, they are two
+calls). They run on a few connections this store keeps for sign-ins (borrowed from the
 client's pool once, closed with it): that one round trip is most of what a sign-in costs
 beyond a free request, and redis-py's per-command pool work was about half its client CPU.
 """
@@ -22,14 +29,14 @@ import asyncio
 import enum
 import hashlib
 import time
-from collections import OrderedDict
 from typing import Protocol
 
-from cachetools import TLRUCache
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
-from redis.exceptions import NoScriptError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .expiring import ExpiringMap
 from .redis import COMMAND_TIMEOUT, RedisStore
 
 PAID_PREFIX = "x402:siwx:paid:"
@@ -85,80 +92,44 @@ class _PaidKeys:
         return f"{prefix}{payer.lower()}"
 
 
-def _expires(_key: str, value: float, now: float) -> float:
-    return value  # the value is the deadline itself (time.monotonic() based)
-
-
-class _SpentNonces:
-    """Spent nonces with their deadlines, bounded, oldest spent first out. Not cachetools'
-    TLRUCache: its heap of deadlines and LRU bookkeeping cost about a dozen Python calls per
-    write, and every sign-in writes one nonce; here a few C calls. Nonces expire in about
-    the order they were spent (one TTL for all of them), so expired ones are dropped from
-    the front; a lookup checks the deadline itself, so a nonce kept behind a longer-lived one
-    is never taken for spent after its TTL. An `OrderedDict`, not a dict: taking from the
-    front of a plain dict rescans its deleted slots."""
-
-    def __init__(self, maxsize: int) -> None:
-        self._until: OrderedDict[str, float] = OrderedDict()
-        self._maxsize = maxsize
-
-    def spend(self, nonce: str, ttl: float) -> bool:
-        """True when this call spent `nonce`; False when it was spent before (and is kept)."""
-        now = time.monotonic()
-        until = self._until
-        spent = until.get(nonce)
-        if spent is not None:
-            if spent > now:
-                return False
-            del until[nonce]  # expired: spent again below, at the back
-        until[nonce] = now + ttl
-        while until and (len(until) > self._maxsize or next(iter(until.values())) <= now):
-            until.popitem(last=False)
-        return True
-
-    def __len__(self) -> int:
-        return len(self._until)
-
-
 class MemorySessions:
-    """One process. Bounded, so a flood of sign-ins cannot grow memory without limit."""
+    """One process. Bounded, so a flood of sign-ins cannot grow memory without limit.
+
+    Spent nonces and payment records in `ExpiringMap`s (the memory claims' map: a few C
+    calls a write or a read, where cachetools' TLRUCache cost about a dozen Python calls a
+    write and three a read, and every sign-in does one of each), each entry's value its own
+    lifetime in seconds."""
 
     def __init__(self, maxsize: int = 1_000_000) -> None:
         self._key = _PaidKeys()
-        self._paid: TLRUCache[str, float] = TLRUCache(
-            maxsize=maxsize, ttu=_expires, timer=time.monotonic
-        )
-        self._nonces = _SpentNonces(maxsize)
+        self._paid: ExpiringMap[float] = ExpiringMap(maxsize, float, time.monotonic)
+        self._nonces: ExpiringMap[float] = ExpiringMap(maxsize, float, time.monotonic)
 
     async def record_payment(self, route: str, payer: str, ttl: float) -> None:
-        self._paid[self._key(route, payer)] = time.monotonic() + ttl
+        self._paid[self._key(route, payer)] = ttl
 
     async def has_paid(self, route: str, payer: str) -> bool:
-        return self._key(route, payer) in self._paid
+        return self._paid.get(self._key(route, payer)) is not None
 
     async def spend_nonce(self, nonce: str, ttl: float) -> bool:
-        return self._spend(nonce, ttl)
+        # No await between the check and the write: atomic on one event loop.
+        return self._nonces.add(nonce, ttl) is None
 
     async def sign_in(self, route: str, payer: str, nonce: str, nonce_ttl: float) -> SignIn:
-        # No await inside: atomic on one event loop, as the script is in Redis.
-        if not self._spend(nonce, nonce_ttl):
+        # No await inside: atomic on one event loop, as the two commands are in Redis.
+        if self._nonces.add(nonce, nonce_ttl) is not None:
             return SignIn.NONCE_USED
-        return SignIn.SIGNED_IN if self._key(route, payer) in self._paid else SignIn.NOT_PAID
-
-    def _spend(self, nonce: str, ttl: float) -> bool:
-        # No await between the check and the write: atomic on one event loop.
-        return self._nonces.spend(nonce, ttl)
+        paid = self._paid.get(self._key(route, payer)) is not None
+        return SignIn.SIGNED_IN if paid else SignIn.NOT_PAID
 
 
-# KEYS: the nonce, the payment record; ARGV: the nonce's ttl in ms.
-# Returns -1: nonce spent before; 1: spent now, paid; 0: spent now, not paid.
-_SIGN_IN = """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return -1 end
-return redis.call('EXISTS', KEYS[2])
-"""
-_SIGN_IN_ANSWERS = {-1: SignIn.NONCE_USED, 1: SignIn.SIGNED_IN, 0: SignIn.NOT_PAID}
+# A sign-in's two commands, to fill with the nonce's key, its ttl in ms and the record's key.
+_SIGN_IN_COMMANDS = (
+    b"*6\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$1\r\n1\r\n$2\r\nNX\r\n$2\r\nPX\r\n$%d\r\n%s\r\n"
+    b"*2\r\n$6\r\nEXISTS\r\n$%d\r\n%s\r\n"
+)
 # Connections a store keeps out of redis-py's pool for sign-ins; more sign-ins at once than
-# this take the pool's road (same script, same answer, slower).
+# this take the pool's road (the same two commands, the same answer, slower).
 KEPT_CONNECTIONS = 8
 
 
@@ -170,14 +141,12 @@ class RedisSessions:
         self._key = _PaidKeys()
         # Both keys of a sign-in are in one slot only off a cluster: there, two commands.
         self._cluster = isinstance(store.client, RedisCluster)
-        self._sign_in = store.client.register_script(_SIGN_IN)
         # Borrowed from the client's pool and never given back: its close disconnects them.
         self._pool = (
             None if isinstance(store.client, RedisCluster) else store.client.connection_pool
         )
         self._idle: list[AbstractConnection] = []
         self._kept = 0
-        self._evalsha_sha = _bulk(b"EVALSHA") + _bulk(self._sign_in.sha.encode())
 
     async def record_payment(self, route: str, payer: str, ttl: float) -> None:
         client = self._store.client
@@ -197,44 +166,46 @@ class RedisSessions:
             if not await self.spend_nonce(nonce, nonce_ttl):
                 return SignIn.NONCE_USED
             return SignIn.SIGNED_IN if await self.has_paid(route, payer) else SignIn.NOT_PAID
-        keys = [NONCE_PREFIX + nonce, self._key(route, payer)]
-        args = [_ms(nonce_ttl)]
+        nonce_key, paid = NONCE_PREFIX + nonce, self._key(route, payer)
+        ttl = _ms(nonce_ttl)
         if self._pool is not None and (self._idle or self._kept < KEPT_CONNECTIONS):
-            answer = await self._store.call(self._on_kept(self._pool, keys, args))
+            command = _sign_in_command(nonce_key, paid, ttl)
+            spent, known = await self._store.call_kept(self._on_kept(self._pool, command))
         else:
-            answer = int(await self._store.call(self._sign_in(keys=keys, args=args)))
-        return _SIGN_IN_ANSWERS[answer]
+            spent, known = await self._store.call(self._pipelined(nonce_key, paid, ttl))
+        if spent is None:  # SET NX answers nil when the key is there
+            return SignIn.NONCE_USED
+        return SignIn.SIGNED_IN if known else SignIn.NOT_PAID
 
-    async def _on_kept(self, pool: ConnectionPool, keys: list[str], args: list[int]) -> int:
-        """The script on a connection kept for sign-ins: one EVALSHA written, its answer read.
-        The pool's road costs about twice the client CPU per call (its lock, its check that
-        the connection has nothing unread, its metrics and retry wrappers) on the one store
-        round trip of a sign-in. A dropped connection is retried once on a new one, as the
-        pool's retry does; anything else leaves the connection closed (it may hold an
-        unread answer), to reconnect on its next use."""
+    async def _pipelined(self, nonce_key: str, paid: str, ttl: int) -> tuple[object, int]:
+        """The sign-in's two commands through the client's pool, in one round trip."""
+        async with self._store.client.pipeline(transaction=False) as pipe:
+            pipe.set(nonce_key, "1", nx=True, px=ttl)
+            pipe.exists(paid)
+            spent, known = await pipe.execute()
+        return spent, int(known)
+
+    async def _on_kept(self, pool: ConnectionPool, command: bytes) -> tuple[object, int]:
+        """The sign-in on a connection kept for sign-ins: its two commands written at once,
+        their answers read. The pool's road costs about twice the client CPU per call (its
+        lock, its check that the connection has nothing unread, its metrics and retry
+        wrappers) on the one store round trip of a sign-in. A dropped connection
+        (redis-py's `ConnectionError`, what its retry takes) is retried once on a new one,
+        as the pool's retry does (written out here: `Retry.call_with_retry` is several
+        Python calls on every call, failing or not); anything else leaves the connection
+        closed (it may hold an unread answer), to reconnect on its next use."""
         conn = self._idle.pop() if self._idle else await self._borrow(pool)
         try:
-            return await conn.retry.call_with_retry(
-                lambda: self._evalsha(conn, keys, args), lambda _error: conn.disconnect()
-            )
+            try:
+                return await self._round_trip(conn, command)
+            except (RedisConnectionError, RedisTimeoutError):
+                await conn.disconnect()
+                return await self._round_trip(conn, command)
         except BaseException:
             await conn.disconnect(nowait=True)
             raise
         finally:
             self._idle.append(conn)
-
-    def _evalsha_command(self, keys: list[str], args: list[int]) -> bytes:
-        """EVALSHA of the sign-in script in RESP, as redis-py's `pack_command` writes it
-        (its encoder: str as UTF-8, int as decimal), on a part made once: redis-py's packing
-        was about a fifth of the client CPU of a sign-in's round trip."""
-        parts = [
-            b"*%d\r\n" % (3 + len(keys) + len(args)),
-            self._evalsha_sha,
-            _bulk(b"%d" % len(keys)),
-        ]
-        parts += [_bulk(key.encode()) for key in keys]
-        parts += [_bulk(b"%d" % arg) for arg in args]
-        return b"".join(parts)
 
     async def _borrow(self, pool: ConnectionPool) -> AbstractConnection:
         self._kept += 1
@@ -243,22 +214,22 @@ class RedisSessions:
         except BaseException:
             self._kept -= 1
             raise
-        # One deadline per command, set in `_evalsha`: redis-py's own socket timeout runs
+        # One deadline per sign-in, set in `_round_trip`: redis-py's own socket timeout runs
         # each write as a task of its own (`asyncio.wait_for`) and arms a second timer for
         # the read, a measurable share of the call's CPU.
         conn.socket_timeout = None
         return conn
 
-    async def _evalsha(self, conn: AbstractConnection, keys: list[str], args: list[int]) -> int:
+    @staticmethod
+    async def _round_trip(conn: AbstractConnection, command: bytes) -> tuple[object, int]:
         # A timeout cancels the read: redis-py then closes the connection (an answer may be
-        # on its way) and the TimeoutError is retried once, then fails closed, as the pool's.
+        # on its way) and the sign-in fails closed, as the pool's. An error answer to the
+        # SET is raised before the EXISTS answer is read: `_on_kept` then closes the
+        # connection, so that answer is never read as the next sign-in's.
         async with asyncio.timeout(COMMAND_TIMEOUT):
-            try:
-                await conn.send_packed_command(self._evalsha_command(keys, args), False)
-                return int(await conn.read_response())
-            except NoScriptError:  # Redis restarted or its scripts flushed: EVAL loads it
-                await conn.send_command("EVAL", _SIGN_IN, len(keys), *keys, *args)
-                return int(await conn.read_response())
+            await conn.send_packed_command(command, False)
+            spent = await conn.read_response()
+            return spent, int(await conn.read_response())
 
 
 def open_sessions(store: object) -> SessionStore:
@@ -268,9 +239,13 @@ def open_sessions(store: object) -> SessionStore:
     return MemorySessions()
 
 
-def _bulk(data: bytes) -> bytes:
-    """One RESP bulk string."""
-    return b"$%d\r\n%s\r\n" % (len(data), data)
+def _sign_in_command(nonce_key: str, paid: str, ttl_ms: int) -> bytes:
+    """`SET <nonce_key> 1 NX PX <ttl_ms>` then `EXISTS <paid>` in RESP, as redis-py's
+    `pack_command` writes them (its encoder: str as UTF-8, int as decimal), in one
+    formatting: redis-py's packing was about a fifth of the client CPU of a sign-in's round
+    trip."""
+    n, p, t = nonce_key.encode(), paid.encode(), b"%d" % ttl_ms
+    return _SIGN_IN_COMMANDS % (len(n), n, len(t), t, len(p), p)
 
 
 def _ms(ttl: float) -> int:

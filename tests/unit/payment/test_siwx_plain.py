@@ -212,7 +212,7 @@ def test_read_plain_reads_as_the_sdk_reads(
         assert plain is None
         return
     assert plain is not None
-    for name in plain.__slots__:
+    for name in plain._fields:
         assert getattr(plain, name) == getattr(sdk, name), name
 
 

@@ -5,6 +5,7 @@ check in test_sessions.py)."""
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 from coincurve import PublicKey
@@ -12,14 +13,18 @@ from coincurve.ecdsa import cdata_to_der, deserialize_compact, signature_normali
 from eth_account import Account
 from eth_account.messages import encode_defunct
 from eth_utils.address import to_checksum_address
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from x402.extensions.sign_in_with_x import SIWxPayload, encode_siwx_header
 
 from gateway.config import loads
 from gateway.errors import SignInRefused
 from gateway.payment.sessions import Sessions
 from gateway.payment.siwx_proof import (
+    PlainProof,
     Wallets,
     _der_signature,
+    _plain,
     eip4361_message,
     fast_eoa_check,
     is_checksummed,
@@ -153,3 +158,47 @@ async def test_a_known_wallet_in_another_spelling_is_still_refused(sessions: Ses
         with pytest.raises(SignInRefused) as refused:
             signer_of(proof, wallets)
         assert refused.value.reason == "invalid_siwx_message"
+
+
+# --- the plain shape: a nonce and a chain as EIP-4361 and the SDK's clients write them ----
+
+_SPEC_NONCE = re.compile(r"[A-Za-z0-9]{8,}")  # EIP-4361's nonce, as the regex it was
+_SPEC_CHAIN = re.compile(r"eip155:([0-9]{1,20})")
+_ODD_TEXT = st.text(alphabet=st.sampled_from("aZ09٣²ⅷé:\n -x") | st.characters(), max_size=24)
+
+
+@settings(max_examples=300, deadline=None)
+@example(nonce="abcd1234", chain="eip155:٣")  # digits of another script: not the spec's
+@example(nonce="abcd1234", chain="eip155:²")
+@example(nonce="abcd\u0661\u0662\u0663\u0664", chain="eip155:1")  # Arabic-Indic digits
+@example(nonce="abcd1234", chain="eip155:" + "1" * 21)
+@example(nonce="abcd123", chain="eip155:1")
+@example(nonce="abcd1234\n", chain="eip155:1")
+@example(nonce="abcd1234", chain="eip155:1\n")
+@given(
+    nonce=_ODD_TEXT | st.from_regex(_SPEC_NONCE, fullmatch=True),
+    chain=st.sampled_from(["eip155:", "eip:", "", "eip155:eip155:"]).flatmap(
+        lambda prefix: st.builds(
+            lambda rest: prefix + rest, _ODD_TEXT | st.from_regex(r"[0-9]{1,22}", fullmatch=True)
+        )
+    ),
+)
+def test_the_plain_shape_takes_the_nonces_and_chains_the_spec_does(nonce: str, chain: str) -> None:
+    proof = PlainProof(
+        domain="api.example.com",
+        address="0x" + "ab" * 20,
+        uri="https://api.example.com/a",
+        version="1",
+        chain_id=chain,
+        nonce=nonce,
+        issued_at="2026-11-26T13:45:33Z",
+        signature="0x" + "11" * 65,
+        statement=None,
+        expiration_time=None,
+        not_before=None,
+        request_id=None,
+        resources=None,
+    )
+    spec = _SPEC_CHAIN.fullmatch(chain)
+    expected = str(int(spec.group(1))) if spec and _SPEC_NONCE.fullmatch(nonce) else None
+    assert _plain(proof) == expected

@@ -288,6 +288,32 @@ def test_strip_cdn_directives_keeps_everything_else() -> None:
 
 
 @pytest.mark.parametrize(
+    "name",
+    [
+        *sorted(hh.CDN_DIRECTIVES),
+        "SURROGATE_CONTROL",
+        "Akamai-CDN-Cache-Control",
+        "x_cdn_cache_control",
+    ],
+)
+def test_a_single_cdn_directive_among_others_is_found(name: str) -> None:
+    # The one-pass look over all the names must find each directive wherever it sits.
+    for at in range(3):
+        names = ["Content-Type", "Cache-Control", "X-Surrogate-Controls"]
+        names.insert(at, name)
+        headers = CIMultiDict([(n, "1") for n in names])
+        hh.strip_cdn_directives(headers)
+        assert list(headers) == ["Content-Type", "Cache-Control", "X-Surrogate-Controls"]
+
+
+def test_names_close_to_a_cdn_directive_are_kept() -> None:
+    names = ["Surrogate-Controls", "X-Edge-Control", "Cdn-Cache-Control-X", "cdn-cache-controls"]
+    headers = CIMultiDict([(n, "1") for n in names])
+    hh.strip_cdn_directives(headers)
+    assert list(headers) == names
+
+
+@pytest.mark.parametrize(
     ("before", "after"),
     [
         ([], "Origin"),

@@ -116,13 +116,18 @@ async def test_a_redis_sign_in_is_one_round_trip(redis: RedisServer) -> None:
     await sessions.record_payment("/reports/*", payer, 60)
     await sessions.sign_in("/reports/*", payer, uuid.uuid4().hex, 60)  # loads the script
     calls: list[object] = []
-    real = store.call
+    real, real_kept = store.call, store.call_kept
 
     async def counted(command: Awaitable[T]) -> T:
         calls.append(command)
         return await real(command)
 
+    async def counted_kept(command: Awaitable[T]) -> T:
+        calls.append(command)
+        return await real_kept(command)
+
     store.call = counted  # type: ignore[method-assign]
+    store.call_kept = counted_kept  # type: ignore[method-assign]
     try:
         assert await sessions.sign_in("/reports/*", payer, uuid.uuid4().hex, 60) is SignIn.SIGNED_IN
     finally:
@@ -132,8 +137,8 @@ async def test_a_redis_sign_in_is_one_round_trip(redis: RedisServer) -> None:
 
 async def test_a_redis_sign_in_survives_a_restart_and_flushed_scripts() -> None:
     """Sign-ins run on connections the store keeps: after Redis restarts (each kept one
-    dropped, its script gone) the next sign-in still gets the right answer, on a new
-    connection, without failing closed."""
+    dropped) the next sign-in still gets the right answer, on a new connection, without
+    failing closed; flushed scripts change nothing (a sign-in runs none)."""
     server = RedisServer().start()
     store = RedisStore(server.url)
     sessions = open_sessions(store)
@@ -216,24 +221,70 @@ async def test_a_redis_sign_in_that_gets_no_answer_fails_closed_then_recovers(
         await store.close()
 
 
-async def test_the_sign_in_command_is_packed_as_redis_py_packs_it(redis: RedisServer) -> None:
+async def test_the_sign_in_commands_are_packed_as_redis_py_packs_them(redis: RedisServer) -> None:
     store = RedisStore(redis.url)
     sessions = open_sessions(store)
     assert isinstance(sessions, RedisSessions)
     conn = store.client.connection_pool.make_connection()
     try:
-        for keys, args in (
-            (["x402:siwx:nonce:abc12345", "x402:siwx:paid:f00:0xab"], [600000]),
-            (["x402:siwx:nonce:é€😀 ", "k"], [1]),  # the SDK's road takes any nonce text
+        for nonce_key, paid, ttl in (
+            ("x402:siwx:nonce:abc12345", "x402:siwx:paid:f00:0xab", 600000),
+            ("x402:siwx:nonce:é€😀 ", "k", 1),  # the SDK's road takes any nonce text
         ):
-            sha = sessions._sign_in.sha
-            expected = b"".join(conn.pack_command("EVALSHA", sha, len(keys), *keys, *args))
-            assert sessions._evalsha_command(keys, args) == expected
-        # And Redis reads it: a unicode nonce is spent once.
+            expected = b"".join(
+                conn.pack_command("SET", nonce_key, "1", "NX", "PX", ttl)
+                + conn.pack_command("EXISTS", paid)
+            )
+            assert sessions_module._sign_in_command(nonce_key, paid, ttl) == expected
+        # And Redis reads them: a unicode nonce is spent once, with its ttl.
         payer = "0x" + uuid.uuid4().hex[:40].ljust(40, "3")
         nonce = "é€😀" + uuid.uuid4().hex
         assert await sessions.sign_in("/reports/*", payer, nonce, 60) is SignIn.NOT_PAID
         assert await sessions.sign_in("/reports/*", payer, nonce, 60) is SignIn.NONCE_USED
+        assert 0 < await store.client.pttl(sessions_module.NONCE_PREFIX + nonce) <= 60_000
+    finally:
+        await store.close()
+
+
+async def test_the_pools_road_answers_as_the_kept_connections(
+    redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More sign-ins at once than the kept connections go through the client's pool: the
+    same two commands, the same answers."""
+    monkeypatch.setattr(sessions_module, "KEPT_CONNECTIONS", 0)
+    store = RedisStore(redis.url)
+    sessions = open_sessions(store)
+    payer = "0x" + uuid.uuid4().hex[:40].ljust(40, "7")
+    try:
+        nonce = uuid.uuid4().hex
+        assert await sessions.sign_in("/reports/*", payer, nonce, 60) is SignIn.NOT_PAID
+        assert await sessions.sign_in("/reports/*", payer, nonce, 60) is SignIn.NONCE_USED
+        await sessions.record_payment("/reports/*", payer, 60)
+        assert await sessions.sign_in("/reports/*", payer, uuid.uuid4().hex, 60) is SignIn.SIGNED_IN
+        answers = await asyncio.gather(
+            *(sessions.sign_in("/reports/*", payer, nonce + "x", 60) for _ in range(20))
+        )
+        assert answers.count(SignIn.SIGNED_IN) == 1
+        assert answers.count(SignIn.NONCE_USED) == 19
+    finally:
+        await store.close()
+
+
+async def test_an_error_answer_leaves_no_answer_for_the_next_sign_in(redis: RedisServer) -> None:
+    """Redis refusing the nonce's SET (here: a ttl it will not take) fails the sign-in
+    closed; the EXISTS answer behind it is never read as the next sign-in's."""
+    store = RedisStore(redis.url, backoff=Backoff(base=0.01, cap=0.01))
+    sessions = open_sessions(store)
+    payer = "0x" + uuid.uuid4().hex[:40].ljust(40, "8")
+    try:
+        await sessions.record_payment("/reports/*", payer, 60)
+        for _ in range(3):
+            with pytest.raises(StoreUnavailable):
+                await sessions.sign_in("/reports/*", payer, uuid.uuid4().hex, 1e30)
+            await asyncio.sleep(0.05)  # the store's backoff after a failure
+            nonce = uuid.uuid4().hex
+            assert await sessions.sign_in("/reports/*", payer, nonce, 60) is SignIn.SIGNED_IN
+            assert await sessions.sign_in("/reports/*", payer, nonce, 60) is SignIn.NONCE_USED
     finally:
         await store.close()
 
@@ -255,37 +306,64 @@ async def test_a_record_sits_under_paid_key_for_replicas_of_any_version(
         await store.close()
 
 
-# --- the memory store's spent nonces -------------------------------------------------------
+# --- the memory store's spent nonces and payment records -----------------------------------
 
 
-def test_spent_nonces_are_bounded_oldest_out() -> None:
-    spent = sessions_module._SpentNonces(maxsize=3)
-    assert [spent.spend(n, 60) for n in "abcd"] == [True] * 4
-    assert len(spent) == 3
-    assert spent.spend("a", 60)  # the oldest went out to make room
-    assert not spent.spend("c", 60) and not spent.spend("d", 60)
+async def test_spent_nonces_are_bounded_oldest_out() -> None:
+    store = MemorySessions(maxsize=3)
+    assert [await store.spend_nonce(n, 60) for n in "abcd"] == [True] * 4
+    assert len(store._nonces) == 3
+    assert await store.spend_nonce("a", 60)  # the oldest went out to make room
+    assert not await store.spend_nonce("c", 60) and not await store.spend_nonce("d", 60)
 
 
-def test_spent_nonces_expire_each_on_its_own_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_spent_nonces_expire_each_on_its_own_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     now = [1000.0]
     monkeypatch.setattr(sessions_module.time, "monotonic", lambda: now[0])
-    spent = sessions_module._SpentNonces(maxsize=100)
-    assert spent.spend("long", 60) and spent.spend("short", 1) and spent.spend("mid", 30)
+    store = MemorySessions(maxsize=100)
+    spend = store.spend_nonce
+    assert await spend("long", 60) and await spend("short", 1) and await spend("mid", 30)
     now[0] += 2
     # "short" sits behind a live nonce: not dropped yet, but no longer taken for spent.
-    assert spent.spend("short", 60)
-    assert not spent.spend("long", 60) and not spent.spend("mid", 60)
+    assert await spend("short", 60)
+    assert not await spend("long", 60) and not await spend("mid", 60)
     now[0] += 59
-    assert spent.spend("fresh", 60)  # expired ones are dropped from the front as spends come
-    assert len(spent) == 2  # "short" (spent again at 1002) and "fresh"
-    assert spent.spend("long", 60) and spent.spend("mid", 60)
-    assert not spent.spend("short", 60)
+    assert await spend("fresh", 60)  # expired ones are dropped as spends come
+    assert len(store._nonces) == 2  # "short" (spent again at 1002) and "fresh"
+    assert await spend("long", 60) and await spend("mid", 60)
+    assert not await spend("short", 60)
 
 
-def test_a_nonce_spent_with_no_time_left_is_not_kept() -> None:
-    spent = sessions_module._SpentNonces(maxsize=10)
-    assert spent.spend("x", 0) and len(spent) == 0
-    assert spent.spend("x", 0)
+async def test_a_nonce_spent_with_no_time_left_is_not_kept() -> None:
+    store = MemorySessions(maxsize=10)
+    assert await store.spend_nonce("x", 0) and len(store._nonces) == 0
+    assert await store.spend_nonce("x", 0)
+
+
+async def test_a_payment_record_lives_its_own_window_and_a_new_one_replaces_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(sessions_module.time, "monotonic", lambda: now[0])
+    store = MemorySessions(maxsize=3)
+    day, hour, other = ("0x" + c * 40 for c in "dea")
+    await store.record_payment("/r", day, 86400)
+    await store.record_payment("/r", hour, 3600)
+    assert await store.has_paid("/r", day) and await store.has_paid("/r", hour)
+    assert not await store.has_paid("/r", other) and not await store.has_paid("/s", day)
+    now[0] += 3601
+    assert not await store.has_paid("/r", hour) and await store.has_paid("/r", day)
+    await store.record_payment("/r", hour, 3600)  # paid again: a new window from now
+    await store.record_payment("/r", day, 10)  # the latest record counts, shorter or not
+    assert await store.has_paid("/r", hour) and await store.has_paid("/r", day)
+    now[0] += 11
+    assert not await store.has_paid("/r", day) and await store.has_paid("/r", hour)
+    for payer in ("0x" + c * 40 for c in "123"):
+        await store.record_payment("/r", payer, 60)
+    # Bounded: past 3 records the soonest to expire go first, the hour's window stays.
+    assert len(store._paid) == 3 and await store.has_paid("/r", hour)
 
 
 def test_the_route_hashes_kept_are_bounded_and_keys_stay_paid_key() -> None:
