@@ -105,15 +105,18 @@ def make_app(upstream: str, gate: Gate | None = None) -> web.Application:
     return app
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--listen", default="127.0.0.1:8081")
+def main(
+    gate: Gate | None = None, about: str | None = None, listen: str = "127.0.0.1:8081"
+) -> None:
+    """Serve the floor (with `gate`, a paywall's floor: bench/floor_voucher.py)."""
+    parser = argparse.ArgumentParser(description=about or __doc__.splitlines()[0])
+    parser.add_argument("--listen", default=listen)
     parser.add_argument("--upstream", required=True)
     args = parser.parse_args()
     host, _, port = args.listen.rpartition(":")
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     web.run_app(
-        make_app(args.upstream),
+        make_app(args.upstream, gate),
         host=host,
         port=int(port),
         access_log=None,

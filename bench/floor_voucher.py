@@ -15,20 +15,17 @@ run, each over its own free request.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import base64
 import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvloop
 from aiohttp import web
 from coincurve import PublicKey
 from multidict import CIMultiDict
 
-from bench.floor_proxy import make_app
+from bench import floor_proxy
 from gateway.payment.keccak import keccak
 from gateway.payment.voucher_check import VOUCHER_TYPEHASH, domain
 
@@ -122,21 +119,7 @@ class VoucherFloor:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--listen", default="127.0.0.1:8082")
-    parser.add_argument("--upstream", required=True)
-    args = parser.parse_args()
-    host, _, port = args.listen.rpartition(":")
-    floor = VoucherFloor()
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    web.run_app(
-        make_app(args.upstream, floor.gate),
-        host=host,
-        port=int(port),
-        access_log=None,
-        print=None,
-        handle_signals=True,
-    )
+    floor_proxy.main(VoucherFloor().gate, __doc__.splitlines()[0], listen="127.0.0.1:8082")
 
 
 if __name__ == "__main__":
