@@ -10,8 +10,8 @@ the gateway does differently from the SDK's request hook, and why:
   proof in the `siwe` package's URI grammar, which would make every proof a cheap way to
   burn the gateway's CPU; the unit tests hold the two to the same answers on the SDK's own proofs;
 - the nonce is spent atomically in the store (`SET NX`), not checked and then recorded, so a
-  proof sent to two replicas at once signs in once; the same store call (one Lua script in
-  Redis) reads the payment record, so a sign-in costs one round trip;
+  proof sent to two replicas at once signs in once; the same store call (in Redis the
+  `EXISTS` pipelined after it) reads the payment record, so a sign-in costs one round trip;
 - payments are recorded per route (the priced pattern), with the route's window as expiry;
 - the proof must name the requested path and one of the route's networks;
 - the signature is checked before the payment records are read, so nobody but the wallet's
