@@ -144,7 +144,7 @@ class Metrics:
         # functools' LRU: a hit is one C call (cachetools' is ~5 Python calls, 3 a payment).
         # `_child(family, *values)` is `family.labels(*values)` from it, called as is (no
         # method around it: payments, revenue and sign-ins share it).
-        self._payment_children = self._child = functools.lru_cache(maxsize=512)(_labelled)
+        self._child = functools.lru_cache(maxsize=512)(_labelled)
         self.engine = EngineMetrics(r)
         self.channels = ChannelMetrics(r)  # batch-settlement claims (issue 14)
         self.sign_ins = Counter(

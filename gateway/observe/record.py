@@ -67,4 +67,4 @@ class RequestRecord:
 
     def outcome(self) -> Outcome:
         status = self.claim.record.status if self.claim is not None else None
-        return classify(self.error, status, client_gone=self.status is None)  # client_gone
+        return classify(self.error, status, client_gone=self.client_gone)

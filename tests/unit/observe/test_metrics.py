@@ -345,4 +345,4 @@ def test_labelled_payment_children_are_cached_bounded_and_still_count_right() ->
     assert got[(key, frozenset({("outcome", "verified"), ("reason", "")}))] == 4
     assert got[(key, frozenset({("outcome", "invalid"), ("reason", "reason_0")}))] == 2
     assert got[(key, frozenset({("outcome", "invalid"), ("reason", "reason_599")}))] == 1
-    assert metrics._payment_children.cache_info().currsize <= 512
+    assert metrics._child.cache_info().currsize <= 512
