@@ -51,6 +51,7 @@ from x402.schemas import PaymentAbortedError, PaymentRequirements, SettleRespons
 from gateway.errors import StoreUnavailable
 from gateway.observe.logs import get_logger
 from gateway.payment.eip3009 import Domain
+from gateway.payment.recent import keep
 from gateway.payment.voucher_check import (
     Parsed,
     Voucher,
@@ -142,9 +143,7 @@ class FastVouchers:
         except (ValueError, TypeError):
             return False
         if bound:
-            self._bound[key] = True
-            if len(self._bound) > CACHED_CONFIGS:
-                self._bound.popitem(last=False)
+            keep(self._bound, key, True, CACHED_CONFIGS)
         return bound
 
     @staticmethod
@@ -230,7 +229,7 @@ class _Reserve:
         return following
 
     def in_place(self, stored: Channel | None) -> bool:
-        now = int(time.time() * 1000)  # `_now_ms`, a frame less on every voucher
+        now = _now_ms()
         if stored is None or not self._acceptable(stored, now):
             return False
         self._apply(stored, now)

@@ -21,7 +21,7 @@ import binascii
 import json
 import operator
 from collections import OrderedDict
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple
 
 from coincurve import PublicKey
 from x402.extensions.sign_in_with_x import SIWxPayload
@@ -29,13 +29,13 @@ from x402.extensions.sign_in_with_x import SIWxPayload
 from gateway.errors import SignInRefused
 from gateway.payment.eip3009 import checksummed
 from gateway.payment.keccak import keccak
+from gateway.payment.recent import keep
 
 WALLETS_KEPT = 10_000  # addresses whose EIP-55 answer and public key are kept (LRU)
 _ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141  # secp256k1's n
 _ORDER_BYTES = _ORDER.to_bytes(32, "big")
 _HALF_ORDER_BYTES = (_ORDER // 2).to_bytes(32, "big")
 _ZERO = bytes(32)
-_V = TypeVar("_V")
 
 
 def is_checksummed(address: str) -> bool:
@@ -69,7 +69,7 @@ class Wallets:
         known = self._checksums.get(address)
         if known is None:
             known = is_checksummed(address)
-            _keep(self._checksums, address, known, self._maxsize)
+            keep(self._checksums, address, known, self._maxsize)
         else:
             self._checksums.move_to_end(address)
         return known
@@ -82,18 +82,10 @@ class Wallets:
 
     def remember(self, address: str, key: PublicKey) -> None:
         """`key` was recovered from a proof and its keccak is `address`."""
-        _keep(self._keys, address, key, self._maxsize)
+        keep(self._keys, address, key, self._maxsize)
 
     def __len__(self) -> int:
         return len(self._checksums)
-
-
-def _keep(kept: OrderedDict[str, _V], key: str, value: _V, maxsize: int) -> None:
-    """`kept[key] = value` as the most recently used, the least recently used out when full."""
-    kept[key] = value
-    kept.move_to_end(key)
-    while len(kept) > maxsize:
-        kept.popitem(last=False)
 
 
 _CHAIN_PREFIX = "eip155:"

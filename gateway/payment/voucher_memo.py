@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from x402.schemas import PaymentPayload, PaymentRequirements
 
 from gateway.config.settings import Requirement
+from gateway.payment.recent import keep
 from gateway.payment.voucher_check import Parsed
 
 CACHED_VOUCHERS = 4096  # channels (with their terms) whose last accepted match is kept
@@ -85,10 +86,7 @@ class VoucherMemo:
         return found
 
     def remember(self, key: MemoKey, accepted: Accepted) -> None:
-        self._seen[key] = accepted
-        self._seen.move_to_end(key)
-        if len(self._seen) > self._size:
-            self._seen.popitem(last=False)
+        keep(self._seen, key, accepted, self._size)
 
     def __len__(self) -> int:
         return len(self._seen)
