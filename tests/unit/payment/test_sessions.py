@@ -273,3 +273,41 @@ async def test_a_proof_refused_for_want_of_payment_is_spent(sessions: Sessions) 
     assert refused.value.reason == "siwx_nonce_used"
     fresh = encode_siwx_header(await signed(sessions, payer))
     assert await sessions.sign_in(REPORTS, "/reports/a", fresh) == payer.address
+
+
+SPLIT = loads(
+    CONFIG.replace(
+        "  - path: /paid/*\n",
+        "  - path: /dear/*\n"
+        "    methods: [GET]\n"
+        '    price: "$0.01"\n'
+        "    access: {for: 24h}\n"
+        "  - path: /dear/*\n"
+        "    methods: [POST]\n"
+        '    price: "$5.00"\n'
+        "    access: {for: 24h}\n"
+        "  - path: /paid/*\n",
+    )
+)
+
+
+async def test_a_payment_for_one_method_signs_in_to_that_route_only() -> None:
+    """Two routes on one path pattern with their own methods and prices are two routes: the
+    cheap GET's payment never signs its payer in to the dear POST (red team, session 8)."""
+    cheap, dear = SPLIT.routes[1], SPLIT.routes[2]
+    assert (cheap.path, dear.path) == ("/dear/*", "/dear/*")
+    sessions = Sessions(SPLIT, MemorySessions())
+    account = Account.create()
+    await sessions.paid(cheap, account.address)
+    extensions = await sessions.extensions(dear, PUBLIC + "/dear/x")
+    assert extensions is not None
+    siwx = extensions[SIGN_IN_WITH_X]
+    chain = siwx["supportedChains"][0]
+    info = {**siwx["info"], "chainId": chain["chainId"], "type": chain["type"]}
+    proof = await create_siwx_payload(info, EthAccountSigner(account), PUBLIC + "/dear/x")
+    with pytest.raises(SignInRefused) as refused:
+        await sessions.sign_in(dear, "/dear/x", encode_siwx_header(proof))
+    assert refused.value.reason == "siwx_not_paid"
+    again = info | {"nonce": "a" * 16}
+    proof = await create_siwx_payload(again, EthAccountSigner(account), PUBLIC + "/dear/x")
+    assert await sessions.sign_in(cheap, "/dear/x", encode_siwx_header(proof)) == account.address
