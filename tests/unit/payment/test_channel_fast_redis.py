@@ -128,6 +128,7 @@ async def test_a_charge_whose_reply_was_lost_is_served_as_charged(
     assert proxy.lost == 1
     assert charged(storage) == str(2 * PRICE)  # the payer was charged ...
     assert settled.success  # ... so it is served (not a 402 and a released claim)
+    assert settled.extra is not None
     assert settled.extra["channelState"]["chargedCumulativeAmount"] == str(2 * PRICE)
     assert claim.record.status == "settled"
 
