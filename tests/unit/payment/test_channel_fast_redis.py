@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gateway.config.settings import ChannelsSettings
-from gateway.errors import PaymentError
 from gateway.payment.channels import Channels
 from gateway.payment.engine import Payments
 from gateway.store.channel_writer import open_channel_writer
@@ -133,16 +132,18 @@ async def test_a_charge_whose_reply_was_lost_is_served_as_charged(
     assert claim.record.status == "settled"
 
 
-async def test_a_reservation_whose_reply_was_lost_charges_nothing(
+async def test_a_reservation_whose_reply_was_lost_is_the_requests_own(
     fast_on_redis: tuple[Payments, RedisChannelStorage, LosingProxy],
 ) -> None:
-    # Its own reservation, read back, looks like another request's: the payer is refused
-    # (the channel busy until the reservation's bounded lifetime), and charged nothing.
+    # Read back, its own reservation must not look like another request's (the payer
+    # refused as "busy", the channel held until the reservation's lifetime ends).
     p, storage, proxy = fast_on_redis
-    with pytest.raises(PaymentError) as busy:
-        async with p.claimed(matched(2 * PRICE), PRICED, "req-1") as claim:
-            proxy.lose = 1
-            await p.verify(claim)
+    async with p.claimed(matched(2 * PRICE), PRICED, "req-1") as claim:
+        proxy.lose = 1
+        await p.verify(claim)
+        assert claim.hold is not None
+        settled = await p.settle(claim)
     assert proxy.lost == 1
-    assert busy.value.reason == "invalid_batch_settlement_evm_channel_busy"
-    assert charged(storage) == str(PRICE)
+    assert settled.success and charged(storage) == str(2 * PRICE)
+    channel = storage.get(channel_id())
+    assert channel is not None and channel.pending_request is None
