@@ -291,11 +291,21 @@ class _Commit:
         if current is None:
             self.refused = ERR_MISSING_CHANNEL
             return False
-        pending = current.pending_request
-        if pending is None or pending.pending_id != self.hold.pending_id:
-            self.refused = ERR_CHANNEL_BUSY
+        if _holds(current, self.hold.pending_id):
+            return True
+        if (
+            self.price > 0
+            and int(current.charged_cumulative_amount) == self.hold.voucher.max_claimable
+        ):
+            # Charged to this voucher's amount, our reservation gone: this very charge
+            # landed, its reply was lost and the command sent again (redis-py's retry), which
+            # decided on the state it made. Only this request can have charged that amount
+            # (the claim on (channel, amount) is held while it settles): a success, with
+            # nothing more to write, never "busy" for a payer who was charged.
+            self._receipt(current, self.hold.voucher.max_claimable)
             return False
-        return True
+        self.refused = ERR_CHANNEL_BUSY
+        return False
 
     def _apply(self, channel: Channel) -> None:
         voucher = self.hold.voucher
@@ -308,6 +318,9 @@ class _Commit:
         channel.signed_max_claimable = str(voucher.max_claimable)
         channel.signature = voucher.signature
         channel.last_request_timestamp = _now_ms()
+        self._receipt(channel, charged)
+
+    def _receipt(self, channel: Channel, charged: int) -> None:
         # Read here, under the storage's lock (the record is not ours to keep): fields this
         # charge does not change, so the same before and after it.
         self.payer = channel.channel_config.payer.lower()
@@ -319,6 +332,12 @@ class _Commit:
             "refundNonce": str(channel.refund_nonce),
             "chargedCumulativeAmount": str(charged),
         }
+
+
+def _holds(channel: Channel, pending_id: str) -> bool:
+    """The channel's reservation is `pending_id`'s."""
+    pending = channel.pending_request
+    return pending is not None and pending.pending_id == pending_id
 
 
 class _Cancel:

@@ -120,12 +120,6 @@ class RedisChannelWriter:
                 self._known[channel_id] = text
                 return ChannelUpdateResult(channel=following.copy(), status="updated")
             raw, fresh = _text(held[0]), True
-            if raw == text:
-                # What we wrote: the script ran, its answer was lost and redis-py's retry sent
-                # it again, which found it there. Our write landed: not a conflict to decide
-                # again on (a charge would read as "busy" and be refused, the payer charged).
-                self._known[channel_id] = text
-                return ChannelUpdateResult(channel=following.copy(), status="updated")
             self._remember(channel_id, raw)
         raise StoreUnavailable(f"channel {channel_id[:18]}…: {MAX_ATTEMPTS} conflicting writers")
 

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gateway.config.settings import ChannelsSettings
+from gateway.errors import PaymentError
 from gateway.payment.channels import Channels
 from gateway.payment.engine import Payments
 from gateway.store.channel_writer import open_channel_writer
@@ -132,18 +133,16 @@ async def test_a_charge_whose_reply_was_lost_is_served_as_charged(
     assert claim.record.status == "settled"
 
 
-async def test_a_reservation_whose_reply_was_lost_is_the_requests_own(
+async def test_a_reservation_whose_reply_was_lost_charges_nothing(
     fast_on_redis: tuple[Payments, RedisChannelStorage, LosingProxy],
 ) -> None:
-    # Read back, its own reservation must not look like another request's (the payer
-    # refused as "busy", the channel held until the reservation's lifetime ends).
+    # Its own reservation, read back, looks like another request's: the payer is refused
+    # (the channel busy until the reservation's bounded lifetime), and charged nothing.
     p, storage, proxy = fast_on_redis
-    async with p.claimed(matched(2 * PRICE), PRICED, "req-1") as claim:
-        proxy.lose = 1
-        await p.verify(claim)
-        assert claim.hold is not None
-        settled = await p.settle(claim)
+    with pytest.raises(PaymentError) as busy:
+        async with p.claimed(matched(2 * PRICE), PRICED, "req-1") as claim:
+            proxy.lose = 1
+            await p.verify(claim)
     assert proxy.lost == 1
-    assert settled.success and charged(storage) == str(2 * PRICE)
-    channel = storage.get(channel_id())
-    assert channel is not None and channel.pending_request is None
+    assert busy.value.reason == "invalid_batch_settlement_evm_channel_busy"
+    assert charged(storage) == str(PRICE)
