@@ -34,11 +34,12 @@ from tests.unit.wire_helpers import settings
 
 class LosingProxy:
     """TCP from the gateway to redis-server; `lose` replies are lost: the command that
-    carries `EVALSHA` reaches the server, runs, and its connection is cut before its answer
+    carries `marker` reaches the server, runs, and its connection is cut before its answer
     is passed back."""
 
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, marker: bytes = b"EVALSHA") -> None:
         self._target = target_port
+        self._marker = marker  # what the command whose answer is lost carries
         self.lose = 0
         self.lost = 0
         self._server: asyncio.Server | None = None
@@ -63,7 +64,7 @@ class LosingProxy:
 
         async def upstream() -> None:
             while data := await client_r.read(65536):
-                if self.lose > 0 and b"EVALSHA" in data:
+                if self.lose > 0 and self._marker in data:
                     self.lose -= 1
                     losing.set()
                 server_w.write(data)
@@ -146,3 +147,39 @@ async def test_a_reservation_whose_reply_was_lost_charges_nothing(
     assert proxy.lost == 1
     assert busy.value.reason == "invalid_batch_settlement_evm_channel_busy"
     assert charged(storage) == str(PRICE)
+
+
+@pytest.fixture
+async def sdk_on_redis(
+    redis: RedisServer,
+) -> AsyncIterator[tuple[Payments, RedisChannelStorage, LosingProxy]]:
+    """The SDK's own path (no fast path): its hooks change the channel through the gateway's
+    `RedisChannelStorage` (WATCH, MULTI/EXEC), through the proxy."""
+    proxy = LosingProxy(redis.port, b"EXEC")
+    storage = RedisChannelStorage(await proxy.start())
+    direct = RedisChannelStorage(redis.url)  # the test's own reads: straight to the server
+    seed(direct, charged=PRICE)  # type: ignore[arg-type]  # any ChannelStorage
+    p = Payments(ChannelFacilitator(), MemoryStore())
+    gateway = settings(PRICED, channels=ChannelsSettings(authorizer_key=KEY))
+    p.use_channels(Channels(gateway, storage))
+    assert await p.start() == []
+    yield p, direct, proxy
+    await p.close()
+    storage.close()
+    direct.close()
+    await proxy.close()
+
+
+async def test_an_sdk_charge_whose_reply_was_lost_is_served_as_charged(
+    sdk_on_redis: tuple[Payments, RedisChannelStorage, LosingProxy],
+) -> None:
+    p, storage, proxy = sdk_on_redis
+    async with p.claimed(matched(2 * PRICE), PRICED, "req-1") as claim:
+        await p.verify(claim)
+        assert claim.hold is None  # the SDK's path
+        proxy.lose = 1
+        settled = await p.settle(claim)  # the charge runs; its answer is lost
+    assert proxy.lost == 1
+    assert charged(storage) == str(2 * PRICE)  # the payer was charged ...
+    assert settled.success  # ... so it is served (not a 402 and a released claim)
+    assert claim.record.status == "settled"
