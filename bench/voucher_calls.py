@@ -8,7 +8,9 @@ gateway on section E's config, the floor), each server profiled between SIGUSR1 
 (`bench.gateway_calls.profiled`). The channel is opened through the gateway by the SDK's
 client; its next vouchers go, in order, first to the gateway, then to the floor (which
 learns the channel from the first it sees). After a warm-up, N free requests and N vouchers
-to each, one at a time, each batch profiled on its own.
+to each, one at a time, each batch profiled on its own. `--redis`: the gateway on a
+redis-server store (what replicas share: no voucher road there, every voucher takes the full
+path).
 
 Read with section E's figures: at one request at a time, a server's latency over its free
 request follows its extra work; the floor's calls are the least a voucher takes in Python.
@@ -20,6 +22,7 @@ import argparse
 import asyncio
 import os
 import pstats
+import shutil
 import signal
 import sys
 import tempfile
@@ -78,11 +81,19 @@ def _start(group: ProcGroup, name: str, argv: list[str], port: int, out: Path) -
 
 
 def start_servers(
-    group: ProcGroup, workdir: Path, env: paid_route.PaidEnv, upstream: str, out: Path
+    group: ProcGroup,
+    workdir: Path,
+    env: paid_route.PaidEnv,
+    upstream: str,
+    out: Path,
+    store: str | None = None,
 ) -> tuple[Server, Server]:
-    """The gateway on section E's config and the floor, each under `profiled`."""
+    """The gateway on section E's config (on `store`, if given) and the floor, each under
+    `profiled`."""
     port, admin = free_port(), free_port()
     config = {**sessions.session_config(env, upstream, port), "admin": f"127.0.0.1:{admin}"}
+    if store is not None:
+        config["store"] = store
     path = workdir / "gateway.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     me = [sys.executable, "-m", "bench.voucher_calls"]
@@ -129,7 +140,17 @@ def report(out: Path, n: int) -> str:
     return "\n".join(lines)
 
 
-def run(n: int, log: Any) -> str:
+def _redis(group: ProcGroup, workdir: Path) -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("--redis: redis-server is not installed")
+    port = free_port()
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    group.start("redis", [*argv, "--appendonly", "no", "--dir", str(workdir)], port=port)
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def run(n: int, log: Any, redis: bool = False) -> str:
     workdir = Path(tempfile.mkdtemp(prefix="bench-voucher-calls-"))
     out = workdir / "profiles"
     out.mkdir()
@@ -139,7 +160,8 @@ def run(n: int, log: Any) -> str:
     env = paid_route.start_env(group, 3, log)
     try:
         upstream = f"http://127.0.0.1:{origin_port}"
-        gateway, floor = start_servers(group, workdir, env, upstream, out)
+        store = _redis(group, workdir) if redis else None
+        gateway, floor = start_servers(group, workdir, env, upstream, out, store)
         asyncio.run(measure(gateway, floor, env, n))
     finally:
         paid_route.stop_env(env)
@@ -164,8 +186,11 @@ def main(argv: list[str] | None = None) -> int:
         return profiled(serve)
     parser = argparse.ArgumentParser(prog="python -m bench.voucher_calls")
     parser.add_argument("--requests", type=int, default=400, help="free, then vouchers")
+    parser.add_argument(
+        "--redis", action="store_true", help="the gateway on a redis-server store (no road)"
+    )
     args = parser.parse_args(argv)
-    print(run(args.requests, lambda m: print(m, flush=True)))
+    print(run(args.requests, lambda m: print(m, flush=True), args.redis))
     return 0
 
 
