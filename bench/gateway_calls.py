@@ -23,6 +23,7 @@ import signal
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
@@ -63,8 +64,20 @@ class Stages:
 
 
 def serve_profiled(argv: list[str]) -> int:
-    """The gateway (`x402-gateway serve ...`), profiled between SIGUSR1 and SIGUSR2; each
-    profile written to $GATEWAY_CALLS_OUT.N (N = 0, 1, ...): cProfile's pstats, or with
+    """The gateway (`x402-gateway serve ...`), profiled (`profiled`)."""
+
+    def serve() -> int:
+        from gateway.cli import main  # after the handlers: serve() never returns
+
+        sys.argv = ["x402-gateway", *argv]
+        return main()
+
+    return profiled(serve)
+
+
+def profiled(serve: Callable[[], int]) -> int:
+    """`serve()` (a server that runs until stopped), profiled between SIGUSR1 and SIGUSR2;
+    each profile written to $GATEWAY_CALLS_OUT.N (N = 0, 1, ...): cProfile's pstats, or with
     $GATEWAY_CALLS_STAGES set, the `Stages` counts as JSON."""
     out, state = os.environ["GATEWAY_CALLS_OUT"], {"n": 0}
     prof = cProfile.Profile()
@@ -89,10 +102,7 @@ def serve_profiled(argv: list[str]) -> int:
 
     signal.signal(signal.SIGUSR1, start)
     signal.signal(signal.SIGUSR2, stop)
-    from gateway.cli import main  # after the handlers: serve() never returns
-
-    sys.argv = ["x402-gateway", *argv]
-    return main()
+    return serve()
 
 
 def per_request(path: Path, n: int) -> dict[str, int]:

@@ -321,6 +321,13 @@ def _repeat(e: dict[str, Any]) -> list[str]:
             f"(target ≤ {_fmt(e.get('target_us'))} µs: {met})",
             "",
         ]
+    if e.get("channel_redis_minus_free_p50_us") is not None:
+        out += [
+            "Channel voucher on a redis store (the full path: claim, channel compare-and-set "
+            f"and records in Redis) minus free at p50: "
+            f"{_fmt(e.get('channel_redis_minus_free_p50_us'))} µs",
+            "",
+        ]
     if e.get("channel_floor_minus_free_p50_us") is not None:
         out += [
             "The floor's voucher minus the floor's free at p50 (bench/floor_voucher.py: a minimal "

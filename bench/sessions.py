@@ -26,7 +26,9 @@ the target asks against what Python, aiohttp and one secp256k1 recovery cost on 
 
 A second gateway, same config on a redis-server store (what replicas share), measures the
 same sign-in there ("SIWX sign-in (redis)": one store round trip, two commands pipelined),
-in the same interleaved rounds; skipped when redis-server is not installed.
+and a channel of its own ("channel voucher (redis)": no voucher road there, each voucher
+takes the full path with its claim, channel state and records in Redis), in the same
+interleaved rounds; skipped when redis-server is not installed.
 
 Why the gateway checks the signature itself (gateway/payment/sessions.py): the SDK's own
 `verify_siwx_signature` costs about 9 ms of CPU per proof in `siwe`'s URI grammar check.
@@ -62,6 +64,7 @@ from gateway.demo import chain as demo_chain
 TARGET_OVER_FREE_US = 200.0
 ROUNDS = 4  # each kind's requests are sent in this many interleaved batches
 REDIS_KIND = "SIWX sign-in (redis)"
+REDIS_CHANNEL = "channel voucher (redis)"
 FLOOR_FREE, FLOOR_VOUCHER = "floor free", "floor voucher"
 
 
@@ -147,6 +150,7 @@ async def _measure(
         "exact paid": (paid_url, exact, pid),
         "channel voucher": (channel_url, [], pid),  # in order: contiguous slices, below
     }
+    in_order = {"channel voucher": vouchers}
     if redis_gateway is not None:
         redis_url, redis_pid = redis_gateway
         redis_report = redis_url + nginx.REPORT_PATH
@@ -155,11 +159,17 @@ async def _measure(
             await _signed_in_member(redis_report, env, n),
             redis_pid,
         )
+        # Its own channel (another payer): every voucher takes the full path on Redis.
+        redis_channel, redis_payer = redis_url + nginx.CHANNEL_PATH, env.payers[n + 1]
+        redis_deposit = await channel_calls.open_channel(redis_channel, env, redis_payer)
+        redis_signed = channel_calls.vouchers(redis_deposit, redis_payer, n)
+        in_order[REDIS_CHANNEL] = channel_calls.contiguous(redis_signed, ROUNDS)
+        batches[REDIS_CHANNEL] = (redis_channel, [], redis_pid)
     if floor is not None:
         floor_url, floor_pid = floor
         batches[FLOOR_FREE] = (floor_url + nginx.SMALL_PATH, [{}] * n, floor_pid)
         batches[FLOOR_VOUCHER] = (floor_url + nginx.CHANNEL_PATH, [], floor_pid)
-    in_order = {"channel voucher": vouchers, FLOOR_VOUCHER: floor_vouchers}
+        in_order[FLOOR_VOUCHER] = floor_vouchers
     seen: dict[str, dict[str, Any]] = {
         kind: {"latency": [], "cpu": 0.0, "requests": 0, "txs": 0, "timing": []} for kind in batches
     }
@@ -196,6 +206,7 @@ async def _measure(
         "kinds": out,
         "siwx_minus_free_p50_us": over,
         "siwx_redis_minus_free_p50_us": _over_free(out, REDIS_KIND),
+        "channel_redis_minus_free_p50_us": _over_free(out, REDIS_CHANNEL),
         "channel_minus_free_p50_us": channel_over,
         "channel_floor_minus_free_p50_us": _over(out, FLOOR_VOUCHER, FLOOR_FREE),
         "target_us": TARGET_OVER_FREE_US,
@@ -230,7 +241,8 @@ def run_section(
     params: RepeatParams,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    env = paid_route.start_env(group, params.requests + 2, log)  # + SIWX member, channel
+    # + the SIWX member, a channel on each gateway
+    env = paid_route.start_env(group, params.requests + 3, log)
     try:
         port = free_port()
         proc, _ = start_gateway(
