@@ -73,9 +73,13 @@ return released
 """
 # Replace: swap the record of a claim whose holder is gone, only if it is still the record the
 # caller judged (same request, same status): a takeover or a reconcile, never a lost update.
+# The key holding exactly the new record is this very swap, its answer lost and the command
+# sent again (redis-py's one retry): done, not a conflict (the record names its request and
+# its time, so no other writer's is the same text).
 _REPLACE = """
 local v = redis.call('GET', KEYS[1])
 if not v then return 0 end
+if v == ARGV[3] then return 1 end
 local r = cjson.decode(v)
 if r['request_id'] ~= ARGV[1] or r['status'] ~= ARGV[2] then return 0 end
 if ARGV[4] == '0' then
