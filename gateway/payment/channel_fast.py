@@ -164,7 +164,7 @@ class FastVouchers:
             return self._writer.change_now(voucher.channel_id, step)
         hold.writing = asyncio.ensure_future(self._writer.update(voucher.channel_id, step))
         result = await asyncio.shield(hold.writing)
-        return result.status == "updated"
+        return result.status == "updated" or step.landed
 
     @property
     def in_memory(self) -> bool:
@@ -219,10 +219,15 @@ class _Reserve:
     ) -> None:
         self.voucher, self.price, self.pending_id = voucher, price, pending_id
         self.ttl_ms, self.lifetime_ms = ttl_ms, lifetime_ms
+        self.landed = False  # the channel holds this very reservation already
 
     def __call__(self, current: Channel | None) -> Channel | None:
         now = _now_ms()
-        if current is None or not self._acceptable(current, now):
+        # Written, its answer lost, the command sent again (redis-py's retry) and decided on
+        # the state it made: ours (the pending id is this request's own random one), not a
+        # busy channel to refuse the payer for until the reservation lapses.
+        self.landed = current is not None and _holds(current, self.pending_id)
+        if current is None or self.landed or not self._acceptable(current, now):
             return current
         following = current.copy()
         self._apply(following, now)

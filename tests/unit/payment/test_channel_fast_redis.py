@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gateway.config.settings import ChannelsSettings
-from gateway.errors import PaymentError
 from gateway.payment.channels import Channels
 from gateway.payment.engine import Payments
 from gateway.store.channel_writer import open_channel_writer
@@ -134,19 +133,24 @@ async def test_a_charge_whose_reply_was_lost_is_served_as_charged(
     assert claim.record.status == "settled"
 
 
-async def test_a_reservation_whose_reply_was_lost_charges_nothing(
+async def test_a_reservation_whose_reply_was_lost_is_the_requests_own(
     fast_on_redis: tuple[Payments, RedisChannelStorage, LosingProxy],
 ) -> None:
-    # Its own reservation, read back, looks like another request's: the payer is refused
-    # (the channel busy until the reservation's bounded lifetime), and charged nothing.
+    # Its own reservation, read back, is this request's (its pending id), not a busy
+    # channel: the voucher is served and charged once, and the channel is free after it.
     p, storage, proxy = fast_on_redis
-    with pytest.raises(PaymentError) as busy:
-        async with p.claimed(matched(2 * PRICE), PRICED, "req-1") as claim:
-            proxy.lose = 1
-            await p.verify(claim)
-    assert proxy.lost == 1
-    assert busy.value.reason == "invalid_batch_settlement_evm_channel_busy"
-    assert charged(storage) == str(PRICE)
+    async with p.claimed(matched(2 * PRICE), PRICED, "req-1") as claim:
+        proxy.lose = 1
+        await p.verify(claim)
+        assert proxy.lost == 1
+        assert claim.hold is not None  # the fast path's reservation, taken as ours
+        settled = await p.settle(claim)
+    assert settled.success
+    assert charged(storage) == str(2 * PRICE)
+    async with p.claimed(matched(3 * PRICE), PRICED, "req-2") as claim:
+        await p.verify(claim)  # not busy: the charge cleared the reservation
+        assert (await p.settle(claim)).success
+    assert charged(storage) == str(3 * PRICE)
 
 
 @pytest.fixture
