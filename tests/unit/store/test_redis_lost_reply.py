@@ -15,19 +15,7 @@ from gateway.store.records import PaymentRecord
 from gateway.store.redis import HISTORY_KEY, RedisStore
 from tests.procs import RedisServer
 from tests.unit.payment.test_channel_fast_redis import LosingProxy
-
-
-def claimed(request_id: str = "req-1") -> PaymentRecord:
-    return PaymentRecord(
-        status="claimed",
-        request_id=request_id,
-        route="/paid",
-        payer="0xabc",
-        amount="1000",
-        asset="0xasset",
-        network="eip155:84532",
-        nonce="0x01",
-    )
+from tests.unit.store.test_store import record
 
 
 def _key() -> str:
@@ -48,17 +36,17 @@ async def test_a_swap_whose_reply_was_lost_is_done(
     lossy: tuple[RedisStore, RedisStore, LosingProxy],
 ) -> None:
     store, direct, proxy = lossy
-    key, record = _key(), claimed(os.urandom(4).hex())
-    assert await store.claim(key, record, 60) is None
-    settling = record.with_status("settling")
+    key, claimed = _key(), record(os.urandom(4).hex())
+    assert await store.claim(key, claimed, 60) is None
+    settling = claimed.with_status("settling")
     proxy.lose = 1
-    assert await store.replace(key, record, settling, 60)
+    assert await store.replace(key, claimed, settling, 60)
     assert proxy.lost == 1  # the first run's answer never came back
     held = PaymentRecord.loads(await direct.client.get(key))
     assert held == settling
     rows = await direct.client.xrevrange(HISTORY_KEY, count=50)
     history = [PaymentRecord.loads(fields[b"r"]) for _id, fields in rows]
-    mine = [r.status for r in history if r.request_id == record.request_id]
+    mine = [r.status for r in history if r.request_id == claimed.request_id]
     assert mine == ["settling", "claimed"]  # each change once, newest first
 
 
@@ -66,7 +54,7 @@ async def test_another_requests_record_is_still_a_conflict(
     lossy: tuple[RedisStore, RedisStore, LosingProxy],
 ) -> None:
     store, direct, _ = lossy
-    key, ours, theirs = _key(), claimed("req-1"), claimed("req-2")
+    key, ours, theirs = _key(), record("req-1"), record("req-2")
     assert await direct.claim(key, theirs, 60) is None
     assert not await store.replace(key, ours, ours.with_status("settling"), 60)
     held = PaymentRecord.loads(await direct.client.get(key))
