@@ -102,6 +102,7 @@ async def settle_and_relay(  # noqa: PLR0913  the request, its payment and its o
             route=route,
             extra_headers=paid_headers(gw, request, upstream),
         )
+    amount: int | None = None  # settled before forwarding: the requirement's
     if claim.settled is None:
         try:
             amount = settle_amount(route, matched.requirement, upstream.headers, record.request_id)
@@ -111,7 +112,8 @@ async def settle_and_relay(  # noqa: PLR0913  the request, its payment and its o
             raise
     assert claim.settled is not None
     await gw.limiter.count_spend(matched.payer, matched.requirement, time.time())
-    await remember_payment(gw, route, matched.payer)
+    if amount != 0:  # a metered call that used nothing paid nothing: it opens no access window
+        await remember_payment(gw, route, matched.payer)
     receipt = receipt_headers(claim.settled, matched.version)
     extra = {**paid_headers(gw, request, upstream), **receipt, **timing(gw, claim, started)}
     return await gw.retries.relay(ticket, request, upstream, extra, receipt)

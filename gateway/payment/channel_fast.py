@@ -269,6 +269,7 @@ class _Commit:
         self.refused: str | None = None
         self.payer = ""
         self.state: dict[str, str | int] | None = None  # the receipt's, once charged
+        self.wrote: int | None = None  # the charge's `lastRequestTimestamp`, once decided
 
     def __call__(self, current: Channel | None) -> Channel | None:
         if not self._decide(current):
@@ -291,11 +292,28 @@ class _Commit:
         if current is None:
             self.refused = ERR_MISSING_CHANNEL
             return False
-        pending = current.pending_request
-        if pending is None or pending.pending_id != self.hold.pending_id:
-            self.refused = ERR_CHANNEL_BUSY
+        if _holds(current, self.hold.pending_id):
+            return True
+        if self._landed(current):
+            # This very charge is there: it was written, its answer lost, and the command
+            # sent again (redis-py's retry) decided on the state it made. A success, with
+            # nothing more to write; never "busy" (refused) for a payer who was charged.
+            self._receipt(current, self.hold.voucher.max_claimable)
             return False
-        return True
+        self.refused = ERR_CHANNEL_BUSY
+        return False
+
+    def _landed(self, current: Channel) -> bool:
+        """`current` is the state this charge wrote (to the millisecond of its timestamp, on
+        this voucher's amount and signature), not one another request made."""
+        voucher = self.hold.voucher
+        return (
+            self.wrote is not None
+            and current.last_request_timestamp == self.wrote
+            and current.pending_request is None
+            and current.signature == voucher.signature
+            and int(current.charged_cumulative_amount) == voucher.max_claimable
+        )
 
     def _apply(self, channel: Channel) -> None:
         voucher = self.hold.voucher
@@ -307,7 +325,10 @@ class _Commit:
         channel.charged_cumulative_amount = str(charged)
         channel.signed_max_claimable = str(voucher.max_claimable)
         channel.signature = voucher.signature
-        channel.last_request_timestamp = _now_ms()
+        channel.last_request_timestamp = self.wrote = _now_ms()
+        self._receipt(channel, charged)
+
+    def _receipt(self, channel: Channel, charged: int) -> None:
         # Read here, under the storage's lock (the record is not ours to keep): fields this
         # charge does not change, so the same before and after it.
         self.payer = channel.channel_config.payer.lower()
@@ -319,6 +340,12 @@ class _Commit:
             "refundNonce": str(channel.refund_nonce),
             "chargedCumulativeAmount": str(charged),
         }
+
+
+def _holds(channel: Channel, pending_id: str) -> bool:
+    """The channel's reservation is `pending_id`'s."""
+    pending = channel.pending_request
+    return pending is not None and pending.pending_id == pending_id
 
 
 class _Cancel:

@@ -35,6 +35,7 @@ from cachetools import LRUCache
 from x402.mechanisms.evm.batch_settlement.errors import (
     ERR_CHANNEL_ID_MISMATCH,
     ERR_INVALID_PAYLOAD_TYPE,
+    ERR_INVALID_VOUCHER_SIGNATURE,
     ERR_RECEIVER_AUTHORIZER_MISMATCH,
     ERR_RECEIVER_MISMATCH,
     ERR_TOKEN_MISMATCH,
@@ -61,6 +62,9 @@ _BYTES32 = re.compile(r"0x[0-9a-fA-F]{64}")
 _HEX = re.compile(r"0x(?:[0-9a-fA-F]{2})*")
 _UINT = re.compile(r"[0-9]{1,39}")
 _UINT128_MAX = 2**128 - 1
+# secp256k1's order, halved: the highest `s` OpenZeppelin's ECDSA takes (a higher one is
+# InvalidSignatureS), as the batch-settlement contract checks a payer authorizer's voucher.
+_HALF_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141 // 2
 _TAG = b"x402-gateway:batch-settlement:voucher"
 _REFUND_TAG = b"x402-gateway:batch-settlement:refund"
 CACHED_IDS = 4096  # channel configs whose id a `ChannelIds` keeps
@@ -184,6 +188,20 @@ def _check_config(
         _refuse("voucher.channelId is not the id of channelConfig", ERR_CHANNEL_ID_MISMATCH)
 
 
+def claimable(signature: str, config: ChannelConfig | None) -> bool:
+    """Whether the contract can take `signature` when the voucher is claimed (or refunded)
+    on chain. With a payer authorizer it checks `ECDSA.tryRecover`: 65 bytes, `v` 27 or 28,
+    a low `s`. Off chain, the SDK's check and the fast path also recover a `v` of 0/1 and
+    the SDK a high `s` to the same signer: such a voucher would be served now and never
+    claimed. Without one (`config` says so) the payer's wallet decides on chain, as the
+    facilitator's strict check does; `config` None: judged as with an authorizer."""
+    if config is not None and int(config.payer_authorizer, 16) == 0:
+        return True
+    if len(signature) != 132:  # 0x + 65 bytes
+        return False
+    return signature[130:] in ("1b", "1B", "1c", "1C") and 0 < int(signature[66:130], 16) <= _HALF_N
+
+
 def voucher_nonce(channel_id: str, cumulative: int, refund: int | None = None) -> str:
     """The identity of the voucher (channel, cumulative amount) as a 32-byte hex nonce; of a
     refund: (channel, its voucher's amount, the amount refunded; 0 for all of it)."""
@@ -231,7 +249,7 @@ def channel_payment(
             ERR_INVALID_PAYLOAD_TYPE,
         )
     config = _config(raw)
-    claimed, cumulative, _ = _voucher(raw)
+    claimed, cumulative, signature = _voucher(raw)
     channel_id = claimed.lower()
     if kind == "deposit":
         deposit = raw.get("deposit")
@@ -240,6 +258,8 @@ def channel_payment(
             malformed("payload.deposit.authorization: missing")
     refund = _refund_amount(raw) if kind == "refund" else None
     _check_config(req, config, channel_id, ids)
+    if not claimable(signature, config):
+        _refuse("the voucher's signature is not one the chain takes", ERR_INVALID_VOUCHER_SIGNATURE)
     moment = int(time.time() if now is None else now)
     return ChannelPayment(
         kind=str(kind),
@@ -265,8 +285,8 @@ def voucher_again(
     `config`: that channel's config as the fast path parses it, to carry the voucher
     parsed (`ChannelPayment.voucher`)."""
     claimed, cumulative, signature = _voucher(raw)
-    if claimed.lower() != channel_id:
-        return None
+    if claimed.lower() != channel_id or not claimable(signature, config and config[0]):
+        return None  # not that channel, or the full match's refusal
     return ChannelPayment(
         kind="voucher",
         channel_id=channel_id,

@@ -12,7 +12,8 @@ the gateway does differently from the SDK's request hook, and why:
 - the nonce is spent atomically in the store (`SET NX`), not checked and then recorded, so a
   proof sent to two replicas at once signs in once; the same store call (in Redis the
   `EXISTS` pipelined after it) reads the payment record, so a sign-in costs one round trip;
-- payments are recorded per route (the priced pattern), with the route's window as expiry;
+- payments are recorded per route (its pattern, and its methods when it names them; a
+  route priced per request, per price: `paid_for`), with the route's window as expiry;
 - the proof must name the requested path and one of the route's networks;
 - the signature is checked before the payment records are read, so nobody but the wallet's
   owner learns whether it paid for a route;
@@ -97,6 +98,9 @@ class Sessions:
             for route in settings.routes
             if route.access is not None
         }
+        self._paid_for = {
+            route.index: paid_for(route) for route in settings.routes if route.access is not None
+        }
 
     async def extensions(self, route: RouteSettings, resource_url: str) -> dict[str, Any] | None:
         """The 402's `extensions` for `route`: a fresh SIWX challenge, or None."""
@@ -131,7 +135,7 @@ class Sessions:
             payload = _parse(header)
             await self._check_fields(payload, route, path)
         payer = signer_of(payload, self.wallets)
-        answer = await self.store.sign_in(route.name, payer, payload.nonce, NONCE_TTL)
+        answer = await self.store.sign_in(self._label(route), payer, payload.nonce, NONCE_TTL)
         if answer is SignIn.NONCE_USED:
             raise SignInRefused("this sign-in was already used", reason="siwx_nonce_used")
         if answer is SignIn.NOT_PAID:
@@ -174,7 +178,29 @@ class Sessions:
     async def paid(self, route: RouteSettings, payer: str) -> None:
         """`payer` paid for `route`: sign-ins are accepted for the route's window."""
         if route.access is not None:
-            await self.store.record_payment(route.name, payer, route.access.seconds)
+            await self.store.record_payment(self._label(route), payer, route.access.seconds)
+
+    def _label(self, route: RouteSettings) -> str:
+        """`paid_for(route)`, made once per route of the config (a dynamic route's each
+        time: it names the price this request resolved to)."""
+        if route.dynamic:
+            return paid_for(route)
+        return self._paid_for.get(route.index) or paid_for(route)
+
+
+def paid_for(route: RouteSettings) -> str:
+    """What a route's payments are recorded under: its pattern, and its methods when it names
+    them (two routes may share a pattern with methods and prices of their own: GET for
+    $0.01, POST for $5; a payment for one must not sign its payer in to the other), and its
+    price when it is priced per request."""
+    label = route.path  # alone, as before: the records of routes on every method stay valid
+    if route.methods is not None:
+        label += f" {','.join(sorted(route.methods))}"
+    if route.dynamic:
+        # A route priced per request (`price_by`, a price hook), as resolved for this one:
+        # each price its own access, or the cheapest paid once would open the dearest.
+        label += f" @{','.join(str(req.amount) for req in route.accepts)}"
+    return label
 
 
 def _networks(route: RouteSettings) -> list[str]:

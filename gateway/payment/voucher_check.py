@@ -6,7 +6,9 @@ with eth-account (~290 us a voucher); here the digest is packed directly (the vo
 struct is two 32-byte words) and recovered with coincurve, reusing the EIP-3009 module's
 domain separator and recovery (low s, v in {27, 28} or {0, 1}). It only ever says "yes,
 certainly valid" or "not for me": anything it does not accept goes to the SDK's own check,
-which then gives its own verdict and reason (unit tests hold the two to each other).
+which then gives its own verdict and reason (unit tests hold the two to each other). A
+signature the contract would not take when the voucher is claimed (v as 0/1, a high s) never
+gets here: the match refuses it first (`channel_terms.claimable`).
 """
 
 from __future__ import annotations

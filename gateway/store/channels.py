@@ -22,12 +22,16 @@ Cluster would need every channel key and the index in one hash slot: not support
 from __future__ import annotations
 
 import asyncio
+import builtins
+import functools
 import json
 from collections.abc import Callable
 from typing import TypeVar
 
 import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, WatchError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from x402.mechanisms.evm.batch_settlement.server.storage import (
     Channel,
     ChannelStorage,
@@ -73,13 +77,34 @@ class RedisChannelStorage:
     def update_channel(self, channel_id: str, update: ChannelUpdate) -> ChannelUpdateResult:
         key = _key(channel_id)
         for _ in range(MAX_ATTEMPTS):
+            sent: builtins.list[str] = []  # the text this attempt's transaction writes
             try:
-                return self._call(lambda: self._attempt(key, update))
-            except WatchError:
+                return self._call(functools.partial(self._attempt, key, update, sent))
+            except WatchError as exc:
+                landed = self._landed(key, sent, exc)
+                if landed is not None:
+                    return landed
                 continue  # another process changed the channel first: run update again
         raise StoreUnavailable(f"channel {channel_id[:18]}…: {MAX_ATTEMPTS} conflicting writers")
 
-    def _attempt(self, key: str, update: ChannelUpdate) -> ChannelUpdateResult:
+    def _landed(
+        self, key: str, sent: builtins.list[str], exc: WatchError
+    ) -> ChannelUpdateResult | None:
+        """The attempt's write, when its EXEC ran but its answer was lost: redis-py then
+        raises `WatchError` from the dropped connection (not from a conflict), and running
+        `update` again on the state our own write made would misread it (a charge that
+        landed would read as "busy": refused, the payer charged). Landed when the key holds
+        exactly the text the transaction wrote; None: it did not, run `update` again."""
+        lost = isinstance(exc.__context__, RedisConnectionError | RedisTimeoutError | OSError)
+        if not lost or not sent:
+            return None
+        if _text(self._call(lambda: self._redis.get(key)) or b"") != sent[0]:
+            return None
+        return ChannelUpdateResult(channel=_load(sent[0]), status="updated")
+
+    def _attempt(
+        self, key: str, update: ChannelUpdate, sent: builtins.list[str]
+    ) -> ChannelUpdateResult:
         with self._redis.pipeline() as pipe:
             pipe.watch(key)  # type: ignore[no-untyped-call]
             current = _load(pipe.get(key))
@@ -94,7 +119,8 @@ class RedisChannelStorage:
                 pipe.delete(key)
                 pipe.srem(INDEX_KEY, channel_id)
             else:
-                pipe.set(key, json.dumps(following.to_dict(), separators=(",", ":")))
+                sent.append(json.dumps(following.to_dict(), separators=(",", ":")))
+                pipe.set(key, sent[0])
                 pipe.sadd(INDEX_KEY, channel_id)
             pipe.execute()  # WatchError when the key moved since WATCH
         if following is None:

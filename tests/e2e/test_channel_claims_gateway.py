@@ -39,6 +39,7 @@ from x402.mechanisms.evm.batch_settlement import (
     ERC3009_DEPOSIT_COLLECTOR_ADDRESS,
 )
 from x402.mechanisms.evm.batch_settlement.abi import BATCH_SETTLEMENT_ABI
+from x402.mechanisms.evm.batch_settlement.errors import ERR_INVALID_VOUCHER_SIGNATURE
 
 from gateway.demo import chain as chainlib
 from gateway.demo import x402_sdk as sdk
@@ -49,7 +50,9 @@ from gateway.store.redis import RedisStore
 from tests.e2e.conftest import Chain
 from tests.e2e.fault_parts import gateway_config
 from tests.e2e.gateway_proc import GATEWAY, GatewayProcess, Origin
+from tests.e2e.test_channels import header_of, payment_required
 from tests.procs import RedisServer
+from tests.unit.payment.test_channel_terms import recoded
 
 pytestmark = pytest.mark.e2e
 
@@ -385,3 +388,54 @@ async def test_books_after_a_crash_agree_with_the_channel_state(
     asked = run_cli(gw, "channels", "claim", "--all")
     (outcome,) = [json.loads(line) for line in asked.stdout.splitlines()]
     assert outcome["amount"] == 3 * PRICE and chain.balance_of(pay_to) == 3 * PRICE
+
+
+async def test_a_voucher_signature_the_chain_refuses_is_refused_and_what_was_served_is_claimed(
+    chain: Chain,
+    origin: Origin,
+    facilitator_url: str,
+    db: str,
+    make_payer: Callable[..., LocalAccount],
+    tmp_path: Path,
+) -> None:
+    """Red team (session 8): the payer's next voucher, its signature spelled as the
+    contract's ECDSA will not take it (v as 0/1, or the high-s twin) though it recovers to the
+    payer off chain, is refused (it used to be served, the first on the fast path and the
+    second on the SDK's, then never claimable: the claim reverted). The same voucher as
+    signed is served, and the claim pays the payee for every call served."""
+    pay_to = str(chainlib.new_account().address)
+    payer = make_payer(2_000_000)
+    cfg = config(chain, origin, pay_to, facilitator_url, db, claim_every="1h", claim_over="$5")
+    gw = GatewayProcess(cfg, tmp_path, env=authorizer_env()).start()
+    try:
+        client = channel_client(chain, payer)
+        async with x402HttpxClient(client, timeout=30) as http:
+            await pay_calls(http, gw, "recoded-open", 1)  # the deposit and its voucher
+        async with httpx.AsyncClient(timeout=30) as http:
+            required = payment_required(await http.get(f"{gw.url}/paid/recoded"))
+            payload = await client.create_payment_payload(required)
+            assert payload.payload["type"] == "voucher"
+            signature = payload.payload["voucher"]["signature"]
+            for how in ("v as 0/1", "high s"):
+                raw = json.loads(json.dumps(payload.payload))
+                raw["voucher"]["signature"] = recoded(signature, how)
+                wire = payload.model_copy(update={"payload": raw})
+                headers = {
+                    "PAYMENT-SIGNATURE": header_of(wire.model_dump(by_alias=True, mode="json"))
+                }
+                refused = await http.get(f"{gw.url}/paid/recoded", headers=headers)
+                assert refused.status_code == 402, (how, refused.text)
+                assert payment_required(refused).error == ERR_INVALID_VOUCHER_SIGNATURE, how
+            assert origin.log.for_path("/paid/recoded") == []
+            as_signed = {
+                "PAYMENT-SIGNATURE": header_of(payload.model_dump(by_alias=True, mode="json"))
+            }
+            served = await http.get(f"{gw.url}/paid/recoded", headers=as_signed)
+            assert served.status_code == 200, served.text
+        asked = run_cli(gw, "channels", "claim", "--all")
+        assert asked.returncode == 0, asked.stderr
+        (outcome,) = [json.loads(line) for line in asked.stdout.splitlines()]
+        assert outcome["error"] is None, outcome
+        assert chain.balance_of(pay_to) == 2 * PRICE  # both calls served, both paid
+    finally:
+        gw.stop()

@@ -15,17 +15,24 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp import web
+from x402.extensions.sign_in_with_x import (
+    SIGN_IN_WITH_X,
+    create_siwx_payload,
+    encode_siwx_header,
+)
 from x402.http.utils import decode_payment_required_header, decode_payment_response_header
+from x402.mechanisms.evm import EthAccountSigner
 from x402.schemas import SettleResponse
 
 from gateway.demo import x402_sdk as sdk
-from gateway.demo.payer import pay_challenge
+from gateway.demo.payer import pay_challenge, payment_required_of
 from tests.e2e.conftest import Chain
 from tests.e2e.gateway_proc import GatewayProcess, ThreadedApp, gateway
 
 pytestmark = pytest.mark.e2e
 MAXIMUM = 100_000  # $0.10 in 6-decimal TestUSDT
 DEFAULT = 10_000  # $0.01
+PUBLIC_URL = "https://api.example.com"  # what SIWX proofs are bound to (`/access/*`)
 
 
 class MeteredOrigin(ThreadedApp):
@@ -46,6 +53,7 @@ class MeteredOrigin(ThreadedApp):
 
         app = web.Application()
         app.router.add_get("/chat/{name}", chat)
+        app.router.add_get("/access/{name}", chat)
         app.router.add_get("/stream/{name}", self.stream)
         return app
 
@@ -104,9 +112,16 @@ def gw(
         "facilitator": {"url": facilitator_url, "timeout": "20s"},
         "network": chain.network,
         "pay_to": pay_to,
+        "public_url": PUBLIC_URL,
         "assets": {"usdt": {**usdt, "transfer": "permit2", "symbol": "USDT"}},
         "routes": [
             {"path": "/chat/*", "price": {"upto": "$0.10", "default": "$0.01"}, "asset": "usdt"},
+            {
+                "path": "/access/*",
+                "price": {"upto": "$0.10", "default": "$0.01"},
+                "asset": "usdt",
+                "access": {"for": "1h"},
+            },
             {
                 "path": "/stream/*",
                 "price": {"upto": "$0.10", "default": "$0.01"},
@@ -119,8 +134,10 @@ def gw(
         yield g
 
 
-async def _paid_headers(gw: GatewayProcess, chain: Chain, path: str) -> tuple[dict[str, str], str]:
-    payer = chain.local.new_usdt_payer(1_000_000, approve=True)
+async def _paid_headers(
+    gw: GatewayProcess, chain: Chain, path: str, payer: Any = None
+) -> tuple[dict[str, str], str]:
+    payer = payer or chain.local.new_usdt_payer(1_000_000, approve=True)
     client = sdk.make_payer_client(payer, chain.rpc_url, [(chain.network, chain.local.usdt)])
     async with httpx.AsyncClient() as http:
         challenge = await http.get(gw.url + path)
@@ -336,3 +353,37 @@ async def test_typescript_client_pays_a_metered_route_for_what_the_origin_stated
     assert result["settlement"]["success"] and result["settlement"]["amount"] == "12300", result
     assert chain.local.usdt_balance_of(pay_to) == before + 12_300
     assert chain.local.usdt_balance_of(payer.address) == 1_000_000 - 12_300
+
+
+async def _signed_in(gw: GatewayProcess, payer: Any, path: str) -> httpx.Response:
+    """`path` asked with a SIWX proof by `payer`, made by the SDK for a fresh challenge."""
+    async with httpx.AsyncClient(timeout=30) as http:
+        challenge = await http.get(gw.url + path)
+        assert challenge.status_code == 402, challenge.text
+        declared = payment_required_of(challenge.headers, challenge.content).extensions or {}
+        siwx = declared[SIGN_IN_WITH_X]
+        chain = siwx["supportedChains"][0]
+        info = {**siwx["info"], "chainId": chain["chainId"], "type": chain["type"]}
+        proof = await create_siwx_payload(info, EthAccountSigner(payer), PUBLIC_URL + path)
+        return await http.get(gw.url + path, headers={SIGN_IN_WITH_X: encode_siwx_header(proof)})
+
+
+async def test_a_metered_call_that_used_nothing_buys_no_access_window(
+    gw: GatewayProcess, chain: Chain, pay_to: str
+) -> None:
+    """`access` on a metered route: a payment settled for nothing (the origin stated 0) is
+    no payment, so it signs its payer in to nothing; one settled for something does (red
+    team, session 8: settling 0 used to open the whole window, every call in it free)."""
+    payer = chain.local.new_usdt_payer(1_000_000, approve=True)
+    headers, _ = await _paid_headers(gw, chain, "/access/zero", payer)
+    r = await _get(gw, "/access/zero?amount=0", headers)
+    assert r.status_code == 200, r.text
+    assert decode_payment_response_header(r.headers["PAYMENT-RESPONSE"]).amount == "0"
+    refused = await _signed_in(gw, payer, "/access/after-zero")
+    assert refused.status_code == 402, refused.text
+    assert payment_required_of(refused.headers, refused.content).error == "siwx_not_paid"
+    headers, _ = await _paid_headers(gw, chain, "/access/some", payer)
+    r = await _get(gw, "/access/some?amount=12300", headers)
+    assert r.status_code == 200, r.text
+    assert chain.local.usdt_balance_of(payer.address) == 1_000_000 - 12_300
+    assert (await _signed_in(gw, payer, "/access/after-some")).status_code == 200

@@ -275,3 +275,33 @@ async def test_a_client_hanging_up_while_its_reservation_is_written_leaves_the_c
     settled, held = await serve(p, 2 * PRICE, "req-2")  # the same voucher buys its call
     assert held and settled.success
     await p.close()
+
+
+async def test_a_copy_charged_after_a_lapsed_reservation_is_not_taken_for_the_first() -> None:
+    # Red team (session 8): the first request's reservation lapses while its origin is
+    # slow, and a copy of its voucher that the claims did not stop (a second process, or
+    # a claim gone before its time) reserves and charges the channel to the very amount the
+    # first was to charge. The first's charge must then be refused, not read as its own
+    # charge that landed (one voucher, one response).
+    storage = InMemoryChannelStorage()
+    seed(storage, charged=PRICE)
+    first, _ = await payments(storage)
+    copy, _ = await payments(storage)
+    async with first.claimed(matched(2 * PRICE), PRICED, "req-1") as slow:
+        await first.verify(slow)
+        assert slow.hold is not None
+        channel = storage.get(channel_id())
+        assert channel is not None and channel.pending_request is not None
+        lapsed = dataclasses.replace(
+            channel,
+            pending_request=dataclasses.replace(channel.pending_request, expires_at=0),
+        )
+        storage.update_channel(channel_id(), lambda _: lapsed)
+        settled, held = await serve(copy, 2 * PRICE, "req-copy")
+        assert held and settled.success
+        with pytest.raises(SettlementFailed) as refused:
+            await first.settle(slow)
+    assert refused.value.reason == "invalid_batch_settlement_evm_channel_busy"
+    assert stable(storage)["chargedCumulativeAmount"] == str(2 * PRICE)  # charged once
+    await first.close()
+    await copy.close()

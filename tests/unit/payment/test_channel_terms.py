@@ -238,3 +238,37 @@ def test_a_vouchers_fields_are_read_as_the_one_by_one_checks_read_them(
             return ("refused", exc.reason, str(exc))
 
     assert outcome(_voucher, raw) == outcome(_voucher_refused, voucher)
+
+
+_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+
+
+def recoded(signature: str, how: str) -> str:
+    """The same ECDSA signature of the same voucher, spelled as the chain will not take it:
+    `v` as 0/1 (`ecrecover` wants 27/28), or its high-s twin (OpenZeppelin's `ECDSA`
+    refuses it: InvalidSignatureS). Both recover to the payer off chain."""
+    raw = bytes.fromhex(signature[2:])
+    r, s, v = raw[:32], int.from_bytes(raw[32:64], "big"), raw[64]
+    if how == "v as 0/1":
+        return "0x" + (r + raw[32:64] + bytes([v - 27])).hex()
+    return "0x" + (r + (_N - s).to_bytes(32, "big") + bytes([55 - v])).hex()
+
+
+@pytest.mark.parametrize("how", ["v as 0/1", "high s"])
+@pytest.mark.parametrize("kind", ["voucher", "deposit"])
+def test_a_voucher_signature_the_chain_would_refuse_is_refused(how: str, kind: str) -> None:
+    """Red team (session 8): a voucher is claimed on chain later, with the signature the
+    gateway accepted; one spelled so that the contract's ECDSA refuses it (but that recovers
+    to the payer's authorizer off chain, as the SDK's check and the fast path take it)
+    would be served now and never be claimable: refused here, for the remembered channel
+    too."""
+    ids = ChannelIds()
+    match_requirement(CHANNEL_ROUTE, paying(voucher_payload(3000)), URL, ids)  # remembered
+    raw = voucher_payload(4000)
+    raw["voucher"]["signature"] = recoded(raw["voucher"]["signature"], how)
+    if kind == "deposit":
+        raw = {**raw, "type": "deposit", "deposit": {"amount": "1000000", "authorization": {}}}
+    for channel_ids in (ids, ChannelIds(), None):
+        with pytest.raises(PaymentError) as refused:
+            match_requirement(CHANNEL_ROUTE, paying(raw), URL, channel_ids)
+        assert refused.value.reason == "invalid_batch_settlement_evm_voucher_signature"

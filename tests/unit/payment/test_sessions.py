@@ -22,6 +22,7 @@ from x402.mechanisms.evm import EthAccountSigner
 
 from gateway.config import loads
 from gateway.errors import SignInRefused
+from gateway.payment.prices import by_rules
 from gateway.payment.sessions import Sessions
 from gateway.payment.siwx_proof import eip4361_message, fast_eoa_check, is_checksummed
 from gateway.store.sessions import MemorySessions
@@ -273,3 +274,86 @@ async def test_a_proof_refused_for_want_of_payment_is_spent(sessions: Sessions) 
     assert refused.value.reason == "siwx_nonce_used"
     fresh = encode_siwx_header(await signed(sessions, payer))
     assert await sessions.sign_in(REPORTS, "/reports/a", fresh) == payer.address
+
+
+SPLIT = loads(
+    CONFIG.replace(
+        "  - path: /paid/*\n",
+        "  - path: /dear/*\n"
+        "    methods: [GET]\n"
+        '    price: "$0.01"\n'
+        "    access: {for: 24h}\n"
+        "  - path: /dear/*\n"
+        "    methods: [POST]\n"
+        '    price: "$5.00"\n'
+        "    access: {for: 24h}\n"
+        "  - path: /paid/*\n",
+    )
+)
+
+
+async def test_a_payment_for_one_method_signs_in_to_that_route_only() -> None:
+    """Two routes on one path pattern with their own methods and prices are two routes: the
+    cheap GET's payment never signs its payer in to the dear POST (red team, session 8)."""
+    cheap, dear = SPLIT.routes[1], SPLIT.routes[2]
+    assert (cheap.path, dear.path) == ("/dear/*", "/dear/*")
+    sessions = Sessions(SPLIT, MemorySessions())
+    account = Account.create()
+    await sessions.paid(cheap, account.address)
+    extensions = await sessions.extensions(dear, PUBLIC + "/dear/x")
+    assert extensions is not None
+    siwx = extensions[SIGN_IN_WITH_X]
+    chain = siwx["supportedChains"][0]
+    info = {**siwx["info"], "chainId": chain["chainId"], "type": chain["type"]}
+    proof = await create_siwx_payload(info, EthAccountSigner(account), PUBLIC + "/dear/x")
+    with pytest.raises(SignInRefused) as refused:
+        await sessions.sign_in(dear, "/dear/x", encode_siwx_header(proof))
+    assert refused.value.reason == "siwx_not_paid"
+    again = info | {"nonce": "a" * 16}
+    proof = await create_siwx_payload(again, EthAccountSigner(account), PUBLIC + "/dear/x")
+    assert await sessions.sign_in(cheap, "/dear/x", encode_siwx_header(proof)) == account.address
+
+
+DYNAMIC = loads(
+    CONFIG.replace(
+        "  - path: /paid/*\n",
+        "  - path: /export/*\n"
+        '    price: "$0.001"\n'
+        "    price_by:\n"
+        '      query.size: {large: "$5.00"}\n'
+        "    access: {for: 24h}\n"
+        "  - path: /paid/*\n",
+    )
+)
+
+
+async def proof_for(sessions: Sessions, route: Any, account: Any, path: str) -> str:
+    extensions = await sessions.extensions(route, PUBLIC + path)
+    assert extensions is not None
+    siwx = extensions[SIGN_IN_WITH_X]
+    chain = siwx["supportedChains"][0]
+    info = {**siwx["info"], "chainId": chain["chainId"], "type": chain["type"]}
+    return encode_siwx_header(
+        await create_siwx_payload(info, EthAccountSigner(account), PUBLIC + path)
+    )
+
+
+async def test_a_payment_at_one_price_of_a_dynamic_route_signs_in_at_that_price_only() -> None:
+    """`price_by` (or a price hook) with `access`: the cheapest price paid once must not sign
+    its payer in where the route asks more (red team, session 8)."""
+    export = DYNAMIC.routes[1]
+    cheap, dear = by_rules(export, "size=small", {}), by_rules(export, "size=large", {})
+    assert (cheap.accepts[0].amount, dear.accepts[0].amount) == (1_000, 5_000_000)
+    sessions = Sessions(DYNAMIC, MemorySessions())
+    account = Account.create()
+    await sessions.paid(cheap, account.address)
+    with pytest.raises(SignInRefused) as refused:
+        await sessions.sign_in(
+            dear, "/export/a", await proof_for(sessions, dear, account, "/export/a")
+        )
+    assert refused.value.reason == "siwx_not_paid"
+    proof = await proof_for(sessions, cheap, account, "/export/b")
+    assert await sessions.sign_in(cheap, "/export/b", proof) == account.address
+    await sessions.paid(dear, account.address)
+    proof = await proof_for(sessions, dear, account, "/export/c")
+    assert await sessions.sign_in(dear, "/export/c", proof) == account.address
