@@ -16,6 +16,12 @@ server alone for a growing delay (fail fast, then reconnect on the first call af
 redis-py's connection pool makes the new connection itself. redis-py would otherwise retry
 a failed command ten times with backoff up to a second: here it retries once, which is what
 a pooled connection that went stale while Redis restarted needs, and no more.
+
+Hung (a server that takes the command and never answers): each store call has one deadline,
+`COMMAND_TIMEOUT`, set in `_call` around the whole call (its connect, its retry, its round
+trips), and fails closed the same way. Everything in the gateway that talks to this client
+does so through `_call` (`call`, `call_kept`: the sign-ins, the channel writer, the claim
+lock), so the pool's connections need no socket timeout of their own.
 """
 
 from __future__ import annotations
@@ -148,7 +154,12 @@ Client = aioredis.Redis | RedisCluster
 def _common() -> dict[str, object]:
     return {
         "socket_connect_timeout": CONNECT_TIMEOUT,
-        "socket_timeout": COMMAND_TIMEOUT,
+        # No socket timeout (redis-py's default is 5 s, hence None, not absent): the deadline
+        # is `RedisStore._call`'s, one per store call. redis-py's own runs every write as a
+        # task of its own (`asyncio.wait_for`) and arms a timer for every read. A call cut
+        # short cancels the read or write, and redis-py then closes that connection (an
+        # answer may still be on its way to it), so no caller reads another's answer.
+        "socket_timeout": None,
         "retry": Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.05), retries=1),
         "max_connections": 2 * MAX_CONCURRENT,
     }
@@ -257,15 +268,17 @@ class RedisStore:
 
     async def recent(self, limit: int) -> list[PaymentRecord]:
         """Each request's newest record, newest first (the stream holds every change)."""
-        return latest_per_request(await self._call(self._changes(limit)), limit)
+        return latest_per_request(await self._changes(limit), limit)
 
     async def _changes(self, limit: int) -> list[PaymentRecord]:
-        # A request has two or three changes: read pages until `limit` requests are seen.
+        # A request has two or three changes: read pages until `limit` requests are seen,
+        # each page a store call of its own (its own deadline: a long history is many).
         page = max(3 * limit, 100)
         changes: list[PaymentRecord] = []
         top = "+"
         while len({c.request_id for c in changes}) < limit:
-            rows = await self._redis.xrevrange(HISTORY_KEY, max=top, count=page) or []
+            read = self._redis.xrevrange(HISTORY_KEY, max=top, count=page)
+            rows = await self._call(read) or []
             changes += [PaymentRecord.loads(fields[b"r"]) for _id, fields in rows if fields]
             if len(rows) < page:
                 break
@@ -384,9 +397,11 @@ class RedisStore:
         if slot:
             await self._take_slot(command)
         try:
-            result = await command
+            async with asyncio.timeout(COMMAND_TIMEOUT):
+                result = await command
         except (RedisError, OSError) as exc:
-            detail = f"{type(exc).__name__}: {exc}"
+            # A TimeoutError here is the deadline's (`asyncio.timeout`): Redis hung.
+            detail = f"{type(exc).__name__}: {str(exc) or f'no answer in {COMMAND_TIMEOUT:g}s'}"
             self._backoff.failed(self._clock(), detail)
             raise StoreUnavailable(f"redis: {detail}") from exc
         finally:

@@ -25,7 +25,6 @@ beyond a free request, and redis-py's per-command pool work was about half its c
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import hashlib
 import time
@@ -37,7 +36,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .expiring import ExpiringMap
-from .redis import COMMAND_TIMEOUT, RedisStore
+from .redis import RedisStore
 
 PAID_PREFIX = "x402:siwx:paid:"
 NONCE_PREFIX = "x402:siwx:nonce:"
@@ -214,22 +213,19 @@ class RedisSessions:
         except BaseException:
             self._kept -= 1
             raise
-        # One deadline per sign-in, set in `_round_trip`: redis-py's own socket timeout runs
-        # each write as a task of its own (`asyncio.wait_for`) and arms a second timer for
-        # the read, a measurable share of the call's CPU.
-        conn.socket_timeout = None
         return conn
 
     @staticmethod
     async def _round_trip(conn: AbstractConnection, command: bytes) -> tuple[object, int]:
-        # A timeout cancels the read: redis-py then closes the connection (an answer may be
-        # on its way) and the sign-in fails closed, as the pool's. An error answer to the
-        # SET is raised before the EXISTS answer is read: `_on_kept` then closes the
-        # connection, so that answer is never read as the next sign-in's.
-        async with asyncio.timeout(COMMAND_TIMEOUT):
-            await conn.send_packed_command(command, False)
-            spent = await conn.read_response()
-            return spent, int(await conn.read_response())
+        # No deadline here: the store call's (`RedisStore._call`, one per sign-in; the
+        # pool's connections have no socket timeout). It cancels the read: `_on_kept` then
+        # closes the connection (an answer may be on its way) and the sign-in fails closed,
+        # as the pool's. An error answer to the SET is raised before the EXISTS answer is
+        # read: `_on_kept` closes the connection, so that answer is never read as the next
+        # sign-in's.
+        await conn.send_packed_command(command, False)
+        spent = await conn.read_response()
+        return spent, int(await conn.read_response())
 
 
 def open_sessions(store: object) -> SessionStore:

@@ -1,15 +1,18 @@
-"""PaymentRecord.with_status: dataclasses.replace()'s result, a fresh `updated_at`."""
+"""PaymentRecord.with_status: dataclasses.replace()'s result, a fresh `updated_at`;
+PaymentRecord.dumps: the JSON of dataclasses.asdict(), byte for byte."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
+from typing import get_args
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.store.records import PaymentRecord
+from gateway.store.records import PaymentRecord, Status
 
 RECORD = PaymentRecord(
     status="claimed",
@@ -60,3 +63,40 @@ def test_with_status_is_replace_for_any_change(status: str, changes: dict[str, o
     changes = {**changes, "updated_at": new.updated_at}
     assert new == dataclasses.replace(RECORD, status=status, **changes)  # type: ignore[arg-type]
     assert new.updated_at >= 2.0
+
+
+# --- dumps: asdict's JSON, byte for byte ---------------------------------------------------
+
+_TEXT = st.text()  # any Unicode: escaping (ensure_ascii) must match too
+_OPTIONAL = st.none() | _TEXT
+_TIMES = st.floats(allow_nan=True, allow_infinity=True)  # NaN/Infinity: json's own spelling
+_RECORDS = st.builds(
+    PaymentRecord,
+    status=st.sampled_from(get_args(Status)),
+    request_id=_TEXT,
+    route=_TEXT,
+    payer=_TEXT,
+    amount=_TEXT,
+    asset=_TEXT,
+    network=_TEXT,
+    nonce=_TEXT,
+    transaction=_OPTIONAL,
+    reason=_OPTIONAL,
+    holder=_OPTIONAL,
+    created_at=_TIMES,
+    updated_at=_TIMES,
+    channel=_OPTIONAL,
+    cumulative=_OPTIONAL,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_RECORDS)
+def test_dumps_is_asdicts_json(record: PaymentRecord) -> None:
+    assert record.dumps() == json.dumps(dataclasses.asdict(record), separators=(",", ":"))
+
+
+def test_as_dict_is_asdict_and_dumps_reads_back() -> None:
+    assert RECORD.as_dict() == dataclasses.asdict(RECORD)
+    assert list(RECORD.as_dict()) == [f.name for f in dataclasses.fields(PaymentRecord)]
+    assert PaymentRecord.loads(RECORD.dumps()) == RECORD

@@ -10,6 +10,7 @@ from typing import TypeVar
 import pytest
 
 from gateway.errors import StoreUnavailable
+from gateway.store import redis as redis_store
 from gateway.store import sessions as sessions_module
 from gateway.store.backoff import Backoff
 from gateway.store.memory import MemoryStore
@@ -204,7 +205,7 @@ async def test_a_redis_sign_in_that_gets_no_answer_fails_closed_then_recovers(
 ) -> None:
     """No answer within the command timeout: the sign-in fails closed (503, not a sign-in),
     the connection that waited is closed, and the next sign-in gets its own answer."""
-    monkeypatch.setattr(sessions_module, "COMMAND_TIMEOUT", 0.2)
+    monkeypatch.setattr(redis_store, "COMMAND_TIMEOUT", 0.2)  # the store call's deadline
     store = RedisStore(redis.url, backoff=Backoff(base=0.01, cap=0.01))
     sessions = open_sessions(store)
     payer = "0x" + uuid.uuid4().hex[:40].ljust(40, "6")
