@@ -271,18 +271,27 @@ def _start_floor(group: ProcGroup, upstream: str) -> tuple[str, int]:
     return f"http://127.0.0.1:{port}", proc.pid
 
 
+def start_redis(group: ProcGroup, workdir: Path, name: str) -> str | None:
+    """A redis-server of the group's, no persistence: its store URL; None when redis-server
+    is not installed."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        return None
+    port = free_port()
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    argv += ["--appendonly", "no", "--dir", str(workdir)]
+    group.start(name, argv, port=port)
+    return f"redis://127.0.0.1:{port}/0"
+
+
 def _start_redis_gateway(
     group: ProcGroup, workdir: Path, env: paid_route.PaidEnv, upstream: str
 ) -> tuple[str, int] | None:
     """The same gateway on a redis-server store (the group stops both): (URL, pid)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
+    store = start_redis(group, workdir, "redis-sessions")
+    if store is None:
         return None
-    redis_port = free_port()
-    argv = [binary, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", ""]
-    argv += ["--appendonly", "no", "--dir", str(workdir)]
-    group.start("redis-sessions", argv, port=redis_port)
     port = free_port()
-    config = {**session_config(env, upstream, port), "store": f"redis://127.0.0.1:{redis_port}/0"}
+    config = {**session_config(env, upstream, port), "store": store}
     proc, _ = start_gateway(group, workdir, "gateway-sessions-redis", config)
     return f"http://127.0.0.1:{port}", proc.pid

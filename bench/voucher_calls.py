@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import os
 import pstats
-import shutil
 import signal
 import sys
 import tempfile
@@ -141,13 +140,10 @@ def report(out: Path, n: int) -> str:
 
 
 def _redis(group: ProcGroup, workdir: Path) -> str:
-    binary = shutil.which("redis-server")
-    if binary is None:
+    store = sessions.start_redis(group, workdir, "redis")
+    if store is None:
         raise SystemExit("--redis: redis-server is not installed")
-    port = free_port()
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-    group.start("redis", [*argv, "--appendonly", "no", "--dir", str(workdir)], port=port)
-    return f"redis://127.0.0.1:{port}/0"
+    return store
 
 
 def run(n: int, log: Any, redis: bool = False) -> str:
