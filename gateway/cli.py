@@ -307,13 +307,12 @@ async def _payments(settings: Settings, limit: int, fmt: str) -> int:
         await store.close()
     if fmt == "csv":
         import csv
-        import dataclasses
 
-        fields = [f.name for f in dataclasses.fields(records[0])] if records else []
+        fields = list(records[0].as_dict()) if records else []
         writer = csv.DictWriter(sys.stdout, fieldnames=fields)
         writer.writeheader()
         for rec in records:
-            writer.writerow(dataclasses.asdict(rec))
+            writer.writerow(rec.as_dict())
     else:
         for rec in records:
             print(rec.dumps())

@@ -6,7 +6,6 @@ of the payment, a crash and the release script all see whether the payer may be 
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 
@@ -86,7 +85,7 @@ class Books:
                 # Charged: the payer gets what it paid for. The pending claim (where the
                 # store kept it) and the used nonce on chain still stop a second charge;
                 # this line is the books' copy of the outcome.
-                record = dataclasses.asdict(claim.record)
+                record = claim.record.as_dict()
                 log.error("payment_record_failed", **record, error=exc.detail)
             return result
         if result.error_reason == "settlement_pending":
