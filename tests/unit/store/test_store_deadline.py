@@ -21,12 +21,12 @@ from gateway.store import redis as redis_store
 from gateway.store.backoff import Backoff
 from gateway.store.channel_writer import RedisChannelWriter, open_channel_writer
 from gateway.store.channels import RedisChannelStorage
-from gateway.store.records import PaymentRecord
 from gateway.store.redis import RedisStore
 from gateway.store.sessions import RedisSessions, SignIn, open_sessions
 from tests.procs import RedisServer
 from tests.unit.store.test_channel_writer import charge_once
 from tests.unit.store.test_channels import channel_id, new_channel
+from tests.unit.store.test_store import record
 
 T = TypeVar("T")
 DEADLINE = 0.3
@@ -54,19 +54,6 @@ def _signal(server: RedisServer, sig: int) -> None:
 def _store(server: RedisServer, now: list[float]) -> RedisStore:
     # A clock the test moves: past the backoff window once the server answers again.
     return RedisStore(server.url, backoff=Backoff(jitter=lambda: 1.0), clock=lambda: now[0])
-
-
-def record(request_id: str) -> PaymentRecord:
-    return PaymentRecord(
-        status="claimed",
-        request_id=request_id,
-        route="/paid/*",
-        payer="0xabc",
-        amount="1000",
-        asset="0xtoken",
-        network="eip155:84532",
-        nonce="0x" + "11" * 32,
-    )
 
 
 async def _fails_closed(call: Awaitable[T]) -> StoreUnavailable:
